@@ -1,0 +1,37 @@
+"""Shared test fixtures: tiny randomly initialized encoders and hand-made batches."""
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+
+def make_batch(batch_size=6, seq_len=8, vocab=100, num_labels=3, seed=0, ids_offset=0):
+    gen = torch.Generator().manual_seed(seed)
+    input_ids = torch.randint(5, vocab, (batch_size, seq_len), generator=gen)
+    attention_mask = torch.ones(batch_size, seq_len, dtype=torch.long)
+    for row in range(batch_size):  # ragged lengths, as dynamic padding produces
+        attention_mask[row, seq_len - (row % 3):] = 0
+    return {
+        "input_ids": input_ids,
+        "attention_mask": attention_mask,
+        "token_type_ids": torch.zeros_like(input_ids),
+        "labels": torch.randint(0, num_labels, (batch_size,), generator=gen),
+        "ids": torch.arange(batch_size) + ids_offset,
+    }
+
+
+@pytest.fixture
+def tiny_model():
+    from trainers.model import MultiExitEncoder, tiny_backbone
+
+    def build(num_layers=3, num_labels=3, pooling="mean", dtype=torch.float32, kind="bert", seed=0):
+        model = MultiExitEncoder(tiny_backbone(num_layers=num_layers, seed=seed, kind=kind), num_labels, pooling)
+        return model.to(dtype)
+
+    return build

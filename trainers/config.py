@@ -1,0 +1,206 @@
+"""The typed training config: one dataclass, validated once at the edge.
+
+A config comes from defaults, then an optional YAML/JSON file, then command-line flags. Every
+field has a help text, which is what ``python -m trainers.train --help`` prints.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from trainers.errors import ConfigError
+
+METHODS = ("fixed", "bilevel", "clo")
+PRECISIONS = ("fp32", "bf16")
+
+
+def _f(default, help: str, **meta):
+    return field(default=default, metadata={"help": help, **meta})
+
+
+@dataclass
+class TrainConfig:
+    # data
+    task: str = _f("mr", "task: mr, snli (embedded, offline) or a GLUE task (cola, sst2, mrpc, qqp, stsb, mnli, mnli_mismatched, qnli, rte, wnli)")
+    data_dir: str | None = _f(None, "local folder with GLUE-layout files (train.tsv, dev.tsv, ...); default: the hub for GLUE, the package for mr/snli")
+    max_length: int = _f(128, "max tokens per example (batches are padded only to their longest example)")
+    train_subset: int | None = _f(None, "train on a stratified sample of this many examples (quick runs)")
+    eval_subset: int | None = _f(None, "evaluate on a stratified sample of this many validation/test examples")
+    validation_fraction: float = _f(0.1, "GLUE only: share of train held out as validation (GLUE dev is the test set)")
+    # model
+    model: str = _f("minilm", "'minilm' (embedded all-MiniLM-L6-v2), a local model folder, or a hub name such as bert-base-uncased")
+    pooling: str = _f("auto", "exit pooling: cls, mean, or auto (mean for sentence-embedding models like MiniLM, else cls)")
+    attn_implementation: str = _f("sdpa", "attention kernel: sdpa or eager")
+    # objective
+    method: str = _f("fixed", "loss-weight method: fixed (constant weights), bilevel (DARTS), clo (LeeBERT cross-level)")
+    scheme: str = _f("uniform", "fixed weights: uniform, pabee (Σ j·L_j/Σ j, no KD) or last (KD from the last exit)")
+    kd: str | None = _f(None, "KD teachers T(m): all, later, last or none (default: all; none for pabee; last for scheme last)")
+    temperature: float = _f(1.0, "KD temperature τ")
+    weight_param: str = _f("softmax", "loss-weight parametrization: softmax (w = n·softmax(φ)) or sigmoid (w = 2·sigmoid(φ))")
+    # inner optimization (θ)
+    epochs: int = _f(2, "training epochs (one epoch = |train| / batch_size steps for every method)")
+    batch_size: int = _f(32, "global training batch size")
+    lr: float = _f(5e-5, "inner learning rate of the backbone")
+    head_lr: float | None = _f(1e-3, "inner learning rate of the exit heads (default 1e-3; null = same as lr)")
+    weight_decay: float = _f(0.01, "AdamW weight decay")
+    warmup_ratio: float = _f(0.1, "linear warm-up share of all steps, then linear decay to 0")
+    max_grad_norm: float = _f(1.0, "gradient clipping norm (0 = off)")
+    # outer optimization (φ)
+    lr_outer: float = _f(1e-2, "outer learning rate (Adam on the loss-weight logits φ)")
+    outer_every: int = _f(10, "update the loss weights every N steps")
+    xi: float | None = _f(None, "virtual-step size ξ (default: each parameter group's current inner learning rate)")
+    fd_eps: float = _f(0.01, "finite-difference step: ε = fd_eps / ‖v‖")
+    weight_log_every: int = _f(50, "log the loss weights every N steps")
+    # engine
+    zero_stage: int = _f(0, "DeepSpeed ZeRO stage (0, 1 or 2)")
+    precision: str = _f("fp32", "fp32, or bf16 (GPU only; autocast with fp32 master weights)")
+    deepspeed_config: str | None = _f(None, "a DeepSpeed JSON config (e.g. clusters/deepspeed/gpu_bf16_zero2.json); the trainer fills batch size, clipping and ZeRO stage when absent")
+    threads: int | None = _f(None, "torch CPU threads (default: torch's choice; 1 per trial when trials share a machine)")
+    seed: int = _f(42, "random seed (data splits, sampling, init, dropout)")
+    # evaluation and output
+    eval_batch_size: int = _f(128, "evaluation batch size")
+    output_dir: str = _f("runs/train", "where checkpoints, the metrics log and summary.json go")
+    resume: bool = _f(False, "resume from the latest complete checkpoint in output_dir")
+    save_checkpoints: bool = _f(True, "save a checkpoint after every epoch")
+    log_every: int = _f(20, "print progress every N steps")
+    wallclock_eval: bool = _f(True, "time real early-exit inference at the chosen operating points")
+
+    # ---------------------------------------------------------------- validation
+    def __post_init__(self) -> None:
+        if self.kd is None:
+            self.kd = {"pabee": "none", "last": "last"}.get(self.scheme, "all") if self.method == "fixed" else "all"
+
+    def validate(self) -> "TrainConfig":
+        from trainers.data import TASKS  # noqa: late import keeps config light
+        from trainers.objective import FIXED_SCHEMES, KD_TEACHERS, PARAMETRIZATIONS
+
+        def choose(name, value, choices):
+            if value not in choices:
+                raise ConfigError(f"unknown {name} '{value}'; choose one of: {', '.join(choices)}")
+
+        choose("task", self.task, sorted(TASKS))
+        choose("method", self.method, METHODS)
+        choose("scheme", self.scheme, FIXED_SCHEMES)
+        choose("kd", self.kd, KD_TEACHERS)
+        choose("weight_param", self.weight_param, PARAMETRIZATIONS)
+        choose("pooling", self.pooling, ("auto", "cls", "mean"))
+        choose("precision", self.precision, PRECISIONS)
+        choose("attn_implementation", self.attn_implementation, ("sdpa", "eager"))
+        positive = {"max_length": self.max_length, "epochs": self.epochs, "batch_size": self.batch_size,
+                    "eval_batch_size": self.eval_batch_size, "log_every": self.log_every,
+                    "weight_log_every": self.weight_log_every}
+        for name, value in positive.items():
+            if value <= 0:
+                raise ConfigError(f"{name} must be > 0 (got {value})")
+        for name in ("train_subset", "eval_subset", "threads"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise ConfigError(f"{name} must be > 0 (got {value}); leave it unset to use everything")
+        for name in ("lr", "temperature", "fd_eps"):
+            value = getattr(self, name)
+            if not (value > 0 and math.isfinite(value)):
+                raise ConfigError(f"{name} must be a positive number (got {value})")
+        if self.head_lr is not None and not self.head_lr > 0:
+            raise ConfigError(f"head_lr must be > 0 (got {self.head_lr}); leave it unset to use lr")
+        if not self.lr_outer > 0:
+            raise ConfigError(f"lr_outer must be > 0 (got {self.lr_outer}); it is Adam's step size for the loss weights")
+        if self.outer_every < 1:
+            raise ConfigError(f"outer_every must be >= 1 (got {self.outer_every}); it is how many steps pass between loss-weight updates")
+        if self.xi is not None and not self.xi > 0:
+            raise ConfigError(f"xi must be > 0 (got {self.xi}); leave it unset to use the inner learning rate")
+        if not 0 <= self.warmup_ratio < 1:
+            raise ConfigError(f"warmup_ratio must be in [0, 1) (got {self.warmup_ratio})")
+        if not 0 < self.validation_fraction < 1:
+            raise ConfigError(f"validation_fraction must be in (0, 1) (got {self.validation_fraction})")
+        if self.zero_stage not in (0, 1, 2):
+            raise ConfigError(
+                f"zero_stage must be 0, 1 or 2 (got {self.zero_stage}); stage 3 partitions the parameters, "
+                "which the finite-difference hypergradient perturbs in place"
+            )
+        if self.method == "fixed" and self.scheme == "pabee" and self.kd != "none":
+            raise ConfigError("scheme 'pabee' has no KD terms; drop --kd or pass --kd none")
+        if self.method == "fixed" and self.scheme == "last" and self.kd != "last":
+            raise ConfigError("scheme 'last' distills from the last exit only; drop --kd or pass --kd last")
+        if self.deepspeed_config is not None and not Path(self.deepspeed_config).is_file():
+            raise ConfigError(f"DeepSpeed config '{self.deepspeed_config}' not found; pass a JSON file, e.g. clusters/deepspeed/cpu_zero2.json")
+        return self
+
+    # ---------------------------------------------------------------- construction
+    @classmethod
+    def field_names(cls) -> list[str]:
+        return [f.name for f in dataclasses.fields(cls)]
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], where: str = "config") -> "TrainConfig":
+        unknown = sorted(set(values) - set(cls.field_names()))
+        if unknown:
+            raise ConfigError(
+                f"unknown {where} key(s): {', '.join(unknown)}; valid keys: {', '.join(cls.field_names())}"
+            )
+        return cls(**values)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def load_config_file(path: str) -> dict[str, Any]:
+    """A YAML or JSON mapping; errors name the file and the problem."""
+    import yaml
+
+    file = Path(path)
+    if not file.is_file():
+        raise ConfigError(f"config file '{path}' not found")
+    try:
+        data = json.loads(file.read_text()) if file.suffix == ".json" else yaml.safe_load(file.read_text())
+    except (yaml.YAMLError, json.JSONDecodeError) as err:
+        raise ConfigError(f"config file '{path}' is not valid YAML/JSON: {str(err).splitlines()[0]}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file '{path}' must hold a mapping of keys to values, not {type(data).__name__}")
+    return data
+
+
+def _parse_bool(text: str) -> bool:
+    lowered = text.lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true/false, got '{text}'")
+
+
+def _optional(kind):
+    def parse(text: str):
+        return None if text.lower() in ("none", "null") else kind(text)
+
+    parse.__name__ = kind.__name__
+    return parse
+
+
+def add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    """One flag per config field, e.g. ``--head-lr 1e-3``; defaults come from the dataclass."""
+    hints = {"str": str, "int": int, "float": float, "bool": _parse_bool}
+    for f in dataclasses.fields(TrainConfig):
+        type_text = str(f.type).replace(" | None", "")
+        kind = hints[type_text]
+        if "None" in str(f.type):
+            kind = _optional(kind)
+        parser.add_argument(
+            "--" + f.name.replace("_", "-"), dest=f.name, type=kind, default=argparse.SUPPRESS,
+            metavar=type_text.upper(), help=f"{f.metadata['help']} (default: {f.default})",
+        )
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    values: dict[str, Any] = {}
+    if getattr(args, "config", None):
+        values.update(load_config_file(args.config))
+    values.update({name: getattr(args, name) for name in TrainConfig.field_names() if hasattr(args, name)})
+    return TrainConfig.from_dict(values).validate()

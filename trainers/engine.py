@@ -1,0 +1,170 @@
+"""DeepSpeed: the process group, the engine config, the engine, and crash-safe checkpoints.
+
+On CPU DeepSpeed needs a rendezvous even for one process (else it falls back to MPI discovery and
+fails on a missing mpi4py), so ``ensure_process_group`` sets a single-process gloo group up unless
+a launcher (deepspeed, torchrun, Ray) already described one in RANK/WORLD_SIZE.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from trainers.errors import ConfigError
+
+COMPLETE_MARKER = "COMPLETE"  # written last: a checkpoint folder without it is ignored on resume
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def ensure_process_group() -> None:
+    if not torch.cuda.is_available():
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    if "RANK" not in os.environ:  # not launched by a distributed launcher: a group of one
+        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1")
+        os.environ.setdefault("MASTER_PORT", str(_free_port()))
+    os.environ.setdefault("LOCAL_RANK", "0")
+    import deepspeed
+
+    if not torch.distributed.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False, verbose=False)
+
+
+def world() -> tuple[int, int]:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+def deepspeed_config(cfg, world_size: int) -> dict[str, Any]:
+    """The engine config: the user's JSON if given, with the trainer's settings where it is silent."""
+    config: dict[str, Any] = json.loads(Path(cfg.deepspeed_config).read_text()) if cfg.deepspeed_config else {}
+    if cfg.batch_size % world_size:
+        raise ConfigError(f"batch_size {cfg.batch_size} must be divisible by the number of processes ({world_size})")
+    config.setdefault("train_batch_size", cfg.batch_size)
+    config.setdefault("train_micro_batch_size_per_gpu", cfg.batch_size // world_size)
+    config.setdefault("gradient_accumulation_steps", 1)
+    config.setdefault("gradient_clipping", cfg.max_grad_norm)
+    config.setdefault("zero_optimization", {"stage": cfg.zero_stage})
+    config.setdefault("steps_per_print", 10**9)  # the trainer prints its own progress
+    config.setdefault("wall_clock_breakdown", False)
+    if cfg.precision == "bf16":
+        # Autocast keeps fp32 master parameters: the finite-difference hypergradient perturbs θ by
+        # ~1e-6 per entry, which bf16 parameters could not represent.
+        config.setdefault("torch_autocast", {"enabled": True, "dtype": "bfloat16"})
+    for key in ("bf16", "fp16"):
+        if config.get(key, {}).get("enabled"):
+            raise ConfigError(
+                f"DeepSpeed config enables '{key}' parameters; use --precision bf16 (torch_autocast with fp32 "
+                "master weights) instead, because the loss-weight hypergradient needs fp32 parameters"
+            )
+    if config["zero_optimization"].get("stage", 0) > 2:
+        raise ConfigError("ZeRO stage 3 is not supported; use stage 0, 1 or 2")
+    if config["train_batch_size"] != cfg.batch_size:
+        raise ConfigError(
+            f"DeepSpeed config train_batch_size={config['train_batch_size']} disagrees with batch_size={cfg.batch_size}; "
+            "drop it from the JSON and set --batch-size"
+        )
+    return config
+
+
+def linear_warmup_decay(optimizer, total_steps: int, warmup_ratio: float):
+    warmup = int(total_steps * warmup_ratio)
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return max(0.0, (total_steps - step) / max(1, total_steps - warmup))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def build_engine(model: torch.nn.Module, cfg, total_steps: int):
+    """AdamW with separate backbone / exit-head learning rates, warm-up + linear decay, in a DeepSpeed engine."""
+    ensure_process_group()
+    import deepspeed
+
+    head_lr = cfg.head_lr if cfg.head_lr is not None else cfg.lr
+    groups: dict[tuple[str, bool], list] = {}
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        is_head = name.startswith("exits.")
+        no_decay = param.ndim < 2  # biases and LayerNorm weights
+        groups.setdefault((is_head, no_decay), []).append(param)
+    param_groups = [
+        {"params": params, "lr": head_lr if is_head else cfg.lr,
+         "weight_decay": 0.0 if no_decay else cfg.weight_decay, "name": ("heads" if is_head else "backbone")}
+        for (is_head, no_decay), params in sorted(groups.items())
+    ]
+    optimizer = torch.optim.AdamW(param_groups, lr=cfg.lr)
+    scheduler = linear_warmup_decay(optimizer, total_steps, cfg.warmup_ratio)
+    engine, _, _, _ = deepspeed.initialize(
+        model=model, optimizer=optimizer, lr_scheduler=scheduler,
+        config=deepspeed_config(cfg, world()[1]), dist_init_required=False,
+    )
+    return engine
+
+
+def current_lrs(engine) -> list[float]:
+    return [group["lr"] for group in engine.optimizer.param_groups]
+
+
+# ---------------------------------------------------------------------------- checkpoints
+def save_checkpoint(engine, output_dir: str, tag: str, client_state: dict) -> Path:
+    """Write ``output_dir/checkpoints/tag`` so that a crash never leaves a complete-looking one.
+
+    DeepSpeed writes into a staging folder; the folder is renamed into place and only then marked
+    complete, and ``latest`` is replaced atomically.
+    """
+    root = Path(output_dir) / "checkpoints"
+    staging = root / ".staging"
+    rank, _ = world()
+    if rank == 0:
+        shutil.rmtree(staging / tag, ignore_errors=True)
+    engine.save_checkpoint(str(staging), tag=tag, client_state=client_state, save_latest=False)
+    if torch.distributed.is_initialized():
+        torch.distributed.barrier()
+    final = root / tag
+    if rank == 0:
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(staging / tag, final)
+        (final / COMPLETE_MARKER).write_text("ok\n")
+        tmp = root / "latest.tmp"
+        tmp.write_text(tag)
+        os.replace(tmp, root / "latest")
+    if torch.distributed.is_initialized():
+        torch.distributed.barrier()
+    return final
+
+
+def latest_checkpoint(output_dir: str) -> str | None:
+    """The tag of the newest complete checkpoint, or None."""
+    root = Path(output_dir) / "checkpoints"
+    latest = root / "latest"
+    if latest.is_file():
+        tag = latest.read_text().strip()
+        if (root / tag / COMPLETE_MARKER).is_file():
+            return tag
+    return None
+
+
+def load_checkpoint(engine, output_dir: str, tag: str) -> dict:
+    root = Path(output_dir) / "checkpoints"
+    _, client_state = engine.load_checkpoint(
+        str(root), tag=tag, load_optimizer_states=True, load_lr_scheduler_states=True
+    )
+    if client_state is None:
+        raise ConfigError(f"checkpoint {root / tag} could not be loaded; delete it or start without --resume")
+    return client_state

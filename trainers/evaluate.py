@@ -1,0 +1,154 @@
+"""Early-exit evaluation (method §5): per-exit metrics, the speed–accuracy curve, its frontier.
+
+Every exit's logits are computed once per split; each exit-policy setting is then simulated on
+those cached logits with the same streaming policy code that real incremental inference runs, so
+a grid of ~60 settings costs one forward pass. Settings are chosen on validation; the test split
+is only reported, at the settings validation chose.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+
+import torch
+
+from trainers import frontier as fr
+from trainers.data import Split, TaskSpec, eval_batches
+from trainers.metrics import compute_metrics, majority_baseline, predictions_from_logits
+from trainers.policies import default_grid, make_policy
+
+POLICY_KINDS = ("patience", "entropy", "confidence")
+OPERATING_SPEEDUPS = (1.5, 2.0)
+
+
+@torch.no_grad()
+def collect_logits(model, split: Split, batch_size: int, pad_token_id: int) -> torch.Tensor:
+    """All exits' logits on a split, ``[L, N, C]`` in split order."""
+    was_training = model.training
+    model.eval()
+    out = None
+    for positions, batch in eval_batches(split, batch_size, pad_token_id):
+        logits = model(**batch).float()
+        if out is None:
+            out = logits.new_zeros((logits.shape[0], len(split), logits.shape[-1]))
+        out[:, positions] = logits
+    model.train(was_training)
+    return out
+
+
+def policy_grid(task: TaskSpec, num_layers: int) -> list:
+    return [p for kind in POLICY_KINDS if not (task.is_regression and kind != "patience")
+            for p in default_grid(kind, num_layers, task.num_labels, task.is_regression)]
+
+
+@dataclass
+class SplitReport:
+    """What one split says about a model: every exit on its own, and the early-exit curve."""
+
+    per_exit: list[dict[str, float]]
+    curve: list[fr.CurvePoint]
+    front: list[fr.CurvePoint]
+    hypervolume: float
+    reference_metric: float
+    primary: str
+
+    @property
+    def last_exit(self) -> float:
+        return self.per_exit[-1][self.primary]
+
+    def point(self, key: tuple) -> fr.CurvePoint:
+        return next(p for p in self.curve if point_key(p) == key)
+
+
+def point_key(p: fr.CurvePoint) -> tuple:
+    """What identifies an exit-policy setting (regression patience also has a tolerance δ)."""
+    return (p.policy, p.setting, p.delta)
+
+
+def report_split(logits: torch.Tensor, labels: torch.Tensor, task: TaskSpec, policies: list,
+                 settings: list[tuple] | None = None) -> SplitReport:
+    """Per-exit metrics and the curve. With ``settings`` (chosen elsewhere, i.e. on validation),
+    the frontier and hypervolume use only those settings, so the test split selects nothing."""
+    primary = task.metrics[0]
+    per_exit = [compute_metrics(task.metrics, predictions_from_logits(z, task.is_regression), labels) for z in logits]
+    curve = fr.speed_accuracy_curve(logits, labels, primary, task.is_regression, policies)
+    candidates = curve if settings is None else [p for p in curve if point_key(p) in set(settings)]
+    front = fr.pareto_front(candidates)
+    reference = majority_baseline(primary, labels, task.is_regression)
+    hv = fr.hypervolume(front, logits.shape[0], reference)
+    return SplitReport(per_exit, curve, front, hv, reference, primary)
+
+
+@dataclass
+class OperatingPoint:
+    target_speedup: float
+    policy: str
+    setting: float
+    delta: float | None
+    validation_speedup: float
+    validation_metric: float
+    test_speedup: float
+    test_metric: float
+    wallclock_speedup: float | None = None
+
+
+@dataclass
+class FinalReport:
+    validation: SplitReport
+    test: SplitReport
+    operating_points: list[OperatingPoint] = field(default_factory=list)
+
+    def summary(self) -> dict:
+        val, test = self.validation, self.test
+        return {
+            "metric": val.primary,
+            "validation": {"last_exit": val.last_exit, "hypervolume": val.hypervolume,
+                           "per_exit": val.per_exit, "reference_metric": val.reference_metric},
+            "test": {"last_exit": test.last_exit, "hypervolume": test.hypervolume,
+                     "per_exit": test.per_exit, "reference_metric": test.reference_metric},
+            "frontier": [
+                {"policy": v.policy, "setting": v.setting, "delta": v.delta,
+                 "validation_speedup": v.speedup, "validation_metric": v.metric,
+                 "test_speedup": test.point(point_key(v)).speedup,
+                 "test_metric": test.point(point_key(v)).metric}
+                for v in val.front
+            ],
+            "operating_points": [asdict(op) for op in self.operating_points],
+        }
+
+
+def final_report(val_logits, val_labels, test_logits, test_labels, task: TaskSpec) -> FinalReport:
+    policies = policy_grid(task, val_logits.shape[0])
+    validation = report_split(val_logits, val_labels, task, policies)
+    chosen = [point_key(p) for p in validation.front]
+    test = report_split(test_logits, test_labels, task, policies, settings=chosen)
+    points = []
+    for target in OPERATING_SPEEDUPS:
+        v = fr.operating_point(validation.curve, target)
+        if v is None:
+            continue
+        t = test.point(point_key(v))
+        points.append(OperatingPoint(target, v.policy, v.setting, v.delta, v.speedup, v.metric, t.speedup, t.metric))
+    return FinalReport(validation, test, points)
+
+
+@torch.no_grad()
+def wallclock_speedup(model, split: Split, op: OperatingPoint, task: TaskSpec,
+                      batch_size: int, pad_token_id: int) -> float:
+    """Measured time of the full forward over time of real early-exit inference, on one split."""
+    policy = make_policy(op.policy, op.setting, is_regression=task.is_regression, delta=op.delta)
+    was_training = model.training
+    model.eval()
+    batches = [batch for _, batch in eval_batches(split, batch_size, pad_token_id)]
+
+    def timed(fn) -> float:
+        start = time.perf_counter()
+        for batch in batches:
+            fn(batch)
+        return time.perf_counter() - start
+
+    full = timed(lambda b: model(**b))
+    early = timed(lambda b: model.early_exit(policy, **b))
+    model.train(was_training)
+    return full / early

