@@ -1,0 +1,106 @@
+"""The inner and outer objectives and the loss weights, on hand-made logits."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from trainers.errors import ConfigError
+from trainers.objective import LossTerms, LossWeights, fixed_weights, outer_loss, teacher_pairs, term_losses
+
+
+def test_teacher_sets():
+    assert teacher_pairs(3, "all") == [(0, 1), (0, 2), (1, 0), (1, 2), (2, 0), (2, 1)]
+    assert teacher_pairs(3, "later") == [(0, 1), (0, 2), (1, 2)]
+    assert teacher_pairs(3, "last") == [(0, 2), (1, 2)]
+    assert teacher_pairs(3, "none") == []
+    with pytest.raises(ConfigError, match="choose one of"):
+        teacher_pairs(3, "everyone")
+
+
+def test_kd_terms_are_zero_when_all_exits_agree():
+    one_exit = torch.randn(5, 4)
+    logits = one_exit.expand(3, 5, 4).clone()
+    terms = LossTerms.build(3, "all", temperature=2.0)
+    losses = term_losses(terms, logits, torch.tensor([0, 1, 2, 3, 0]))
+    assert torch.allclose(losses[3:], torch.zeros(6), atol=1e-6)
+    ce = F.cross_entropy(one_exit, torch.tensor([0, 1, 2, 3, 0]))
+    assert torch.allclose(losses[:3], ce.expand(3))
+
+
+def test_kd_term_is_tau_squared_kl_of_teacher_to_student():
+    logits = torch.tensor([[[2.0, 0.0]], [[0.0, 1.0]]])  # 2 exits, 1 sample, 2 classes
+    tau = 2.0
+    terms = LossTerms.build(2, "all", temperature=tau)
+    losses = term_losses(terms, logits, torch.tensor([0]))
+    p0, p1 = torch.softmax(logits[0, 0] / tau, -1), torch.softmax(logits[1, 0] / tau, -1)
+    kl_1_to_0 = float((p1 * (p1.log() - p0.log())).sum())  # term kd/1<-2: teacher exit 2, student exit 1
+    kl_0_to_1 = float((p0 * (p0.log() - p1.log())).sum())
+    assert terms.names == ["ce/1", "ce/2", "kd/1<-2", "kd/2<-1"]
+    assert losses[2].item() == pytest.approx(tau ** 2 * kl_1_to_0, rel=1e-5)
+    assert losses[3].item() == pytest.approx(tau ** 2 * kl_0_to_1, rel=1e-5)
+
+
+def test_teachers_are_detached_and_can_be_held():
+    logits = torch.randn(3, 4, 2, requires_grad=True)
+    terms = LossTerms.build(3, "last")
+    kd = term_losses(terms, logits, torch.zeros(4, dtype=torch.long))[3:].sum()
+    kd.backward()
+    assert logits.grad[2].abs().sum() == 0, "the teacher (last exit) must receive no KD gradient"
+    held = torch.randn(3, 4, 2)
+    moved = term_losses(terms, logits.detach(), torch.zeros(4, dtype=torch.long), teacher_logits=held)
+    own = term_losses(terms, logits.detach(), torch.zeros(4, dtype=torch.long))
+    assert torch.equal(moved[:3], own[:3]) and not torch.allclose(moved[3:], own[3:])
+
+
+def test_weights_start_at_one_and_stay_normalized():
+    for parametrization in ("softmax", "sigmoid"):
+        weights = LossWeights(7, parametrization)
+        assert torch.allclose(weights(), torch.ones(7))
+    softmax = LossWeights(7, "softmax")
+    sigmoid = LossWeights(7, "sigmoid")
+    for seed in range(5):
+        phi = torch.randn(7, generator=torch.Generator().manual_seed(seed)) * 3
+        with torch.no_grad():
+            softmax.phi.copy_(phi)
+            sigmoid.phi.copy_(phi)
+        assert softmax().sum().item() == pytest.approx(7.0, rel=1e-6)
+        assert (softmax() > 0).all()
+        assert ((sigmoid() > 0) & (sigmoid() < 2)).all()
+
+
+def test_pabee_scheme_is_pabees_weighted_average():
+    logits = torch.randn(4, 8, 3)
+    labels = torch.randint(0, 3, (8,))
+    terms = LossTerms.build(4, "none")
+    weighted = (fixed_weights("pabee", terms) * term_losses(terms, logits, labels)).sum()
+    per_layer = [F.cross_entropy(logits[j], labels) for j in range(4)]
+    expected = sum((j + 1) * per_layer[j] for j in range(4)) / sum(range(1, 5))  # Σ j·L_j / Σ j
+    assert weighted.item() == pytest.approx(expected.item(), rel=1e-6)
+
+
+def test_fixed_schemes_and_their_errors():
+    assert torch.equal(fixed_weights("uniform", LossTerms.build(3, "all")), torch.ones(9))
+    assert torch.equal(fixed_weights("last", LossTerms.build(3, "last")), torch.ones(5))
+    with pytest.raises(ConfigError, match="--kd none"):
+        fixed_weights("pabee", LossTerms.build(3, "all"))
+    with pytest.raises(ConfigError, match="choose one of"):
+        fixed_weights("random", LossTerms.build(3, "all"))
+
+
+def test_outer_loss_is_the_unweighted_mean_of_exit_losses():
+    logits = torch.randn(3, 5, 2)
+    labels = torch.randint(0, 2, (5,))
+    expected = sum(F.cross_entropy(logits[m], labels) for m in range(3)) / 3
+    assert outer_loss(logits, labels).item() == pytest.approx(expected.item(), rel=1e-6)
+
+
+def test_regression_terms_use_mse():
+    preds = torch.tensor([[[1.0], [2.0]], [[1.5], [2.0]]])  # 2 exits, 2 samples
+    labels = torch.tensor([1.0, 3.0])
+    terms = LossTerms.build(2, "all", regression=True)
+    losses = term_losses(terms, preds, labels)
+    assert losses.tolist() == pytest.approx([(0 + 1) / 2, (0.25 + 1) / 2, 0.25 / 2, 0.25 / 2])
+    assert outer_loss(preds, labels, regression=True).item() == pytest.approx((0.5 + 0.625) / 2)
+    assert not math.isnan(losses.sum().item())
