@@ -167,15 +167,6 @@ def load_config_file(path: str) -> dict[str, Any]:
     return data
 
 
-def _parse_bool(text: str) -> bool:
-    lowered = text.lower()
-    if lowered in ("1", "true", "yes", "on"):
-        return True
-    if lowered in ("0", "false", "no", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true/false, got '{text}'")
-
-
 def _optional(kind):
     def parse(text: str):
         return None if text.lower() in ("none", "null") else kind(text)
@@ -186,14 +177,19 @@ def _optional(kind):
 
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     """One flag per config field, e.g. ``--head-lr 1e-3``; defaults come from the dataclass."""
-    hints = {"str": str, "int": int, "float": float, "bool": _parse_bool}
+    hints = {"str": str, "int": int, "float": float}
     for f in dataclasses.fields(TrainConfig):
         type_text = str(f.type).replace(" | None", "")
+        flag = "--" + f.name.replace("_", "-")
+        if type_text == "bool":  # --resume / --no-resume
+            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
+                                help=f"{f.metadata['help']} (default: {f.default})")
+            continue
         kind = hints[type_text]
         if "None" in str(f.type):
             kind = _optional(kind)
         parser.add_argument(
-            "--" + f.name.replace("_", "-"), dest=f.name, type=kind, default=argparse.SUPPRESS,
+            flag, dest=f.name, type=kind, default=argparse.SUPPRESS,
             metavar=type_text.upper(), help=f"{f.metadata['help']} (default: {f.default})",
         )
 

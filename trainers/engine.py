@@ -18,6 +18,9 @@ import torch
 
 from trainers.errors import ConfigError
 
+if not torch.cuda.is_available():  # before deepspeed is imported anywhere: no accelerator probing
+    os.environ.setdefault("DS_ACCELERATOR", "cpu")
+
 COMPLETE_MARKER = "COMPLETE"  # written last: a checkpoint folder without it is ignored on resume
 
 
@@ -28,8 +31,6 @@ def _free_port() -> int:
 
 
 def ensure_process_group() -> None:
-    if not torch.cuda.is_available():
-        os.environ.setdefault("DS_ACCELERATOR", "cpu")
     if "RANK" not in os.environ:  # not launched by a distributed launcher: a group of one
         os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1")
         os.environ.setdefault("MASTER_PORT", str(_free_port()))
@@ -90,19 +91,24 @@ def linear_warmup_decay(optimizer, total_steps: int, warmup_ratio: float):
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
+def _trainable(model: torch.nn.Module):
+    return [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+
+
+def _group_key(name: str, param: torch.Tensor) -> tuple[bool, bool]:
+    """(is an exit-head parameter, is exempt from weight decay: biases and LayerNorm weights)."""
+    return name.startswith("exits."), param.ndim < 2
+
+
 def build_engine(model: torch.nn.Module, cfg, total_steps: int):
     """AdamW with separate backbone / exit-head learning rates, warm-up + linear decay, in a DeepSpeed engine."""
     ensure_process_group()
     import deepspeed
 
     head_lr = cfg.head_lr if cfg.head_lr is not None else cfg.lr
-    groups: dict[tuple[str, bool], list] = {}
-    for name, param in model.named_parameters():
-        if not param.requires_grad:
-            continue
-        is_head = name.startswith("exits.")
-        no_decay = param.ndim < 2  # biases and LayerNorm weights
-        groups.setdefault((is_head, no_decay), []).append(param)
+    groups: dict[tuple[bool, bool], list] = {}
+    for name, param in _trainable(model):
+        groups.setdefault(_group_key(name, param), []).append(param)
     param_groups = [
         {"params": params, "lr": head_lr if is_head else cfg.lr,
          "weight_decay": 0.0 if no_decay else cfg.weight_decay, "name": ("heads" if is_head else "backbone")}
@@ -119,6 +125,18 @@ def build_engine(model: torch.nn.Module, cfg, total_steps: int):
 
 def current_lrs(engine) -> list[float]:
     return [group["lr"] for group in engine.optimizer.param_groups]
+
+
+def parameter_lrs(engine, fixed: float | None = None) -> list[float]:
+    """The current learning rate of each trainable parameter (ξ for the virtual step), in
+    ``model.parameters()`` order. ZeRO replaces the groups' tensors by flat partitions but keeps
+    the groups' order, so parameters are mapped through their group key, not their identity."""
+    params = _trainable(engine.module)
+    if fixed is not None:
+        return [fixed] * len(params)
+    keys = sorted({_group_key(name, p) for name, p in params})
+    lrs = current_lrs(engine)
+    return [lrs[keys.index(_group_key(name, p))] for name, p in params]
 
 
 # ---------------------------------------------------------------------------- checkpoints

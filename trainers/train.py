@@ -39,7 +39,7 @@ from trainers.evaluate import (collect_logits, final_report, point_key, policy_g
 from trainers.frontier import curve_table
 from trainers.model import ModelSpec, MultiExitEncoder, build_model, resolve_model_source, tiny_backbone
 from trainers.objective import LossTerms, term_losses
-from trainers.weight_strategies import build_strategy, per_parameter_xi
+from trainers.weight_strategies import build_strategy
 
 TINY_MODEL = "tiny-random"  # a 3-layer randomly initialized BERT with MiniLM's vocabulary (smoke runs)
 
@@ -116,7 +116,7 @@ def train_steps(engine, strategy, terms: LossTerms, data: TaskData, cfg: TrainCo
     model = engine.module
     rank, world_size = ds.world()
     sizes = strategy.draw_sizes(cfg.batch_size)
-    xi = lambda: per_parameter_xi(model, engine.optimizer, cfg.xi)  # noqa: E731 - evaluated only on outer steps
+    xi = lambda: ds.parameter_lrs(engine, cfg.xi)  # noqa: E731 - evaluated on outer steps only
     tick, tick_step = time.perf_counter(), start
     for step in range(start, stop):
         draw = StepDraw(data, step, sizes, cfg.seed, rank, world_size)

@@ -103,14 +103,6 @@ def hypergradient(model: torch.nn.Module, terms: LossTerms, loss_weights: LossWe
     return -jacobian_product / (2 * eps)
 
 
-def per_parameter_xi(model: torch.nn.Module, optimizer, xi: float | None) -> list[float]:
-    """ξ for each trainable parameter: the fixed value, or its group's current learning rate (DARTS)."""
-    if xi is not None:
-        return [xi for p in model.parameters() if p.requires_grad]
-    lr_of = {id(p): group["lr"] for group in optimizer.param_groups for p in group["params"]}
-    return [lr_of[id(p)] for p in model.parameters() if p.requires_grad]
-
-
 class FixedWeights:
     """Constant weights; θ trains on all of D (drawn as equal halves from D1 and D2)."""
 
