@@ -10,6 +10,10 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
+# Tiny models are dominated by per-op overhead; a second thread only adds synchronization, and
+# with other processes on the 2 cores it made a 1-second run take a minute (measured).
+torch.set_num_threads(1)
+
 
 def make_batch(batch_size=6, seq_len=8, vocab=100, num_labels=3, seed=0, ids_offset=0):
     gen = torch.Generator().manual_seed(seed)

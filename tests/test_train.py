@@ -17,7 +17,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def tiny_config(tmp_path, **overrides) -> TrainConfig:
     values = dict(model="tiny-random", task="mr", train_subset=128, eval_subset=100, max_length=32,
-                  epochs=2, batch_size=16, log_every=100, wallclock_eval=False, output_dir=str(tmp_path / "run"))
+                  epochs=2, batch_size=16, log_every=100, wallclock_eval=False, threads=1, output_dir=str(tmp_path / "run"))
     values.update(overrides)
     return TrainConfig(**values)
 
