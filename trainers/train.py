@@ -183,14 +183,16 @@ def run(cfg: TrainConfig, on_epoch: Callable[[dict], None] | None = None, quiet:
     # 4–5. train, evaluating and checkpointing after each epoch
     for epoch in range(start_epoch, cfg.epochs):
         log(f"epoch {epoch + 1}/{cfg.epochs} ({steps_per_epoch} steps, method {cfg.method})")
+        epoch_start = time.perf_counter()
         train_steps(engine, strategy, terms, data, cfg, epoch * steps_per_epoch,
                     (epoch + 1) * steps_per_epoch, history, log)
+        train_seconds = time.perf_counter() - epoch_start
         val = report_split(collect_logits(model, data.validation, cfg.eval_batch_size, data.pad_token_id),
                            data.validation.labels, task, policy_grid(task, model.num_layers))
         record = {"epoch": epoch + 1, "step": (epoch + 1) * steps_per_epoch,
                   "val_last_exit": val.last_exit, "val_hypervolume": val.hypervolume,
                   "val_per_exit": [e[val.primary] for e in val.per_exit],
-                  "weights": strategy.weights().tolist()}
+                  "weights": strategy.weights().tolist(), "train_seconds": round(train_seconds, 2)}
         history.epochs.append(record)
         log(f"epoch {epoch + 1}: validation {val.primary} last exit {val.last_exit:.4f}, hypervolume {val.hypervolume:.4f}, "
             f"per exit {' '.join(f'{x:.3f}' for x in record['val_per_exit'])}")
