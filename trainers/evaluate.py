@@ -27,9 +27,10 @@ def collect_logits(model, split: Split, batch_size: int, pad_token_id: int) -> t
     """All exits' logits on a split, ``[L, N, C]`` in split order."""
     was_training = model.training
     model.eval()
+    device = next(model.parameters()).device
     out = None
     for positions, batch in eval_batches(split, batch_size, pad_token_id):
-        logits = model(**batch).float()
+        logits = model(**{key: value.to(device) for key, value in batch.items()}).float().cpu()
         if out is None:
             out = logits.new_zeros((logits.shape[0], len(split), logits.shape[-1]))
         out[:, positions] = logits
@@ -140,7 +141,9 @@ def wallclock_speedup(model, split: Split, op: OperatingPoint, task: TaskSpec,
     policy = make_policy(op.policy, op.setting, is_regression=task.is_regression, delta=op.delta)
     was_training = model.training
     model.eval()
-    batches = [batch for _, batch in eval_batches(split, batch_size, pad_token_id)]
+    device = next(model.parameters()).device
+    batches = [{key: value.to(device) for key, value in batch.items()}
+               for _, batch in eval_batches(split, batch_size, pad_token_id)]
 
     def timed(fn) -> float:
         fn(batches[0])  # warm-up: first calls pay for allocation and kernel selection

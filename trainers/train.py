@@ -84,9 +84,10 @@ def check_split_sizes(data: TaskData, draw: tuple[int, int], batch_size: int, wo
 class StepDraw:
     """The examples of one step. Batches are collated on first use: bilevel needs B2 only on outer steps."""
 
-    def __init__(self, data: TaskData, step: int, sizes: tuple[int, int], seed: int, rank: int = 0, world_size: int = 1):
+    def __init__(self, data: TaskData, step: int, sizes: tuple[int, int], seed: int, rank: int = 0,
+                 world_size: int = 1, device: torch.device | str = "cpu"):
         self.data, self.step, self.sizes, self.seed = data, step, sizes, seed
-        self.rank, self.world_size = rank, world_size
+        self.rank, self.world_size, self.device = rank, world_size, device
         self._batches: dict[int, dict] = {}
 
     def _batch(self, which: int) -> dict:
@@ -94,7 +95,8 @@ class StepDraw:
             half = (self.data.d1, self.data.d2)[which]
             positions = batch_indices(len(half), self.sizes[which], self.step, self.seed, salt=which + 1)
             mine = positions[self.rank::self.world_size]  # this process's shard of the global batch
-            self._batches[which] = collate(self.data.train, half[mine], self.data.pad_token_id)
+            batch = collate(self.data.train, half[mine], self.data.pad_token_id)
+            self._batches[which] = {key: value.to(self.device) for key, value in batch.items()}
         return self._batches[which]
 
     def b1(self) -> dict:
@@ -119,7 +121,7 @@ def train_steps(engine, strategy, terms: LossTerms, data: TaskData, cfg: TrainCo
     xi = lambda: ds.parameter_lrs(engine, cfg.xi)  # noqa: E731 - evaluated on outer steps only
     tick, tick_step = time.perf_counter(), start
     for step in range(start, stop):
-        draw = StepDraw(data, step, sizes, cfg.seed, rank, world_size)
+        draw = StepDraw(data, step, sizes, cfg.seed, rank, world_size, engine.device)
         outer = strategy.outer_step(model, draw.b1, draw.b2, step, xi)
         batch = strategy.theta_batch(draw.b1, draw.b2)
         logits = engine(**batch)
@@ -141,7 +143,8 @@ def train_steps(engine, strategy, terms: LossTerms, data: TaskData, cfg: TrainCo
 def run(cfg: TrainConfig, on_epoch: Callable[[dict], None] | None = None, quiet: bool = False) -> dict:
     cfg.validate()
     started = time.perf_counter()
-    log = (lambda msg: None) if quiet else (lambda msg: print(f"[leebert] {msg}", flush=True))
+    is_main = int(os.environ.get("RANK", "0")) == 0  # under a launcher only rank 0 speaks and writes
+    log = (lambda msg: None) if quiet or not is_main else (lambda msg: print(f"[leebert] {msg}", flush=True))
     output = Path(cfg.output_dir)
     if not cfg.resume and ds.latest_checkpoint(cfg.output_dir):
         raise ConfigError(f"output_dir '{output}' already holds a run; pass --resume to continue it, or choose another --output-dir")
@@ -158,15 +161,12 @@ def run(cfg: TrainConfig, on_epoch: Callable[[dict], None] | None = None, quiet:
     # 2. objective and loss-weight strategy
     terms = LossTerms.build(model.num_layers, cfg.kd, cfg.temperature, task.is_regression)
     strategy = build_strategy(cfg, terms)
+    check_split_sizes(data, strategy.draw_sizes(cfg.batch_size), cfg.batch_size, int(os.environ.get("WORLD_SIZE", 1)))
     steps_per_epoch = max(1, len(data.train) // cfg.batch_size)
     total_steps = cfg.epochs * steps_per_epoch
 
     # 3. engine
     engine = ds.build_engine(model, cfg, total_steps)
-    rank, world_size = ds.world()
-    check_split_sizes(data, strategy.draw_sizes(cfg.batch_size), cfg.batch_size, world_size)
-    if rank != 0:
-        log = lambda msg: None  # noqa: E731
 
     history, start_epoch = History(), 0
     tag = ds.latest_checkpoint(cfg.output_dir) if cfg.resume else None
@@ -219,7 +219,7 @@ def run(cfg: TrainConfig, on_epoch: Callable[[dict], None] | None = None, quiet:
         "epochs": history.epochs,
         "config": cfg.to_dict(),
     }
-    if rank == 0:
+    if is_main:
         output.mkdir(parents=True, exist_ok=True)
         write_json_atomic(output / "summary.json", summary)
         log("per-exit test " + report.test.primary + ": " +
@@ -262,6 +262,7 @@ def parser() -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("--config", help="YAML or JSON file with any of the options below")
+    p.add_argument("--local_rank", "--local-rank", type=int, help=argparse.SUPPRESS)  # passed by the deepspeed launcher
     add_config_arguments(p)
     return p
 
@@ -275,6 +276,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
     summary.pop("model_object", None)
+    if int(os.environ.get("RANK", "0")) != 0:
+        return 0
     printable = {k: v for k, v in summary.items() if k not in ("config", "epochs")}
     printable["weights"] = {"final": summary["weights"]["final"]}
     print(json.dumps(printable, indent=2, default=float))
