@@ -52,7 +52,7 @@ class TrainConfig:
     warmup_ratio: float = _f(0.1, "linear warm-up share of all steps, then linear decay to 0")
     max_grad_norm: float = _f(1.0, "gradient clipping norm (0 = off)")
     # outer optimization (φ)
-    lr_outer: float = _f(1e-2, "outer learning rate (Adam on the loss-weight logits φ)")
+    lr_outer: float = _f(0.05, "outer learning rate (Adam on the loss-weight logits φ)")
     outer_every: int = _f(10, "update the loss weights every N steps")
     xi: float | None = _f(None, "virtual-step size ξ (default: each parameter group's current inner learning rate)")
     fd_eps: float = _f(0.01, "finite-difference step: ε = fd_eps / ‖v‖")
