@@ -181,14 +181,15 @@ def run(cfg: TrainConfig, on_epoch: Callable[[dict], None] | None = None, quiet:
         log(f"no complete checkpoint in {output}/checkpoints: starting from scratch")
 
     # 4–5. train, evaluating and checkpointing after each epoch
+    val_logits = None
     for epoch in range(start_epoch, cfg.epochs):
         log(f"epoch {epoch + 1}/{cfg.epochs} ({steps_per_epoch} steps, method {cfg.method})")
         epoch_start = time.perf_counter()
         train_steps(engine, strategy, terms, data, cfg, epoch * steps_per_epoch,
                     (epoch + 1) * steps_per_epoch, history, log)
         train_seconds = time.perf_counter() - epoch_start
-        val = report_split(collect_logits(model, data.validation, cfg.eval_batch_size, data.pad_token_id),
-                           data.validation.labels, task, policy_grid(task, model.num_layers))
+        val_logits = collect_logits(model, data.validation, cfg.eval_batch_size, data.pad_token_id)
+        val = report_split(val_logits, data.validation.labels, task, policy_grid(task, model.num_layers))
         record = {"epoch": epoch + 1, "step": (epoch + 1) * steps_per_epoch,
                   "val_last_exit": val.last_exit, "val_hypervolume": val.hypervolume,
                   "val_per_exit": [e[val.primary] for e in val.per_exit],
@@ -204,7 +205,8 @@ def run(cfg: TrainConfig, on_epoch: Callable[[dict], None] | None = None, quiet:
             on_epoch(record)
 
     # 6. final report: settings chosen on validation, reported on test
-    val_logits = collect_logits(model, data.validation, cfg.eval_batch_size, data.pad_token_id)
+    if val_logits is None:  # resumed after the last epoch
+        val_logits = collect_logits(model, data.validation, cfg.eval_batch_size, data.pad_token_id)
     test_logits = collect_logits(model, data.test, cfg.eval_batch_size, data.pad_token_id)
     report = final_report(val_logits, data.validation.labels, test_logits, data.test.labels, task)
     if cfg.wallclock_eval:
@@ -238,13 +240,18 @@ def seed_everything(seed: int) -> None:
 
 
 def rng_state() -> dict:
-    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
 
 
 def restore_rng(state: dict) -> None:
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])
     torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def write_json_atomic(path: Path, payload: dict) -> None:
