@@ -116,6 +116,7 @@ class FinalReport:
                 for v in val.front
             ],
             "operating_points": [asdict(op) for op in self.operating_points],
+            "validation_curve": [asdict(p) for p in val.curve],
         }
 
 

@@ -1,0 +1,386 @@
+"""The typed sweep config: defaults ← preset YAML ← --config file ← --set key=value / flags.
+
+Everything is validated here, before Ray, MLflow or a trial starts; a bad value raises
+``trainers.errors.ConfigError`` with what to fix, which the command line turns into one
+``error: ...`` line and exit code 2.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+import socket
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import yaml
+
+from trainers.errors import ConfigError
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+PRESETS_DIR = Path(__file__).resolve().parent / "presets"
+OBJECTIVES = {"hypervolume": "val_hypervolume", "last_exit": "val_last_exit"}
+SCHEDULERS = ("asha", "none")
+KEEP_CHECKPOINTS = ("best", "all")
+STATE_FILE = "sweep.json"  # the resolved config of a sweep, written when it starts; --resume reads it
+
+
+def _f(default, help: str):
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata={"help": help})
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass
+class SweepConfig:
+    preset: str = _f("demo", "the preset this config started from (demo, smoke, glue-bert, glue-albert)")
+    name: str | None = _f(None, "sweep name: MLflow experiment, folder under root (default: <preset>-<date>-<time>)")
+    methods: list = _f(["fixed", "bilevel", "clo"], "loss-weight methods to compare; one search each")
+    trials: int = _f(2, "trial budget per method (the same for every method)")
+    max_concurrent: int = _f(2, "trials of one method running at once")
+    seed: int = _f(0, "seed of the TPE sampler (the same for every method); the trainer's seed is train.seed")
+    tpe_startup_trials: int = _f(10, "random trials before TPE starts modelling (Optuna's n_startup_trials)")
+    objective: str = _f("hypervolume", "what the search maximizes on validation: hypervolume (of the speed-accuracy frontier) or last_exit")
+    scheduler: str = _f("asha", "trial scheduler: asha (stops weak trials after each epoch) or none")
+    grace_period: int = _f(1, "ASHA: epochs every trial gets before it can be stopped")
+    reduction_factor: int = _f(2, "ASHA: keep the best 1/reduction_factor of trials at each rung")
+    cpus_per_trial: float = _f(1.0, "CPUs reserved per trial (also its torch threads unless train.threads is set)")
+    gpus_per_trial: float = _f(0.0, "GPUs reserved per trial")
+    num_cpus: int | None = _f(None, "CPUs of the local Ray instance (default: all); ignored when connecting to a cluster")
+    reuse_actors: bool = _f(False, "let a Ray worker process run several trials in turn")
+    root: str = _f("runs/sweeps", "folder holding one sub-folder per sweep (local stores, reports)")
+    storage: str | None = _f(None, "Ray Tune storage (trial results, model checkpoints); default <root>/<name>/ray; must be shared (NFS, s3://) on multi-node clusters")
+    tracking_uri: str | None = _f(None, "MLflow tracking URI: http(s)://server or sqlite:///file.db (default: sqlite:///<root>/<name>/mlflow.db)")
+    ray_address: str | None = _f(None, "Ray cluster to join (host:6379 or auto); default: $RAY_ADDRESS if set (as inside `ray job submit`), else a new local Ray")
+    register: bool = _f(True, "register each method's best model in the MLflow model registry (alias 'champion')")
+    register_speedup: float = _f(2.0, "exit policy of the registered model: the validation operating point for this speed-up target")
+    registry_prefix: str | None = _f(None, "registered model name prefix (default: leebert-<task>); the name is <prefix>-<method>")
+    keep_checkpoints: str = _f("best", "model checkpoints kept after the sweep: best (one per method) or all")
+    trial_logs: bool = _f(False, "forward the trainer's step-by-step logs of every trial to this console")
+    env: dict = _f({}, "environment variables set in every trial (e.g. HF_HUB_OFFLINE: '1')")
+    space: dict = _f({}, "search-space overrides, e.g. {lr: [1e-5, 1e-4], temperature: null} (see search_spaces/)")
+    train: dict = _f({}, "trainer options shared by every trial (any `python -m trainers.train` option; method is set per search)")
+
+    # ------------------------------------------------------------------ derived
+    @property
+    def metric(self) -> str:
+        """The Ray Tune result key the search and the scheduler maximize."""
+        return OBJECTIVES[self.objective]
+
+    @property
+    def sweep_dir(self) -> Path:
+        return Path(self.root).resolve() / self.name
+
+    @property
+    def storage_path(self) -> str:
+        if self.storage:
+            return self.storage if "://" in self.storage else str(Path(self.storage).resolve())
+        return str(self.sweep_dir / "ray")
+
+    @property
+    def resolved_tracking_uri(self) -> str:
+        return self.tracking_uri or f"sqlite:///{self.sweep_dir / 'mlflow.db'}"
+
+    @property
+    def artifact_location(self) -> str | None:
+        """Absolute artifact root for a local store; a tracking server manages its own."""
+        if self.resolved_tracking_uri.startswith(("http://", "https://")):
+            return None
+        return (self.sweep_dir / "mlartifacts").as_uri()
+
+    @property
+    def optuna_storage(self) -> str:
+        return f"sqlite:///{self.sweep_dir / 'optuna.db'}"
+
+    @property
+    def model_prefix(self) -> str:
+        return self.registry_prefix or f"leebert-{self.train.get('task', 'mr')}"
+
+    def train_config(self, method: str):
+        """The trainer config of ``method`` before the searched values are filled in."""
+        from trainers.config import TrainConfig
+
+        values = dict(self.train, method=method)
+        if values.get("deepspeed_config"):
+            values["deepspeed_config"] = str(resolve_project_path(values["deepspeed_config"]))
+        return TrainConfig.from_dict(values, where="train")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    # ------------------------------------------------------------------ validation
+    def validate(self) -> "SweepConfig":
+        import search_spaces
+
+        _check_types(self)
+        if self.name is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", self.name):
+            raise ConfigError(f"name '{self.name}' may only hold letters, digits, '.', '_' and '-'")
+        if not self.methods:
+            raise ConfigError("methods is empty; list at least one of: " + ", ".join(search_spaces.methods()))
+        for method in self.methods:
+            if method not in search_spaces.methods():
+                raise ConfigError(f"unknown method '{method}'; choose from: {', '.join(search_spaces.methods())}")
+        if len(set(self.methods)) != len(self.methods):
+            raise ConfigError(f"methods lists a method twice: {self.methods}")
+        for name in ("trials", "max_concurrent", "tpe_startup_trials", "grace_period"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name} must be > 0 (got {getattr(self, name)})")
+        if self.reduction_factor < 2:
+            raise ConfigError(f"reduction_factor must be >= 2 (got {self.reduction_factor})")
+        if self.num_cpus is not None and self.num_cpus <= 0:
+            raise ConfigError(f"num_cpus must be > 0 (got {self.num_cpus}); leave it unset to use every CPU")
+        _choose("objective", self.objective, OBJECTIVES)
+        _choose("scheduler", self.scheduler, SCHEDULERS)
+        _choose("keep_checkpoints", self.keep_checkpoints, KEEP_CHECKPOINTS)
+        if not self.cpus_per_trial > 0:
+            raise ConfigError(f"cpus_per_trial must be > 0 (got {self.cpus_per_trial})")
+        if self.gpus_per_trial < 0:
+            raise ConfigError(f"gpus_per_trial must be >= 0 (got {self.gpus_per_trial})")
+        if self.register_speedup < 1:
+            raise ConfigError(f"register_speedup must be >= 1 (got {self.register_speedup}); it is a speed-up target such as 2.0")
+        for key, value in self.env.items():
+            if not isinstance(value, (str, int, float, bool)):
+                raise ConfigError(f"env.{key} must be a plain value, got {value!r}")
+        unknown = sorted(set(self.space) - search_spaces.all_parameters())
+        if unknown:
+            raise ConfigError(f"unknown search-space key(s): {', '.join(unknown)}; searched parameters: "
+                              f"{', '.join(sorted(search_spaces.all_parameters()))}")
+        if "method" in self.train:
+            raise ConfigError("train.method cannot be set: each method gets its own search; list them in `methods`")
+        for method in self.methods:
+            search_spaces.get_space(method, self.space)
+            cfg = self.train_config(method).validate()
+            if self.scheduler == "asha" and self.grace_period > cfg.epochs:
+                raise ConfigError(f"grace_period {self.grace_period} exceeds train.epochs {cfg.epochs}")
+        return self
+
+
+def _choose(name: str, value: str, choices) -> None:
+    if value not in choices:
+        raise ConfigError(f"unknown {name} '{value}'; choose one of: {', '.join(choices)}")
+
+
+def _check_types(cfg: SweepConfig) -> None:
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        kind = str(f.type).replace(" | None", "")
+        if value is None and "None" in str(f.type):
+            continue
+        ok = {
+            "str": isinstance(value, str),
+            "int": isinstance(value, int) and not isinstance(value, bool),
+            "float": isinstance(value, (int, float)) and not isinstance(value, bool),
+            "bool": isinstance(value, bool),
+            "list": isinstance(value, list),
+            "dict": isinstance(value, dict),
+        }[kind]
+        if not ok:
+            raise ConfigError(f"{f.name} must be {'a' if kind != 'int' else 'an'} {kind}, got {value!r}")
+    if isinstance(cfg.cpus_per_trial, int):
+        cfg.cpus_per_trial = float(cfg.cpus_per_trial)
+
+
+# ---------------------------------------------------------------------------- building
+def field_help() -> list[tuple[str, str, Any]]:
+    return [(f.name, f.metadata["help"], f.default if f.default is not dataclasses.MISSING else f.default_factory())
+            for f in dataclasses.fields(SweepConfig)]
+
+
+def presets() -> list[str]:
+    return sorted(p.stem for p in PRESETS_DIR.glob("*.yaml"))
+
+
+def load_yaml(path: Path, what: str) -> dict[str, Any]:
+    try:
+        text = path.read_text()
+    except OSError as err:
+        raise ConfigError(f"{what} '{path}' cannot be read: {err.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        where = getattr(err, "problem_mark", None)
+        line = f" (line {where.line + 1})" if where is not None else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ConfigError(f"{what} '{path}' is not valid YAML{line}: {problem}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{what} '{path}' must hold a mapping of keys to values, not {type(data).__name__}")
+    return data
+
+
+def load_preset(name: str) -> dict[str, Any]:
+    path = PRESETS_DIR / f"{name}.yaml"
+    if not isinstance(name, str) or not path.is_file():
+        raise ConfigError(f"unknown preset '{name}'; choose one of: {', '.join(presets())}")
+    return load_yaml(path, "preset")
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``a.b=value`` → (["a", "b"], value); the value is read as YAML (numbers, lists, null)."""
+    if "=" not in text:
+        raise ConfigError(f"--set expects key=value, got '{text}'")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"--set expects key=value with a key such as trials or train.lr, got '{text}'")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.split("."), value
+
+
+def _merge(base: dict, update: dict) -> dict:
+    out = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict) and key in ("train", "space", "env"):
+            out[key] = {**out[key], **value}
+        else:
+            out[key] = value
+    return out
+
+
+def build_config(preset: str | None = None, config_file: str | None = None,
+                 overrides: list[str] | None = None, flags: dict[str, Any] | None = None) -> SweepConfig:
+    """Layer the sources, then validate. ``flags`` are dedicated command-line options (None = unset)."""
+    file_values = load_yaml(Path(config_file), "config file") if config_file else {}
+    flags = {k: v for k, v in (flags or {}).items() if v is not None}
+    name = preset or flags.pop("preset", None) or file_values.get("preset") or "demo"
+    values = _merge({}, load_preset(name))
+    values["preset"] = name
+    values = _merge(values, {k: v for k, v in file_values.items() if k != "preset"})
+    values = _merge(values, flags)
+    for text in overrides or []:
+        path, value = parse_override(text)
+        if path[0] in ("train", "space", "env"):
+            if len(path) != 2:
+                raise ConfigError(f"--set {'.'.join(path)}: use {path[0]}.<key>=value")
+            values[path[0]] = {**values.get(path[0], {}), path[1]: value}
+        elif len(path) == 1:
+            values[path[0]] = value
+        else:
+            raise ConfigError(f"--set {'.'.join(path)}: only train.*, space.* and env.* take a dotted key")
+    return from_dict(values).validate()
+
+
+def from_dict(values: dict[str, Any]) -> SweepConfig:
+    known = [f.name for f in dataclasses.fields(SweepConfig)]
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise ConfigError(f"unknown sweep config key(s): {', '.join(unknown)}; valid keys: {', '.join(known)}")
+    for key in ("train", "space", "env"):
+        if key in values and values[key] is None:
+            values[key] = {}
+    return SweepConfig(**values)
+
+
+# ---------------------------------------------------------------------------- sweep folders
+def new_sweep_name(cfg: SweepConfig) -> str:
+    return f"{cfg.preset}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def save_state(cfg: SweepConfig) -> None:
+    cfg.sweep_dir.mkdir(parents=True, exist_ok=True)
+    tmp = cfg.sweep_dir / (STATE_FILE + ".tmp")
+    tmp.write_text(json.dumps(cfg.to_dict(), indent=2))
+    os.replace(tmp, cfg.sweep_dir / STATE_FILE)
+
+
+def resume_config(cfg: SweepConfig) -> SweepConfig:
+    """The saved config of the sweep to resume: ``cfg.name``, or the newest sweep of the preset."""
+    root = Path(cfg.root).resolve()
+    if cfg.name is None:
+        candidates = sorted((p for p in root.glob(f"{cfg.preset}-*") if (p / STATE_FILE).is_file()),
+                            key=lambda p: (p / STATE_FILE).stat().st_mtime)
+        if not candidates:
+            raise ConfigError(f"--resume: no '{cfg.preset}' sweep found under {root}; pass --name of the sweep to resume")
+        folder = candidates[-1]
+    else:
+        folder = root / cfg.name
+        if not (folder / STATE_FILE).is_file():
+            raise ConfigError(f"--resume: no sweep named '{cfg.name}' under {root} (missing {STATE_FILE})")
+    try:
+        saved = json.loads((folder / STATE_FILE).read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise ConfigError(f"--resume: {folder / STATE_FILE} is unreadable: {err}") from None
+    return from_dict(saved).validate()
+
+
+def start_config(cfg: SweepConfig) -> SweepConfig:
+    """A new sweep: pick the name and refuse to overwrite an existing one."""
+    if cfg.name is None:
+        cfg.name = new_sweep_name(cfg)
+    if (cfg.sweep_dir / STATE_FILE).exists():
+        raise ConfigError(f"sweep '{cfg.name}' already exists in {cfg.sweep_dir.parent}; pass --resume to continue it "
+                          "or choose another --name")
+    return cfg
+
+
+# ---------------------------------------------------------------------------- reachability
+def check_tracking_uri(uri: str, timeout: float = 3.0) -> None:
+    """An http(s) server must answer /health; a sqlite file's folder must be creatable."""
+    scheme = urlparse(uri).scheme
+    if scheme in ("http", "https"):
+        import requests
+
+        try:
+            response = requests.get(uri.rstrip("/") + "/health", timeout=timeout)
+        except requests.RequestException as err:
+            reason = type(err).__name__.replace("Error", " error").strip()
+            raise ConfigError(f"MLflow tracking server {uri} is not reachable ({reason}); start it (clusters/mlflow/server.sh) "
+                              "or leave tracking_uri unset for a local sqlite store") from None
+        if response.status_code != 200:
+            raise ConfigError(f"MLflow tracking server {uri} answered /health with HTTP {response.status_code}; is it an MLflow server?")
+        return
+    if scheme == "sqlite":
+        path = uri[len("sqlite:///"):] if uri.startswith("sqlite:///") else ""
+        if not path or path == ":memory:":
+            raise ConfigError(f"tracking URI '{uri}' must name a file: sqlite:////absolute/path/mlflow.db")
+        try:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise ConfigError(f"MLflow store {uri}: cannot create folder {Path(path).parent} ({err.strerror})") from None
+        if not os.access(Path(path).parent, os.W_OK):
+            raise ConfigError(f"MLflow store {uri}: folder {Path(path).parent} is not writable")
+        return
+    if scheme in ("", "file"):
+        raise ConfigError(f"tracking URI '{uri}' is a file store, which cannot hold the model registry; "
+                          "use sqlite:///path/mlflow.db or an http(s):// tracking server")
+    if scheme not in ("postgresql", "mysql", "mssql", "databricks") and not scheme.startswith(("postgresql+", "mysql+", "mssql+")):
+        raise ConfigError(f"tracking URI '{uri}' has an unsupported scheme '{scheme}'; use sqlite:///..., http(s)://... "
+                          "or a database URI (postgresql://...)")
+
+
+def check_ray_address(address: str, timeout: float = 3.0) -> None:
+    """A host:port (or ray://host:port) must accept a TCP connection; 'auto' is checked by ray.init."""
+    if address in ("auto", "local"):
+        return
+    if address.startswith(("http://", "https://")):
+        raise ConfigError(f"Ray address '{address}' is the dashboard / job-submission address; the sweep needs the "
+                          "cluster address host:6379 (or none at all inside `ray job submit`)")
+    target = address[len("ray://"):] if address.startswith("ray://") else address
+    host, _, port = target.rpartition(":")
+    if not host or not port.isdigit():
+        raise ConfigError(f"Ray address '{address}' must look like host:port (e.g. 10.0.0.5:6379), ray://host:10001 or auto")
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout):
+            pass
+    except OSError as err:
+        reason = err.strerror or type(err).__name__
+        raise ConfigError(f"cannot reach the Ray cluster at {address} ({reason}); start one with `ray start --head` "
+                          "or fix ray_address") from None
+
+
+def resolve_project_path(path: str) -> Path:
+    """A relative path as given, else relative to the project (e.g. clusters/deepspeed/*.json)."""
+    p = Path(path)
+    if p.is_absolute() or p.exists():
+        return p.resolve()
+    candidate = PROJECT_ROOT / p
+    return candidate if candidate.exists() else p
