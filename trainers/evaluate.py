@@ -18,7 +18,7 @@ from trainers.data import Split, TaskSpec, eval_batches
 from trainers.metrics import compute_metrics, majority_baseline, predictions_from_logits
 from trainers.policies import default_grid, make_policy
 
-POLICY_KINDS = ("patience", "entropy", "confidence")
+POLICY_KINDS = ("none", "patience", "entropy", "confidence")  # "none": the full model, speed-up 1
 OPERATING_SPEEDUPS = (1.5, 2.0)
 
 
@@ -39,8 +39,8 @@ def collect_logits(model, split: Split, batch_size: int, pad_token_id: int) -> t
 
 
 def policy_grid(task: TaskSpec, num_layers: int) -> list:
-    return [p for kind in POLICY_KINDS if not (task.is_regression and kind != "patience")
-            for p in default_grid(kind, num_layers, task.num_labels, task.is_regression)]
+    kinds = ("none", "patience") if task.is_regression else POLICY_KINDS  # entropy/confidence need classes
+    return [p for kind in kinds for p in default_grid(kind, num_layers, task.num_labels, task.is_regression)]
 
 
 @dataclass

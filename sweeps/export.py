@@ -1,0 +1,80 @@
+"""Exported models: a self-contained folder per trained multi-exit encoder.
+
+``export_model`` (run inside a trial) writes the backbone config, the weights of every layer and
+exit, the tokenizer, and what the task looks like, so that ``load_exported`` rebuilds the model
+without the original checkpoint or the hub. No MLflow here: trials import this module.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+WEIGHTS = "weights.pt"
+BACKBONE = "backbone"
+TOKENIZER = "tokenizer"
+META = "exit_model.json"
+POLICY = "policy.json"
+
+
+def load_tokenizer(model: str):
+    from transformers import AutoTokenizer
+
+    from trainers.model import embedded_model_path, resolve_model_source
+    from trainers.train import TINY_MODEL
+
+    source = embedded_model_path() if model == TINY_MODEL else resolve_model_source(model)
+    return AutoTokenizer.from_pretrained(source)
+
+
+def export_model(model, cfg, folder: Path) -> Path:
+    """Write ``model`` (a trained ``MultiExitEncoder``) so that it loads without the original checkpoint."""
+    import torch
+
+    from trainers.data import get_task
+
+    task = get_task(cfg.task)
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.save({k: v.detach().cpu().float() for k, v in model.state_dict().items()}, folder / WEIGHTS)
+    model.backbone.config.save_pretrained(folder / BACKBONE)
+    load_tokenizer(cfg.model).save_pretrained(folder / TOKENIZER)
+    meta = {
+        "task": task.name, "text_fields": list(task.text_fields), "num_labels": task.num_labels,
+        "is_regression": task.is_regression, "metric": task.metrics[0], "pooling": model.pooling,
+        "num_layers": model.num_layers, "max_length": cfg.max_length, "source_model": cfg.model,
+        "attn_implementation": cfg.attn_implementation,
+    }
+    (folder / META).write_text(json.dumps(meta, indent=2))
+    return folder
+
+
+def choose_operating_point(summary: dict, target: float) -> dict:
+    """The validation operating point for ``target`` (else the nearest lower target), or no early exit."""
+    points = sorted(summary.get("operating_points", []), key=lambda p: p["target_speedup"])
+    exact = [p for p in points if abs(p["target_speedup"] - target) < 1e-9]
+    lower = [p for p in points if p["target_speedup"] <= target]
+    chosen = exact[0] if exact else (lower[-1] if lower else None)
+    if chosen is None:
+        return {"policy": "none", "setting": 0.0, "delta": None, "target_speedup": 1.0,
+                "validation_speedup": 1.0, "validation_metric": summary["validation"]["last_exit"],
+                "test_speedup": 1.0, "test_metric": summary["test"]["last_exit"]}
+    return {k: chosen[k] for k in ("policy", "setting", "delta", "target_speedup", "validation_speedup",
+                                   "validation_metric", "test_speedup", "test_metric")}
+
+
+def load_exported(folder: Path):
+    """(model, tokenizer, meta) from an exported folder, on CPU, in eval mode."""
+    import torch
+    from transformers import AutoConfig, AutoModel, AutoTokenizer
+
+    from trainers.model import MultiExitEncoder
+
+    folder = Path(folder)
+    meta = json.loads((folder / META).read_text())
+    config = AutoConfig.from_pretrained(folder / BACKBONE)
+    backbone = AutoModel.from_config(config, attn_implementation=meta.get("attn_implementation", "sdpa"))
+    model = MultiExitEncoder(backbone, meta["num_labels"], meta["pooling"])
+    model.load_state_dict(torch.load(folder / WEIGHTS, map_location="cpu", weights_only=True))
+    model.eval()
+    tokenizer = AutoTokenizer.from_pretrained(folder / TOKENIZER)
+    return model, tokenizer, meta
