@@ -152,3 +152,24 @@ def test_command_line_exit_code_and_help():
     assert bad.returncode == 2 and bad.stderr.strip().splitlines()[-1].startswith("error: unknown task 'nope'")
     help_text = env_run("--help").stdout
     assert "--lr-outer" in help_text and "--resume" in help_text and "cross-level" in help_text
+
+
+def _write_glue_folder(folder: Path, rows: int, regression: bool) -> None:
+    folder.mkdir(parents=True)
+    header = "sentence1\tsentence2\tlabel\n"
+    words = ["good", "bad", "movie", "plot", "actor", "boring", "great", "scene"]
+    lines = [f"{words[i % 8]} {words[(i * 3) % 8]}\t{words[(i * 5) % 8]} film\t"
+             f"{(i % 6) * 1.0 if regression else i % 2}\n" for i in range(rows)]
+    (folder / "train.tsv").write_text(header + "".join(lines))
+    (folder / "dev.tsv").write_text(header + "".join(lines[: rows // 2]))
+
+
+@pytest.mark.parametrize("task,metric", [("stsb", "pearson"), ("mrpc", "f1")])
+def test_glue_pair_tasks_from_local_files_train_end_to_end(tmp_path, task, metric):
+    _write_glue_folder(tmp_path / task, 120, regression=task == "stsb")
+    summary = run(tiny_config(tmp_path, task=task, data_dir=str(tmp_path / task), method="clo", outer_every=2,
+                              train_subset=None, eval_subset=None, epochs=1), quiet=True)
+    assert summary["metric"] == metric
+    assert set(summary["test"]["per_exit"][0]) == ({"pearson", "spearman"} if task == "stsb" else {"f1", "accuracy"})
+    assert summary["train_examples"] == 108 and summary["num_exits"] == 3  # 10 % of train held out as validation
+    assert all(p["policy"] in ("none", "patience") for p in summary["validation_curve"]) or task != "stsb"

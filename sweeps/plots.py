@@ -1,0 +1,103 @@
+"""Figures for MLflow and the sweep report (matplotlib, no display needed)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+METHOD_COLORS = {"fixed": "#7f7f7f", "bilevel": "#1f77b4", "clo": "#d62728"}
+
+
+def _color(method: str, index: int) -> str:
+    return METHOD_COLORS.get(method, f"C{index % 10}")
+
+
+def weights_figure(names: list[str], final: list[float], num_exits: int, path: Path, title: str = "") -> Path:
+    """Learned loss weights over the exits: CE weight per exit, and the KD weight matrix."""
+    ce = np.full(num_exits, np.nan)
+    kd = np.full((num_exits, num_exits), np.nan)
+    for name, value in zip(names, final):
+        if m := re.fullmatch(r"ce/(\d+)", name):
+            ce[int(m.group(1)) - 1] = value
+        elif m := re.fullmatch(r"kd/(\d+)<-(\d+)", name):
+            kd[int(m.group(1)) - 1, int(m.group(2)) - 1] = value
+    has_kd = not np.all(np.isnan(kd))
+    fig, axes = plt.subplots(1, 2 if has_kd else 1, figsize=(10 if has_kd else 5, 3.8), squeeze=False)
+    exits = np.arange(1, num_exits + 1)
+    ax = axes[0, 0]
+    ax.bar(exits, ce, color="#1f77b4")
+    ax.axhline(1.0, color="k", lw=0.8, ls="--", label="uniform (1)")
+    ax.set_xlabel("exit (layer)")
+    ax.set_ylabel("weight w")
+    ax.set_title("cross-entropy weight per exit")
+    ax.set_xticks(exits)
+    ax.legend(loc="best", fontsize=8)
+    if has_kd:
+        ax = axes[0, 1]
+        image = ax.imshow(kd, cmap="viridis", origin="upper")
+        ax.set_xticks(range(num_exits), [str(e) for e in exits])
+        ax.set_yticks(range(num_exits), [str(e) for e in exits])
+        ax.set_xlabel("teacher exit")
+        ax.set_ylabel("student exit")
+        ax.set_title("distillation weight (student ← teacher)")
+        fig.colorbar(image, ax=ax, fraction=0.046)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _frontier_xy(frontier: list[dict], split: str) -> tuple[list[float], list[float]]:
+    points = sorted(((p[f"{split}_speedup"], p[f"{split}_metric"]) for p in frontier), key=lambda xy: xy[0])
+    return [x for x, _ in points], [100 * y for _, y in points]
+
+
+def frontier_figure(summary: dict, path: Path, title: str = "") -> Path:
+    """One trial's speed-accuracy frontier: settings chosen on validation, shown on validation and test."""
+    metric = summary["metric"]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for split, style in (("validation", "o-"), ("test", "s--")):
+        x, y = _frontier_xy(summary["frontier"], split)
+        ax.plot(x, y, style, drawstyle="default", label=f"{split} (hypervolume {summary[split]['hypervolume']:.3f})")
+    ax.axhline(100 * summary["validation"]["reference_metric"], color="k", lw=0.8, ls=":", label="majority class (validation)")
+    ax.set_xlabel("speed-up (L / mean exit layer)")
+    ax.set_ylabel(f"{metric} (%)")
+    ax.set_title(title or "speed-accuracy frontier")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def pareto_overlay(best: dict[str, dict], path: Path, title: str = "") -> Path:
+    """The best trial of each method, overlaid: validation frontier left, test (same settings) right."""
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.6), sharey=True)
+    metric = next(iter(best.values()))["metric"] if best else "metric"
+    for ax, split in zip(axes, ("validation", "test")):
+        for index, (method, summary) in enumerate(best.items()):
+            x, y = _frontier_xy(summary["frontier"], split)
+            ax.plot(x, y, "o-", color=_color(method, index), ms=4,
+                    label=f"{method} (HV {summary[split]['hypervolume']:.3f}, last exit {100 * summary[split]['last_exit']:.1f})")
+        if best:
+            ref = next(iter(best.values()))[split]["reference_metric"]
+            ax.axhline(100 * ref, color="k", lw=0.8, ls=":", label="majority class")
+        ax.set_title(f"{split}" + (" (settings chosen on validation)" if split == "test" else " (Pareto front)"))
+        ax.set_xlabel("speed-up (L / mean exit layer)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, loc="lower left")
+    axes[0].set_ylabel(f"{metric} (%)")
+    fig.suptitle(title or "best trial per method: speed-accuracy frontiers")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
