@@ -1,0 +1,263 @@
+"""MLflow layout of a sweep, written by the driver only (one writer, whatever the cluster).
+
+    experiment <sweep name>
+    ├── run "<method>"            role=method, one per method: space, budget, best trial, frontier
+    │   └── run "<method>-NN"     role=trial, one per Ray Tune trial: params, per-epoch metrics,
+    │                             learned weights, speed-accuracy curve, config
+    └── run "comparison"          role=comparison: Pareto overlay, summary table, Optuna storage
+
+Every write is idempotent, keyed by tags (role, method, trial_id): a resumed sweep reopens its
+method runs and never logs a trial twice, so no run is duplicated or left RUNNING.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from trainers.errors import ConfigError
+
+PARENT_TAG = "mlflow.parentRunId"
+BATCH = 500  # MLflow accepts at most 1000 metrics per log_batch
+
+
+@dataclass
+class TrialRecord:
+    """What the driver knows about one finished (or stopped, or failed) trial."""
+
+    method: str
+    trial_id: str
+    number: int
+    status: str                          # completed | stopped_early | error
+    sampled: dict[str, Any]              # the values Optuna drew
+    train: dict[str, Any]                # the trainer options (shared + sampled)
+    epochs: list[dict[str, Any]] = field(default_factory=list)  # Tune results, one per reported epoch
+    summary: dict[str, Any] | None = None  # the trainer's summary (completed trials)
+    error: str | None = None
+    start_ms: int | None = None
+    end_ms: int | None = None
+    checkpoint: Any = None               # ray.tune.Checkpoint of the exported model (completed trials)
+
+    @property
+    def objective(self) -> float:
+        return self.epochs[-1]["objective"] if self.epochs else float("nan")
+
+
+def metric_name(name: str) -> str:
+    """A loss-term name as an MLflow metric key: ce/3 → ce_3, kd/2<-5 → kd_2_from_5."""
+    return name.replace("<-", "_from_").replace("/", "_")
+
+
+def _finite(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+class Tracker:
+    def __init__(self, tracking_uri: str, experiment: str, artifact_location: str | None = None,
+                 sweep_tags: dict[str, str] | None = None):
+        import mlflow
+        from mlflow import MlflowClient
+
+        self.uri = tracking_uri
+        mlflow.set_tracking_uri(tracking_uri)
+        mlflow.set_registry_uri(tracking_uri)
+        self.client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+        found = self.client.get_experiment_by_name(experiment)
+        if found is not None and found.lifecycle_stage != "active":
+            raise ConfigError(f"MLflow experiment '{experiment}' is deleted; restore it in the MLflow UI or choose another --name")
+        self.experiment_id = found.experiment_id if found else self.client.create_experiment(
+            experiment, artifact_location=artifact_location, tags=sweep_tags or {})
+        self.experiment = experiment
+
+    # ------------------------------------------------------------------ lookups
+    def find_run(self, **tags: str):
+        query = " and ".join(f"tags.{key} = '{value}'" for key, value in tags.items())
+        runs = self.client.search_runs([self.experiment_id], filter_string=query, max_results=2,
+                                       order_by=["attributes.start_time ASC"])
+        return runs[0] if runs else None
+
+    def runs(self, **tags: str) -> list:
+        query = " and ".join(f"tags.{key} = '{value}'" for key, value in tags.items())
+        return self.client.search_runs([self.experiment_id], filter_string=query, max_results=1000)
+
+    # ------------------------------------------------------------------ method runs
+    def method_run(self, method: str, params: dict[str, Any], tags: dict[str, str]) -> str:
+        """The parent run of ``method``: created once, reopened on resume."""
+        run = self.find_run(role="method", method=method)
+        if run is not None:
+            if run.info.status != "RUNNING":
+                self.client.update_run(run.info.run_id, status="RUNNING")
+            return run.info.run_id
+        run = self.client.create_run(self.experiment_id, run_name=method,
+                                     tags={"role": "method", "method": method, **tags})
+        self._log(run.info.run_id, params=params)
+        return run.info.run_id
+
+    # ------------------------------------------------------------------ trial runs
+    def trial_logged(self, method: str, trial_id: str) -> bool:
+        return self.find_run(role="trial", method=method, trial_id=trial_id) is not None
+
+    def log_trial(self, record: TrialRecord, parent_run_id: str, metric: str) -> str | None:
+        """One nested run with everything about ``record``; nothing if it is already logged."""
+        if self.trial_logged(record.method, record.trial_id):
+            return None
+        from sweeps.plots import frontier_figure, weights_figure
+
+        tags = {PARENT_TAG: parent_run_id, "role": "trial", "method": record.method, "trial_id": record.trial_id,
+                "trial_status": record.status, "searched": ",".join(sorted(record.sampled))}
+        if record.error:
+            tags["error"] = record.error[:4000]
+        run = self.client.create_run(self.experiment_id, start_time=record.start_ms,
+                                     run_name=f"{record.method}-{record.number:02d}", tags=tags)
+        run_id = run.info.run_id
+        params = {k: v for k, v in record.train.items() if k not in ("output_dir", "resume")}
+        metrics: list[tuple[str, float, int, int]] = []  # (key, value, step, timestamp ms)
+        for result in record.epochs:
+            stamp = int(result.get("timestamp", time.time()) * 1000)
+            step = int(result["epoch"])
+            for key, value in result.items():
+                if key == "objective" or key.startswith(("val_", "test_")):
+                    if _finite(value):
+                        metrics.append((_epoch_key(key), float(value), step, stamp))
+        summary = record.summary
+        if summary:
+            end = record.end_ms or int(time.time() * 1000)
+            metrics += summary_metrics(summary, end)
+        self._log(run_id, params=params, metrics=metrics)
+        with tempfile.TemporaryDirectory(prefix="leebert-mlflow-") as tmp:
+            folder = Path(tmp)
+            (folder / "config.json").write_text(json.dumps(record.train, indent=2, default=str))
+            files = [folder / "config.json"]
+            if summary:
+                (folder / "summary.json").write_text(json.dumps(summary, indent=2, default=float))
+                title = f"{record.method} trial {record.number}"
+                files += [
+                    (folder / "summary.json"),
+                    weights_figure(summary["weights"]["names"], summary["weights"]["final"], summary["num_exits"],
+                                   folder / "weights.png", title=f"{title}: learned loss weights"),
+                    frontier_figure(summary, folder / "frontier.png", title=f"{title}: speed-accuracy frontier"),
+                ]
+            for path in files:
+                self.client.log_artifact(run_id, str(path))
+        status = "FAILED" if record.status == "error" else "FINISHED"
+        self.client.set_terminated(run_id, status=status, end_time=record.end_ms)
+        return run_id
+
+    # ------------------------------------------------------------------ finishing
+    def finalize_method(self, parent_run_id: str, best: TrialRecord | None, records: list[TrialRecord],
+                        trials_csv: Path, extra_tags: dict[str, str]) -> None:
+        from sweeps.plots import frontier_figure, weights_figure
+
+        counts = {s: sum(r.status == s for r in records) for s in ("completed", "stopped_early", "error")}
+        metrics = [(f"trials_{k}", float(v), 0, int(time.time() * 1000)) for k, v in counts.items()]
+        tags = dict(extra_tags)
+        with tempfile.TemporaryDirectory(prefix="leebert-mlflow-") as tmp:
+            files = [trials_csv]
+            if best is not None and best.summary:
+                summary = best.summary
+                metrics += [("best/objective", float(best.objective), 0, int(time.time() * 1000))]
+                metrics += summary_metrics(summary, int(time.time() * 1000))
+                tags["best_trial_id"] = best.trial_id
+                child = self.find_run(role="trial", method=best.method, trial_id=best.trial_id)
+                if child is not None:
+                    tags["best_run_id"] = child.info.run_id
+                    self.client.set_tag(child.info.run_id, "best", "true")
+                folder = Path(tmp)
+                (folder / "best_summary.json").write_text(json.dumps(summary, indent=2, default=float))
+                files += [folder / "best_summary.json",
+                          weights_figure(summary["weights"]["names"], summary["weights"]["final"], summary["num_exits"],
+                                         folder / "best_weights.png", title=f"{best.method}: learned loss weights (best trial)"),
+                          frontier_figure(summary, folder / "best_frontier.png",
+                                          title=f"{best.method}: frontier of the best trial ({best.trial_id})")]
+            self._log(parent_run_id, metrics=metrics, tags=tags)
+            for path in files:
+                self.client.log_artifact(parent_run_id, str(path))
+
+    def finish(self, run_id: str, status: str = "FINISHED") -> None:
+        self.client.set_terminated(run_id, status=status)
+
+    def comparison(self, files: list[Path], metrics: dict[str, float], tags: dict[str, str]) -> str:
+        run = self.find_run(role="comparison")
+        run_id = run.info.run_id if run else self.client.create_run(
+            self.experiment_id, run_name="comparison", tags={"role": "comparison", **tags}).info.run_id
+        now = int(time.time() * 1000)
+        self._log(run_id, metrics=[(k, float(v), 0, now) for k, v in metrics.items() if _finite(v)])
+        for path in files:
+            self.client.log_artifact(run_id, str(path))
+        self.client.set_terminated(run_id, status="FINISHED")
+        return run_id
+
+    def close_dangling(self) -> int:
+        """Mark RUNNING trial runs of this experiment FAILED (none are expected: trials are logged when done)."""
+        closed = 0
+        for run in self.runs(role="trial"):
+            if run.info.status == "RUNNING":
+                self.client.set_terminated(run.info.run_id, status="FAILED")
+                closed += 1
+        return closed
+
+    # ------------------------------------------------------------------ low level
+    def _log(self, run_id: str, params: dict[str, Any] | None = None,
+             metrics: list[tuple[str, float, int, int]] | None = None, tags: dict[str, str] | None = None) -> None:
+        from mlflow.entities import Metric, Param, RunTag
+
+        param_list = [Param(k, str(v)[:6000]) for k, v in (params or {}).items()]
+        tag_list = [RunTag(k, str(v)[:5000]) for k, v in (tags or {}).items()]
+        metric_list = [Metric(k, v, ts, step) for k, v, step, ts in (metrics or [])]
+        for start in range(0, max(len(param_list), 1), 100):
+            self.client.log_batch(run_id, params=param_list[start:start + 100],
+                                  tags=tag_list if start == 0 else [])
+        for start in range(0, len(metric_list), BATCH):
+            self.client.log_batch(run_id, metrics=metric_list[start:start + BATCH])
+
+
+def _epoch_key(key: str) -> str:
+    """Tune result keys → MLflow keys: val_hypervolume → val/hypervolume, val_exit_3 → val/exit_3."""
+    if key == "objective":
+        return key
+    split, _, rest = key.partition("_")
+    return f"{split}/{rest}"
+
+
+def summary_metrics(summary: dict, stamp: int) -> list[tuple[str, float, int, int]]:
+    """Final metrics of a trained model: test, operating points, learned weights, frontier curves."""
+    out: list[tuple[str, float, int, int]] = []
+    metric = summary["metric"]
+    last_step = int(summary["steps"])
+    for split in ("validation", "test"):
+        short = "val" if split == "validation" else "test"
+        block = summary[split]
+        out.append((f"{short}/hypervolume", block["hypervolume"], last_step, stamp))
+        out.append((f"{short}/last_exit", block["last_exit"], last_step, stamp))
+        out.append((f"{short}/reference_{metric}", block["reference_metric"], 0, stamp))
+        for index, exit_metrics in enumerate(block["per_exit"], start=1):
+            out.append((f"{short}/exit_{index}", exit_metrics[metric], last_step, stamp))
+    for op in summary.get("operating_points", []):
+        prefix = f"op_{op['target_speedup']:g}x"
+        for key in ("validation_speedup", "validation_metric", "test_speedup", "test_metric", "wallclock_speedup"):
+            if _finite(op.get(key)):
+                out.append((f"{prefix}/{key}", float(op[key]), 0, stamp))
+    weights = summary["weights"]
+    for name, value in zip(weights["names"], weights["final"]):
+        out.append((f"weight/{metric_name(name)}", float(value), last_step, stamp))
+    for entry in weights.get("trajectory", []):
+        if int(entry["step"]) == last_step:
+            continue  # the final values above
+        for name, value in zip(weights["names"], entry["weights"]):
+            out.append((f"weight/{metric_name(name)}", float(value), int(entry["step"]), stamp))
+    # The curve as metric history: step = speed-up × 100, so MLflow's chart of this metric over
+    # "step" draws the speed-accuracy curve. One value per step (the most accurate).
+    for split, key in (("validation", f"frontier/{metric}"), ("test", f"frontier_test/{metric}")):
+        by_step: dict[int, float] = {}
+        short = "validation" if split == "validation" else "test"
+        for point in summary["frontier"]:
+            step = int(round(100 * point[f"{short}_speedup"]))
+            by_step[step] = max(by_step.get(step, -math.inf), point[f"{short}_metric"])
+        out += [(key, value, step, stamp) for step, value in sorted(by_step.items())]
+    out.append(("wall_time_s", float(summary["wall_time_s"]), 0, stamp))
+    return [(k, float(v), s, t) for k, v, s, t in out if _finite(v)]

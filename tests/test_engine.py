@@ -1,0 +1,71 @@
+"""The DeepSpeed engine: configs, precision, ZeRO stages."""
+
+import json
+
+import pytest
+import torch
+
+from tests.conftest import make_batch
+from trainers import engine as ds
+from trainers.config import TrainConfig
+from trainers.errors import ConfigError
+from trainers.objective import LossTerms, LossWeights
+from trainers.weight_strategies import hypergradient
+
+
+def _linear_output_dtypes(model, fn):
+    seen = []
+    hook = model.exits[0].classifier.register_forward_hook(lambda mod, args, out: seen.append(out.dtype))
+    fn()
+    hook.remove()
+    return seen
+
+
+def test_bf16_autocast_trains_in_bf16_and_keeps_fp32_master_weights_for_the_hypergradient(tiny_model):
+    model = tiny_model(num_labels=3)
+    cfg = TrainConfig(model="tiny-random", precision="bf16", batch_size=6).validate()
+    engine = ds.build_engine(model, cfg, total_steps=4)
+    batch = make_batch()
+    assert _linear_output_dtypes(model, lambda: engine(**batch)) == [torch.bfloat16]
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    terms = LossTerms.build(3, "all")
+    weights = LossWeights(len(terms))
+    dtypes = _linear_output_dtypes(model, lambda: hypergradient(
+        model, terms, weights, batch, make_batch(seed=1), ds.parameter_lrs(engine), 0.01))
+    assert dtypes and set(dtypes) == {torch.float32}, "finite differences must run in fp32"
+
+
+def test_parameter_lrs_follow_the_groups_under_every_zero_stage(tiny_model):
+    for stage in (0, 1, 2):
+        model = tiny_model()
+        cfg = TrainConfig(model="tiny-random", zero_stage=stage, lr=2e-5, head_lr=7e-4, batch_size=6,
+                          warmup_ratio=0.0).validate()
+        engine = ds.build_engine(model, cfg, total_steps=10)
+        names = [n for n, p in model.named_parameters() if p.requires_grad]
+        lrs = ds.parameter_lrs(engine)
+        assert len(lrs) == len(names)
+        assert {lr for n, lr in zip(names, lrs) if n.startswith("exits.")} == {7e-4}
+        assert {lr for n, lr in zip(names, lrs) if not n.startswith("exits.")} == {2e-5}
+        assert ds.parameter_lrs(engine, fixed=0.3) == [0.3] * len(names)
+
+
+def test_deepspeed_config_files_are_honoured_and_checked(tmp_path):
+    cfg = TrainConfig(deepspeed_config="clusters/deepspeed/cpu_zero2.json", batch_size=16).validate()
+    config = ds.deepspeed_config(cfg, world_size=1)
+    assert config["zero_optimization"]["stage"] == 2 and config["train_batch_size"] == 16
+    assert config["gradient_clipping"] == 1.0
+    gpu = ds.deepspeed_config(TrainConfig(deepspeed_config="clusters/deepspeed/gpu_bf16_zero2.json").validate(), 2)
+    assert gpu["torch_autocast"] == {"enabled": True, "dtype": "bfloat16"}
+    assert gpu["train_micro_batch_size_per_gpu"] == 16
+    bad = tmp_path / "bf16_params.json"
+    bad.write_text(json.dumps({"bf16": {"enabled": True}}))
+    with pytest.raises(ConfigError, match="--precision bf16"):
+        ds.deepspeed_config(TrainConfig(deepspeed_config=str(bad)).validate(), 1)
+    stage3 = tmp_path / "zero3.json"
+    stage3.write_text(json.dumps({"zero_optimization": {"stage": 3}}))
+    with pytest.raises(ConfigError, match="ZeRO stage 3"):
+        ds.deepspeed_config(TrainConfig(deepspeed_config=str(stage3)).validate(), 1)
+    with pytest.raises(ConfigError, match="divisible"):
+        ds.deepspeed_config(TrainConfig(batch_size=15).validate(), 2)
+    with pytest.raises(ConfigError, match="zero_stage must be 0, 1 or 2"):
+        TrainConfig(zero_stage=3).validate()
