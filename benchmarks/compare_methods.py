@@ -120,7 +120,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     parser.add_argument("--model", default="minilm")
-    parser.add_argument("--train-subset", type=int, default=2000)
+    parser.add_argument("--train-subset", type=int, default=1000)
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--max-length", type=int, default=64)
     parser.add_argument("--batch-size", type=int, default=32)

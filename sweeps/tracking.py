@@ -119,7 +119,7 @@ class Tracker:
         metrics: list[tuple[str, float, int, int]] = []  # (key, value, step, timestamp ms)
         for result in record.epochs:
             stamp = int(result.get("timestamp", time.time()) * 1000)
-            step = int(result["epoch"])
+            step = int(result.get("step", result["epoch"]))  # training steps, as in the trainer's summary
             for key, value in result.items():
                 if key == "objective" or key.startswith(("val_", "test_")):
                     if _finite(value):
@@ -208,7 +208,12 @@ class Tracker:
 
         param_list = [Param(k, str(v)[:6000]) for k, v in (params or {}).items()]
         tag_list = [RunTag(k, str(v)[:5000]) for k, v in (tags or {}).items()]
-        metric_list = [Metric(k, v, ts, step) for k, v, step, ts in (metrics or [])]
+        seen: set[tuple[str, int]] = set()
+        metric_list = []
+        for k, v, step, ts in metrics or []:
+            if (k, step) not in seen:  # the last epoch's validation values also come with the summary
+                seen.add((k, step))
+                metric_list.append(Metric(k, v, ts, step))
         for start in range(0, max(len(param_list), 1), 100):
             self.client.log_batch(run_id, params=param_list[start:start + 100],
                                   tags=tag_list if start == 0 else [])

@@ -96,12 +96,12 @@ def train_trial(config: dict) -> None:
 
 
 def trial_name(trial) -> str:
-    """``clo_00001``-style names: the method and Tune's per-search counter."""
+    """``clo_3e9972a7``: the method and the trial id (OptunaSearch draws the ids)."""
     method = trial.config.get("train", {}).get("method", "trial")
-    return f"{method}_{trial.trial_id.rsplit('_', 1)[-1]}"
+    return f"{method}_{trial.trial_id}"
 
 
-def trial_number(trial_id: str) -> int:
-    """1-based position of a trial in its search (Tune ids end in a 5-digit counter)."""
-    tail = trial_id.rsplit("_", 1)[-1]
-    return int(tail) + 1 if tail.isdigit() else 0
+def trial_number(trial, trials: list) -> int:
+    """1-based position of ``trial`` in its search (Tune keeps trials in creation order)."""
+    ids = [t.trial_id for t in trials]
+    return ids.index(trial.trial_id) + 1 if trial.trial_id in ids else 0

@@ -137,7 +137,7 @@ def final_report(val_logits, val_labels, test_logits, test_labels, task: TaskSpe
 
 @torch.no_grad()
 def wallclock_speedup(model, split: Split, op: OperatingPoint, task: TaskSpec,
-                      batch_size: int, pad_token_id: int, repeats: int = 2) -> float:
+                      batch_size: int, pad_token_id: int, repeats: int = 1) -> float:
     """Measured time of the full forward over time of real early-exit inference, on one split."""
     policy = make_policy(op.policy, op.setting, is_regression=task.is_regression, delta=op.delta)
     was_training = model.training

@@ -1,0 +1,117 @@
+#!/usr/bin/env python
+"""Sweep LeeBERT's loss-weight methods with Ray Tune × Optuna, tracked in MLflow.
+
+    python platform/sweep.py                          # the demo preset (MR, MiniLM, CPU, < 20 min)
+    python platform/sweep.py --preset smoke           # seconds: a tiny random model
+    python platform/sweep.py --set trials=4 --set train.epochs=3
+    python platform/sweep.py --resume                 # continue the newest demo sweep
+    ray job submit --address http://127.0.0.1:8265 --working-dir . -- python platform/sweep.py --preset smoke
+
+The work is done by the ``sweeps`` package; this script parses arguments and prints.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from sweeps.config import (OBJECTIVES, build_config, field_help, presets, resume_config,  # noqa: E402
+                           start_config)
+from trainers.errors import EXIT_BAD_INPUT, ConfigError  # noqa: E402
+
+
+def parser() -> argparse.ArgumentParser:
+    keys = "\n".join(f"  {name:<19} {help} (default: {default!r})" for name, help, default in field_help())
+    p = argparse.ArgumentParser(
+        prog="python platform/sweep.py",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Compare LeeBERT's loss-weight methods (fixed, bilevel, clo): one Ray Tune search per method "
+                    "(Optuna TPE, same budget and seeds, ASHA stopping), every trial a real DeepSpeed training, "
+                    "all tracked in MLflow. The config is a preset, then an optional YAML file, then --set "
+                    "overrides and the flags below; it is validated before anything starts.",
+        epilog=f"presets: {', '.join(presets())} (sweeps/presets/*.yaml)\n\nconfig keys (YAML file or --set KEY=VALUE; "
+               f"train.*, space.* and env.* take a dotted key, e.g. --set train.train_subset=500):\n{keys}\n\n"
+               "Bad input prints one 'error: ...' line and exits with code 2. See docs/sweeps.md.",
+    )
+    p.add_argument("--preset", help=f"starting point: {', '.join(presets())} (default: demo)")
+    p.add_argument("--config", metavar="FILE", help="YAML file with any config keys (may name a preset)")
+    p.add_argument("--set", metavar="KEY=VALUE", action="append", default=[],
+                   help="override one key; the value is read as YAML (3, 1e-4, [clo, fixed], null)")
+    p.add_argument("--name", help="sweep name (default: <preset>-<date>-<time>); with --resume: the sweep to continue")
+    p.add_argument("--methods", type=lambda s: [m.strip() for m in s.split(",") if m.strip()],
+                   help="comma-separated methods, e.g. clo,fixed")
+    p.add_argument("--trials", type=int, help="trial budget per method")
+    p.add_argument("--objective", choices=sorted(OBJECTIVES), help="validation objective (default: hypervolume)")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (http(s)://... or sqlite:///...)")
+    p.add_argument("--ray-address", help="Ray cluster address host:6379 or auto (default: $RAY_ADDRESS, else local)")
+    p.add_argument("--root", help="folder for sweep folders (default: runs/sweeps)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue an interrupted sweep (--name, else the newest of the preset) with its saved config")
+    p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    flags = {"name": args.name, "methods": args.methods, "trials": args.trials, "objective": args.objective,
+             "tracking_uri": args.tracking_uri, "ray_address": args.ray_address, "root": args.root}
+    try:
+        cfg = build_config(preset=args.preset, config_file=args.config, overrides=args.set, flags=flags)
+        if args.resume:
+            if args.set or args.config or any(flags[k] is not None for k in ("methods", "trials", "objective")):
+                print("note: --resume continues the sweep with its saved config; other settings are ignored", file=sys.stderr)
+            cfg = resume_config(cfg)
+        else:
+            cfg = start_config(cfg)
+        if args.print_config:
+            import yaml
+
+            print(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+            return 0
+        from sweeps.runner import INTERRUPTED, SweepInterrupted, preflight
+
+        preflight(cfg)  # before Ray starts: unreachable MLflow / Ray fail here
+        from sweeps.runner import run_sweep
+
+        result = run_sweep(cfg, resume=args.resume)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except SweepInterrupted as err:
+        print(f"\ninterrupted ({err}). Continue with: python platform/sweep.py --resume --name {cfg.name}"
+              + (f" --root {cfg.root}" if args.root else ""), file=sys.stderr)
+        return INTERRUPTED
+
+    cfg = result.cfg
+    print(f"\nDone: sweep '{cfg.name}' in {result.wall_time_s / 60:.1f} min. Best trial per method "
+          f"(chosen on validation {cfg.metric}):\n")
+    print(result.table)
+    uri = result.tracking_uri
+    print("Where to look:")
+    if uri.startswith("sqlite:"):
+        print(f"  MLflow UI:      mlflow ui --backend-store-uri {uri} --port 5000   (then open http://127.0.0.1:5000)")
+    else:
+        print(f"  MLflow UI:      {uri}")
+    print(f"  experiment:     {cfg.name} (one run per method, nested trial runs, a 'comparison' run)")
+    if "frontiers_png" in result.files:
+        print(f"  frontier plot:  {result.files['frontiers_png']}")
+    print(f"  summary table:  {result.files['summary_md']} (and summary.csv, trials.csv)")
+    if "optuna_db" in result.files:
+        print(f"  Optuna study:   optuna-dashboard sqlite:///{result.files['optuna_db']}")
+    for outcome in result.outcomes:
+        if outcome.registered:
+            print(f"  model:          mlflow.pyfunc.load_model('{outcome.registered['uri']}')")
+    failed = [o.method for o in result.outcomes if o.best is None]
+    if failed:
+        print(f"\nwarning: no trial of {', '.join(failed)} finished; see the trial runs in MLflow", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,113 @@
+"""Sweep-level outputs: the per-method comparison (CSV + markdown), the Pareto overlay, the
+Optuna storage, and the MLflow "comparison" run that holds them."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pandas as pd
+
+from sweeps.tracking import TrialRecord
+
+
+def trials_table(records: list[TrialRecord]) -> pd.DataFrame:
+    rows = []
+    for r in records:
+        last = r.epochs[-1] if r.epochs else {}
+        row = {"method": r.method, "trial": r.number, "trial_id": r.trial_id, "status": r.status,
+               **{k: v for k, v in sorted(r.sampled.items())},
+               "epochs": int(last.get("epoch", 0)) if last else 0,
+               "objective": last.get("objective"), "val_hypervolume": last.get("val_hypervolume"),
+               "val_last_exit": last.get("val_last_exit")}
+        if r.summary:
+            row.update({"test_hypervolume": r.summary["test"]["hypervolume"],
+                        "test_last_exit": r.summary["test"]["last_exit"],
+                        "wall_time_s": r.summary["wall_time_s"]})
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def summary_table(result) -> pd.DataFrame:
+    """One row per method: its best trial (chosen on validation) and what that trial does on test."""
+    rows = []
+    for outcome in result.outcomes:
+        counts = {s: sum(r.status == s for r in outcome.records) for s in ("completed", "stopped_early", "error")}
+        row = {"method": outcome.method,
+               "trials": f"{counts['completed']} done / {counts['stopped_early']} stopped / {counts['error']} failed"}
+        best = outcome.best
+        if best is not None and best.summary:
+            s = best.summary
+            ops = {op["target_speedup"]: op for op in s.get("operating_points", [])}
+            row.update({
+                "best trial": best.number,
+                "searched": ", ".join(f"{k}={v:.2g}" if isinstance(v, float) else f"{k}={v}" for k, v in sorted(best.sampled.items())),
+                "val HV": s["validation"]["hypervolume"], "val last exit": s["validation"]["last_exit"],
+                "test HV": s["test"]["hypervolume"], "test last exit": s["test"]["last_exit"],
+            })
+            for target in (1.5, 2.0):
+                op = ops.get(target)
+                row[f"test @{target:g}x"] = op["test_metric"] if op else None
+                row[f"speed-up @{target:g}x (test)"] = op["test_speedup"] if op else None
+            row["registered"] = outcome.registered["uri"] if outcome.registered else ""
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def to_markdown(frame: pd.DataFrame, metric: str) -> str:
+    def cell(column: str, value) -> str:
+        if value is None or (isinstance(value, float) and pd.isna(value)):
+            return "–"
+        if isinstance(value, float):
+            if column.startswith("speed-up"):
+                return f"{value:.2f}x"
+            if "HV" in column:
+                return f"{value:.3f}"
+            return f"{100 * value:.1f}"
+        return str(value)
+
+    columns = list(frame.columns)
+    lines = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
+    for _, row in frame.iterrows():
+        lines.append("| " + " | ".join(cell(c, row[c]) for c in columns) + " |")
+    note = (f"\nHV = hypervolume of the speed-accuracy frontier (0-1); last exit and @Nx = {metric} in %, "
+            "@Nx at the exit-policy setting chosen on validation for an N-times speed-up. "
+            "The best trial is chosen on validation; test values are reported only.\n")
+    return "\n".join(lines) + "\n" + note
+
+
+def write_report(result, tracker) -> None:
+    from sweeps.plots import pareto_overlay
+
+    cfg, out = result.cfg, result.report_dir
+    best = {o.method: o.best.summary for o in result.outcomes if o.best is not None and o.best.summary}
+    metric = next(iter(best.values()))["metric"] if best else "metric"
+    frame = summary_table(result)
+    frame.to_csv(out / "summary.csv", index=False)
+    markdown = to_markdown(frame, metric)
+    (out / "summary.md").write_text(f"# Sweep {cfg.name}\n\n" + markdown)
+    all_trials = pd.concat([trials_table(o.records) for o in result.outcomes], ignore_index=True)
+    all_trials.to_csv(out / "trials.csv", index=False)
+    files = {"summary_csv": out / "summary.csv", "summary_md": out / "summary.md", "trials_csv": out / "trials.csv"}
+    if best:
+        files["frontiers_png"] = pareto_overlay(best, out / "frontiers.png",
+                                                title=f"sweep {cfg.name}: best trial per method ({cfg.train.get('task', '')})")
+    optuna_db = cfg.sweep_dir / "optuna.db"
+    if optuna_db.is_file():  # a copy: the live file stays where OptunaSearch writes it
+        shutil.copy2(optuna_db, out / "optuna.db")
+        files["optuna_db"] = optuna_db
+    metrics = {}
+    for method, summary in best.items():
+        metrics[f"val_hypervolume/{method}"] = summary["validation"]["hypervolume"]
+        metrics[f"test_hypervolume/{method}"] = summary["test"]["hypervolume"]
+        metrics[f"val_last_exit/{method}"] = summary["validation"]["last_exit"]
+        metrics[f"test_last_exit/{method}"] = summary["test"]["last_exit"]
+    metrics["wall_time_s"] = result.wall_time_s
+    upload = [out / "summary.csv", out / "summary.md", out / "trials.csv", cfg.sweep_dir / "sweep.json"]
+    if "frontiers_png" in files:
+        upload.append(files["frontiers_png"])
+    if (out / "optuna.db").is_file():
+        upload.append(out / "optuna.db")
+    tracker.comparison(upload, metrics, tags={"sweep": cfg.name})
+    result.files = files
+    result.table = markdown
