@@ -17,6 +17,7 @@ import os
 import shutil
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -145,11 +146,14 @@ class SweepCallback(tune.Callback):
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         self._history.setdefault(trial.trial_id, []).append(dict(result))
-        line = (f"{self._label(trial, trials)} epoch {result['epoch']}/{self.epochs}: validation hypervolume "
-                f"{result['val_hypervolume']:.4f}, last exit {result['val_last_exit']:.4f}")
-        if result.get("done"):
-            line += f" | test hypervolume {result['test_hypervolume']:.4f}, last exit {result['test_last_exit']:.4f}"
-        _say(f"{line} [{_fmt_time(time.time() - self._started)}]")
+        try:
+            line = (f"{self._label(trial, trials)} epoch {result['epoch']}/{self.epochs}: validation hypervolume "
+                    f"{result['val_hypervolume']:.4f}, last exit {result['val_last_exit']:.4f}")
+            if result.get("final_report") is True:
+                line += f" | test hypervolume {result['test_hypervolume']:.4f}, last exit {result['test_last_exit']:.4f}"
+            _say(f"{line} [{_fmt_time(time.time() - self._started)}]")
+        except (KeyError, TypeError, ValueError):  # progress lines must never stop a search
+            pass
 
     def _record(self, trial, trials: list, error: bool) -> None:
         history = self._history.pop(trial.trial_id, [])
@@ -198,7 +202,7 @@ def build_record(method: str, trial, history: list[dict], space_keys: list[str],
             by_epoch[int(epoch)] = row
     epochs = [by_epoch[e] for e in sorted(by_epoch)]
     last = trial.last_result or {}
-    summary = _read_summary(trial.checkpoint) if last.get("done") else None
+    summary = _read_summary(trial.checkpoint) if last.get("final_report") is True else None
     failed = error or trial.status == "ERROR"
     status = "error" if failed else ("completed" if summary else "stopped_early")
     message = None
@@ -341,7 +345,8 @@ def register_best(cfg: SweepConfig, tracker: Tracker, outcome: MethodOutcome, st
     example = pd.DataFrame({f: examples.get(f, ["some text", "more text"]) for f in meta["text_fields"]})
     output = pd.DataFrame({"prediction": [0.0, 1.0] if meta["is_regression"] else [0, 1],
                            "exit_layer": [1, meta["num_layers"]], "confidence": [0.9, 0.8]})
-    with mlflow.start_run(run_id=outcome.parent_run_id):
+    with mlflow.start_run(run_id=outcome.parent_run_id), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # MLflow's advice on type hints and on pickled python_model objects
         info = mlflow.pyfunc.log_model(
             name="model", python_model=ExitPolicyModel(),
             artifacts={"model": str(model_dir), "policy": str(work / "policy.json")},
@@ -397,8 +402,6 @@ def finish_method(cfg: SweepConfig, tracker: Tracker, outcome: MethodOutcome, re
 # ---------------------------------------------------------------------------- the sweep
 def quiet_libraries() -> None:
     """Our progress lines instead of Tune's tables; no TensorBoard files; no MLflow progress bars."""
-    import warnings
-
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")  # save the search state often: cheap, and resume loses less
     os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"  # the JSON/CSV loggers are added explicitly
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # with verbose=0 the legacy reporter prints nothing
@@ -408,17 +411,17 @@ def quiet_libraries() -> None:
     import optuna
 
     warnings.filterwarnings("ignore", module=r"mlflow\..*")
-    warnings.filterwarnings("ignore", message=r".*(type hints|Inferred schema contains integer).*")
+    warnings.filterwarnings("ignore", message=r".*(type hints|Inferred schema contains integer|is already reported).*")
     logging.getLogger("mlflow").setLevel(logging.ERROR)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
 def preflight(cfg: SweepConfig) -> None:
     """Reachability checks that need no Ray and no MLflow import: before anything starts."""
-    check_tracking_uri(cfg.resolved_tracking_uri)
     address = cfg.ray_address or os.environ.get("RAY_ADDRESS")
     if address:
         check_ray_address(address)
+    check_tracking_uri(cfg.resolved_tracking_uri)
 
 
 def run_sweep(cfg: SweepConfig, resume: bool = False, on_ready: Callable[[str], None] | None = None) -> SweepResult:

@@ -41,7 +41,7 @@ def final_metrics(summary: dict, objective: str) -> dict[str, Any]:
         "test_hypervolume": summary["test"]["hypervolume"],
         "test_last_exit": summary["test"]["last_exit"],
         "train_wall_time_s": summary["wall_time_s"],
-        "done": True,
+        "final_report": True,  # ("done" is a Ray Tune result key)
     })
     return metrics
 

@@ -173,3 +173,12 @@ def test_glue_pair_tasks_from_local_files_train_end_to_end(tmp_path, task, metri
     assert set(summary["test"]["per_exit"][0]) == ({"pearson", "spearman"} if task == "stsb" else {"f1", "accuracy"})
     assert summary["train_examples"] == 108 and summary["num_exits"] == 3  # 10 % of train held out as validation
     assert all(p["policy"] in ("none", "patience") for p in summary["validation_curve"]) or task != "stsb"
+
+
+@pytest.mark.parametrize("argv,kd", [([], "all"), (["--kd", "none"], "none"), (["--scheme", "pabee"], "none"),
+                                     (["--scheme", "last"], "last"), (["--method", "clo", "--kd", "later"], "later")])
+def test_kd_flag_resolution(argv, kd):
+    from trainers.config import config_from_args
+    from trainers.train import parser
+
+    assert config_from_args(parser().parse_args(argv)).kd == kd

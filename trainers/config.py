@@ -40,7 +40,7 @@ class TrainConfig:
     # objective
     method: str = _f("fixed", "loss-weight method: fixed (constant weights), bilevel (DARTS), clo (LeeBERT cross-level)")
     scheme: str = _f("uniform", "fixed weights: uniform, pabee (Σ j·L_j/Σ j, no KD) or last (KD from the last exit)")
-    kd: str | None = _f(None, "KD teachers T(m): all, later, last or none (default: all; none for pabee; last for scheme last)")
+    kd: str = _f("auto", "KD teachers T(m): all, later, last, none, or auto (all; none for scheme pabee; last for scheme last)")
     temperature: float = _f(1.0, "KD temperature τ")
     weight_param: str = _f("softmax", "loss-weight parametrization: softmax (w = n·softmax(φ)) or sigmoid (w = 2·sigmoid(φ))")
     # inner optimization (θ)
@@ -73,7 +73,7 @@ class TrainConfig:
 
     # ---------------------------------------------------------------- validation
     def __post_init__(self) -> None:
-        if self.kd is None:
+        if self.kd == "auto":
             self.kd = {"pabee": "none", "last": "last"}.get(self.scheme, "all") if self.method == "fixed" else "all"
 
     def validate(self) -> "TrainConfig":

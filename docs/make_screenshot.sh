@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# Regenerate docs/mlflow-frontiers.png: the MLflow UI comparing the methods' speed-accuracy frontiers.
+#
+#   docs/make_screenshot.sh [SWEEP_DIR] [OUTPUT_PNG]
+#
+# SWEEP_DIR defaults to the newest runs/sweeps/demo-* (run `python platform/sweep.py` first).
+# It starts `mlflow server` on 127.0.0.1 (a free port) on that sweep's store, opens the UI's own
+# chart of the `frontier/accuracy` metric history of each method's run (step = speed-up × 100, so
+# the x axis is the speed-up in percent) in headless Chromium, saves the screenshot and stops the
+# server it started. Needs Debian's chromium (apt-get install -y chromium) and the venv's mlflow.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+PY="${PYTHON:-$ROOT/.venv/bin/python}"
+SWEEP="${1:-$(ls -1td "$ROOT"/runs/sweeps/demo-*/ 2>/dev/null | head -1)}"
+OUT="${2:-$ROOT/docs/mlflow-frontiers.png}"
+METRICS="${METRICS:-frontier/accuracy}"   # comma-separated, e.g. frontier/accuracy,frontier_test/accuracy
+if [ -z "$SWEEP" ] || [ ! -f "$SWEEP/mlflow.db" ]; then
+    echo "error: no sweep store at '${SWEEP}' (run python platform/sweep.py first)" >&2
+    exit 2
+fi
+SWEEP="$(cd "$SWEEP" && pwd)"
+PORT="$("$PY" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
+# Chromium resolves *.localhost to 127.0.0.1. A name other than "localhost" also keeps the UI's
+# assistant side panel (shown only to localhost visitors) from covering the chart.
+HOST="mlflow.localhost"
+
+MLFLOW_DISABLE_TELEMETRY=true DO_NOT_TRACK=true "$(dirname "$PY")/mlflow" server \
+    --backend-store-uri "sqlite:///$SWEEP/mlflow.db" --host 127.0.0.1 --port "$PORT" --workers 1 \
+    --allowed-hosts "$HOST:$PORT,127.0.0.1:$PORT" > "$SWEEP/mlflow-server.log" 2>&1 &
+SERVER=$!
+trap 'kill $SERVER 2>/dev/null || true; wait $SERVER 2>/dev/null || true' EXIT
+for _ in $(seq 90); do
+    "$PY" -c "import urllib.request, sys; urllib.request.urlopen('http://127.0.0.1:$PORT/health', timeout=2)" 2>/dev/null && break
+    sleep 1
+done
+
+URL="$("$PY" - "$SWEEP" "http://$HOST:$PORT" "$METRICS" <<'PYEOF'
+import json, sys, urllib.parse as up
+from mlflow import MlflowClient
+
+sweep, base, metrics = sys.argv[1], sys.argv[2], sys.argv[3].split(",")
+name = json.load(open(f"{sweep}/sweep.json"))["name"]
+client = MlflowClient(f"sqlite:///{sweep}/mlflow.db")
+experiment = client.get_experiment_by_name(name)
+runs = {r.data.tags["method"]: r.info.run_id
+        for r in client.search_runs([experiment.experiment_id], "tags.role = 'method'")}
+order = [m for m in ("fixed", "bilevel", "clo") if m in runs] + sorted(set(runs) - {"fixed", "bilevel", "clo"})
+q = lambda value: up.quote(json.dumps(value), safe="")
+print(f"{base}/#/metric?runs={q([runs[m] for m in order])}&metric={q(metrics[0])}"
+      f"&experiments={q([experiment.experiment_id])}&plot_metric_keys={q(metrics)}&plot_layout=%7B%7D"
+      "&x_axis=step&y_axis_scale=linear&line_smoothness=1&show_point=true&deselected_curves=%5B%5D"
+      "&last_linear_y_axis_range=%5B%5D")
+PYEOF
+)"
+echo "screenshot of $URL" >&2
+chromium --headless --no-sandbox --disable-gpu --disable-background-networking --disable-component-update \
+    --disable-sync --no-first-run --hide-scrollbars --virtual-time-budget=20000 \
+    --screenshot="$OUT" --window-size=1600,1000 "$URL" 2>/dev/null
+echo "wrote $OUT" >&2

@@ -1,0 +1,166 @@
+"""The sweep config and the command line's bad-input handling: one `error:` line, exit code 2,
+and nothing started (no sweep folder, no Ray, no trial)."""
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from sweeps.config import build_config, check_ray_address, check_tracking_uri, presets
+from trainers.errors import EXIT_BAD_INPUT, ConfigError
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "platform" / "sweep.py"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+# ---------------------------------------------------------------------------- presets
+def test_presets_exist_and_validate():
+    assert set(presets()) >= {"demo", "smoke", "glue-bert", "glue-albert"}
+    for name in presets():
+        cfg = build_config(preset=name)
+        assert cfg.preset == name and cfg.trials > 0
+        assert Path(cfg.train_config("clo").deepspeed_config).is_file()
+
+
+def test_default_preset_is_the_cpu_demo():
+    cfg = build_config()
+    assert cfg.preset == "demo"
+    assert cfg.methods == ["fixed", "bilevel", "clo"]
+    assert cfg.train["task"] == "mr" and cfg.train["model"] == "minilm" and cfg.train["train_subset"]
+    assert cfg.gpus_per_trial == 0 and cfg.train["deepspeed_config"].endswith("cpu_zero0.json")
+    assert cfg.objective == "hypervolume" and cfg.metric == "val_hypervolume"
+
+
+@pytest.mark.parametrize("preset,model", [("glue-bert", "bert-base-uncased"), ("glue-albert", "albert-base-v2")])
+def test_gpu_presets_are_paper_scale(preset, model):
+    cfg = build_config(preset=preset)
+    train = cfg.train_config("clo")
+    assert train.model == model and train.task in ("sst2", "mnli", "qnli", "qqp", "cola", "mrpc", "stsb", "rte")
+    assert cfg.gpus_per_trial >= 1 and train.precision == "bf16"
+    assert train.deepspeed_config.endswith("gpu_bf16_zero2.json")
+    assert train.train_subset is None and train.max_length == 128
+
+
+def test_layering_file_then_overrides_then_flags(tmp_path):
+    file = tmp_path / "sweep.yaml"
+    file.write_text("preset: smoke\ntrials: 5\ntrain:\n  epochs: 2\nspace:\n  lr: [1.0e-4, 1.0e-3]\n")
+    cfg = build_config(config_file=str(file), overrides=["trials=3", "train.train_subset=300", "methods=[clo]"],
+                       flags={"objective": "last_exit"})
+    assert cfg.preset == "smoke" and cfg.trials == 3 and cfg.methods == ["clo"]
+    assert cfg.train["epochs"] == 2 and cfg.train["train_subset"] == 300 and cfg.train["model"] == "tiny-random"
+    assert cfg.space["lr"] == [1e-4, 1e-3] and cfg.metric == "val_last_exit"
+
+
+# ---------------------------------------------------------------------------- bad input (in process)
+@pytest.mark.parametrize("kwargs,message", [
+    (dict(preset="nope"), "unknown preset 'nope'"),
+    (dict(overrides=["methods=[clo,darts]"]), "unknown method 'darts'"),
+    (dict(overrides=["budget=3"]), "unknown sweep config key(s): budget"),
+    (dict(overrides=["train.learning_rate=1e-4"]), "unknown train key(s): learning_rate"),
+    (dict(overrides=["space.dropout=[0.1,0.2]"]), "unknown search-space key(s): dropout"),
+    (dict(overrides=["trials=0"]), "trials must be > 0"),
+    (dict(overrides=["trials=-2"]), "trials must be > 0"),
+    (dict(overrides=["trials=two"]), "trials must be an int"),
+    (dict(overrides=["objective=accuracy"]), "unknown objective 'accuracy'"),
+    (dict(overrides=["train.method=clo"]), "train.method cannot be set"),
+    (dict(overrides=["train.epochs=0"]), "epochs must be > 0"),
+    (dict(overrides=["space.lr=[1e-3,1e-5]"]), "log-uniform needs 0 < low < high"),
+])
+def test_bad_config_values(kwargs, message):
+    with pytest.raises(ConfigError) as err:
+        build_config(**kwargs)
+    assert message in str(err.value)
+
+
+def test_malformed_yaml(tmp_path):
+    file = tmp_path / "bad.yaml"
+    file.write_text("trials: [1, 2\nmethods: clo\n")
+    with pytest.raises(ConfigError, match="is not valid YAML"):
+        build_config(config_file=str(file))
+    file.write_text("- just\n- a list\n")
+    with pytest.raises(ConfigError, match="must hold a mapping"):
+        build_config(config_file=str(file))
+
+
+def test_unreachable_services_are_config_errors(tmp_path):
+    port = free_port()
+    with pytest.raises(ConfigError, match="not reachable"):
+        check_tracking_uri(f"http://127.0.0.1:{port}")
+    with pytest.raises(ConfigError, match="cannot create folder"):
+        check_tracking_uri("sqlite:////proc/leebert/mlflow.db")
+    with pytest.raises(ConfigError, match="file store"):
+        check_tracking_uri(str(tmp_path / "mlruns"))
+    check_tracking_uri(f"sqlite:///{tmp_path}/new/dir/mlflow.db")
+    assert (tmp_path / "new" / "dir").is_dir()
+    with pytest.raises(ConfigError, match="cannot reach the Ray cluster"):
+        check_ray_address(f"127.0.0.1:{port}")
+    with pytest.raises(ConfigError, match="dashboard"):
+        check_ray_address("http://127.0.0.1:8265")
+
+
+# ---------------------------------------------------------------------------- bad input (command line)
+def run_cli(*args, tmp_path, env_extra=None):
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", **(env_extra or {})}
+    env.pop("RAY_ADDRESS", None)
+    return subprocess.run([sys.executable, str(SCRIPT), "--root", str(tmp_path / "sweeps"), *args],
+                          capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path)
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--preset", "nope"], "unknown preset 'nope'"),
+    (["--methods", "clo,darts"], "unknown method 'darts'"),
+    (["--set", "budget=3"], "unknown sweep config key(s)"),
+    (["--trials", "0"], "trials must be > 0"),
+    (["--tracking-uri", "http://127.0.0.1:{port}"], "MLflow tracking server http://127.0.0.1:{port} is not reachable"),
+    (["--tracking-uri", "sqlite:////proc/leebert/mlflow.db"], "cannot create folder"),
+    (["--ray-address", "127.0.0.1:{port}"], "cannot reach the Ray cluster at 127.0.0.1:{port}"),
+    (["--resume", "--preset", "smoke"], "--resume: no 'smoke' sweep found"),
+])
+def test_command_line_bad_input_exits_2_before_anything_starts(tmp_path, args, message):
+    port = str(free_port())
+    args = [a.replace("{port}", port) for a in args]
+    proc = run_cli("--preset", "smoke", *args, tmp_path=tmp_path)
+    assert proc.returncode == EXIT_BAD_INPUT, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
+    assert message.replace("{port}", port) in lines[0]
+    assert "[sweep]" not in proc.stdout  # nothing started
+    assert not (tmp_path / "sweeps").exists() or not any((tmp_path / "sweeps").rglob("ray"))
+
+
+def test_malformed_yaml_on_the_command_line(tmp_path):
+    file = tmp_path / "bad.yaml"
+    file.write_text("trials: 3\n  methods: [clo\n")
+    proc = run_cli("--config", str(file), tmp_path=tmp_path)
+    assert proc.returncode == EXIT_BAD_INPUT
+    assert proc.stderr.startswith("error: config file") and "not valid YAML" in proc.stderr
+
+
+def test_ray_address_from_the_environment_is_checked_too(tmp_path):
+    port = free_port()
+    proc = run_cli("--preset", "smoke", tmp_path=tmp_path, env_extra={"RAY_ADDRESS": f"127.0.0.1:{port}"})
+    assert proc.returncode == EXIT_BAD_INPUT and "cannot reach the Ray cluster" in proc.stderr
+
+
+def test_help_explains_presets_and_keys(tmp_path):
+    proc = run_cli("--help", tmp_path=tmp_path)
+    assert proc.returncode == 0
+    for text in ("demo", "smoke", "glue-bert", "glue-albert", "--set KEY=VALUE", "trials", "tracking_uri",
+                 "ray_address", "--resume", "objective"):
+        assert text in proc.stdout
+
+
+def test_existing_sweep_needs_resume(tmp_path):
+    (tmp_path / "sweeps" / "taken").mkdir(parents=True)
+    (tmp_path / "sweeps" / "taken" / "sweep.json").write_text("{}")
+    proc = run_cli("--preset", "smoke", "--name", "taken", tmp_path=tmp_path)
+    assert proc.returncode == EXIT_BAD_INPUT and "already exists" in proc.stderr and "--resume" in proc.stderr

@@ -1,0 +1,100 @@
+"""Resume: kill the driver mid-sweep (SIGKILL), run again with --resume. Finished trials are not
+redone, nothing in MLflow is duplicated or left RUNNING, and the Ray the driver started dies with it."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+
+import psutil
+import pytest
+
+from test_sweep_helpers import ROOT, client, run_sweep_cli, runs_by_role, sweep_cmd, sweep_env
+
+pytestmark = pytest.mark.integration
+
+NAME = "resume-test"
+METHODS = ["fixed", "clo"]
+TRIALS = 2
+
+
+def wait_for_line(proc: subprocess.Popen, needle: str, timeout: float, seen: list[str]) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            if proc.poll() is not None:
+                raise AssertionError(f"driver exited ({proc.returncode}) before '{needle}':\n" + "".join(seen[-40:]))
+            continue
+        seen.append(line)
+        if needle in line:
+            return
+    raise AssertionError(f"'{needle}' not seen within {timeout}s:\n" + "".join(seen[-40:]))
+
+
+def result_mtimes(folder) -> dict[str, float]:
+    return {str(p.relative_to(folder)): p.stat().st_mtime for p in folder.rglob("result.json")}
+
+
+def test_kill_driver_then_resume(tmp_path):
+    root = tmp_path / "sweeps"
+    proc = subprocess.Popen(sweep_cmd(root, NAME, "--set", f"methods=[{','.join(METHODS)}]"), cwd=ROOT,
+                            env=sweep_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
+    seen: list[str] = []
+    try:
+        # fixed done and registered, clo half way through its first epochs: kill the driver there
+        wait_for_line(proc, "[sweep] clo trial", timeout=300, seen=seen)
+        wait_for_line(proc, "epoch 1/", timeout=120, seen=seen)
+        family = psutil.Process(proc.pid).children(recursive=True)
+        assert any("raylet" in " ".join(p.cmdline()) for p in family if p.is_running())
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    # the Ray the driver started shares its fate: nothing of it is left running
+    gone, alive = psutil.wait_procs(family, timeout=60)
+    for leftover in alive:
+        leftover.kill()
+    assert not alive, [p.pid for p in alive]
+
+    mlflow_client, _ = client(root, NAME)
+    before = runs_by_role(mlflow_client, NAME)
+    fixed_before = {r.data.tags["trial_id"]: r.info.run_id for r in before["trial"] if r.data.tags["method"] == "fixed"}
+    assert len(fixed_before) == TRIALS
+    assert {r.data.tags["method"]: r.info.status for r in before["method"]}["clo"] == "RUNNING"
+    fixed_results = result_mtimes(root / NAME / "ray" / "fixed")
+
+    resumed = run_sweep_cli(root, NAME, "--resume")
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    out = resumed.stdout
+    assert "[sweep] fixed: resuming" in out and "[sweep] clo: resuming" in out
+    assert "[sweep] fixed trial" not in out  # finished trials are not redone
+    assert result_mtimes(root / NAME / "ray" / "fixed") == fixed_results
+
+    after = runs_by_role(mlflow_client, NAME)
+    assert len(after["method"]) == len(METHODS) and len(after["comparison"]) == 1
+    trial_ids = [r.data.tags["trial_id"] for r in after["trial"]]
+    assert len(trial_ids) == len(set(trial_ids)) == TRIALS * len(METHODS)
+    assert {r.data.tags["trial_id"]: r.info.run_id for r in after["trial"]
+            if r.data.tags["method"] == "fixed"} == fixed_before
+    for run in sum(after.values(), []):
+        assert run.info.status == "FINISHED", (run.info.run_name, run.info.status)
+    for method in METHODS:
+        versions = mlflow_client.search_model_versions(f"name = 'leebert-mr-{method}'")
+        assert len(versions) == 1, method
+        registered = json.loads(next(r for r in after["method"] if r.data.tags["method"] == method).data.tags["registered"])
+        assert registered["version"] == "1"
+
+    import optuna
+
+    storage = f"sqlite:///{root / NAME / 'optuna.db'}"
+    for method in METHODS:
+        trials = optuna.load_study(study_name=method, storage=storage).get_trials(deepcopy=False)
+        states = [t.state for t in trials]
+        assert optuna.trial.TrialState.RUNNING not in states
+        assert states.count(optuna.trial.TrialState.COMPLETE) == TRIALS
+    assert os.path.isfile(root / NAME / "report" / "summary.csv")

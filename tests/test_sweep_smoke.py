@@ -1,0 +1,166 @@
+"""The smoke sweep end to end: real local Ray, real Optuna, real DeepSpeed trainings, real MLflow
+(sqlite in a temporary folder). Checks that the runs, metrics, artifacts, Optuna storage and
+registered models exist and hold sane values."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pandas as pd
+import pytest
+
+from test_sweep_helpers import PNG_MAGIC, client, history, run_sweep_cli, runs_by_role
+
+pytestmark = pytest.mark.integration
+
+METHODS = ["fixed", "bilevel", "clo"]
+TRIALS = 2
+EPOCHS = 3  # the smoke preset's train.epochs
+EXITS = 3   # tiny-random has 3 layers
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    root = tmp_path_factory.mktemp("sweeps")
+    proc = run_sweep_cli(root, "smoke-test")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    mlflow_client, uri = client(root, "smoke-test")
+    return {"root": root, "dir": root / "smoke-test", "proc": proc, "client": mlflow_client, "uri": uri,
+            "runs": runs_by_role(mlflow_client, "smoke-test")}
+
+
+def test_progress_and_where_to_look(smoke):
+    out = smoke["proc"].stdout
+    for method in METHODS:
+        assert f"[sweep] {method} trial 1/{TRIALS} started" in out
+        assert f"[sweep] {method}: registered models:/leebert-mr-{method}@champion" in out
+    assert f"mlflow ui --backend-store-uri {smoke['uri']}" in out
+    assert str(smoke["dir"] / "report" / "frontiers.png") in out
+    assert str(smoke["dir"] / "report" / "summary.md") in out
+    assert "| method |" in out
+
+
+def test_experiment_layout(smoke):
+    runs, mlflow_client = smoke["runs"], smoke["client"]
+    experiment = mlflow_client.get_experiment_by_name("smoke-test")
+    assert experiment.artifact_location == (smoke["dir"] / "mlartifacts").as_uri()
+    assert sorted(r.data.tags["method"] for r in runs["method"]) == sorted(METHODS)
+    assert len(runs["trial"]) == TRIALS * len(METHODS)
+    assert len(runs["comparison"]) == 1
+    parents = {r.info.run_id: r.data.tags["method"] for r in runs["method"]}
+    for run in runs["trial"]:
+        assert parents[run.data.tags["mlflow.parentRunId"]] == run.data.tags["method"]
+    for run in sum(runs.values(), []):
+        assert run.info.status == "FINISHED", (run.info.run_name, run.info.status)
+        assert run.info.lifecycle_stage == "active"
+
+
+def test_trial_runs_hold_params_metrics_and_artifacts(smoke):
+    mlflow_client = smoke["client"]
+    completed = 0
+    for run in smoke["runs"]["trial"]:
+        method, params, metrics = run.data.tags["method"], run.data.params, run.data.metrics
+        assert params["method"] == method and params["model"] == "tiny-random"
+        searched = {"lr", "head_lr"} | ({"lr_outer"} if method != "fixed" else set())
+        assert set(run.data.tags["searched"].split(",")) == searched
+        assert 1e-3 <= float(params["lr"]) <= 5e-3 and 2e-3 <= float(params["head_lr"]) <= 1e-2
+        epochs = history(mlflow_client, run.info.run_id, "val/hypervolume")
+        assert 1 <= len(epochs) <= EPOCHS and all(0 <= v <= 1 for _, v in epochs)
+        assert all(0 <= v <= 1 for _, v in history(mlflow_client, run.info.run_id, "val/last_exit"))
+        assert len(history(mlflow_client, run.info.run_id, "objective")) == len(epochs)
+        artifacts = {a.path for a in mlflow_client.list_artifacts(run.info.run_id)}
+        assert "config.json" in artifacts
+        if run.data.tags["trial_status"] != "completed":
+            assert run.data.tags["trial_status"] == "stopped_early" and len(epochs) < EPOCHS
+            continue
+        completed += 1
+        assert len(epochs) == EPOCHS
+        assert {"summary.json", "weights.png", "frontier.png"} <= artifacts
+        for key in ("test/hypervolume", "test/last_exit", "val/hypervolume"):
+            assert 0 <= metrics[key] <= 1
+        assert 0.3 <= metrics["test/last_exit"] <= 0.8  # two balanced classes, a barely trained tiny model
+        # the speed-accuracy curve as metric history: step = speed-up × 100 within 1x..3x
+        curve = history(mlflow_client, run.info.run_id, "frontier/accuracy")
+        assert curve and all(100 <= step <= 100 * EXITS and 0 <= value <= 1 for step, value in curve)
+        assert history(mlflow_client, run.info.run_id, "frontier_test/accuracy")
+        # learned weights: 3 CE + 6 KD terms; fixed keeps them at 1, the others keep their sum (softmax)
+        weights = {k: v for k, v in metrics.items() if k.startswith("weight/")}
+        assert len(weights) == EXITS + EXITS * (EXITS - 1)
+        if method == "fixed":
+            assert all(v == 1.0 for v in weights.values())
+        else:
+            assert math.isclose(sum(weights.values()), len(weights), rel_tol=1e-4)
+        folder = mlflow_client.download_artifacts(run.info.run_id, "", str(smoke["dir"] / "download" / run.info.run_id))
+        for png in ("weights.png", "frontier.png"):
+            assert open(f"{folder}/{png}", "rb").read(8) == PNG_MAGIC
+        config = json.load(open(f"{folder}/config.json"))
+        assert config["method"] == method and config["deepspeed_config"].endswith("cpu_zero0.json")
+    assert completed >= len(METHODS)  # ASHA lets at least the first trial of each method finish
+
+
+def test_method_runs_name_the_best_trial(smoke):
+    runs = smoke["runs"]
+    trials = {r.data.tags["trial_id"]: r for r in runs["trial"]}
+    for run in runs["method"]:
+        tags, metrics = run.data.tags, run.data.metrics
+        assert tags["finalized"] == "true"
+        best = trials[tags["best_trial_id"]]
+        assert best.data.tags["trial_status"] == "completed" and best.data.tags.get("best") == "true"
+        siblings = [r for r in runs["trial"] if r.data.tags["method"] == tags["method"]
+                    and r.data.tags["trial_status"] == "completed"]
+        assert metrics["best/objective"] == max(r.data.metrics["val/hypervolume"] for r in siblings)
+        assert run.data.params["space.lr"].startswith("loguniform(")
+        assert history(smoke["client"], run.info.run_id, "frontier/accuracy")
+        assert metrics["trials_completed"] + metrics["trials_stopped_early"] + metrics["trials_error"] == TRIALS
+
+
+def test_sweep_report_and_comparison_run(smoke):
+    report = smoke["dir"] / "report"
+    summary = pd.read_csv(report / "summary.csv")
+    assert list(summary["method"]) == METHODS
+    assert summary["val HV"].between(0, 1).all() and summary["test last exit"].between(0, 1).all()
+    assert (report / "frontiers.png").read_bytes()[:8] == PNG_MAGIC
+    assert "| method |" in (report / "summary.md").read_text()
+    assert len(pd.read_csv(report / "trials.csv")) == TRIALS * len(METHODS)
+    comparison = smoke["runs"]["comparison"][0]
+    artifacts = {a.path for a in smoke["client"].list_artifacts(comparison.info.run_id)}
+    assert {"frontiers.png", "summary.csv", "summary.md", "trials.csv", "optuna.db", "sweep.json"} <= artifacts
+    assert set(comparison.data.metrics) >= {f"val_hypervolume/{m}" for m in METHODS}
+
+
+def test_optuna_storage_holds_one_study_per_method(smoke):
+    import optuna
+
+    storage = f"sqlite:///{smoke['dir'] / 'optuna.db'}"
+    studies = {s.study_name: s for s in optuna.get_all_study_summaries(storage)}
+    assert set(studies) == set(METHODS)
+    first = {}
+    for method in METHODS:
+        study = optuna.load_study(study_name=method, storage=storage)
+        trials = study.get_trials(deepcopy=False)
+        assert len(trials) == TRIALS
+        assert all(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
+        assert study.direction == optuna.study.StudyDirection.MAXIMIZE
+        first[method] = trials[0].params
+    # the same sampler seed for every method: the shared parameters start from the same draw
+    assert first["fixed"]["lr"] == first["clo"]["lr"] == first["bilevel"]["lr"]
+
+
+def test_registered_champions_predict_with_early_exit(smoke):
+    import mlflow
+
+    mlflow.set_tracking_uri(smoke["uri"])
+    mlflow.set_registry_uri(smoke["uri"])
+    sentences = pd.DataFrame({"sentence": ["a gripping , funny and moving film .", "tedious and badly acted .",
+                                           "it 's fine .", "the worst movie of the year ."]})
+    for method in METHODS:
+        name = f"leebert-mr-{method}"
+        version = smoke["client"].get_model_version_by_alias(name, "champion")
+        assert version.tags["method"] == method and version.tags["policy"] in ("patience", "entropy", "confidence", "none")
+        model = mlflow.pyfunc.load_model(f"models:/{name}@champion")
+        out = model.predict(sentences)
+        assert list(out.columns) == ["prediction", "exit_layer", "confidence"] and len(out) == 4
+        assert out["prediction"].isin([0, 1]).all()
+        assert out["exit_layer"].between(1, EXITS).all()
+        assert out["confidence"].between(0.5, 1.0).all()
