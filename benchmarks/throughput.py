@@ -4,8 +4,8 @@ time of DeepSpeed ZeRO-0 against ZeRO-2, measured side by side in one run.
     python benchmarks/throughput.py                     # MiniLM on MR, batch 32
     python benchmarks/throughput.py --steps 10 --model tiny-random
 
-Every engine trains the same model from the same initial weights on the same batches; each
-measurement skips warm-up steps (first calls pay for allocation and kernel selection).
+Both engines train copies of the same model from the same initial weights on the same batches,
+taking turns step by step; warm-up steps are not timed (first calls pay for allocation).
 """
 
 from __future__ import annotations
@@ -31,22 +31,24 @@ from trainers.policies import make_policy  # noqa: E402
 from trainers.train import build_components  # noqa: E402
 
 
-def time_training(model, cfg: TrainConfig, batches: list[dict], warmup: int, terms: LossTerms) -> float:
-    """Steps per second of forward + backward + AdamW step through a DeepSpeed engine."""
-    engine = ds.build_engine(model, cfg, total_steps=len(batches) + warmup)
+def time_training_side_by_side(models: dict, cfgs: dict, batches: list[dict], warmup: int,
+                                terms: LossTerms) -> dict:
+    """Steps per second of forward + backward + AdamW step through each DeepSpeed engine.
+
+    The engines take turns, one step each, so a change in machine load hits all of them alike.
+    """
+    engines = {key: ds.build_engine(models[key], cfgs[key], total_steps=len(batches)) for key in models}
     weights = torch.ones(len(terms))
-
-    def step(batch):
-        loss = (weights * term_losses(terms, engine(**batch), batch["labels"])).sum()
-        engine.backward(loss)
-        engine.step()
-
-    for batch in batches[:warmup]:
-        step(batch)
-    start = time.perf_counter()
-    for batch in batches[warmup:]:
-        step(batch)
-    return (len(batches) - warmup) / (time.perf_counter() - start)
+    seconds = dict.fromkeys(engines, 0.0)
+    for index, batch in enumerate(batches):
+        for key, engine in engines.items():
+            start = time.perf_counter()
+            loss = (weights * term_losses(terms, engine(**batch), batch["labels"])).sum()
+            engine.backward(loss)
+            engine.step()
+            if index >= warmup:
+                seconds[key] += time.perf_counter() - start
+    return {key: (len(batches) - warmup) / seconds[key] for key in engines}
 
 
 @torch.no_grad()
@@ -88,14 +90,11 @@ def main() -> None:
           f"torch {torch.__version__}, {args.threads} threads")
     print(f"model {args.model} ({sum(p.numel() for p in model.parameters()) / 1e6:.1f} M parameters, "
           f"{model.num_layers} exits), MR batches of {args.batch_size}, mean {tokens:.0f} real tokens per batch")
-    results = {}
-    initial = copy.deepcopy(model.state_dict())
-    for stage in (0, 2):
-        model.load_state_dict(initial)
-        stage_cfg = TrainConfig(**{**cfg.to_dict(), "zero_stage": stage}).validate()
-        results[stage] = time_training(model, stage_cfg, batches, args.warmup, terms)
-        print(f"train ZeRO-{stage}: {results[stage]:.2f} steps/s ({1 / results[stage]:.2f} s/step, "
-              f"{results[stage] * args.batch_size:.1f} samples/s)")
+    models = {stage: copy.deepcopy(model) for stage in (0, 2)}  # same initial weights
+    cfgs = {stage: TrainConfig(**{**cfg.to_dict(), "zero_stage": stage}).validate() for stage in (0, 2)}
+    results = time_training_side_by_side(models, cfgs, batches, args.warmup, terms)
+    for stage, rate in results.items():
+        print(f"train ZeRO-{stage}: {rate:.2f} steps/s ({1 / rate:.2f} s/step, {rate * args.batch_size:.1f} samples/s)")
     print(f"wall time ZeRO-2 / ZeRO-0: {results[0] / results[2]:.2f}x")
     full = time_evaluation(model, data.test, 128, data.pad_token_id)
     early = time_evaluation(model, data.test, 128, data.pad_token_id, make_policy("patience", 2))
