@@ -13,29 +13,36 @@ The work is done by the ``sweeps`` package; this script parses arguments and pri
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+import textwrap
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from sweeps.config import (OBJECTIVES, build_config, field_help, presets, resume_config,  # noqa: E402
-                           start_config)
+from sweeps.config import (INTERRUPTED, OBJECTIVES, SweepInterrupted, build_config, field_help,  # noqa: E402
+                           preflight, presets, resume_config, start_config)
 from trainers.errors import EXIT_BAD_INPUT, ConfigError  # noqa: E402
 
 
 def parser() -> argparse.ArgumentParser:
-    keys = "\n".join(f"  {name:<19} {help} (default: {default!r})" for name, help, default in field_help())
+    keys = "\n".join(
+        textwrap.fill(help + ("" if default is None else f" [{default!r}]"), 100, initial_indent=f"  {name:<19} ",
+                      subsequent_indent=" " * 22)
+        for name, help, default in field_help())
     p = argparse.ArgumentParser(
         prog="python platform/sweep.py",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="Compare LeeBERT's loss-weight methods (fixed, bilevel, clo): one Ray Tune search per method "
-                    "(Optuna TPE, same budget and seeds, ASHA stopping), every trial a real DeepSpeed training, "
-                    "all tracked in MLflow. The config is a preset, then an optional YAML file, then --set "
-                    "overrides and the flags below; it is validated before anything starts.",
+        description=textwrap.fill(
+            "Compare LeeBERT's loss-weight methods (fixed, bilevel, clo): one Ray Tune search per method "
+            "(Optuna TPE, same budget and seeds, ASHA stopping), every trial a real DeepSpeed training, "
+            "all tracked in MLflow. The config is a preset, then an optional YAML file, then --set "
+            "overrides and the flags below; it is validated before anything starts.", 100),
         epilog=f"presets: {', '.join(presets())} (sweeps/presets/*.yaml)\n\nconfig keys (YAML file or --set KEY=VALUE; "
-               f"train.*, space.* and env.* take a dotted key, e.g. --set train.train_subset=500):\n{keys}\n\n"
+               f"train.*, space.* and env.* take a dotted key,\ne.g. --set train.train_subset=500; "
+               f"[built-in defaults], which the presets override):\n{keys}\n\n"
                "Bad input prints one 'error: ...' line and exits with code 2. See docs/sweeps.md.",
     )
     p.add_argument("--preset", help=f"starting point: {', '.join(presets())} (default: demo)")
@@ -58,6 +65,7 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # `kill <pid>` stops like Ctrl-C
     flags = {"name": args.name, "methods": args.methods, "trials": args.trials, "objective": args.objective,
              "tracking_uri": args.tracking_uri, "ray_address": args.ray_address, "root": args.root}
     try:
@@ -73,17 +81,15 @@ def main(argv: list[str] | None = None) -> int:
 
             print(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
             return 0
-        from sweeps.runner import INTERRUPTED, SweepInterrupted, preflight
-
-        preflight(cfg)  # before Ray starts: unreachable MLflow / Ray fail here
+        preflight(cfg)  # unreachable MLflow / Ray fail here, before Ray is even imported
         from sweeps.runner import run_sweep
 
         result = run_sweep(cfg, resume=args.resume)
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    except SweepInterrupted as err:
-        print(f"\ninterrupted ({err}). Continue with: python platform/sweep.py --resume --name {cfg.name}"
+    except (SweepInterrupted, KeyboardInterrupt) as err:
+        print(f"\nsweep stopped ({err or 'Ctrl-C'}); continue it with: python platform/sweep.py --resume --name {cfg.name}"
               + (f" --root {cfg.root}" if args.root else ""), file=sys.stderr)
         return INTERRUPTED
 

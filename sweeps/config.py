@@ -28,6 +28,11 @@ OBJECTIVES = {"hypervolume": "val_hypervolume", "last_exit": "val_last_exit"}
 SCHEDULERS = ("asha", "none")
 KEEP_CHECKPOINTS = ("best", "all")
 STATE_FILE = "sweep.json"  # the resolved config of a sweep, written when it starts; --resume reads it
+INTERRUPTED = 130  # exit code of an interrupted sweep (as for Ctrl-C)
+
+
+class SweepInterrupted(Exception):
+    """The sweep stopped before every trial finished (Ctrl-C); ``--resume`` continues it."""
 
 
 def _f(default, help: str):
@@ -355,6 +360,14 @@ def check_tracking_uri(uri: str, timeout: float = 3.0) -> None:
     if scheme not in ("postgresql", "mysql", "mssql", "databricks") and not scheme.startswith(("postgresql+", "mysql+", "mssql+")):
         raise ConfigError(f"tracking URI '{uri}' has an unsupported scheme '{scheme}'; use sqlite:///..., http(s)://... "
                           "or a database URI (postgresql://...)")
+
+
+def preflight(cfg: SweepConfig) -> None:
+    """Reachability checks before anything starts (no Ray, no MLflow import needed)."""
+    address = cfg.ray_address or os.environ.get("RAY_ADDRESS")
+    if address:
+        check_ray_address(address)
+    check_tracking_uri(cfg.resolved_tracking_uri)
 
 
 def check_ray_address(address: str, timeout: float = 3.0) -> None:

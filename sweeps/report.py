@@ -4,7 +4,6 @@ Optuna storage, and the MLflow "comparison" run that holds them."""
 from __future__ import annotations
 
 import shutil
-from pathlib import Path
 
 import pandas as pd
 
@@ -29,50 +28,53 @@ def trials_table(records: list[TrialRecord]) -> pd.DataFrame:
 
 
 def summary_table(result) -> pd.DataFrame:
-    """One row per method: its best trial (chosen on validation) and what that trial does on test."""
+    """One row per method: its best trial (chosen on validation) and what that trial does on test.
+
+    Metric columns are fractions (the markdown shows them in %); ``@Nx`` is the test metric at the
+    exit-policy setting validation chose for an N-times speed-up, with the test speed-up it reached.
+    """
     rows = []
     for outcome in result.outcomes:
         counts = {s: sum(r.status == s for r in outcome.records) for s in ("completed", "stopped_early", "error")}
         row = {"method": outcome.method,
-               "trials": f"{counts['completed']} done / {counts['stopped_early']} stopped / {counts['error']} failed"}
+               "trials done/stopped/failed": f"{counts['completed']}/{counts['stopped_early']}/{counts['error']}"}
         best = outcome.best
         if best is not None and best.summary:
             s = best.summary
             ops = {op["target_speedup"]: op for op in s.get("operating_points", [])}
             row.update({
-                "best trial": best.number,
+                "best trial": f"#{best.number}",
                 "searched": ", ".join(f"{k}={v:.2g}" if isinstance(v, float) else f"{k}={v}" for k, v in sorted(best.sampled.items())),
-                "val HV": s["validation"]["hypervolume"], "val last exit": s["validation"]["last_exit"],
-                "test HV": s["test"]["hypervolume"], "test last exit": s["test"]["last_exit"],
+                "val HV": s["validation"]["hypervolume"], "test HV": s["test"]["hypervolume"],
+                "val last exit": s["validation"]["last_exit"], "test last exit": s["test"]["last_exit"],
             })
             for target in (1.5, 2.0):
                 op = ops.get(target)
                 row[f"test @{target:g}x"] = op["test_metric"] if op else None
-                row[f"speed-up @{target:g}x (test)"] = op["test_speedup"] if op else None
-            row["registered"] = outcome.registered["uri"] if outcome.registered else ""
+                row[f"speed-up @{target:g}x"] = op["test_speedup"] if op else None
         rows.append(row)
     return pd.DataFrame(rows)
 
 
 def to_markdown(frame: pd.DataFrame, metric: str) -> str:
-    def cell(column: str, value) -> str:
+    def cell(column: str, row) -> str:
+        value = row[column]
         if value is None or (isinstance(value, float) and pd.isna(value)):
             return "–"
+        if column.startswith("test @"):
+            speed = row.get(column.replace("test @", "speed-up @"))
+            return f"{100 * value:.1f}" + (f" ({speed:.2f}x)" if speed is not None and not pd.isna(speed) else "")
         if isinstance(value, float):
-            if column.startswith("speed-up"):
-                return f"{value:.2f}x"
-            if "HV" in column:
-                return f"{value:.3f}"
-            return f"{100 * value:.1f}"
+            return f"{value:.3f}" if "HV" in column else f"{100 * value:.1f}"
         return str(value)
 
-    columns = list(frame.columns)
+    columns = [c for c in frame.columns if not c.startswith("speed-up @")]
     lines = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
     for _, row in frame.iterrows():
-        lines.append("| " + " | ".join(cell(c, row[c]) for c in columns) + " |")
-    note = (f"\nHV = hypervolume of the speed-accuracy frontier (0-1); last exit and @Nx = {metric} in %, "
-            "@Nx at the exit-policy setting chosen on validation for an N-times speed-up. "
-            "The best trial is chosen on validation; test values are reported only.\n")
+        lines.append("| " + " | ".join(cell(c, row) for c in columns) + " |")
+    note = (f"\nHV: hypervolume of the speed-accuracy frontier (0-1). Last exit and @Nx: {metric} in %; @Nx is measured "
+            "at the exit-policy setting chosen on validation for an N-times speed-up, with the test speed-up it reached "
+            "in brackets. The best trial is chosen on validation; test values are only reported.\n")
     return "\n".join(lines) + "\n" + note
 
 

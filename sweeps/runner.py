@@ -15,26 +15,21 @@ import logging
 import math
 import os
 import shutil
-import sys
+import signal
+import threading
 import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from ray import tune
+from ray.tune.search.optuna import OptunaSearch
 
-from sweeps.config import PROJECT_ROOT, SweepConfig, check_ray_address, check_tracking_uri, save_state
+from sweeps.config import PROJECT_ROOT, SweepConfig, SweepInterrupted, check_ray_address, preflight, save_state
 from sweeps.tracking import TrialRecord, Tracker
 from sweeps.trial import SUMMARY_FILE, MODEL_DIR, train_trial, trial_name, trial_number, trial_train_values
 from trainers.errors import ConfigError
-
-INTERRUPTED = 130
-
-
-class SweepInterrupted(Exception):
-    """The driver was asked to stop (Ctrl-C / SIGTERM); ``--resume`` continues."""
-
 
 @dataclass
 class MethodOutcome:
@@ -164,7 +159,7 @@ class SweepCallback(tune.Callback):
                 _say(f"{label} stopped by ASHA after epoch {record.epochs[-1]['epoch'] if record.epochs else 0}")
             elif record.status == "error":
                 _say(f"{label} FAILED: {(record.error or '').strip().splitlines()[-1:]}")
-            self.tracker.log_trial(record, self.parent_run_id, metric="")
+            self.tracker.log_trial(record, self.parent_run_id)
         except Exception as err:  # noqa: BLE001 - MLflow trouble must not kill the search; reconciled after fit
             _say(f"warning: could not log {label} to MLflow now ({type(err).__name__}: {err}); retrying at the end")
 
@@ -201,10 +196,12 @@ def build_record(method: str, trial, history: list[dict], space_keys: list[str],
         if isinstance(epoch, (int, float)) and not (isinstance(epoch, float) and math.isnan(epoch)):
             by_epoch[int(epoch)] = row
     epochs = [by_epoch[e] for e in sorted(by_epoch)]
-    last = trial.last_result or {}
-    summary = _read_summary(trial.checkpoint) if last.get("final_report") is True else None
+    # Only a trial that trained every epoch reports `final_report` and saves a checkpoint (deleted
+    # after the sweep unless it is its method's best: keep_checkpoints=best).
+    summary = _read_summary(trial.checkpoint)
+    finished = bool(summary) or any(row.get("final_report") is True for row in epochs)
     failed = error or trial.status == "ERROR"
-    status = "error" if failed else ("completed" if summary else "stopped_early")
+    status = "error" if failed else ("completed" if finished else "stopped_early")
     message = None
     if failed:
         try:
@@ -224,16 +221,28 @@ def build_record(method: str, trial, history: list[dict], space_keys: list[str],
 
 
 # ---------------------------------------------------------------------------- one method
+class NumberedOptunaSearch(OptunaSearch):
+    """OptunaSearch that also puts the Optuna trial number (1-based) into each trial's config, so
+    console lines, MLflow run names and optuna-dashboard agree on "trial 3" across restores."""
+
+    def suggest(self, trial_id: str):
+        config = super().suggest(trial_id)
+        if config is not None:
+            self._suggested = getattr(self, "_suggested", 0) + 1
+            ot_trial = getattr(self, "_ot_trials", {}).get(trial_id)
+            config["trial_number"] = ot_trial.number + 1 if ot_trial is not None else self._suggested
+        return config
+
+
 def _searcher(cfg: SweepConfig, method: str, space: dict):
     import optuna
-    from ray.tune.search.optuna import OptunaSearch
 
     import search_spaces
 
     sampler = optuna.samplers.TPESampler(seed=cfg.seed, n_startup_trials=cfg.tpe_startup_trials)
     storage = optuna.storages.RDBStorage(cfg.optuna_storage)
-    return OptunaSearch(search_spaces.to_optuna(space), metric="objective", mode="max", sampler=sampler,
-                        study_name=method, storage=storage)
+    return NumberedOptunaSearch(search_spaces.to_optuna(space), metric="objective", mode="max", sampler=sampler,
+                                study_name=method, storage=storage)
 
 
 def _scheduler(cfg: SweepConfig, epochs: int):
@@ -299,7 +308,7 @@ def search_method(cfg: SweepConfig, method: str, tracker: Tracker, resume: bool)
         history = frame.to_dict("records") if frame is not None and len(frame) else []
         record = build_record(method, trial, history, list(space), trial_number(trial, analysis.trials))
         if not tracker.trial_logged(method, trial.trial_id):  # the callback missed it (driver restarted)
-            tracker.log_trial(record, parent, metric="")
+            tracker.log_trial(record, parent)
         records.append(record)
     _close_optuna_trials(cfg, method)
     completed = [r for r in records if r.status == "completed"]
@@ -381,8 +390,10 @@ def finish_method(cfg: SweepConfig, tracker: Tracker, outcome: MethodOutcome, re
     from sweeps.report import trials_table
 
     parent = tracker.client.get_run(outcome.parent_run_id)
-    if parent.data.tags.get("finalized") == "true":
+    if parent.data.tags.get("finalized") == "true":  # a resumed sweep: this method was finished before
         outcome.registered = json.loads(parent.data.tags.get("registered", "null"))
+        if parent.info.status != "FINISHED":
+            tracker.finish(outcome.parent_run_id, "FINISHED" if outcome.best else "FAILED")
         return
     trials_csv = report_dir / f"trials_{outcome.method}.csv"
     trials_table(outcome.records).to_csv(trials_csv, index=False)
@@ -402,7 +413,6 @@ def finish_method(cfg: SweepConfig, tracker: Tracker, outcome: MethodOutcome, re
 # ---------------------------------------------------------------------------- the sweep
 def quiet_libraries() -> None:
     """Our progress lines instead of Tune's tables; no TensorBoard files; no MLflow progress bars."""
-    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")  # save the search state often: cheap, and resume loses less
     os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"  # the JSON/CSV loggers are added explicitly
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # with verbose=0 the legacy reporter prints nothing
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
@@ -416,15 +426,7 @@ def quiet_libraries() -> None:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
-def preflight(cfg: SweepConfig) -> None:
-    """Reachability checks that need no Ray and no MLflow import: before anything starts."""
-    address = cfg.ray_address or os.environ.get("RAY_ADDRESS")
-    if address:
-        check_ray_address(address)
-    check_tracking_uri(cfg.resolved_tracking_uri)
-
-
-def run_sweep(cfg: SweepConfig, resume: bool = False, on_ready: Callable[[str], None] | None = None) -> SweepResult:
+def run_sweep(cfg: SweepConfig, resume: bool = False) -> SweepResult:
     import ray
 
     from sweeps.report import write_report
@@ -433,13 +435,14 @@ def run_sweep(cfg: SweepConfig, resume: bool = False, on_ready: Callable[[str], 
     preflight(cfg)
     quiet_libraries()
     where = init_ray(cfg)
+    if threading.current_thread() is threading.main_thread():
+        # after ray.init, which installs a SIGTERM handler that aborts: `kill <pid>` stops like Ctrl-C
+        signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         cfg.sweep_dir.mkdir(parents=True, exist_ok=True)
         save_state(cfg)
         tracker = Tracker(cfg.resolved_tracking_uri, cfg.name, cfg.artifact_location,
                           sweep_tags={"preset": cfg.preset, "sweep_dir": str(cfg.sweep_dir)})
-        if on_ready:
-            on_ready(where)
         _say(f"sweep '{cfg.name}' on {where}: methods {', '.join(cfg.methods)}, {cfg.trials} trials each, "
              f"objective {cfg.metric}; MLflow {cfg.resolved_tracking_uri}")
         report_dir = cfg.sweep_dir / "report"
@@ -455,6 +458,6 @@ def run_sweep(cfg: SweepConfig, resume: bool = False, on_ready: Callable[[str], 
         write_report(result, tracker)
         return result
     except KeyboardInterrupt:
-        raise SweepInterrupted("interrupted") from None
+        raise SweepInterrupted("Ctrl-C or SIGTERM") from None
     finally:
         ray.shutdown()

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
 import mlflow.pyfunc
+import pandas as pd
 
 from sweeps.export import load_exported
 
@@ -36,8 +36,6 @@ class ExitPolicyModel(mlflow.pyfunc.PythonModel):
                                   is_regression=self.meta["is_regression"], delta=self.policy_spec.get("delta"))
 
     def _columns(self, model_input) -> list[list[str]]:
-        import pandas as pd
-
         fields = self.meta["text_fields"]
         if isinstance(model_input, (list, tuple)):
             model_input = pd.DataFrame({fields[0]: list(model_input)})
@@ -52,9 +50,8 @@ class ExitPolicyModel(mlflow.pyfunc.PythonModel):
             raise ValueError(f"input lacks column(s) {missing}; this model reads {fields}")
         return [model_input[f].astype(str).tolist() for f in fields]
 
-    def predict(self, context, model_input, params: dict[str, Any] | None = None):
+    def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
         import numpy as np
-        import pandas as pd
         import torch
 
         columns = self._columns(model_input)

@@ -90,7 +90,7 @@ class Tracker:
         """The parent run of ``method``: created once, reopened on resume."""
         run = self.find_run(role="method", method=method)
         if run is not None:
-            if run.info.status != "RUNNING":
+            if run.info.status != "RUNNING" and run.data.tags.get("finalized") != "true":
                 self.client.update_run(run.info.run_id, status="RUNNING")
             return run.info.run_id
         run = self.client.create_run(self.experiment_id, run_name=method,
@@ -102,7 +102,7 @@ class Tracker:
     def trial_logged(self, method: str, trial_id: str) -> bool:
         return self.find_run(role="trial", method=method, trial_id=trial_id) is not None
 
-    def log_trial(self, record: TrialRecord, parent_run_id: str, metric: str) -> str | None:
+    def log_trial(self, record: TrialRecord, parent_run_id: str) -> str | None:
         """One nested run with everything about ``record``; nothing if it is already logged."""
         if self.trial_logged(record.method, record.trial_id):
             return None

@@ -18,7 +18,7 @@ from typing import Any
 
 SUMMARY_FILE = "summary.json"
 MODEL_DIR = "model"
-RESERVED = ("train", "sweep")
+RESERVED = ("train", "sweep", "trial_number")
 
 
 def epoch_metrics(record: dict, objective: str) -> dict[str, Any]:
@@ -102,6 +102,15 @@ def trial_name(trial) -> str:
 
 
 def trial_number(trial, trials: list) -> int:
-    """1-based position of ``trial`` in its search (Tune keeps trials in creation order)."""
-    ids = [t.trial_id for t in trials]
-    return ids.index(trial.trial_id) + 1 if trial.trial_id in ids else 0
+    """1-based number of ``trial`` in its search: its Optuna trial number + 1 (set by the searcher,
+    so it survives a restore and matches optuna-dashboard), else its position in start order."""
+    number = trial.config.get("trial_number")
+    if isinstance(number, int):
+        return number
+
+    def key(t):
+        started = t.run_metadata.start_time
+        return (started if started is not None else float("inf"), t.trial_id)
+
+    ordered = [t.trial_id for t in sorted(trials, key=key)]
+    return ordered.index(trial.trial_id) + 1 if trial.trial_id in ordered else 0

@@ -109,8 +109,8 @@ def test_unreachable_services_are_config_errors(tmp_path):
 
 # ---------------------------------------------------------------------------- bad input (command line)
 def run_cli(*args, tmp_path, env_extra=None):
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled", **(env_extra or {})}
-    env.pop("RAY_ADDRESS", None)
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env.update({"RAY_AUTH_MODE": "disabled", **(env_extra or {})})
     return subprocess.run([sys.executable, str(SCRIPT), "--root", str(tmp_path / "sweeps"), *args],
                           capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path)
 
@@ -164,3 +164,44 @@ def test_existing_sweep_needs_resume(tmp_path):
     (tmp_path / "sweeps" / "taken" / "sweep.json").write_text("{}")
     proc = run_cli("--preset", "smoke", "--name", "taken", tmp_path=tmp_path)
     assert proc.returncode == EXIT_BAD_INPUT and "already exists" in proc.stderr and "--resume" in proc.stderr
+
+
+# ---------------------------------------------------------------------------- cluster configs
+def test_ray_cluster_launcher_config_matches_rays_schema():
+    import json
+
+    import jsonschema
+    import ray
+    import yaml
+
+    schema = json.loads((Path(ray.__file__).parent / "autoscaler" / "ray-schema.json").read_text())
+    cfg = yaml.safe_load((ROOT / "clusters" / "ray" / "cluster.yaml").read_text())
+    jsonschema.validate(cfg, schema)
+    assert cfg["available_node_types"]["gpu_worker"]["resources"]["GPU"] >= 1
+    assert all("RAY_AUTH_MODE=token" in " ".join(cfg[k]) for k in ("head_start_ray_commands", "worker_start_ray_commands"))
+    assert set(cfg["rsync_exclude"]) >= {".venv", "runs", ".git"}
+
+
+def test_kuberay_cluster_has_gpu_workers_shared_storage_and_token_auth():
+    import ray
+    import yaml
+
+    docs = list(yaml.safe_load_all((ROOT / "clusters" / "kuberay" / "raycluster.yaml").read_text()))
+    cluster = docs[0]
+    assert cluster["apiVersion"] == "ray.io/v1" and cluster["kind"] == "RayCluster"
+    assert cluster["spec"]["rayVersion"] == ray.__version__
+    head = cluster["spec"]["headGroupSpec"]["template"]["spec"]
+    assert {c["name"] for c in head["containers"]} == {"ray-head", "mlflow"}
+    for group in cluster["spec"]["workerGroupSpecs"]:
+        container = group["template"]["spec"]["containers"][0]
+        assert int(container["resources"]["limits"]["nvidia.com/gpu"]) >= 1
+        env = {e["name"]: e for e in container["env"]}
+        assert env["RAY_AUTH_MODE"]["value"] == "token" and "secretKeyRef" in env["RAY_AUTH_TOKEN"]["valueFrom"]
+        assert "/shared" in {m["mountPath"] for m in container["volumeMounts"]}
+    assert {d["metadata"]["name"] for d in docs[1:]} == {"leebert-shared", "leebert-mlflow"}
+
+
+def test_cluster_scripts_are_valid_shell():
+    for script in (ROOT / "clusters" / "mlflow" / "server.sh", ROOT / "docs" / "make_screenshot.sh"):
+        assert os.access(script, os.X_OK), script
+        subprocess.run(["bash", "-n", str(script)], check=True)

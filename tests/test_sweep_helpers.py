@@ -56,3 +56,12 @@ def runs_by_role(mlflow_client, experiment_name: str) -> dict[str, list]:
 
 def history(mlflow_client, run_id: str, key: str) -> list[tuple[int, float]]:
     return sorted((m.step, m.value) for m in mlflow_client.get_metric_history(run_id, key))
+
+
+def is_zombie(process) -> bool:
+    import psutil
+
+    try:
+        return process.status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True

@@ -18,7 +18,7 @@ import psutil
 import pytest
 import requests
 
-from test_sweep_helpers import ROOT, client, free_port, runs_by_role, sweep_env
+from test_sweep_helpers import is_zombie, ROOT, client, free_port, runs_by_role, sweep_env
 
 pytestmark = pytest.mark.integration
 
@@ -59,6 +59,7 @@ def ray_head():
         except subprocess.TimeoutExpired:
             head.kill()
         gone, alive = psutil.wait_procs(family, timeout=30)
+        alive = [p for p in alive if not is_zombie(p)]  # dead, waiting for PID 1 to reap them
         for leftover in alive:
             leftover.kill()
         shutil.rmtree(temp_dir, ignore_errors=True)
@@ -78,8 +79,16 @@ def test_ray_job_submit_runs_the_smoke_sweep(ray_head, tmp_path):
     assert proc.returncode == 0, output[-4000:]
     assert re.search(r"Job '\S+' succeeded", output), output[-4000:]
     assert "local Ray" not in output and "on cluster" in output  # the driver joined the job's cluster
-    size = re.search(r"Uploading package \S+ \(([\d.]+)MiB\)", output) or re.search(r"\(([\d.]+)MiB\)", output)
-    assert size is None or float(size.group(1)) < 20, "the working dir upload must exclude .venv, runs and .git"
+    # what the head unpacked as the job's working dir: the code, not .venv, runs or .git (.rayignore)
+    packages = list(Path(ray_head["temp_dir"]).glob("session_2*/runtime_resources/working_dir_files/_ray_pkg_*"))
+    packages = [p for p in packages if p.is_dir()]
+    assert packages, "no working_dir package on the head"
+    for package in packages:
+        names = {p.name for p in package.iterdir()}
+        assert {"platform", "sweeps", "trainers", "search_spaces", "clusters"} <= names
+        assert not names & {".venv", "runs", ".git"}, names
+        size = sum(f.stat().st_size for f in package.rglob("*") if f.is_file())
+        assert size < 20 * 2**20, f"working dir upload of {size / 2**20:.1f} MiB"
 
     mlflow_client, _ = client(root, "job")
     runs = runs_by_role(mlflow_client, "job")
@@ -90,7 +99,7 @@ def test_ray_job_submit_runs_the_smoke_sweep(ray_head, tmp_path):
     for run in runs["trial"]:
         assert run.data.tags["trial_status"] == "completed"
         assert 0 <= run.data.metrics["test/hypervolume"] <= 1
-    assert mlflow_client.get_model_version_by_alias("leebert-mr-clo", "champion").version == "1"
+    assert str(mlflow_client.get_model_version_by_alias("leebert-mr-clo", "champion").version) == "1"
     pids = {json.loads(line)["pid"] for path in (root / "job" / "ray" / "clo").rglob("result.json")
             for line in path.read_text().splitlines() if line.strip()}
     assert len(pids) == 1, f"both trials should have run in one reused worker process, got pids {pids}"

@@ -12,7 +12,7 @@ import time
 import psutil
 import pytest
 
-from test_sweep_helpers import ROOT, client, run_sweep_cli, runs_by_role, sweep_cmd, sweep_env
+from test_sweep_helpers import is_zombie, ROOT, client, run_sweep_cli, runs_by_role, sweep_cmd, sweep_env
 
 pytestmark = pytest.mark.integration
 
@@ -55,12 +55,6 @@ def test_kill_driver_then_resume(tmp_path):
     finally:
         if proc.poll() is None:
             proc.kill()
-    # the Ray the driver started shares its fate: nothing of it is left running
-    gone, alive = psutil.wait_procs(family, timeout=60)
-    for leftover in alive:
-        leftover.kill()
-    assert not alive, [p.pid for p in alive]
-
     mlflow_client, _ = client(root, NAME)
     before = runs_by_role(mlflow_client, NAME)
     fixed_before = {r.data.tags["trial_id"]: r.info.run_id for r in before["trial"] if r.data.tags["method"] == "fixed"}
@@ -70,6 +64,13 @@ def test_kill_driver_then_resume(tmp_path):
 
     resumed = run_sweep_cli(root, NAME, "--resume")
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    # The Ray the killed driver started went down with it: its workers at once, Ray's agents
+    # once they notice their raylet is gone (about a minute; the resumed run took longer).
+    gone, alive = psutil.wait_procs(family, timeout=60)
+    alive = [p for p in alive if not is_zombie(p)]  # dead, waiting for PID 1 to reap them
+    for leftover in alive:
+        leftover.kill()
+    assert not alive, [(p.pid, p.name()) for p in alive]
     out = resumed.stdout
     assert "[sweep] fixed: resuming" in out and "[sweep] clo: resuming" in out
     assert "[sweep] fixed trial" not in out  # finished trials are not redone

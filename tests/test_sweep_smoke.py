@@ -41,6 +41,19 @@ def test_progress_and_where_to_look(smoke):
     assert "| method |" in out
 
 
+def test_trial_numbers_agree_between_console_and_mlflow(smoke):
+    import re
+
+    started = re.findall(r"\[sweep\] (\w+) trial (\d+)/\d+ started: (.*)", smoke["proc"].stdout)
+    assert len(started) == TRIALS * len(METHODS)
+    by_name = {r.info.run_name: r for r in smoke["runs"]["trial"]}
+    for method, number, params in started:
+        run = by_name[f"{method}-{int(number):02d}"]
+        printed = dict(item.split("=") for item in params.split(", "))
+        assert {k: float(v) for k, v in printed.items()} == pytest.approx(
+            {k: float(run.data.params[k]) for k in printed}, rel=5e-3)
+
+
 def test_experiment_layout(smoke):
     runs, mlflow_client = smoke["runs"], smoke["client"]
     experiment = mlflow_client.get_experiment_by_name("smoke-test")
@@ -147,6 +160,7 @@ def test_optuna_storage_holds_one_study_per_method(smoke):
     assert first["fixed"]["lr"] == first["clo"]["lr"] == first["bilevel"]["lr"]
 
 
+@pytest.mark.filterwarnings("ignore:.*type hints")
 def test_registered_champions_predict_with_early_exit(smoke):
     import mlflow
 
