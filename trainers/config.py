@@ -127,8 +127,8 @@ class TrainConfig:
             raise ConfigError("scheme 'pabee' has no KD terms; drop --kd or pass --kd none")
         if self.method == "fixed" and self.scheme == "last" and self.kd != "last":
             raise ConfigError("scheme 'last' distills from the last exit only; drop --kd or pass --kd last")
-        if self.deepspeed_config is not None and not Path(self.deepspeed_config).is_file():
-            raise ConfigError(f"DeepSpeed config '{self.deepspeed_config}' not found; pass a JSON file, e.g. clusters/deepspeed/cpu_zero2.json")
+        if self.deepspeed_config is not None:
+            self.deepspeed_config = resolve_project_path(self.deepspeed_config, "DeepSpeed config")
         return self
 
     # ---------------------------------------------------------------- construction
@@ -147,6 +147,18 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+
+def resolve_project_path(path: str, what: str) -> str:
+    """An absolute path: as given, else relative to the project, so that ``clusters/...`` works from
+    any working directory (Ray Tune runs each trial in its own folder)."""
+    for candidate in (Path(path), PROJECT_ROOT / path):
+        if candidate.is_file():
+            return str(candidate.resolve())
+    raise ConfigError(f"{what} '{path}' not found; pass a JSON file, e.g. clusters/deepspeed/cpu_zero2.json")
 
 
 def load_config_file(path: str) -> dict[str, Any]:
