@@ -31,15 +31,24 @@ def _free_port() -> int:
 
 
 def ensure_process_group() -> None:
-    if "RANK" not in os.environ:  # not launched by a distributed launcher: a group of one
-        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1")
-        os.environ.setdefault("MASTER_PORT", str(_free_port()))
+    """Join the launcher's process group, or make a private group of one.
+
+    A group of one is created directly on a free loopback port, without writing RANK or
+    MASTER_PORT into ``os.environ``: processes started later from this one (Ray workers, test
+    subprocesses) would inherit them, take themselves for launched ranks and all try to bind the
+    same port.
+    """
     os.environ.setdefault("LOCAL_RANK", "0")
+    if torch.distributed.is_initialized():
+        return
     import deepspeed
 
-    if not torch.distributed.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    if "RANK" in os.environ and "WORLD_SIZE" in os.environ:  # started by deepspeed, torchrun or a Ray trainer
         deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False, verbose=False)
+    else:
+        torch.distributed.init_process_group(backend, init_method=f"tcp://127.0.0.1:{_free_port()}",
+                                             rank=0, world_size=1)
 
 
 def world() -> tuple[int, int]:
