@@ -20,6 +20,7 @@ from urllib.parse import urlparse
 
 import yaml
 
+from trainers.config import load_yaml
 from trainers.errors import ConfigError
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -198,25 +199,6 @@ def field_help() -> list[tuple[str, str, Any]]:
 
 def presets() -> list[str]:
     return sorted(p.stem for p in PRESETS_DIR.glob("*.yaml"))
-
-
-def load_yaml(path: Path, what: str) -> dict[str, Any]:
-    try:
-        text = path.read_text()
-    except OSError as err:
-        raise ConfigError(f"{what} '{path}' cannot be read: {err.strerror}") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        where = getattr(err, "problem_mark", None)
-        line = f" (line {where.line + 1})" if where is not None else ""
-        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
-        raise ConfigError(f"{what} '{path}' is not valid YAML{line}: {problem}") from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{what} '{path}' must hold a mapping of keys to values, not {type(data).__name__}")
-    return data
 
 
 def load_preset(name: str) -> dict[str, Any]:

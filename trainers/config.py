@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -161,22 +160,32 @@ def resolve_project_path(path: str, what: str) -> str:
     raise ConfigError(f"{what} '{path}' not found; pass a JSON file, e.g. clusters/deepspeed/cpu_zero2.json")
 
 
-def load_config_file(path: str) -> dict[str, Any]:
-    """A YAML or JSON mapping; errors name the file and the problem."""
+def load_yaml(path: Path, what: str) -> dict[str, Any]:
+    """A YAML (or JSON, a subset of YAML) mapping; errors name the file, the line and the problem."""
     import yaml
 
-    file = Path(path)
-    if not file.is_file():
-        raise ConfigError(f"config file '{path}' not found")
     try:
-        data = json.loads(file.read_text()) if file.suffix == ".json" else yaml.safe_load(file.read_text())
-    except (yaml.YAMLError, json.JSONDecodeError) as err:
-        raise ConfigError(f"config file '{path}' is not valid YAML/JSON: {str(err).splitlines()[0]}") from None
+        text = path.read_text()
+    except OSError as err:
+        raise ConfigError(f"{what} '{path}' cannot be read: {err.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        where = getattr(err, "problem_mark", None)
+        line = f" (line {where.line + 1})" if where is not None else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ConfigError(f"{what} '{path}' is not valid YAML{line}: {problem}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise ConfigError(f"config file '{path}' must hold a mapping of keys to values, not {type(data).__name__}")
+        raise ConfigError(f"{what} '{path}' must hold a mapping of keys to values, not {type(data).__name__}")
     return data
+
+
+def load_config_file(path: str) -> dict[str, Any]:
+    if not Path(path).is_file():
+        raise ConfigError(f"config file '{path}' not found")
+    return load_yaml(Path(path), "config file")
 
 
 def _optional(kind):
