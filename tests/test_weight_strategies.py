@@ -1,7 +1,6 @@
 """The loss-weight strategies in training: they learn, they honour the splits, they scale out."""
 
 import os
-import socket
 
 import pytest
 import torch
@@ -59,12 +58,6 @@ def test_weights_of_terms_that_distill_from_a_harmful_exit_drop(strategy_cls):
 
 
 # ---------------------------------------------------------------------------- data-parallel
-def _free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _setup_problem():
     torch.manual_seed(0)
     model = MultiExitEncoder(tiny_backbone(num_layers=3, seed=0), 3, "mean").double()
@@ -81,9 +74,10 @@ def _shard(batch, rank, world):
     return {k: v[rank::world] for k, v in batch.items()}
 
 
-def _dp_worker(rank, world, port, out_dir):
+def _dp_worker(rank, world, out_dir):
     torch.set_num_threads(1)
-    torch.distributed.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    # a file rendezvous: no TCP port that another process could take between choosing and binding it
+    torch.distributed.init_process_group("gloo", init_method=f"file://{out_dir}/rendezvous", rank=rank, world_size=world)
     model, terms, weights, b1, b2, xi = _setup_problem()
     h = hypergradient(model, terms, weights, _shard(b1, rank, world), _shard(b2, rank, world), xi, 0.01)
     torch.save(h, os.path.join(out_dir, f"h{rank}.pt"))
@@ -91,7 +85,7 @@ def _dp_worker(rank, world, port, out_dir):
 
 
 def test_two_gloo_processes_give_the_single_process_hypergradient(tmp_path):
-    mp.spawn(_dp_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_dp_worker, args=(2, str(tmp_path)), nprocs=2, join=True)
     model, terms, weights, b1, b2, xi = _setup_problem()
     single = hypergradient(model, terms, weights, b1, b2, xi, 0.01, reduce=lambda tensors: tensors)
     h0, h1 = torch.load(tmp_path / "h0.pt"), torch.load(tmp_path / "h1.pt")
