@@ -13,6 +13,7 @@ The work is done by the ``sweeps`` package; this script parses arguments and pri
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 import textwrap
@@ -82,6 +83,9 @@ def main(argv: list[str] | None = None) -> int:
             print(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
             return 0
         preflight(cfg)  # unreachable MLflow / Ray fail here, before Ray is even imported
+        if not (cfg.ray_address or os.environ.get("RAY_ADDRESS")):
+            # a private local Ray listens on 127.0.0.1 only; read when ray is imported (sweeps.ray_cluster)
+            os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
         from sweeps.runner import run_sweep
 
         result = run_sweep(cfg, resume=args.resume)

@@ -20,10 +20,9 @@ from urllib.parse import urlparse
 
 import yaml
 
-from trainers.config import load_yaml
+from trainers.config import PROJECT_ROOT, load_yaml
 from trainers.errors import ConfigError
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
 PRESETS_DIR = Path(__file__).resolve().parent / "presets"
 OBJECTIVES = {"hypervolume": "val_hypervolume", "last_exit": "val_last_exit"}
 SCHEDULERS = ("asha", "none")
@@ -55,13 +54,18 @@ class SweepConfig:
     scheduler: str = _f("asha", "trial scheduler: asha (stops weak trials after each epoch) or none")
     grace_period: int = _f(1, "ASHA: epochs every trial gets before it can be stopped")
     reduction_factor: int = _f(2, "ASHA: keep the best 1/reduction_factor of trials at each rung")
-    cpus_per_trial: float = _f(1.0, "CPUs reserved per trial (also its torch threads unless train.threads is set)")
-    gpus_per_trial: float = _f(0.0, "GPUs reserved per trial")
+    cpus_per_trial: float = _f(1.0, "CPUs reserved per training worker (also its torch threads unless train.threads is set)")
+    gpus_per_trial: float = _f(0.0, "GPUs reserved per training worker")
+    workers_per_trial: int = _f(1, "data-parallel DeepSpeed workers per trial (Ray Train; gloo on CPU, NCCL on GPU); "
+                                   "each reserves cpus_per_trial and gpus_per_trial; train.batch_size is the global batch")
+    max_failures: int = _f(2, "times a trial whose process or node is lost is restarted from its last epoch checkpoint")
     num_cpus: int | None = _f(None, "CPUs of the local Ray instance (default: all); ignored when connecting to a cluster")
     reuse_actors: bool = _f(False, "let a Ray worker process run several trials in turn")
     root: str = _f("runs/sweeps", "folder holding one sub-folder per sweep (local stores, reports)")
-    storage: str | None = _f(None, "Ray Tune storage (trial results, model checkpoints); default <root>/<name>/ray; must be shared (NFS, s3://) on multi-node clusters")
-    tracking_uri: str | None = _f(None, "MLflow tracking URI: http(s)://server or sqlite:///file.db (default: sqlite:///<root>/<name>/mlflow.db)")
+    storage: str | None = _f(None, "Ray Tune storage (trial results, per-epoch checkpoints, models): a local folder, a shared "
+                                   "filesystem path or an s3:// URI; default <root>/<name>/ray; must be shared on multi-node clusters")
+    tracking_uri: str | None = _f(None, "MLflow tracking URI: http(s)://server or sqlite:///file.db (default: $MLFLOW_TRACKING_URI "
+                                        "if set, else sqlite:///<root>/<name>/mlflow.db)")
     ray_address: str | None = _f(None, "Ray cluster to join (host:6379 or auto); default: $RAY_ADDRESS if set (as inside `ray job submit`), else a new local Ray")
     register: bool = _f(True, "register each method's best model in the MLflow model registry (alias 'champion')")
     register_speedup: float = _f(2.0, "exit policy of the registered model: the validation operating point for this speed-up target")
@@ -84,13 +88,16 @@ class SweepConfig:
 
     @property
     def storage_path(self) -> str:
+        """Where Ray keeps this sweep's trials: ``<storage>/<name>`` (so sweeps sharing a storage
+        never share experiment folders), by default ``<root>/<name>/ray``."""
         if self.storage:
-            return self.storage if "://" in self.storage else str(Path(self.storage).resolve())
+            base = self.storage.rstrip("/") if "://" in self.storage else str(Path(self.storage).resolve())
+            return f"{base}/{self.name}"
         return str(self.sweep_dir / "ray")
 
     @property
     def resolved_tracking_uri(self) -> str:
-        return self.tracking_uri or f"sqlite:///{self.sweep_dir / 'mlflow.db'}"
+        return self.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{self.sweep_dir / 'mlflow.db'}"
 
     @property
     def artifact_location(self) -> str | None:
@@ -111,10 +118,7 @@ class SweepConfig:
         """The trainer config of ``method`` before the searched values are filled in."""
         from trainers.config import TrainConfig
 
-        values = dict(self.train, method=method)
-        if values.get("deepspeed_config"):
-            values["deepspeed_config"] = str(resolve_project_path(values["deepspeed_config"]))
-        return TrainConfig.from_dict(values, where="train")
+        return TrainConfig.from_dict(dict(self.train, method=method), where="train")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -133,9 +137,11 @@ class SweepConfig:
                 raise ConfigError(f"unknown method '{method}'; choose from: {', '.join(search_spaces.methods())}")
         if len(set(self.methods)) != len(self.methods):
             raise ConfigError(f"methods lists a method twice: {self.methods}")
-        for name in ("trials", "max_concurrent", "tpe_startup_trials", "grace_period"):
+        for name in ("trials", "max_concurrent", "tpe_startup_trials", "grace_period", "workers_per_trial"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be > 0 (got {getattr(self, name)})")
+        if self.max_failures < 0:
+            raise ConfigError(f"max_failures must be >= 0 (got {self.max_failures})")
         if self.reduction_factor < 2:
             raise ConfigError(f"reduction_factor must be >= 2 (got {self.reduction_factor})")
         if self.num_cpus is not None and self.num_cpus <= 0:
@@ -161,6 +167,10 @@ class SweepConfig:
         for method in self.methods:
             search_spaces.get_space(method, self.space)
             cfg = self.train_config(method).validate()
+            if cfg.batch_size % (2 * self.workers_per_trial):
+                raise ConfigError(f"train.batch_size {cfg.batch_size} must split evenly over workers_per_trial="
+                                  f"{self.workers_per_trial} workers and the two halves D1/D2; use a multiple of "
+                                  f"{2 * self.workers_per_trial}")
             if self.scheduler == "asha" and self.grace_period > cfg.epochs:
                 raise ConfigError(f"grace_period {self.grace_period} exceeds train.epochs {cfg.epochs}")
         return self
@@ -306,6 +316,8 @@ def start_config(cfg: SweepConfig) -> SweepConfig:
     if (cfg.sweep_dir / STATE_FILE).exists():
         raise ConfigError(f"sweep '{cfg.name}' already exists in {cfg.sweep_dir.parent}; pass --resume to continue it "
                           "or choose another --name")
+    # saved with the sweep: a --resume from a shell without $MLFLOW_TRACKING_URI logs to the same store
+    cfg.tracking_uri = cfg.resolved_tracking_uri
     return cfg
 
 
@@ -324,6 +336,12 @@ def check_tracking_uri(uri: str, timeout: float = 3.0) -> None:
                               "or leave tracking_uri unset for a local sqlite store") from None
         if response.status_code != 200:
             raise ConfigError(f"MLflow tracking server {uri} answered /health with HTTP {response.status_code}; is it an MLflow server?")
+        # /health answers whatever the Host header; the API refuses hosts outside --allowed-hosts
+        api = requests.get(uri.rstrip("/") + "/api/2.0/mlflow/experiments/search", params={"max_results": 1},
+                           timeout=timeout)
+        if api.status_code == 403:
+            raise ConfigError(f"MLflow tracking server {uri} refuses this host name (HTTP 403); start it with "
+                              f"--allowed-hosts including '{urlparse(uri).netloc}'")
         return
     if scheme == "sqlite":
         path = uri[len("sqlite:///"):] if uri.startswith("sqlite:///") else ""
@@ -370,12 +388,3 @@ def check_ray_address(address: str, timeout: float = 3.0) -> None:
         reason = err.strerror or type(err).__name__
         raise ConfigError(f"cannot reach the Ray cluster at {address} ({reason}); start one with `ray start --head` "
                           "or fix ray_address") from None
-
-
-def resolve_project_path(path: str) -> Path:
-    """A relative path as given, else relative to the project (e.g. clusters/deepspeed/*.json)."""
-    p = Path(path)
-    if p.is_absolute() or p.exists():
-        return p.resolve()
-    candidate = PROJECT_ROOT / p
-    return candidate if candidate.exists() else p

@@ -7,13 +7,19 @@
     └── run "comparison"          role=comparison: Pareto overlay, summary table, Optuna storage
 
 Every write is idempotent, keyed by tags (role, method, trial_id): a resumed sweep reopens its
-method runs and never logs a trial twice, so no run is duplicated or left RUNNING.
+method runs and never logs a trial twice, so no run is duplicated. A trial run is marked
+``logged=true`` only once everything is written; one that a crash left half-written is written
+again under the same run id (MLflow ignores metric values it already has). Runs carry their
+driver's host and pid: a driver stopped by SIGINT/SIGTERM ends its open runs KILLED, and one killed
+outright (SIGKILL) has them closed KILLED by the next sweep started or resumed against the store.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
+import socket
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -23,6 +29,7 @@ from typing import Any
 from trainers.errors import ConfigError
 
 PARENT_TAG = "mlflow.parentRunId"
+SWEEP_EXPERIMENT_TAG = "leebert.sweep"  # marks the experiments this platform writes (orphan search)
 BATCH = 500  # MLflow accepts at most 1000 metrics per log_batch
 
 
@@ -39,6 +46,7 @@ class TrialRecord:
     epochs: list[dict[str, Any]] = field(default_factory=list)  # Tune results, one per reported epoch
     summary: dict[str, Any] | None = None  # the trainer's summary (completed trials)
     error: str | None = None
+    reason: str | None = None            # one line: "diverged at step N (...)" or the error's last line
     start_ms: int | None = None
     end_ms: int | None = None
     checkpoint: Any = None               # ray.tune.Checkpoint of the exported model (completed trials)
@@ -71,8 +79,9 @@ class Tracker:
         if found is not None and found.lifecycle_stage != "active":
             raise ConfigError(f"MLflow experiment '{experiment}' is deleted; restore it in the MLflow UI or choose another --name")
         self.experiment_id = found.experiment_id if found else self.client.create_experiment(
-            experiment, artifact_location=artifact_location, tags=sweep_tags or {})
+            experiment, artifact_location=artifact_location, tags={SWEEP_EXPERIMENT_TAG: "true", **(sweep_tags or {})})
         self.experiment = experiment
+        self.driver = {"driver_host": socket.gethostname(), "driver_pid": str(os.getpid())}
 
     # ------------------------------------------------------------------ lookups
     def find_run(self, **tags: str):
@@ -90,31 +99,40 @@ class Tracker:
         """The parent run of ``method``: created once, reopened on resume."""
         run = self.find_run(role="method", method=method)
         if run is not None:
-            if run.info.status != "RUNNING" and run.data.tags.get("finalized") != "true":
+            if run.data.tags.get("finalized") != "true":
                 self.client.update_run(run.info.run_id, status="RUNNING")
+                self._log(run.info.run_id, tags=self.driver)  # this driver owns it now
             return run.info.run_id
         run = self.client.create_run(self.experiment_id, run_name=method,
-                                     tags={"role": "method", "method": method, **tags})
+                                     tags={"role": "method", "method": method, **tags, **self.driver})
         self._log(run.info.run_id, params=params)
         return run.info.run_id
 
     # ------------------------------------------------------------------ trial runs
     def trial_logged(self, method: str, trial_id: str) -> bool:
-        return self.find_run(role="trial", method=method, trial_id=trial_id) is not None
+        run = self.find_run(role="trial", method=method, trial_id=trial_id)
+        return run is not None and run.data.tags.get("logged") == "true"
 
     def log_trial(self, record: TrialRecord, parent_run_id: str) -> str | None:
-        """One nested run with everything about ``record``; nothing if it is already logged."""
-        if self.trial_logged(record.method, record.trial_id):
+        """One nested run with everything about ``record``; nothing if it is already logged
+        completely; a half-written one (a crash while logging) is completed under its run id."""
+        existing = self.find_run(role="trial", method=record.method, trial_id=record.trial_id)
+        if existing is not None and existing.data.tags.get("logged") == "true":
             return None
         from sweeps.plots import frontier_figure, weights_figure
 
         tags = {PARENT_TAG: parent_run_id, "role": "trial", "method": record.method, "trial_id": record.trial_id,
-                "trial_status": record.status, "searched": ",".join(sorted(record.sampled))}
+                "trial_status": record.status, "searched": ",".join(sorted(record.sampled)), **self.driver}
         if record.error:
             tags["error"] = record.error[:4000]
-        run = self.client.create_run(self.experiment_id, start_time=record.start_ms,
-                                     run_name=f"{record.method}-{record.number:02d}", tags=tags)
-        run_id = run.info.run_id
+        if record.reason:
+            tags["failure_reason"] = record.reason
+        if existing is not None:
+            run_id = existing.info.run_id
+            self.client.update_run(run_id, status="RUNNING")
+        else:
+            run_id = self.client.create_run(self.experiment_id, start_time=record.start_ms,
+                                            run_name=f"{record.method}-{record.number:02d}", tags=tags).info.run_id
         params = {k: v for k, v in record.train.items() if k not in ("output_dir", "resume")}
         metrics: list[tuple[str, float, int, int]] = []  # (key, value, step, timestamp ms)
         for result in record.epochs:
@@ -128,7 +146,7 @@ class Tracker:
         if summary:
             end = record.end_ms or int(time.time() * 1000)
             metrics += summary_metrics(summary, end)
-        self._log(run_id, params=params, metrics=metrics)
+        self._log(run_id, params=params, metrics=metrics, tags=tags)
         with tempfile.TemporaryDirectory(prefix="leebert-mlflow-") as tmp:
             folder = Path(tmp)
             (folder / "config.json").write_text(json.dumps(record.train, indent=2, default=str))
@@ -145,6 +163,7 @@ class Tracker:
             for path in files:
                 self.client.log_artifact(run_id, str(path))
         status = "FAILED" if record.status == "error" else "FINISHED"
+        self.client.set_tag(run_id, "logged", "true")  # last: a run without it is completed on retry
         self.client.set_terminated(run_id, status=status, end_time=record.end_ms)
         return run_id
 
@@ -192,14 +211,37 @@ class Tracker:
         self.client.set_terminated(run_id, status="FINISHED")
         return run_id
 
-    def close_dangling(self) -> int:
-        """Mark RUNNING trial runs of this experiment FAILED (none are expected: trials are logged when done)."""
+    def close_own_runs(self, status: str = "KILLED") -> int:
+        """End the runs this driver left RUNNING (on SIGINT/SIGTERM, or after an error)."""
         closed = 0
-        for run in self.runs(role="trial"):
-            if run.info.status == "RUNNING":
-                self.client.set_terminated(run.info.run_id, status="FAILED")
+        for run in self._running(self.experiment_id):
+            if run.data.tags.get("driver_pid") == self.driver["driver_pid"] and \
+                    run.data.tags.get("driver_host") == self.driver["driver_host"]:
+                self.client.set_terminated(run.info.run_id, status=status)
                 closed += 1
         return closed
+
+    def close_orphans(self) -> int:
+        """End KILLED the runs that a driver killed outright (SIGKILL, a lost node) left RUNNING.
+
+        In this sweep's experiment every RUNNING run is an orphan (this driver has not opened any
+        yet: call it first). In other sweeps' experiments on the same store, a run is an orphan if
+        its driver ran on this host and is gone; a live driver elsewhere is never touched.
+        """
+        closed = 0
+        experiments = self.client.search_experiments(filter_string=f"tags.`{SWEEP_EXPERIMENT_TAG}` = 'true'",
+                                                     max_results=200)
+        for experiment in experiments:
+            for run in self._running(experiment.experiment_id):
+                mine = experiment.experiment_id == self.experiment_id
+                if mine or (run.data.tags.get("driver_host") == self.driver["driver_host"]
+                            and not _pid_alive(run.data.tags.get("driver_pid"))):
+                    self.client.set_terminated(run.info.run_id, status="KILLED")
+                    closed += 1
+        return closed
+
+    def _running(self, experiment_id: str) -> list:
+        return self.client.search_runs([experiment_id], filter_string="attributes.status = 'RUNNING'", max_results=1000)
 
     # ------------------------------------------------------------------ low level
     def _log(self, run_id: str, params: dict[str, Any] | None = None,
@@ -219,6 +261,16 @@ class Tracker:
                                   tags=tag_list if start == 0 else [])
         for start in range(0, len(metric_list), BATCH):
             self.client.log_batch(run_id, metrics=metric_list[start:start + BATCH])
+
+
+def _pid_alive(pid: str | None) -> bool:
+    try:
+        os.kill(int(pid), 0)
+    except (TypeError, ValueError, ProcessLookupError):
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _epoch_key(key: str) -> str:

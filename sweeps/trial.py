@@ -1,26 +1,50 @@
 """One Ray Tune trial: the real trainer (``trainers.train.run``, DeepSpeed included) on one config.
 
 The Tune config holds ``train`` (the options every trial shares, with the method), ``sweep``
-(objective, environment, logging) and, at the top level, the values Optuna drew for this trial.
-After each epoch but the last the trial reports that epoch's validation metrics, so ASHA can stop
-it. The last epoch is reported after the final evaluation, together with the test metrics and a
-checkpoint holding the exported model and the trainer's summary; the driver logs both to MLflow.
-The test split only ever appears in that report: nothing selects on it.
+(objective, workers, environment, logging) and, at the top level, the values Optuna drew.
+
+- **One worker** (``workers_per_trial: 1``): the Tune function trains in its own process.
+- **N workers**: the Tune function runs a Ray Train ``TorchTrainer``: N processes in one
+  data-parallel DeepSpeed group (gloo on CPU, NCCL on GPU), each drawing its shard of every
+  global batch; Ray's ``TuneReportCallback`` forwards rank 0's reports to Tune, so ASHA and the
+  driver see the same results as for one worker.
+
+Every epoch but the last reports its validation metrics with a checkpoint: the trainer's DeepSpeed
+checkpoint of that epoch (θ, optimizer, scheduler, φ and its optimizer, RNG, history). A trial
+restarted after a lost process or node (``FailureConfig(max_failures)``) starts from exactly that
+epoch; whatever a killed attempt left in its local folder is discarded. The last epoch is reported
+after the final evaluation with the test metrics and a checkpoint of the exported model and the
+trainer's summary. The test split only ever appears in that report: nothing selects on it.
+
+A trial that diverges (non-finite loss, hypergradient or weights) fails at once with the reason
+"diverged at step N (...)"; a marker in the sweep's storage makes its retries fail without training.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 SUMMARY_FILE = "summary.json"
 MODEL_DIR = "model"
 RESERVED = ("train", "sweep", "trial_number")
+CHECKPOINT_PATH_KEY = "checkpoint_path"  # where Ray's TuneReportCallback puts a Train checkpoint's path
+FAULT_TRIAL_ENV = "LEEBERT_FAULT_TRIAL"  # test hook: "<method>-<trial number>[:step]" makes that trial diverge
+FAULT_STEP_ENV = "LEEBERT_FAULT_NONFINITE_STEP"  # read by the trainer: the loss at that step becomes NaN
+DIVERGED = re.compile(r"diverged at step \d+ \([^\n]*?\)")
 
 
+class TrialDiverged(RuntimeError):
+    """A trial's training diverged; its message is the reason, "diverged at step N (...)"."""
+
+
+# ---------------------------------------------------------------------------- what Tune sees
 def epoch_metrics(record: dict, objective: str) -> dict[str, Any]:
     """What Tune sees after an epoch (validation only)."""
     metrics = {
@@ -53,46 +77,279 @@ def trial_train_values(config: dict) -> dict[str, Any]:
     return values
 
 
+# ---------------------------------------------------------------------------- where a worker reports
+class TuneSession:
+    """The single-worker trial: the Tune function trains and reports to Tune itself."""
+
+    rank, local_rank = 0, 0
+
+    def restored(self):
+        from ray import tune
+
+        return tune.get_checkpoint()
+
+    def report(self, metrics: dict, folder: Path | None) -> None:
+        from ray import tune
+
+        tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(str(folder)) if folder else None)
+
+    def local_dir(self, trial_id: str) -> Path:
+        from ray import tune
+
+        return Path(tune.get_context().get_trial_dir()) / "train"
+
+    def barrier(self) -> None:
+        pass
+
+
+class TrainSession(TuneSession):
+    """A worker of a Ray Train group: every rank reports (its own checkpoint files), rank 0's metrics reach Tune."""
+
+    def __init__(self):
+        import ray.train
+
+        context = ray.train.get_context()
+        self.rank, self.local_rank = context.get_world_rank(), context.get_local_rank()
+
+    def restored(self):
+        import ray.train
+
+        return ray.train.get_checkpoint()
+
+    def report(self, metrics: dict, folder: Path | None) -> None:
+        import ray.train
+
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(str(folder)) if folder else None)
+
+    def local_dir(self, trial_id: str) -> Path:
+        # Node-local: the workers of one node share it (DeepSpeed's node-local checkpoint layout).
+        return Path(tempfile.gettempdir()) / "leebert-trials" / trial_id
+
+    def barrier(self) -> None:
+        import torch.distributed as dist
+
+        if dist.is_initialized():
+            dist.barrier()
+
+
+# ---------------------------------------------------------------------------- the trial
 def train_trial(config: dict) -> None:
+    """The Tune function trainable."""
     sweep = config["sweep"]
-    for key, value in sweep.get("env", {}).items():
-        os.environ.setdefault(key, str(value))
+    _apply_env(sweep)
     from ray import tune
 
+    trial_id = tune.get_context().get_trial_id()
+    marker = _DivergenceMarker(sweep["storage_path"], sweep["method"], trial_id)
+    reason = marker.read()
+    if reason:  # a retry of a diverged trial: the same data and seed would diverge again
+        raise TrialDiverged(reason)
+    try:
+        if sweep.get("workers_per_trial", 1) == 1:
+            train_worker(config, TuneSession(), trial_id)
+        else:
+            fit_data_parallel(config, trial_id)
+    except Exception as err:
+        reason = diverged_reason(err)
+        if reason is None:
+            raise
+        marker.write(reason)
+        raise TrialDiverged(reason) from None
+
+
+def fit_data_parallel(config: dict, trial_id: str) -> None:
+    """N workers as one DeepSpeed group. A retried trial reuses the Train run's name and storage, so
+    Ray Train restores its latest checkpoint and ``ray.train.get_checkpoint()`` returns it."""
+    import ray.train
+    from ray.train.torch import TorchTrainer
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    sweep = config["sweep"]
+    gpus = float(sweep.get("gpus_per_trial", 0))
+    resources = {"CPU": float(sweep.get("cpus_per_trial", 1)), **({"GPU": gpus} if gpus else {})}
+    trainer = TorchTrainer(
+        _train_worker_entry,
+        train_loop_config={**config, "trial_id": trial_id},
+        scaling_config=ray.train.ScalingConfig(num_workers=int(sweep["workers_per_trial"]), use_gpu=gpus > 0,
+                                               resources_per_worker=resources),
+        run_config=ray.train.RunConfig(
+            name=trial_id, storage_path=_join(sweep["storage_path"], sweep["method"], "_train"),
+            callbacks=[TuneReportCallback()], checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1),
+            failure_config=ray.train.FailureConfig(max_failures=0)),  # Tune retries the whole trial
+    )
+    trainer.fit()
+
+
+def _train_worker_entry(config: dict) -> None:
+    config = dict(config)
+    trial_id = config.pop("trial_id")
+    train_worker(config, TrainSession(), trial_id)
+
+
+def train_worker(config: dict, session: TuneSession, trial_id: str) -> None:
+    """One training process of a trial: restore, train with per-epoch checkpoints, export."""
+    sweep = config["sweep"]
+    _apply_env(sweep)
     objective = sweep["metric"]
-    restored = tune.get_checkpoint()
-    if restored is not None:  # finished before the driver stopped: report again, do not retrain
-        with restored.as_directory() as folder:
-            summary = json.loads((Path(folder) / SUMMARY_FILE).read_text())
-        tune.report(final_metrics(summary, objective), checkpoint=restored)
+    restored = session.restored()
+    finished = _final_summary(restored) if restored is not None else None
+    if finished is not None:  # finished before the driver stopped: report again, do not retrain
+        with tempfile.TemporaryDirectory(prefix="leebert-final-") as folder:
+            if session.rank == 0:
+                restored.to_directory(folder)
+            session.report(final_metrics(finished, objective), Path(folder) if session.rank == 0 else None)
         return
 
     from trainers.config import TrainConfig
     from trainers.train import run
 
-    from sweeps.config import resolve_project_path
     from sweeps.export import export_model
 
+    output = session.local_dir(trial_id)
     values = trial_train_values(config)
-    values["output_dir"] = str(Path(tune.get_context().get_trial_dir()) / "train")
-    if values.get("deepspeed_config"):
-        values["deepspeed_config"] = str(resolve_project_path(values["deepspeed_config"]))
+    values.update(output_dir=str(output), save_checkpoints=True, resume=True)
     if values.get("threads") is None:
         values["threads"] = max(1, int(sweep.get("cpus_per_trial", 1)))
-    # With per-epoch checkpoints on, a restarted trial continues from its last complete epoch.
-    values["resume"] = bool(values.get("save_checkpoints", False))
+    fault_step = _injected_fault_step(sweep, config)
+    workers = int(sweep.get("workers_per_trial", 1))
+    if workers > 1:
+        values["deepspeed_config"] = _node_local_deepspeed_config(values.get("deepspeed_config"), output, session.rank)
     cfg = TrainConfig.from_dict(values)
+
+    # Start from exactly the last reported epoch: local leftovers of a killed attempt go.
+    if session.local_rank == 0:
+        shutil.rmtree(output / "checkpoints", ignore_errors=True)
+        shutil.rmtree(output / "reports", ignore_errors=True)
+        if restored is not None:
+            restored.to_directory(str(output / "checkpoints"))
+    session.barrier()
 
     def on_epoch(record: dict) -> None:
         if record["epoch"] < cfg.epochs:  # the last epoch is reported with the final results
-            tune.report(epoch_metrics(record, objective))
+            with _epoch_snapshot(output, record["epoch"], session) as folder:
+                session.report(epoch_metrics(record, objective), folder)
+            _prune_local_epochs(output, keep=record["epoch"], session=session)
 
-    summary = run(cfg, on_epoch=on_epoch, quiet=not sweep.get("trial_logs", False))
+    try:
+        if fault_step is not None:
+            os.environ[FAULT_STEP_ENV] = str(fault_step)
+        summary = run(cfg, on_epoch=on_epoch, quiet=not sweep.get("trial_logs", False))
+    finally:
+        os.environ.pop(FAULT_STEP_ENV, None)  # a reused worker process runs other trials next
     model = summary.pop("model_object")
     with tempfile.TemporaryDirectory(prefix="leebert-trial-") as folder:
-        export_model(model, cfg, Path(folder) / MODEL_DIR)
-        (Path(folder) / SUMMARY_FILE).write_text(json.dumps(summary, default=float))
-        tune.report(final_metrics(summary, objective), checkpoint=tune.Checkpoint.from_directory(folder))
+        if session.rank == 0:
+            export_model(model, cfg, Path(folder) / MODEL_DIR)
+            (Path(folder) / SUMMARY_FILE).write_text(json.dumps(summary, default=float))
+        session.report(final_metrics(summary, objective), Path(folder) if session.rank == 0 else None)
+    session.barrier()
+    if session.local_rank == 0:  # the final checkpoint holds what is kept; the DeepSpeed state goes
+        shutil.rmtree(output / "checkpoints", ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------- checkpoints
+@contextmanager
+def _epoch_snapshot(output: Path, epoch: int, session: TuneSession) -> Iterator[Path]:
+    """The trainer's checkpoint of ``epoch`` as a folder to report: ``latest`` + ``epoch-N/``.
+    Hard links: nothing is copied until Ray persists it to the storage."""
+    tag = f"epoch-{epoch}"
+    folder = output / "reports" / f"{tag}-rank{session.rank}"
+    shutil.rmtree(folder, ignore_errors=True)
+    shutil.copytree(output / "checkpoints" / tag, folder / tag, copy_function=os.link)
+    (folder / "latest").write_text(tag)
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _prune_local_epochs(output: Path, keep: int, session: TuneSession) -> None:
+    session.barrier()
+    if session.local_rank == 0:
+        for folder in (output / "checkpoints").glob("epoch-*"):
+            if folder.name != f"epoch-{keep}":
+                shutil.rmtree(folder, ignore_errors=True)
+
+
+def _final_summary(checkpoint) -> dict | None:
+    with checkpoint.as_directory() as folder:
+        path = Path(folder) / SUMMARY_FILE
+        return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _node_local_deepspeed_config(path: str | None, output: Path, rank: int) -> str:
+    """The trial's DeepSpeed config with node-local checkpoints: each node keeps a full checkpoint
+    of its own (model states from its local rank 0), so nodes need no shared filesystem."""
+    from trainers.config import resolve_project_path
+
+    config = json.loads(Path(resolve_project_path(path, "DeepSpeed config")).read_text()) if path else {}
+    config.setdefault("checkpoint", {})["use_node_local_storage"] = True
+    output.mkdir(parents=True, exist_ok=True)
+    target = output / "deepspeed.json"
+    tmp = output / f"deepspeed.json.{rank}.tmp"
+    tmp.write_text(json.dumps(config, indent=2))
+    os.replace(tmp, target)
+    return str(target)
+
+
+# ---------------------------------------------------------------------------- divergence
+def diverged_reason(err: BaseException) -> str | None:
+    """"diverged at step N (...)" if ``err`` (or what it wraps, e.g. Ray Train's worker errors) says so."""
+    seen: set[int] = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        found = DIVERGED.findall(str(err))
+        if found:
+            return found[-1]
+        err = err.__cause__ or err.__context__
+    return None
+
+
+class _DivergenceMarker:
+    """A file in the sweep's storage (local, shared or s3://) that outlives the trial's retries."""
+
+    def __init__(self, storage_path: str, method: str, trial_id: str):
+        self.path = _join(storage_path, method, "_diverged", f"{trial_id}.txt")
+
+    def _fs(self):
+        import pyarrow.fs
+
+        return pyarrow.fs.FileSystem.from_uri(self.path) if "://" in self.path else (pyarrow.fs.LocalFileSystem(), self.path)
+
+    def read(self) -> str | None:
+        import pyarrow.fs
+
+        fs, path = self._fs()
+        if fs.get_file_info(path).type != pyarrow.fs.FileType.File:
+            return None
+        with fs.open_input_stream(path) as stream:
+            return stream.read().decode().strip() or None
+
+    def write(self, reason: str) -> None:
+        fs, path = self._fs()
+        fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
+        with fs.open_output_stream(path) as stream:
+            stream.write(reason.encode())
+
+
+def _injected_fault_step(sweep: dict, config: dict) -> int | None:
+    """Test hook: ``LEEBERT_FAULT_TRIAL=clo-2`` (or ``clo-2:5``) makes trial 2 of clo diverge at step 3 (5)."""
+    target = str(sweep.get("env", {}).get(FAULT_TRIAL_ENV) or os.environ.get(FAULT_TRIAL_ENV) or "")
+    name, _, step = target.partition(":")
+    if not name or name != f"{sweep['method']}-{config.get('trial_number')}":
+        return None
+    return int(step) if step else 3
+
+
+# ---------------------------------------------------------------------------- helpers
+def _apply_env(sweep: dict) -> None:
+    for key, value in sweep.get("env", {}).items():
+        if key != FAULT_TRIAL_ENV:
+            os.environ.setdefault(key, str(value))
+
+
+def _join(base: str, *parts: str) -> str:
+    return "/".join([base.rstrip("/"), *parts])
 
 
 def trial_name(trial) -> str:

@@ -1,6 +1,7 @@
 """The DeepSpeed engine: configs, precision, ZeRO stages."""
 
 import json
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -10,7 +11,8 @@ from trainers import engine as ds
 from trainers.config import TrainConfig
 from trainers.errors import ConfigError
 from trainers.objective import LossTerms, LossWeights
-from trainers.weight_strategies import hypergradient
+from trainers.train import training_step
+from trainers.weight_strategies import CrossLevelWeights, hypergradient
 
 
 def _linear_output_dtypes(model, fn):
@@ -30,9 +32,20 @@ def test_bf16_autocast_trains_in_bf16_and_keeps_fp32_master_weights_for_the_hype
     assert all(p.dtype == torch.float32 for p in model.parameters())
     terms = LossTerms.build(3, "all")
     weights = LossWeights(len(terms))
-    dtypes = _linear_output_dtypes(model, lambda: hypergradient(
-        model, terms, weights, batch, make_batch(seed=1), ds.parameter_lrs(engine), 0.01))
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # even inside an autocast region
+        dtypes = _linear_output_dtypes(model, lambda: hypergradient(
+            model, terms, weights, batch, make_batch(seed=1), ds.parameter_lrs(engine), 0.01))
     assert dtypes and set(dtypes) == {torch.float32}, "finite differences must run in fp32"
+    # a whole training step under bf16 autocast: the loss weights, φ and the hypergradient stay fp32
+    strategy = CrossLevelWeights(terms, "softmax", 0.1, 1, 0.01).to(engine.device)
+    b1, b2 = make_batch(seed=2), make_batch(seed=3)
+    draw = SimpleNamespace(b1=lambda: b1, b2=lambda: b2)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss, outer = training_step(engine, strategy, terms, draw, 0, lambda: ds.parameter_lrs(engine))
+    assert torch.isfinite(loss) and loss.dtype == torch.float32
+    assert outer["hypergradient"].dtype == torch.float32 and outer["hypergradient"].norm() > 0
+    assert strategy.weights().dtype == torch.float32 and strategy.loss_weights.phi.dtype == torch.float32
+    assert all(p.dtype == torch.float32 for p in model.parameters())
 
 
 def test_parameter_lrs_follow_the_groups_under_every_zero_stage(tiny_model):

@@ -6,6 +6,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -22,7 +23,8 @@ def free_port() -> int:
 def sweep_env(**extra: str) -> dict[str, str]:
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0", "HF_HUB_OFFLINE": "1",
            "PYTHONUNBUFFERED": "1", **extra}
-    env.pop("RAY_ADDRESS", None)
+    for key in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):  # a test names its own
+        env.pop(key, None)
     return env
 
 
@@ -65,3 +67,94 @@ def is_zombie(process) -> bool:
         return process.status() == psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return True
+
+
+def still_running(process) -> bool:
+    """Alive and not a zombie (a zombie has exited and only waits for its parent or PID 1 to reap it)."""
+    import psutil
+
+    try:
+        return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def leftover_processes(processes, timeout: float) -> list:
+    """The processes still running (not zombies) ``timeout`` seconds from now; those are then killed.
+
+    Status is re-read on every poll and once more after a short grace at the deadline: a process
+    caught while exiting (alive on one read, a zombie on the next) is not a leftover. Reading the
+    status once and filtering later was a race that failed CI.
+    """
+    import psutil
+
+    deadline = time.time() + timeout
+    pending = list(processes)
+    while pending and time.time() < deadline:
+        pending = [p for p in pending if still_running(p)]
+        if pending:
+            time.sleep(0.5)
+    if pending:
+        time.sleep(2.0)
+        pending = [p for p in pending if still_running(p)]
+    for process in pending:
+        try:
+            process.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(pending, timeout=10)
+    return pending
+
+
+def session_family(pid: int) -> list:
+    """A process started with start_new_session=True and everything it started: its descendants and
+    any process still in its session (one whose parent died and was reparented)."""
+    import psutil
+
+    try:
+        leader = psutil.Process(pid)
+        family = {p.pid: p for p in [leader, *leader.children(recursive=True)]}
+    except psutil.NoSuchProcess:
+        family = {}
+    for process in psutil.process_iter():
+        try:
+            if process.pid not in family and os.getsid(process.pid) == pid:
+                family[process.pid] = process
+        except (OSError, psutil.Error):
+            pass
+    return list(family.values())
+
+
+def stop_session(proc: subprocess.Popen, timeout: float = 30, grace: float = 30) -> list:
+    """SIGTERM ``proc`` (started with start_new_session=True), SIGKILL its session if it does not
+    exit within ``timeout``; returns the processes of its family still running ``grace`` seconds
+    later (killed by then; zombies do not count)."""
+    import signal
+
+    family = [p for p in session_family(proc.pid) if p.pid != proc.pid]
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            proc.wait(timeout=30)
+    return leftover_processes(family, timeout=grace)
+
+
+def use_mlflow_uri(monkeypatch, uri: str) -> None:
+    """Point MLflow's process-wide tracking and registry URI at ``uri`` until the test ends.
+
+    ``mlflow.set_tracking_uri`` also writes MLFLOW_TRACKING_URI into os.environ, which every later
+    sweep started by the test session (sweep_env copies os.environ) would then log to; monkeypatch
+    undoes both the module globals and the variables."""
+    import mlflow.tracking._model_registry.utils as registry_utils
+    import mlflow.tracking._tracking_service.utils as tracking_utils
+
+    monkeypatch.setattr(tracking_utils, "_tracking_uri", uri)
+    monkeypatch.setattr(registry_utils, "_registry_uri", uri)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("MLFLOW_REGISTRY_URI", uri)

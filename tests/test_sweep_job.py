@@ -18,7 +18,7 @@ import psutil
 import pytest
 import requests
 
-from test_sweep_helpers import is_zombie, ROOT, client, free_port, runs_by_role, sweep_env
+from test_sweep_helpers import ROOT, leftover_processes, client, free_port, runs_by_role, sweep_env
 
 pytestmark = pytest.mark.integration
 
@@ -58,10 +58,7 @@ def ray_head():
             head.wait(timeout=60)
         except subprocess.TimeoutExpired:
             head.kill()
-        gone, alive = psutil.wait_procs(family, timeout=30)
-        alive = [p for p in alive if not is_zombie(p)]  # dead, waiting for PID 1 to reap them
-        for leftover in alive:
-            leftover.kill()
+        alive = leftover_processes(family, timeout=60)
         shutil.rmtree(temp_dir, ignore_errors=True)
         assert not alive, f"processes of the test's Ray head survived: {[p.pid for p in alive]}"
 

@@ -12,7 +12,7 @@ import time
 import psutil
 import pytest
 
-from test_sweep_helpers import is_zombie, ROOT, client, run_sweep_cli, runs_by_role, sweep_cmd, sweep_env
+from test_sweep_helpers import ROOT, leftover_processes, client, run_sweep_cli, runs_by_role, sweep_cmd, sweep_env
 
 pytestmark = pytest.mark.integration
 
@@ -66,11 +66,8 @@ def test_kill_driver_then_resume(tmp_path):
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     # The Ray the killed driver started went down with it: its workers at once, Ray's agents
     # once they notice their raylet is gone (about a minute; the resumed run took longer).
-    gone, alive = psutil.wait_procs(family, timeout=60)
-    alive = [p for p in alive if not is_zombie(p)]  # dead, waiting for PID 1 to reap them
-    for leftover in alive:
-        leftover.kill()
-    assert not alive, [(p.pid, p.name()) for p in alive]
+    alive = leftover_processes(family, timeout=90)
+    assert not alive, [p.pid for p in alive]
     out = resumed.stdout
     assert "[sweep] fixed: resuming" in out and "[sweep] clo: resuming" in out
     assert "[sweep] fixed trial" not in out  # finished trials are not redone

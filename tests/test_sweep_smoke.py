@@ -10,7 +10,7 @@ import math
 import pandas as pd
 import pytest
 
-from test_sweep_helpers import PNG_MAGIC, client, history, run_sweep_cli, runs_by_role
+from test_sweep_helpers import PNG_MAGIC, client, history, run_sweep_cli, runs_by_role, use_mlflow_uri
 
 pytestmark = pytest.mark.integration
 
@@ -161,11 +161,10 @@ def test_optuna_storage_holds_one_study_per_method(smoke):
 
 
 @pytest.mark.filterwarnings("ignore:.*type hints")
-def test_registered_champions_predict_with_early_exit(smoke):
+def test_registered_champions_predict_with_early_exit(smoke, monkeypatch):
     import mlflow
 
-    mlflow.set_tracking_uri(smoke["uri"])
-    mlflow.set_registry_uri(smoke["uri"])
+    use_mlflow_uri(monkeypatch, smoke["uri"])
     sentences = pd.DataFrame({"sentence": ["a gripping , funny and moving film .", "tedious and badly acted .",
                                            "it 's fine .", "the worst movie of the year ."]})
     for method in METHODS:

@@ -36,6 +36,7 @@ class TrainConfig:
     model: str = _f("minilm", "'minilm' (embedded all-MiniLM-L6-v2), a local model folder, or a hub name such as bert-base-uncased")
     pooling: str = _f("auto", "exit pooling: cls, mean, or auto (mean for sentence-embedding models like MiniLM, else cls)")
     attn_implementation: str = _f("sdpa", "attention kernel: sdpa or eager")
+    dropout: float | None = _f(None, "dropout of the backbone (hidden and attention) and the exit heads (default: the model's own, 0.1 for BERT)")
     # objective
     method: str = _f("fixed", "loss-weight method: fixed (constant weights), bilevel (DARTS), clo (LeeBERT cross-level)")
     scheme: str = _f("uniform", "fixed weights: uniform, pabee (Σ j·L_j/Σ j, no KD) or last (KD from the last exit)")
@@ -115,6 +116,8 @@ class TrainConfig:
             raise ConfigError(f"xi must be > 0 (got {self.xi}); leave it unset to use the inner learning rate")
         if not 0 <= self.warmup_ratio < 1:
             raise ConfigError(f"warmup_ratio must be in [0, 1) (got {self.warmup_ratio})")
+        if self.dropout is not None and not 0 <= self.dropout < 1:
+            raise ConfigError(f"dropout must be in [0, 1) (got {self.dropout})")
         if not 0 < self.validation_fraction < 1:
             raise ConfigError(f"validation_fraction must be in (0, 1) (got {self.validation_fraction})")
         if self.zero_stage not in (0, 1, 2):

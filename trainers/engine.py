@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -24,19 +24,14 @@ if not torch.cuda.is_available():  # before deepspeed is imported anywhere: no a
 COMPLETE_MARKER = "COMPLETE"  # written last: a checkpoint folder without it is ignored on resume
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def ensure_process_group() -> None:
     """Join the launcher's process group, or make a private group of one.
 
-    A group of one is created directly on a free loopback port, without writing RANK or
-    MASTER_PORT into ``os.environ``: processes started later from this one (Ray workers, test
-    subprocesses) would inherit them, take themselves for launched ranks and all try to bind the
-    same port.
+    A group of one needs no rendezvous: it uses an in-process store, so it opens no listening
+    port (a TCP store listens on every interface, whatever host the URL names), and gloo is kept
+    on the loopback interface. Nothing is written into ``os.environ``: processes started later from
+    this one (Ray workers, test subprocesses) would inherit RANK or MASTER_PORT and take
+    themselves for launched ranks.
     """
     os.environ.setdefault("LOCAL_RANK", "0")
     if torch.distributed.is_initialized():
@@ -47,8 +42,16 @@ def ensure_process_group() -> None:
     if "RANK" in os.environ and "WORLD_SIZE" in os.environ:  # started by deepspeed, torchrun or a Ray trainer
         deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False, verbose=False)
     else:
-        torch.distributed.init_process_group(backend, init_method=f"tcp://127.0.0.1:{_free_port()}",
-                                             rank=0, world_size=1)
+        previous = os.environ.get("GLOO_SOCKET_IFNAME")
+        if sys.platform == "linux":
+            os.environ["GLOO_SOCKET_IFNAME"] = "lo"
+        try:
+            torch.distributed.init_process_group(backend, store=torch.distributed.HashStore(), rank=0, world_size=1)
+        finally:
+            if previous is None:
+                os.environ.pop("GLOO_SOCKET_IFNAME", None)
+            else:
+                os.environ["GLOO_SOCKET_IFNAME"] = previous
 
 
 def world() -> tuple[int, int]:
@@ -159,14 +162,16 @@ def save_checkpoint(engine, output_dir: str, tag: str, client_state: dict) -> Pa
     """
     root = Path(output_dir) / "checkpoints"
     staging = root / ".staging"
-    rank, _ = world()
-    if rank == 0:
+    # One process per folder finalizes it: rank 0 on a shared filesystem; with DeepSpeed's
+    # node-local storage (each node keeps a full checkpoint of its own) local rank 0 of each node.
+    leader = (int(os.environ.get("LOCAL_RANK", "0")) if engine.use_node_local_storage() else world()[0]) == 0
+    if leader:
         shutil.rmtree(staging / tag, ignore_errors=True)
     engine.save_checkpoint(str(staging), tag=tag, client_state=client_state, save_latest=False)
     if torch.distributed.is_initialized():
         torch.distributed.barrier()
     final = root / tag
-    if rank == 0:
+    if leader:
         shutil.rmtree(final, ignore_errors=True)
         os.replace(staging / tag, final)
         (final / COMPLETE_MARKER).write_text("ok\n")

@@ -1,7 +1,10 @@
-"""The one exception type users see: a bad input, with what to fix.
+"""The exceptions users see, and the exit codes entry points turn them into.
 
-Entry points catch it, print a single ``error: ...`` line and exit with code 2, the usual
-argparse convention for "you called me wrong".
+- ``ConfigError``: a bad input, with what to fix. Entry points print a single ``error: ...`` line
+  and exit with code 2, the usual argparse convention for "you called me wrong".
+- ``TrainingDiverged``: training produced a non-finite loss, hypergradient, weight or logit.
+  Entry points print ``error: diverged at step N (...)`` and exit with code 3; no summary is
+  written, because a diverged model's "results" (NaN logits all argmax to class 0) mean nothing.
 """
 
 
@@ -9,4 +12,29 @@ class ConfigError(ValueError):
     """A user-facing error in a config, a flag, a path or the data. The message says how to fix it."""
 
 
+class TrainingDiverged(RuntimeError):
+    """Training diverged at (1-based) ``step``; ``reason`` says what was not finite."""
+
+    def __init__(self, step: int, reason: str):
+        super().__init__(f"diverged at step {step} ({reason})")
+        self.step, self.reason = step, reason
+
+    def __reduce__(self):  # pickles with its fields (Ray sends a trial's exception to the driver)
+        return type(self), (self.step, self.reason)
+
+
+def check_finite(tensor, step: int, reason: str) -> None:
+    """Raise TrainingDiverged unless every entry of ``tensor`` is finite.
+
+    Meta tensors hold no data (the device tests run the training step on them): nothing to check.
+    """
+    if tensor.device.type != "meta" and not bool(tensor.isfinite().all()):
+        raise TrainingDiverged(step, reason)
+
+
 EXIT_BAD_INPUT = 2
+EXIT_DIVERGED = 3
+
+# Test hook: with LEEBERT_FAULT_NONFINITE_STEP=N in the environment, the trainer multiplies the
+# training loss of (1-based) step N by NaN, so that a run (or a sweep trial) diverges on cue.
+FAULT_NONFINITE_STEP_ENV = "LEEBERT_FAULT_NONFINITE_STEP"

@@ -207,6 +207,12 @@ class ModelSpec:
     num_labels: int
     pooling: str = "auto"
     attn_implementation: str = "sdpa"
+    dropout: float | None = None  # None: the pretrained config's own
+
+
+def dropout_overrides(dropout: float | None) -> dict:
+    """Config keys of the backbone's dropout (BERT, ALBERT, RoBERTa and ELECTRA share these names)."""
+    return {} if dropout is None else {"hidden_dropout_prob": dropout, "attention_probs_dropout_prob": dropout}
 
 
 def build_model(spec: ModelSpec) -> tuple[MultiExitEncoder, object]:
@@ -215,18 +221,19 @@ def build_model(spec: ModelSpec) -> tuple[MultiExitEncoder, object]:
 
     try:
         tokenizer = AutoTokenizer.from_pretrained(spec.source)
-        backbone = AutoModel.from_pretrained(spec.source, attn_implementation=spec.attn_implementation)
+        backbone = AutoModel.from_pretrained(spec.source, attn_implementation=spec.attn_implementation,
+                                             **dropout_overrides(spec.dropout))
     except OSError as err:
         raise ConfigError(
             f"cannot load model '{spec.source}': {str(err).splitlines()[0]}. Without network, pass a "
             f"local folder (--model path/to/model) or the embedded '{EMBEDDED_MODEL}'"
         ) from None
     pooling = default_pooling(backbone.config) if spec.pooling == "auto" else spec.pooling
-    return MultiExitEncoder(backbone, spec.num_labels, pooling), tokenizer
+    return MultiExitEncoder(backbone, spec.num_labels, pooling, dropout=spec.dropout), tokenizer
 
 
 def tiny_backbone(num_layers: int = 3, hidden: int = 32, vocab_size: int = 100, seed: int = 0,
-                  attn_implementation: str = "eager", kind: str = "bert"):
+                  attn_implementation: str = "eager", kind: str = "bert", dropout: float | None = None):
     """A randomly initialized small encoder, for tests and the smoke preset (no download)."""
     from transformers import AlbertConfig, AlbertModel, BertConfig, BertModel
 
@@ -234,6 +241,7 @@ def tiny_backbone(num_layers: int = 3, hidden: int = 32, vocab_size: int = 100, 
     common = dict(
         vocab_size=vocab_size, hidden_size=hidden, num_hidden_layers=num_layers, num_attention_heads=2,
         intermediate_size=2 * hidden, max_position_embeddings=128, attn_implementation=attn_implementation,
+        **dropout_overrides(dropout),
     )
     if kind == "albert":
         return AlbertModel(AlbertConfig(embedding_size=16, **common))

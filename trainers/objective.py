@@ -73,10 +73,12 @@ def term_losses(terms: LossTerms, logits: torch.Tensor, labels: torch.Tensor,
     students = torch.tensor([m for m, _ in terms.pairs], dtype=torch.long, device=logits.device)
     sources = torch.tensor([t for _, t in terms.pairs], dtype=torch.long, device=logits.device)
     if terms.regression:
-        preds = logits[..., 0]  # [L, B]
-        target = labels.to(preds.dtype).unsqueeze(0).expand_as(preds)
+        # At least fp32: under bf16 autocast the logits are bf16, and bf16 targets lose digits (3.8 → 3.797).
+        dtype = torch.promote_types(logits.dtype, torch.float32)
+        preds = logits[..., 0].to(dtype)  # [L, B]
+        target = labels.to(dtype).unsqueeze(0).expand_as(preds)
         ce = ((preds - target) ** 2).mean(dim=1)
-        kd = ((preds[students] - teachers[..., 0][sources]) ** 2).mean(dim=1)
+        kd = ((preds[students] - teachers[..., 0][sources].to(dtype)) ** 2).mean(dim=1)
         return torch.cat([ce, kd])
     flat = logits.reshape(-1, logits.shape[-1])
     ce = F.cross_entropy(flat, labels.repeat(num_exits), reduction="none").view(num_exits, -1).mean(dim=1)

@@ -13,12 +13,17 @@
 
 ``run(cfg)`` is what Ray Tune trials call too; its ``on_epoch`` callback receives each epoch's
 validation metrics.
+
+A non-finite loss, hypergradient, loss weight or evaluation logit stops the run with
+``TrainingDiverged`` (the command line: one ``error: diverged at step N (...)`` line, exit code 3,
+no summary). Test hook: ``LEEBERT_FAULT_NONFINITE_STEP=N`` makes the loss of (1-based) step N NaN.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import random
 import sys
@@ -33,13 +38,14 @@ import torch
 from trainers import engine as ds
 from trainers.config import TrainConfig, add_config_arguments, config_from_args
 from trainers.data import TaskData, batch_indices, collate, load_task_data
-from trainers.errors import EXIT_BAD_INPUT, ConfigError
+from trainers.errors import (EXIT_BAD_INPUT, EXIT_DIVERGED, FAULT_NONFINITE_STEP_ENV, ConfigError, TrainingDiverged,
+                             check_finite)
 from trainers.evaluate import (collect_logits, final_report, point_key, policy_grid, report_split,
                                wallclock_speedup)
 from trainers.frontier import curve_table
 from trainers.model import ModelSpec, MultiExitEncoder, build_model, resolve_model_source, tiny_backbone
 from trainers.objective import LossTerms, term_losses
-from trainers.weight_strategies import build_strategy
+from trainers.weight_strategies import all_reduce_mean, build_strategy
 
 TINY_MODEL = "tiny-random"  # a 3-layer randomly initialized BERT with MiniLM's vocabulary (smoke runs)
 
@@ -57,11 +63,12 @@ def build_components(cfg: TrainConfig):
 
         tokenizer = AutoTokenizer.from_pretrained(embedded_model_path())
         backbone = tiny_backbone(num_layers=3, hidden=32, vocab_size=tokenizer.vocab_size, seed=cfg.seed,
-                                 attn_implementation=cfg.attn_implementation)
+                                 attn_implementation=cfg.attn_implementation, dropout=cfg.dropout)
         pooling = "mean" if cfg.pooling == "auto" else cfg.pooling
-        model = MultiExitEncoder(backbone, task.num_labels, pooling)
+        model = MultiExitEncoder(backbone, task.num_labels, pooling, dropout=cfg.dropout)
     else:
-        spec = ModelSpec(resolve_model_source(cfg.model), task.num_labels, cfg.pooling, cfg.attn_implementation)
+        spec = ModelSpec(resolve_model_source(cfg.model), task.num_labels, cfg.pooling, cfg.attn_implementation,
+                         cfg.dropout)
         model, tokenizer = build_model(spec)
     data = load_task_data(task, tokenizer, data_dir=cfg.data_dir, max_length=cfg.max_length,
                           train_subset=cfg.train_subset, eval_subset=cfg.eval_subset, seed=cfg.seed,
@@ -106,6 +113,40 @@ class StepDraw:
         return self._batch(1)
 
 
+def training_step(engine, strategy, terms: LossTerms, draw: StepDraw, step: int, xi: Callable[[], list[float]],
+                  fault_step: int | None = None) -> tuple[torch.Tensor, dict | None]:
+    """Step ``step`` (0-based): the strategy may update φ, then θ takes one step with loss w · ℓ.
+
+    ``engine`` is a DeepSpeed engine or anything with its ``module``, call, ``backward`` and
+    ``step``, so the step also runs without DeepSpeed (the meta-device tests). ``draw`` is anything
+    with ``b1()`` and ``b2()``. Returns the loss and the outer step's info (None if φ did not move).
+    """
+    outer = strategy.outer_step(engine.module, draw.b1, draw.b2, step, xi)
+    batch = strategy.theta_batch(draw.b1, draw.b2)
+    loss = (strategy.weights() * term_losses(terms, engine(**batch), batch["labels"])).sum()
+    if step + 1 == fault_step:  # test hook (LEEBERT_FAULT_NONFINITE_STEP): diverge on cue
+        loss = loss * float("nan")
+    if loss.device.type != "meta":  # meta tensors hold no value: nothing to check
+        # Checked before backward, so θ never takes a non-finite step. The mean over processes lets
+        # every rank see any rank's NaN, so all stop together instead of one waiting in an all-reduce.
+        value = all_reduce_mean([loss.detach()])[0].item()
+        if not math.isfinite(value):
+            raise TrainingDiverged(step + 1, f"loss is {value}")
+    engine.backward(loss)
+    engine.step()
+    return loss, outer
+
+
+def fault_step_from_env() -> int | None:
+    """The step the test hook LEEBERT_FAULT_NONFINITE_STEP names, or None."""
+    value = os.environ.get(FAULT_NONFINITE_STEP_ENV, "").strip()
+    if not value:
+        return None
+    if not value.isdigit():
+        raise ConfigError(f"{FAULT_NONFINITE_STEP_ENV} must be a step number (1-based), not '{value}'")
+    return int(value)
+
+
 @dataclass
 class History:
     epochs: list[dict] = field(default_factory=list)
@@ -113,28 +154,23 @@ class History:
 
 
 def train_steps(engine, strategy, terms: LossTerms, data: TaskData, cfg: TrainConfig,
-                start: int, stop: int, history: History, log: Callable[[str], None]) -> None:
+                start: int, stop: int, history: History, log: Callable[[str], None],
+                fault_step: int | None = None) -> None:
     """Steps [start, stop) of training. The loop is the same for every method."""
-    model = engine.module
     rank, world_size = ds.world()
     sizes = strategy.draw_sizes(cfg.batch_size)
     xi = lambda: ds.parameter_lrs(engine, cfg.xi)  # noqa: E731 - evaluated on outer steps only
     tick, tick_step = time.perf_counter(), start
     for step in range(start, stop):
         draw = StepDraw(data, step, sizes, cfg.seed, rank, world_size, engine.device)
-        outer = strategy.outer_step(model, draw.b1, draw.b2, step, xi)
-        batch = strategy.theta_batch(draw.b1, draw.b2)
-        logits = engine(**batch)
-        loss = (strategy.weights() * term_losses(terms, logits, batch["labels"])).sum()
-        engine.backward(loss)
-        engine.step()
+        loss, outer = training_step(engine, strategy, terms, draw, step, xi, fault_step)
         if (step + 1) % cfg.weight_log_every == 0 or step + 1 == stop:
             history.weights.append({"step": step + 1, "weights": strategy.weights().tolist()})
         if (step + 1) % cfg.log_every == 0 or step + 1 == stop:
             rate = (step + 1 - tick_step) / (time.perf_counter() - tick)
             tick, tick_step = time.perf_counter(), step + 1
             eta = (stop - step - 1) / rate if rate > 0 else float("nan")
-            extra = f" | hypergrad {outer['hypergrad_norm']:.2e}" if outer else ""
+            extra = f" | hypergrad {float(outer['hypergradient'].norm()):.2e}" if outer else ""
             log(f"step {step + 1}/{stop} | loss {loss.item():.4f} | lr {ds.current_lrs(engine)[0]:.2e} | "
                 f"{rate:.2f} steps/s | eta {eta:.0f}s{extra}")
 
@@ -142,6 +178,7 @@ def train_steps(engine, strategy, terms: LossTerms, data: TaskData, cfg: TrainCo
 # ---------------------------------------------------------------------------- the recipe
 def run(cfg: TrainConfig, on_epoch: Callable[[dict], None] | None = None, quiet: bool = False) -> dict:
     cfg.validate()
+    fault_step = fault_step_from_env()  # the test hook LEEBERT_FAULT_NONFINITE_STEP, read once
     started = time.perf_counter()
     is_main = int(os.environ.get("RANK", "0")) == 0  # under a launcher only rank 0 speaks and writes
     log = (lambda msg: None) if quiet or not is_main else (lambda msg: print(f"[leebert] {msg}", flush=True))
@@ -167,12 +204,14 @@ def run(cfg: TrainConfig, on_epoch: Callable[[dict], None] | None = None, quiet:
 
     # 3. engine
     engine = ds.build_engine(model, cfg, total_steps)
+    # The weights are made on the CPU; they multiply exit losses on the engine's device (a GPU).
+    strategy.to(engine.device)
 
     history, start_epoch = History(), 0
     tag = ds.latest_checkpoint(cfg.output_dir) if cfg.resume else None
     if tag:
         state = ds.load_checkpoint(engine, cfg.output_dir, tag)
-        strategy.load_state_dict(state["strategy"])
+        strategy.load_state_dict(state["strategy"])  # lands on the device the strategy is on
         history = History(**state["history"])
         restore_rng(state["rng"])
         start_epoch = state["epoch"]
@@ -186,9 +225,11 @@ def run(cfg: TrainConfig, on_epoch: Callable[[dict], None] | None = None, quiet:
         log(f"epoch {epoch + 1}/{cfg.epochs} ({steps_per_epoch} steps, method {cfg.method})")
         epoch_start = time.perf_counter()
         train_steps(engine, strategy, terms, data, cfg, epoch * steps_per_epoch,
-                    (epoch + 1) * steps_per_epoch, history, log)
+                    (epoch + 1) * steps_per_epoch, history, log, fault_step)
         train_seconds = time.perf_counter() - epoch_start
         val_logits = collect_logits(model, data.validation, cfg.eval_batch_size, data.pad_token_id)
+        # θ's last step of the epoch is seen by no loss check; NaN logits would all argmax to class 0
+        check_finite(val_logits, (epoch + 1) * steps_per_epoch, "validation logits are not finite")
         val = report_split(val_logits, data.validation.labels, task, policy_grid(task, model.num_layers))
         record = {"epoch": epoch + 1, "step": (epoch + 1) * steps_per_epoch,
                   "val_last_exit": val.last_exit, "val_hypervolume": val.hypervolume,
@@ -207,7 +248,9 @@ def run(cfg: TrainConfig, on_epoch: Callable[[dict], None] | None = None, quiet:
     # 6. final report: settings chosen on validation, reported on test
     if val_logits is None:  # resumed after the last epoch
         val_logits = collect_logits(model, data.validation, cfg.eval_batch_size, data.pad_token_id)
+        check_finite(val_logits, total_steps, "validation logits are not finite")
     test_logits = collect_logits(model, data.test, cfg.eval_batch_size, data.pad_token_id)
+    check_finite(test_logits, total_steps, "test logits are not finite")
     report = final_report(val_logits, data.validation.labels, test_logits, data.test.labels, task)
     if cfg.wallclock_eval:
         for op in report.operating_points:
@@ -282,6 +325,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except TrainingDiverged as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_DIVERGED
     summary.pop("model_object", None)
     if int(os.environ.get("RANK", "0")) != 0:
         return 0

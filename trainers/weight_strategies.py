@@ -5,7 +5,9 @@ All three implement one strategy interface, so the training loop never branches 
 - ``draw_sizes(batch_size)``: how many examples to draw per step from D1 and from D2;
 - ``theta_batch(b1, b2)``: the batch θ's update uses (D1 only for bilevel, D1 ∪ D2 otherwise);
 - ``weights()``: the current loss-term weights w (a detached tensor);
-- ``outer_step(model, b1, b2, step, lrs)``: update φ from a hypergradient (a no-op for fixed).
+- ``outer_step(model, b1, b2, step, lrs)``: update φ from a hypergradient (a no-op for fixed);
+  it raises TrainingDiverged on a non-finite hypergradient before φ moves, so φ stays finite;
+- ``to(device)``: put the weights (and φ's optimizer state) where the exit losses are.
 
 Hypergradient (DARTS second order), for a training batch B_tr and an outer batch B_out:
 
@@ -20,18 +22,19 @@ at θ on both sides (the pitfall measured in the method doc: moving them gave co
 
 from __future__ import annotations
 
-import math
+import contextlib
 from typing import Callable
 
 import torch
 import torch.distributed as dist
 
+from trainers.errors import check_finite
 from trainers.objective import LossTerms, LossWeights, fixed_weights, outer_loss, term_losses
 
 Batch = dict[str, torch.Tensor]
 
 
-def _all_reduce_mean(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+def all_reduce_mean(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
     """Average over data-parallel processes, so every rank gets the global-batch hypergradient."""
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return tensors
@@ -59,17 +62,23 @@ def concat_batches(a: Batch, b: Batch) -> Batch:
     return {key: torch.cat([pad(a, key), pad(b, key)]) for key in a}
 
 
+def _fp32(device_type: str):
+    """Autocast off, where the device has autocast at all (meta, for one, has none)."""
+    if torch.amp.is_autocast_available(device_type):
+        return torch.autocast(device_type=device_type, enabled=False)
+    return contextlib.nullcontext()
+
+
 def hypergradient(model: torch.nn.Module, terms: LossTerms, loss_weights: LossWeights,
                   train_batch: Batch, outer_batch: Batch, xi: list[float], fd_eps: float,
-                  reduce: Callable[[list[torch.Tensor]], list[torch.Tensor]] = _all_reduce_mean) -> torch.Tensor:
+                  reduce: Callable[[list[torch.Tensor]], list[torch.Tensor]] = all_reduce_mean) -> torch.Tensor:
     """h(B_tr → B_out) = dL_out(θ'(φ); B_out)/dφ by finite differences; one ξ per trainable parameter."""
     params = [p for p in model.parameters() if p.requires_grad]
     labels_tr, labels_out = train_batch["labels"], outer_batch["labels"]
     was_training = model.training
     model.eval()  # dropout off: the two sides θ ± εu must see the same network
-    device_type = params[0].device.type
     try:
-        with torch.autocast(device_type=device_type, enabled=False):  # finite differences need fp32
+        with _fp32(params[0].device.type):  # finite differences need fp32
             weights = loss_weights().detach()
             logits = model(**train_batch)
             teachers = logits.detach()
@@ -82,16 +91,16 @@ def hypergradient(model: torch.nn.Module, terms: LossTerms, loss_weights: LossWe
             v = torch.autograd.grad(outer_loss(model(**outer_batch), labels_out, terms.regression), params)
             v = reduce(list(v))
             u = [step * grad for grad, step in zip(v, xi)]
-            norm = math.sqrt(sum(float((t * t).sum()) for t in u))
-            if norm == 0.0:
-                return torch.zeros_like(loss_weights.phi)
-            eps = fd_eps / norm
+            # ε stays a tensor on the device: no host sync per parameter, and no data needed (meta).
+            # ‖u‖ = 0 makes θ ± εu the same point, so ℓ+ = ℓ− and h = 0; the clamp keeps ε finite.
+            norm = torch.sqrt(sum((t * t).sum() for t in u))
+            eps = fd_eps / norm.clamp_min(torch.finfo(torch.float32).tiny)
             with torch.no_grad():
                 for p, orig, d in zip(params, backup, u):
-                    p.copy_(orig).add_(d, alpha=eps)
+                    p.copy_(orig).add_(eps * d)
                 plus = term_losses(terms, model(**train_batch), labels_tr, teachers)
                 for p, orig, d in zip(params, backup, u):
-                    p.copy_(orig).sub_(d, alpha=eps)
+                    p.copy_(orig).sub_(eps * d)
                 minus = term_losses(terms, model(**train_batch), labels_tr, teachers)
                 for p, orig in zip(params, backup):
                     p.copy_(orig)
@@ -121,6 +130,10 @@ class FixedWeights:
     def weights(self) -> torch.Tensor:
         return self._weights
 
+    def to(self, device) -> "FixedWeights":
+        self._weights = self._weights.to(device)
+        return self
+
     def outer_step(self, model, b1, b2, step: int, xi: Callable[[], list[float]]) -> dict | None:
         return None
 
@@ -137,6 +150,7 @@ class _LearnedWeights:
     def __init__(self, terms: LossTerms, parametrization: str, lr_outer: float, outer_every: int, fd_eps: float):
         self.terms = terms
         self.loss_weights = LossWeights(len(terms), parametrization)
+        self.lr_outer = lr_outer
         self.optimizer = torch.optim.Adam(self.loss_weights.parameters(), lr=lr_outer)
         self.outer_every = outer_every
         self.fd_eps = fd_eps
@@ -145,6 +159,18 @@ class _LearnedWeights:
         with torch.no_grad():
             return self.loss_weights()
 
+    def to(self, device) -> "_LearnedWeights":
+        """Move φ, and Adam's moments with it. φ stays fp32 (the hypergradient is fp32).
+
+        Moving may replace the φ Parameter (meta does), which Adam would no longer see, so Adam is
+        rebuilt from its own state; its load_state_dict puts the moments on φ's device.
+        """
+        self.loss_weights.to(device)
+        state = self.optimizer.state_dict()
+        self.optimizer = torch.optim.Adam(self.loss_weights.parameters(), lr=self.lr_outer)
+        self.optimizer.load_state_dict(state)
+        return self
+
     def _hyper(self, model, train_batch: Batch, outer_batch: Batch, xi: list[float]) -> torch.Tensor:
         return hypergradient(model, self.terms, self.loss_weights, train_batch, outer_batch, xi, self.fd_eps)
 
@@ -152,15 +178,19 @@ class _LearnedWeights:
         if step % self.outer_every:
             return None
         h = self.combined_hypergradient(model, b1(), b2(), xi())
+        check_finite(h, step + 1, "hypergradient is not finite")  # before Adam: φ never turns NaN
         self.optimizer.zero_grad(set_to_none=True)
         self.loss_weights.phi.grad = h
         self.optimizer.step()
-        return {"hypergrad_norm": float(h.norm())}
+        check_finite(self.weights(), step + 1, "loss weights are not finite")
+        return {"hypergradient": h}
 
     def state_dict(self) -> dict:
         return {"loss_weights": self.loss_weights.state_dict(), "optimizer": self.optimizer.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
+        # Both land on φ's current device, whatever device saved them: the module copies into φ,
+        # and Adam casts its moments to the device of the parameter they belong to.
         self.loss_weights.load_state_dict(state["loss_weights"])
         self.optimizer.load_state_dict(state["optimizer"])
 

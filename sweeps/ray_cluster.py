@@ -1,0 +1,64 @@
+"""Starting or joining Ray for a sweep.
+
+A sweep joins the cluster it is given (``ray_address``, or ``$RAY_ADDRESS`` as set inside
+``ray job submit``); otherwise it starts a private local Ray bound to 127.0.0.1 only.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from sweeps.config import PROJECT_ROOT, SweepConfig, check_ray_address
+from trainers.errors import ConfigError
+
+# Ray rewrites a loopback node address to the machine's address unless this is "0" (read when
+# ray is imported); with it, the GCS, raylet and worker ports listen on 127.0.0.1 only. It also
+# makes `ray start` refuse to add worker nodes, so it is set for private local instances alone.
+LOOPBACK_ONLY_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+
+
+def joins_cluster(cfg: SweepConfig) -> bool:
+    return bool(cfg.ray_address or os.environ.get("RAY_ADDRESS"))
+
+
+def bind_to_loopback() -> None:
+    """Keep a local Ray on 127.0.0.1. Call before ``ray`` is imported; works after, too."""
+    os.environ[LOOPBACK_ONLY_ENV] = "0"  # inherited by the GCS, raylet and worker processes
+    import ray._private.ray_constants as constants
+
+    constants.ENABLE_RAY_CLUSTER = False  # the value read at import, for a driver that imported ray earlier
+
+
+def init_ray(cfg: SweepConfig) -> str:
+    """Join the configured cluster or $RAY_ADDRESS (plain ``ray.init()``), else start a local Ray."""
+    import ray
+
+    address = cfg.ray_address or os.environ.get("RAY_ADDRESS")
+    common = dict(log_to_driver=cfg.trial_logs, logging_level=logging.WARNING, configure_logging=True)
+    try:
+        if address:
+            check_ray_address(address)
+            if cfg.ray_address:
+                ray.init(address=cfg.ray_address, **common)
+            else:
+                ray.init(**common)  # inside `ray job submit`: the job's cluster; num_cpus is not allowed here
+            where = f"cluster {address}"
+        else:
+            bind_to_loopback()
+            pythonpath = os.pathsep.join(p for p in (str(PROJECT_ROOT), os.environ.get("PYTHONPATH")) if p)
+            ray.init(address="local", num_cpus=cfg.num_cpus, include_dashboard=False,
+                     runtime_env={"env_vars": {"PYTHONPATH": pythonpath}}, **common)
+            where = "local Ray"
+    except ConnectionError as err:
+        raise ConfigError(f"cannot connect to Ray at {address}: {str(err).splitlines()[0]}") from None
+    resources = ray.cluster_resources()
+    cpus, gpus = resources.get("CPU", 0), resources.get("GPU", 0)
+    need_cpus = cfg.cpus_per_trial * cfg.workers_per_trial
+    need_gpus = cfg.gpus_per_trial * cfg.workers_per_trial
+    if need_cpus > cpus or need_gpus > gpus:
+        ray.shutdown()
+        raise ConfigError(f"a trial of {cfg.workers_per_trial} worker(s) needs {need_cpus:g} CPU / {need_gpus:g} GPU but the "
+                          f"{where} has {cpus:g} CPU / {gpus:g} GPU; lower workers_per_trial, cpus_per_trial or "
+                          "gpus_per_trial, or use a bigger cluster")
+    return f"{where} ({cpus:g} CPU, {gpus:g} GPU)"
