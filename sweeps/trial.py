@@ -227,7 +227,7 @@ def train_worker(config: dict, session: TuneSession, trial_id: str) -> None:
     def on_epoch(record: dict) -> None:
         if record["epoch"] < cfg.epochs:  # the last epoch is reported with the final results
             with _epoch_snapshot(output, record["epoch"], session) as folder:
-                session.report(epoch_metrics(record, objective), folder)
+                session.report({**epoch_metrics(record, objective), **_placement()}, folder)
             _prune_local_epochs(output, keep=record["epoch"], session=session)
 
     try:
@@ -241,10 +241,19 @@ def train_worker(config: dict, session: TuneSession, trial_id: str) -> None:
         if session.rank == 0:
             export_model(model, cfg, Path(folder) / MODEL_DIR)
             (Path(folder) / SUMMARY_FILE).write_text(json.dumps(summary, default=float))
-        session.report(final_metrics(summary, objective), Path(folder) if session.rank == 0 else None)
+        session.report({**final_metrics(summary, objective), **_placement()}, Path(folder) if session.rank == 0 else None)
     session.barrier()
     if session.local_rank == 0:  # the final checkpoint holds what is kept; the DeepSpeed state goes
         shutil.rmtree(output / "checkpoints", ignore_errors=True)
+
+
+def _placement() -> dict[str, Any]:
+    """Where rank 0 of this attempt runs and in how large a group, reported with every epoch."""
+    import ray
+
+    from trainers.engine import world
+
+    return {"node_id": ray.get_runtime_context().get_node_id(), "world_size": world()[1]}
 
 
 # ---------------------------------------------------------------------------- checkpoints

@@ -1,0 +1,131 @@
+"""Sweeps on several Ray nodes and with several workers per trial, on one machine.
+
+- Two nodes (``ray.cluster_utils.Cluster``: a head and a second node of one CPU each): trials run
+  on both; the second node is removed in the middle of a trial, which restarts on the head from
+  its last epoch checkpoint, and the sweep completes with exact epoch histories.
+- Two data-parallel workers per trial (Ray Train, gloo) give the validation metrics of one worker
+  at the same global batch.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from test_sweep_helpers import ROOT, client, run_sweep_cli, runs_by_role, sweep_cmd, sweep_env
+
+pytestmark = pytest.mark.integration
+
+
+def rows_by_trial(folder: Path) -> dict[str, list[dict]]:
+    out: dict[str, list[dict]] = {}
+    for path in sorted(folder.glob("*/result.json")):
+        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        if rows:
+            out[rows[0]["trial_id"]] = rows
+    return out
+
+
+@pytest.fixture
+def two_nodes():
+    import ray
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
+    second = cluster.add_node(num_cpus=1)
+    try:
+        cluster.wait_for_nodes()
+        yield cluster, second
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+        marker = Path("/tmp/ray/ray_current_cluster")  # else a plain ray.init() elsewhere would join it
+        if marker.is_file() and cluster.address in marker.read_text():
+            marker.unlink(missing_ok=True)
+
+
+def test_trials_spread_over_two_nodes_and_survive_losing_one(two_nodes, tmp_path):
+    cluster, second = two_nodes
+    root = tmp_path / "sweeps"
+    results = root / "nodes" / "ray" / "clo"
+    cmd = sweep_cmd(root, "nodes", "--ray-address", cluster.address, "--set", "methods=[clo]", "--set", "trials=3",
+                    "--set", "max_concurrent=2", "--set", "scheduler=none", "--set", "train.epochs=8")
+    removed: dict = {}
+
+    def remove_second_node_mid_trial():
+        deadline = time.time() + 400
+        while time.time() < deadline:
+            for rows in rows_by_trial(results).values():
+                if any(r.get("node_id") == second.node_id and r.get("epoch") == 2 for r in rows):
+                    removed["trial_id"] = rows[0]["trial_id"]
+                    cluster.remove_node(second, allow_graceful=False)  # a lost node, not a drained one
+                    removed["at"] = time.time()
+                    return
+            time.sleep(0.2)
+
+    watcher = threading.Thread(target=remove_second_node_mid_trial, daemon=True)
+    watcher.start()
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=sweep_env(), cwd=ROOT)
+    watcher.join(timeout=30)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    assert removed, "no trial reached epoch 2 on the second node"
+    assert "restarting from its checkpoint of epoch" in proc.stdout
+
+    by_trial = rows_by_trial(results)
+    assert len(by_trial) == 3
+    head_id = cluster.head_node.node_id
+    nodes = {r["node_id"] for rows in by_trial.values() for r in rows}
+    assert {head_id, second.node_id} <= nodes, "trials should have run on both nodes"
+    for trial_id, rows in by_trial.items():
+        assert [r["epoch"] for r in rows] == list(range(1, 9)), (trial_id, [r["epoch"] for r in rows])
+    moved = by_trial[removed["trial_id"]]
+    lost_at = max(r["epoch"] for r in moved if r["node_id"] == second.node_id)
+    assert 2 <= lost_at < 8 and all(r["node_id"] == head_id for r in moved if r["epoch"] > lost_at)
+
+    mlflow_client, _ = client(root, "nodes")
+    runs = runs_by_role(mlflow_client, "nodes")
+    trial_ids = [r.data.tags["trial_id"] for r in runs["trial"]]
+    assert sorted(trial_ids) == sorted(by_trial) and len(set(trial_ids)) == 3  # none duplicated
+    for run in sum(runs.values(), []):
+        assert run.info.status in ("FINISHED", "FAILED"), (run.info.run_name, run.info.status)
+    moved_run = next(r for r in runs["trial"] if r.data.tags["trial_id"] == removed["trial_id"])
+    assert moved_run.info.status == "FINISHED"
+    assert [m.step for m in mlflow_client.get_metric_history(moved_run.info.run_id, "val/hypervolume")] == \
+        sorted({int(r["step"]) for r in moved})
+
+
+def test_two_workers_per_trial_match_one_worker(tmp_path):
+    """The same trial (same sampled values, seed, global batch 16, dropout 0) with 1 and with 2
+    data-parallel workers. Tolerance: the per-epoch validation metrics are equal to 1e-9 (they
+    are accuracies over 128 examples, so one flipped prediction would move them by 0.0078), the
+    learned loss weights to 1e-5 (float sums in another order)."""
+    root = tmp_path / "sweeps"
+    common = ("--set", "methods=[clo]", "--set", "trials=1", "--set", "scheduler=none", "--set", "max_concurrent=1",
+              "--set", "train.dropout=0")
+    runs = {}
+    for workers in (1, 2):
+        proc = run_sweep_cli(root, f"w{workers}", *common, "--set", f"workers_per_trial={workers}")
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        (rows,) = rows_by_trial(root / f"w{workers}" / "ray" / "clo").values()
+        # the final checkpoint: Tune's for one worker, Ray Train's for two (under clo/_train)
+        (summary_path,) = [p for p in (root / f"w{workers}" / "ray" / "clo").rglob("summary.json")
+                           if p.parent.name.startswith("checkpoint_")]
+        runs[workers] = (rows, json.loads(summary_path.read_text()))
+    (one, one_summary), (two, two_summary) = runs[1], runs[2]
+    assert [r["world_size"] for r in one] == [1, 1, 1] and [r["world_size"] for r in two] == [2, 2, 2]
+    assert [r["epoch"] for r in two] == [1, 2, 3]
+    for a, b in zip(one, two):
+        for key in [k for k in a if k.startswith("val_")]:
+            assert b[key] == pytest.approx(a[key], abs=1e-9), (a["epoch"], key)
+    assert two_summary["weights"]["final"] == pytest.approx(one_summary["weights"]["final"], abs=1e-5)
+    assert two_summary["test"]["hypervolume"] == pytest.approx(one_summary["test"]["hypervolume"], abs=1e-9)
+    mlflow_client, _ = client(root, "w2")
+    logged = runs_by_role(mlflow_client, "w2")
+    (trial_run,) = logged["trial"]
+    assert trial_run.info.status == "FINISHED"
+    assert logged["method"][0].data.params["workers_per_trial"] == "2"
