@@ -12,7 +12,12 @@
      B  two nodes: a head of 1 CPU + one added node of 1 CPU
    Reported: trials per hour from the wall time around run_sweep (join, MLflow store, search,
    logging, report) and from the trials themselves (first trial start to last final result, as
-   Ray Tune recorded them), and the ratio B / A of both.
+   Ray Tune recorded them), the ratio B / A of both, how busy the 2 trial slots were (sum of the
+   trainers' wall times / (2 x run_sweep wall)), and what the trials left in the Tune storage:
+   the kept model checkpoint, and the trainer's DeepSpeed state that Tune's experiment-state sync
+   copies there (a single-worker trial on the driver's node writes its trainer state inside the
+   driver's staging folder, `driver_artifacts/<trial>/train/`; the "Saving experiment state ...
+   failed" errors it causes are counted). --repeats 2 runs A B B A.
 
 2. The platform's overhead per trial: for every trial, Ray Tune's wall time from the trial's
    start (its actor started) to its final result reaching the driver, against the trainer's own
@@ -31,6 +36,10 @@
    time to copy one epoch checkpoint to another local folder (what Ray Tune's persist does with a
    local storage path), and the checkpoint's size on disk.
 
+Each sweep gets its own sqlite MLflow store, passed explicitly: `mlflow.set_tracking_uri` (called
+by a sweep's Tracker) exports $MLFLOW_TRACKING_URI, which a later `build_config` in the same
+process would otherwise take as its store.
+
 The Ray clusters live in a private temporary folder ($RAY_TMPDIR), so their
 `ray_current_cluster` address file never makes another process's plain `ray.init()` join them,
 and /tmp/ray/ray_current_cluster (another user's) is left as it was; the script checks that.
@@ -42,6 +51,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import platform as std_platform
 import shutil
@@ -95,22 +105,73 @@ def local_cluster(node_cpus: list[int]):
         cluster.shutdown()  # removes every node and the cluster's address file (in $RAY_TMPDIR)
 
 
+class _ErrorCounter(logging.Handler):
+    """Counts Ray Tune's "Saving experiment state to storage ... failed" errors during a sweep."""
+
+    def __init__(self):
+        super().__init__(logging.ERROR)
+        self.count = 0
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.count += 1
+
+
+def _mb(paths) -> float:
+    return sum(f.stat().st_size for p in paths for f in Path(p).rglob("*") if f.is_file()) / 1e6
+
+
+def warm_imports() -> None:
+    """Import what a sweep's driver imports (Ray Tune, Optuna, MLflow, matplotlib) before anything
+    is timed, so that the first setup does not pay for it alone."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot  # noqa: F401
+    import mlflow  # noqa: F401
+    import optuna  # noqa: F401
+    import ray.tune  # noqa: F401
+    import ray.tune.search.optuna  # noqa: F401
+
+    import sweeps.plots  # noqa: F401
+    import sweeps.report  # noqa: F401
+    import sweeps.runner  # noqa: F401
+
+
 def sweep_on_cluster(preset: str, node_cpus: list[int], trials: int, root: Path, name: str) -> dict:
     """One sweep through the library against a fresh local cluster; its wall time and per-trial timings."""
     from sweeps.config import build_config, start_config
     from sweeps.runner import run_sweep
 
-    with local_cluster(node_cpus) as cluster:
-        cfg = build_config(preset=preset, overrides=[
-            "methods=[fixed]", f"trials={trials}", "max_concurrent=2", "cpus_per_trial=1", "scheduler=none",
-            "register=false"], flags={"name": name, "root": str(root), "ray_address": cluster.address})
-        cfg = start_config(cfg)
-        start = time.perf_counter()
-        result = run_sweep(cfg)
-        wall = time.perf_counter() - start
+    counter = _ErrorCounter()
+    state_logger = logging.getLogger("ray.tune.execution.experiment_state")
+    state_logger.addHandler(counter)
+    try:
+        with local_cluster(node_cpus) as cluster:
+            # An explicit store per sweep: mlflow.set_tracking_uri (called by the previous sweep's
+            # Tracker) exports $MLFLOW_TRACKING_URI, which build_config would otherwise inherit.
+            tracking = f"sqlite:///{(root / name / 'mlflow.db').resolve()}"
+            cfg = build_config(preset=preset, overrides=[
+                "methods=[fixed]", f"trials={trials}", "max_concurrent=2", "cpus_per_trial=1", "scheduler=none",
+                "register=false"], flags={"name": name, "root": str(root), "ray_address": cluster.address,
+                                          "tracking_uri": tracking})
+            cfg = start_config(cfg)
+            start = time.perf_counter()
+            result = run_sweep(cfg)
+            wall = time.perf_counter() - start
+    finally:
+        state_logger.removeHandler(counter)
     rows = trial_timings(cfg, result)
+    trainer_total = sum(r["trainer_wall_s"] or 0 for r in rows)
+    trial_dirs = [p for p in Path(cfg.storage_path, "fixed").glob("fixed_*") if p.is_dir()]
     return {"preset": preset, "nodes": len(node_cpus), "node_cpus": node_cpus, "trials": trials,
-            "run_sweep_wall_s": round(wall, 2), "trials_table": rows, **span(rows)}
+            "run_sweep_wall_s": round(wall, 2),
+            # the trials' share of the sweep's 2 trial slots: sum of trainer walls / (2 x run_sweep wall)
+            "slot_utilisation": round(trainer_total / (cfg.max_concurrent * wall), 4),
+            # keep_checkpoints: best leaves one model checkpoint per method: its size
+            "storage_model_checkpoint_mb": round(max((_mb(p.glob("checkpoint_*")) for p in trial_dirs), default=0), 1),
+            "storage_trainer_state_mb_per_trial": round(_mb(p / "train" for p in trial_dirs) / max(1, len(trial_dirs)), 1),
+            "experiment_state_sync_errors": counter.count,
+            "trials_table": rows, **span(rows)}
 
 
 def trial_timings(cfg, result) -> list[dict]:
@@ -157,6 +218,26 @@ def per_hour(trials: int, seconds: float | None) -> float | None:
     return round(3600 * trials / seconds, 1) if seconds else None
 
 
+def _median(values) -> float | None:
+    values = [v for v in values if v is not None]
+    return round(statistics.median(values), 3) if values else None
+
+
+def summarize_setup(key: str, runs: list[dict]) -> dict:
+    """One setup's figures: medians over its runs (one per --repeats)."""
+    for run in runs:
+        run["trials_per_hour_run_sweep"] = per_hour(run["trials"], run["run_sweep_wall_s"])
+        run["trials_per_hour_span"] = per_hour(run["trials"], run["trials_span_s"])
+    label, node_cpus = SETUPS[key]
+    out = {"label": label, "node_cpus": node_cpus, "trials": runs[0]["trials"], "repeats": len(runs),
+           "completed": sum(r["completed"] for r in runs), "runs": runs}
+    for field in ("run_sweep_wall_s", "trials_span_s", "trials_per_hour_run_sweep", "trials_per_hour_span",
+                  "slot_utilisation", "storage_model_checkpoint_mb", "storage_trainer_state_mb_per_trial"):
+        out[field] = _median(r[field] for r in runs)
+    out["experiment_state_sync_errors"] = sum(r["experiment_state_sync_errors"] for r in runs)
+    return out
+
+
 def overhead_stats(rows: list[dict]) -> dict:
     out = {"trials": len(rows)}
     for key in ("overhead", "overhead_tune"):
@@ -192,6 +273,12 @@ def checkpoint_cost(preset: str, work: Path, repeats: int) -> dict:
     walls: dict[bool, list[float]] = {False: [], True: []}
     order = [flag for i in range(repeats) for flag in ((False, True) if i % 2 == 0 else (True, False))]
     size_mb = copy_s = None
+    # Untimed warm-up: the first training in a process pays one-off costs (DeepSpeed's process
+    # group and communication op, lazy imports, cold file caches) that would land on one setting.
+    warm = TrainConfig.from_dict({**base, "output_dir": str(work / "warm-up"), "save_checkpoints": False, "epochs": 1,
+                                  "train_subset": 2 * int(base["batch_size"]), "eval_subset": 64})
+    say(f"checkpoint cost: untimed warm-up training ({warm.model}, 1 epoch of 2 steps)")
+    run(warm, quiet=True).pop("model_object", None)
     engine.save_checkpoint = timed_save
     try:
         for index, save in enumerate(order):
@@ -251,13 +338,29 @@ def report(figures: dict) -> str:
     for key in SETUPS:
         s = tp[key]
         rows.append((f"{key} {s['label']} ({'+'.join(map(str, s['node_cpus']))} CPUs)",
-                     f"run_sweep {s['run_sweep_wall_s']:.1f} s -> {num(s['trials_per_hour_run_sweep'])} trials/h; "
-                     f"trials span {num(s['trials_span_s'])} s -> {num(s['trials_per_hour_span'])} trials/h "
-                     f"({s['completed']}/{s['trials']} completed)"))
+                     f"run_sweep {num(s['run_sweep_wall_s'])} s -> {num(s['trials_per_hour_run_sweep'])} trials/h; "
+                     f"trials span {num(s['trials_span_s'])} s -> {num(s['trials_per_hour_span'])} trials/h; "
+                     f"slots busy {pct(s['slot_utilisation'])} ({s['completed']}/{s['trials'] * s['repeats']} completed)"))
     rows.append(("ratio B / A (trials/h)", f"run_sweep {num(tp['ratio_B_over_A_run_sweep'], '{:.2f}')}x, "
                                            f"trials span {num(tp['ratio_B_over_A_span'], '{:.2f}')}x"))
-    lines += [f"Sweep throughput: smoke-sized trials, method fixed, {tp['A']['trials']} trials, 2 at a time, 1 CPU each",
-              table(rows), ""]
+    a = tp["A"]
+    lines += [f"Sweep throughput: smoke-sized trials, method fixed, {a['trials']} trials per sweep, 2 at a time, 1 CPU each, "
+              f"{a['repeats']} sweep(s) per setup (medians)", table(rows),
+              "  (run_sweep: the whole call, Ray join to report; trials span: first trial start to last final result; "
+              "slots busy: sum of trainer walls / (2 x run_sweep))", ""]
+    rows = []
+    for key in SETUPS:
+        s = tp[key]
+        rows.append((f"{key} per trial", f"kept model checkpoint {num(s['storage_model_checkpoint_mb'])} MB; "
+                                         f"trainer state copied by Tune's experiment sync {num(s['storage_trainer_state_mb_per_trial'])} MB; "
+                                         f"'Saving experiment state ... failed' errors: {s['experiment_state_sync_errors']}"))
+    demo = figures.get("demo_sweep")
+    if demo:
+        rows.append(("demo-sized per trial", f"kept model checkpoint {num(demo['storage_model_checkpoint_mb'])} MB; "
+                                             f"trainer state copied by Tune's experiment sync "
+                                             f"{num(demo['storage_trainer_state_mb_per_trial'])} MB; errors: "
+                                             f"{demo['experiment_state_sync_errors']}"))
+    lines += ["Tune storage after the sweep (trials' files under <storage>/fixed/<trial>/)", table(rows), ""]
     rows = []
     for label, o in figures["overhead"].items():
         if o is None:
@@ -297,6 +400,9 @@ def main() -> None:
                         help="a fast validation run: 2 trials per setup, no demo-sized trials, the checkpoint cost "
                              "on the smoke-sized model (explicit flags still win)")
     parser.add_argument("--trials", type=int, default=None, help="smoke-sized trials per setup (default 6; --quick 2)")
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="sweeps per setup, in the order A B, B A, A B, ...; figures are medians (default 1; "
+                             "2 cancels a drift in the machine's load or warm caches)")
     parser.add_argument("--demo-trials", type=int, default=None,
                         help="demo-sized trials for the overhead figure, 2 at a time on one 2-CPU node "
                              "(default 2; --quick 0; 0 skips them)")
@@ -311,8 +417,8 @@ def main() -> None:
     trials = args.trials if args.trials is not None else (2 if args.quick else 6)
     demo_trials = args.demo_trials if args.demo_trials is not None else (0 if args.quick else 2)
     ckpt_preset = args.checkpoint_preset or ("smoke" if args.quick else "demo")
-    if trials < 1 or demo_trials < 0 or args.checkpoint_repeats < 1:
-        parser.error("--trials and --checkpoint-repeats must be >= 1, --demo-trials >= 0")
+    if trials < 1 or demo_trials < 0 or args.checkpoint_repeats < 1 or args.repeats < 1:
+        parser.error("--trials, --repeats and --checkpoint-repeats must be >= 1, --demo-trials >= 0")
 
     began = time.perf_counter()
     address_file_before = _read(DEFAULT_ADDRESS_FILE)
@@ -325,25 +431,27 @@ def main() -> None:
 
     figures: dict = {"machine": {"cpus": os.cpu_count(), "processor": std_platform.processor() or std_platform.machine(),
                                  "torch": torch.__version__, "load_start": [round(x, 2) for x in os.getloadavg()]},
-                     "settings": {"trials": trials, "demo_trials": demo_trials, "checkpoint_preset": ckpt_preset,
+                     "settings": {"trials": trials, "repeats": args.repeats, "demo_trials": demo_trials, "checkpoint_preset": ckpt_preset,
                                   "checkpoint_repeats": args.checkpoint_repeats, "quick": args.quick}}
     say(f"{os.cpu_count()} CPUs, load average {figures['machine']['load_start']}; work dir {work}; Ray temp dir {ray_tmp}")
     try:
-        sweeps = {}
-        for key, (label, node_cpus) in SETUPS.items():
-            say(f"setup {key} ({label}, CPUs {node_cpus}): {trials} smoke-sized trials")
-            result = sweep_on_cluster("smoke", node_cpus, trials, work / "sweeps", f"scaling-{key}-{stamp}")
-            result["label"] = label
-            result["trials_per_hour_run_sweep"] = per_hour(trials, result["run_sweep_wall_s"])
-            result["trials_per_hour_span"] = per_hour(trials, result["trials_span_s"])
-            sweeps[key] = result
+        warm_imports()
+        runs: dict[str, list[dict]] = {key: [] for key in SETUPS}
+        for rep in range(args.repeats):
+            for key in (SETUPS if rep % 2 == 0 else reversed(SETUPS)):  # A B, then B A, ...
+                label, node_cpus = SETUPS[key]
+                say(f"setup {key} ({label}, CPUs {node_cpus}), run {rep + 1}/{args.repeats}: {trials} smoke-sized trials")
+                runs[key].append(sweep_on_cluster("smoke", node_cpus, trials, work / "sweeps",
+                                                  f"scaling-{key}{rep + 1}-{stamp}"))
+        sweeps = {key: summarize_setup(key, runs[key]) for key in SETUPS}
         ratio = lambda k: (round(sweeps["B"][k] / sweeps["A"][k], 3)  # noqa: E731
                            if sweeps["A"].get(k) and sweeps["B"].get(k) else None)
         figures["throughput"] = {**sweeps, "ratio_B_over_A_run_sweep": ratio("trials_per_hour_run_sweep"),
                                  "ratio_B_over_A_span": ratio("trials_per_hour_span")}
-        figures["overhead"] = {"smoke, A (1 node)": overhead_stats(sweeps["A"]["trials_table"]),
-                               "smoke, B (2 nodes)": overhead_stats(sweeps["B"]["trials_table"]),
-                               "demo-sized": None}
+        figures["overhead"] = {
+            "smoke, A (1 node)": overhead_stats([r for run in runs["A"] for r in run["trials_table"]]),
+            "smoke, B (2 nodes)": overhead_stats([r for run in runs["B"] for r in run["trials_table"]]),
+            "demo-sized": None}
         if demo_trials:
             say(f"demo-sized trials: {demo_trials} on one 2-CPU node")
             demo = sweep_on_cluster("demo", [2], demo_trials, work / "sweeps", f"scaling-demo-{stamp}")

@@ -3,9 +3,15 @@
 ``platform/sweep.py`` is the command line; the pieces are:
 
 - ``sweeps.config``   the typed sweep config, presets (``sweeps/presets/*.yaml``), validation
-- ``sweeps.runner``   Ray Tune searches (OptunaSearch + ASHA), one per method, resume
-- ``sweeps.trial``    the Ray Tune trial: ``trainers.train.run`` with DeepSpeed
-- ``sweeps.tracking`` the MLflow layout (experiment, method runs, trial runs)
+- ``sweeps.runner``   ``run_sweep``: the whole sweep, top to bottom
+- ``sweeps.ray_cluster`` start a private loopback-only Ray, or join a cluster
+- ``sweeps.search``   one method's Ray Tune experiment (OptunaSearch + ASHA, checkpoints, retries)
+- ``sweeps.trial``    the Ray Tune trial: ``trainers.train.run`` with DeepSpeed, one worker or a
+                      Ray Train group, per-epoch checkpoints, divergence markers
+- ``sweeps.progress`` console lines; each trial logged to MLflow as it ends
+- ``sweeps.records``  trial records from Ray Tune's view of a trial
+- ``sweeps.tracking`` the MLflow layout (experiment, method runs, trial runs) and run lifecycle
+- ``sweeps.registry`` idempotent registration of each method's best model
 - ``sweeps.report``   summary table, Pareto overlay, Optuna storage
 - ``sweeps.export`` / ``sweeps.serving``  the exported model and its MLflow pyfunc (early exit)
 

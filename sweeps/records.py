@@ -89,4 +89,5 @@ def build_record(method: str, trial, history: list[dict], space_keys: list[str],
         reason=failure_reason(message) if failed else None,
         start_ms=int(start * 1000) if start else None, end_ms=int(end * 1000),
         checkpoint=checkpoint if summary else None,
+        resume_checkpoint=None if summary else trial.checkpoint,
     )

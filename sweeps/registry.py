@@ -84,11 +84,22 @@ def register_best(cfg: SweepConfig, tracker: Tracker, outcome: MethodOutcome, st
 
 
 def delete_other_checkpoints(outcome: MethodOutcome) -> None:
-    """Keep only the best trial's model checkpoint of a method (``keep_checkpoints: best``)."""
+    """Keep only the best trial's model checkpoint of a method (``keep_checkpoints: best``): the
+    other trials' models and the last epoch checkpoints of trials ASHA stopped or that failed."""
     for record in outcome.records:
-        if record is outcome.best or record.checkpoint is None:
-            continue
-        try:
-            record.checkpoint.filesystem.delete_dir(record.checkpoint.path)
-        except Exception:  # noqa: BLE001 - already gone
-            pass
+        for checkpoint in (None if record is outcome.best else record.checkpoint, record.resume_checkpoint):
+            if checkpoint is None:
+                continue
+            try:
+                checkpoint.filesystem.delete_dir(checkpoint.path)
+            except Exception:  # noqa: BLE001 - already gone
+                pass
+
+
+def delete_local_trial_folders(outcome: MethodOutcome) -> None:
+    """The trainer's working folders that stopped or failed trials left on the driver's node
+    (on other nodes they stay in the system's temporary folder until it is cleaned)."""
+    from sweeps.trial import local_trial_dir
+
+    for record in outcome.records:
+        shutil.rmtree(local_trial_dir(record.trial_id), ignore_errors=True)

@@ -25,7 +25,7 @@ from pathlib import Path
 from sweeps.config import SweepConfig, SweepInterrupted, preflight, save_state
 from sweeps.progress import say
 from sweeps.ray_cluster import init_ray
-from sweeps.registry import delete_other_checkpoints, register_best
+from sweeps.registry import delete_local_trial_folders, delete_other_checkpoints, register_best
 from sweeps.search import MethodOutcome, search_method
 from sweeps.tracking import Tracker
 
@@ -105,6 +105,7 @@ def finish_method(cfg: SweepConfig, tracker: Tracker, outcome: MethodOutcome, re
                 f"exit policy {outcome.registered['policy']['policy']} {outcome.registered['policy']['setting']:g})")
     if cfg.keep_checkpoints == "best":
         delete_other_checkpoints(outcome)
+    delete_local_trial_folders(outcome)
     tracker.client.set_tag(outcome.parent_run_id, "registered", json.dumps(outcome.registered))
     tracker.client.set_tag(outcome.parent_run_id, "finalized", "true")
     tracker.finish(outcome.parent_run_id, "FINISHED" if outcome.best else "FAILED")

@@ -50,6 +50,7 @@ class TrialRecord:
     start_ms: int | None = None
     end_ms: int | None = None
     checkpoint: Any = None               # ray.tune.Checkpoint of the exported model (completed trials)
+    resume_checkpoint: Any = None        # the last epoch checkpoint of a trial that did not complete
 
     @property
     def objective(self) -> float:
@@ -72,8 +73,16 @@ class Tracker:
         from mlflow import MlflowClient
 
         self.uri = tracking_uri
+        # mlflow.set_*_uri also export MLFLOW_*_URI, which would become the default store of a
+        # later sweep started in this process: keep the process-wide setting, not the variables.
+        saved = {key: os.environ.get(key) for key in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
         mlflow.set_tracking_uri(tracking_uri)
         mlflow.set_registry_uri(tracking_uri)
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
         self.client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
         found = self.client.get_experiment_by_name(experiment)
         if found is not None and found.lifecycle_stage != "active":

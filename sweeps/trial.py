@@ -78,6 +78,14 @@ def trial_train_values(config: dict) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------- where a worker reports
+def local_trial_dir(trial_id: str) -> Path:
+    """The trainer's working folder on this node, outside Ray's trial folder: Tune syncs that one
+    to the storage in the background, which would copy every DeepSpeed checkpoint while it is
+    written. The workers of one node share it (DeepSpeed's node-local checkpoint layout); what Ray
+    keeps is only what a trial reports."""
+    return Path(tempfile.gettempdir()) / "leebert-trials" / trial_id
+
+
 class TuneSession:
     """The single-worker trial: the Tune function trains and reports to Tune itself."""
 
@@ -94,9 +102,7 @@ class TuneSession:
         tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(str(folder)) if folder else None)
 
     def local_dir(self, trial_id: str) -> Path:
-        from ray import tune
-
-        return Path(tune.get_context().get_trial_dir()) / "train"
+        return local_trial_dir(trial_id)
 
     def barrier(self) -> None:
         pass
@@ -120,10 +126,6 @@ class TrainSession(TuneSession):
         import ray.train
 
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(str(folder)) if folder else None)
-
-    def local_dir(self, trial_id: str) -> Path:
-        # Node-local: the workers of one node share it (DeepSpeed's node-local checkpoint layout).
-        return Path(tempfile.gettempdir()) / "leebert-trials" / trial_id
 
     def barrier(self) -> None:
         import torch.distributed as dist
@@ -243,8 +245,8 @@ def train_worker(config: dict, session: TuneSession, trial_id: str) -> None:
             (Path(folder) / SUMMARY_FILE).write_text(json.dumps(summary, default=float))
         session.report({**final_metrics(summary, objective), **_placement()}, Path(folder) if session.rank == 0 else None)
     session.barrier()
-    if session.local_rank == 0:  # the final checkpoint holds what is kept; the DeepSpeed state goes
-        shutil.rmtree(output / "checkpoints", ignore_errors=True)
+    if session.local_rank == 0:  # the final checkpoint holds what is kept; the working folder goes
+        shutil.rmtree(output, ignore_errors=True)
 
 
 def _placement() -> dict[str, Any]:

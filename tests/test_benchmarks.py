@@ -1,8 +1,11 @@
 """The benchmark scripts run end to end (on the tiny model) and write what they promise."""
 
+import json
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -35,3 +38,22 @@ def test_throughput_prints_its_figures():
     assert proc.returncode == 0, proc.stderr[-3000:]
     for needle in ("train ZeRO-0:", "train ZeRO-2:", "wall time ZeRO-2 / ZeRO-0:", "samples/s"):
         assert needle in proc.stdout
+
+
+@pytest.mark.integration
+def test_scaling_prints_its_figures(tmp_path):
+    figures = tmp_path / "scaling.json"
+    proc = subprocess.run(
+        [sys.executable, "benchmarks/scaling.py", "--quick", "--trials", "1", "--json", str(figures)],
+        cwd=REPO, capture_output=True, text=True, timeout=900,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    for needle in ("A 1 node (2 CPUs)", "B 2 nodes (1+1 CPUs)", "ratio B / A (trials/h)", "Platform overhead per trial",
+                   "DeepSpeed save per epoch (timed)", "checkpoint size on disk"):
+        assert needle in proc.stdout
+    data = json.loads(figures.read_text())
+    assert data["throughput"]["A"]["completed"] == data["throughput"]["B"]["completed"] == 1
+    assert data["throughput"]["ratio_B_over_A_run_sweep"] > 0
+    assert data["overhead"]["smoke, A (1 node)"]["overhead_median"] is not None
+    assert data["checkpoint"]["checkpoint_mb"] > 0
+    assert not data["address_file"]["private_left"]
