@@ -14,10 +14,10 @@
    logging, report) and from the trials themselves (first trial start to last final result, as
    Ray Tune recorded them), the ratio B / A of both, how busy the 2 trial slots were (sum of the
    trainers' wall times / (2 x run_sweep wall)), and what the trials left in the Tune storage:
-   the kept model checkpoint, and the trainer's DeepSpeed state that Tune's experiment-state sync
-   copies there (a single-worker trial on the driver's node writes its trainer state inside the
-   driver's staging folder, `driver_artifacts/<trial>/train/`; the "Saving experiment state ...
-   failed" errors it causes are counted). --repeats 2 runs A B B A.
+   the kept model checkpoint, and any trainer state that Tune's experiment-state sync copied
+   there (expected 0 MB and 0 "Saving experiment state ... failed" errors: the trainer works in a
+   node-local folder outside Ray's trial folder, which Tune syncs while it runs; an earlier
+   version copied every DeepSpeed checkpoint that way). --repeats 2 runs A B B A.
 
 2. The platform's overhead per trial: for every trial, Ray Tune's wall time from the trial's
    start (its actor started) to its final result reaching the driver, against the trainer's own
