@@ -103,19 +103,30 @@ def main(argv: list[str] | None = None) -> int:
     print(result.table)
     uri = result.tracking_uri
     print("Where to look:")
+    # the link opens the experiment in the UI's model-training view (runs, charts), not its GenAI view
+    view = f"#/experiments/{result.experiment_id}?workflowType=machine_learning"
     if uri.startswith("sqlite:"):
-        print(f"  MLflow UI:      mlflow ui --backend-store-uri {uri} --port 5000   (then open http://127.0.0.1:5000)")
+        print(f"  MLflow UI:      mlflow ui --backend-store-uri {uri} --port 5000   (then open http://127.0.0.1:5000/{view})")
     else:
-        print(f"  MLflow UI:      {uri}")
+        print(f"  MLflow UI:      {uri.rstrip('/')}/{view}")
     print(f"  experiment:     {cfg.name} (one run per method, nested trial runs, a 'comparison' run)")
     if "frontiers_png" in result.files:
         print(f"  frontier plot:  {result.files['frontiers_png']}")
     print(f"  summary table:  {result.files['summary_md']} (and summary.csv, trials.csv)")
     if "optuna_db" in result.files:
         print(f"  Optuna study:   optuna-dashboard sqlite:///{result.files['optuna_db']}")
-    for outcome in result.outcomes:
-        if outcome.registered:
-            print(f"  model:          mlflow.pyfunc.load_model('{outcome.registered['uri']}')")
+    if result.registered:
+        from serving.register import serve_command
+
+        registered = result.registered
+        versions = ", ".join(f"{method}-best = version {entry['version']}"
+                             for method, entry in registered["versions"].items())
+        print(f"  models:         {registered['name']}: champion = {registered['champion']['method']} "
+              f"(version {registered['champion']['version']}); {versions}")
+        print(f"                  mlflow.pyfunc.load_model('{registered['champion']['uri']}')")
+        print(f"  serve:          {serve_command(registered)}")
+        print(f"  re-register:    python platform/register.py --sweep {cfg.name}"
+              + (f" --root {cfg.root}" if args.root else "") + " --target-speedup X  (or --max-drop D)")
     failed = [o.method for o in result.outcomes if o.best is None]
     if failed:
         print(f"\nwarning: no trial of {', '.join(failed)} finished; see the trial runs in MLflow", file=sys.stderr)

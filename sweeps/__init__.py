@@ -11,9 +11,9 @@
 - ``sweeps.progress`` console lines; each trial logged to MLflow as it ends
 - ``sweeps.records``  trial records from Ray Tune's view of a trial
 - ``sweeps.tracking`` the MLflow layout (experiment, method runs, trial runs) and run lifecycle
-- ``sweeps.registry`` idempotent registration of each method's best model
 - ``sweeps.report``   summary table, Pareto overlay, Optuna storage
-- ``sweeps.export`` / ``sweeps.serving``  the exported model and its MLflow pyfunc (early exit)
+The served model lives in its own package, ``serving`` (export, pyfunc, calibration,
+registration), so a registered model loads with the trainer's model code alone.
 
 Kept free of imports: trials and the logged MLflow model import submodules only.
 """

@@ -67,9 +67,12 @@ class SweepConfig:
     tracking_uri: str | None = _f(None, "MLflow tracking URI: http(s)://server or sqlite:///file.db (default: $MLFLOW_TRACKING_URI "
                                         "if set, else sqlite:///<root>/<name>/mlflow.db)")
     ray_address: str | None = _f(None, "Ray cluster to join (host:6379 or auto); default: $RAY_ADDRESS if set (as inside `ray job submit`), else a new local Ray")
-    register: bool = _f(True, "register each method's best model in the MLflow model registry (alias 'champion')")
-    register_speedup: float = _f(2.0, "exit policy of the registered model: the validation operating point for this speed-up target")
-    registry_prefix: str | None = _f(None, "registered model name prefix (default: leebert-<task>); the name is <prefix>-<method>")
+    register: bool = _f(True, "when every method is finished, register each method's best model in the MLflow model registry "
+                               "(serving.register; later or again: python platform/register.py)")
+    register_speedup: float = _f(2.0, "exit policy of the registered models: the most accurate setting with at least this "
+                                      "validation speed-up")
+    registry_prefix: str | None = _f(None, "registered model name (default: leebert-<task>), one version per method, "
+                                          "aliases champion and <method>-best")
     keep_checkpoints: str = _f("best", "model checkpoints kept after the sweep: best (one per method) or all")
     trial_logs: bool = _f(False, "forward the trainer's step-by-step logs of every trial to this console")
     env: dict = _f({}, "environment variables set in every trial (e.g. HF_HUB_OFFLINE: '1')")

@@ -1,4 +1,4 @@
-"""Run a sweep: one Ray Tune search per method, tracked in MLflow, best models registered.
+"""Run a sweep: one Ray Tune search per method, tracked in MLflow, then the best models registered.
 
     cfg = build_config(preset="smoke")          # sweeps.config
     result = run_sweep(start_config(cfg))       # or run_sweep(resume_config(cfg), resume=True)
@@ -6,12 +6,13 @@
 The pieces, one module each: ``ray_cluster`` (start or join Ray), ``search`` (one method's Tune
 experiment: Optuna, ASHA, checkpoints, retries), ``trial`` (what runs in a trial), ``progress``
 (console lines, MLflow logging as trials end), ``records`` (trial records from Tune's view),
-``tracking`` (the MLflow layout), ``registry`` (model registration), ``report`` (tables, plots).
+``tracking`` (the MLflow layout), ``report`` (tables, plots). Registration is its own step,
+``serving.register.register_sweep`` (also ``python platform/register.py``), run here once every
+method is finished.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
@@ -25,7 +26,6 @@ from pathlib import Path
 from sweeps.config import SweepConfig, SweepInterrupted, preflight, save_state
 from sweeps.progress import say
 from sweeps.ray_cluster import init_ray
-from sweeps.registry import delete_local_trial_folders, delete_other_checkpoints, register_best
 from sweeps.search import MethodOutcome, search_method
 from sweeps.tracking import Tracker
 
@@ -39,6 +39,8 @@ class SweepResult:
     report_dir: Path
     files: dict[str, Path] = field(default_factory=dict)
     table: str = ""
+    registered: dict | None = None  # serving.register.register_sweep's result (None: not registered)
+    experiment_id: str | None = None
 
 
 def run_sweep(cfg: SweepConfig, resume: bool = False) -> SweepResult:
@@ -71,9 +73,11 @@ def run_sweep(cfg: SweepConfig, resume: bool = False) -> SweepResult:
             outcome = search_method(cfg, method, tracker, resume=resume)
             finish_method(cfg, tracker, outcome, report_dir)
             outcomes.append(outcome)
-        shutil.rmtree(cfg.sweep_dir / "staging", ignore_errors=True)
-        result = SweepResult(cfg, outcomes, time.time() - started, cfg.resolved_tracking_uri, report_dir)
+        result = SweepResult(cfg, outcomes, time.time() - started, cfg.resolved_tracking_uri, report_dir,
+                             experiment_id=tracker.experiment_id)
         write_report(result, tracker)
+        if cfg.register and any(o.best is not None for o in outcomes):
+            result.registered = register_models(cfg)
         return result
     except KeyboardInterrupt:
         _close_runs(tracker, "KILLED")
@@ -86,29 +90,63 @@ def run_sweep(cfg: SweepConfig, resume: bool = False) -> SweepResult:
 
 
 def finish_method(cfg: SweepConfig, tracker: Tracker, outcome: MethodOutcome, report_dir: Path) -> None:
-    """Summarize a finished search in its parent run, register its best model, end the run."""
+    """Summarize a finished search in its parent run, clean up its checkpoints, end the run."""
     from sweeps.report import trials_table
 
     parent = tracker.client.get_run(outcome.parent_run_id)
     if parent.data.tags.get("finalized") == "true":  # a resumed sweep: this method was finished before
-        outcome.registered = json.loads(parent.data.tags.get("registered", "null"))
         if parent.info.status != "FINISHED":
             tracker.finish(outcome.parent_run_id, "FINISHED" if outcome.best else "FAILED")
         return
     trials_csv = report_dir / f"trials_{outcome.method}.csv"
     trials_table(outcome.records).to_csv(trials_csv, index=False)
     tracker.finalize_method(outcome.parent_run_id, outcome.best, outcome.records, trials_csv, {})
-    if cfg.register and outcome.best is not None:
-        outcome.registered = register_best(cfg, tracker, outcome, cfg.sweep_dir / "staging")
-        if outcome.registered:
-            say(f"{outcome.method}: registered {outcome.registered['uri']} (version {outcome.registered['version']}, "
-                f"exit policy {outcome.registered['policy']['policy']} {outcome.registered['policy']['setting']:g})")
     if cfg.keep_checkpoints == "best":
         delete_other_checkpoints(outcome)
     delete_local_trial_folders(outcome)
-    tracker.client.set_tag(outcome.parent_run_id, "registered", json.dumps(outcome.registered))
     tracker.client.set_tag(outcome.parent_run_id, "finalized", "true")
     tracker.finish(outcome.parent_run_id, "FINISHED" if outcome.best else "FAILED")
+
+
+def register_models(cfg: SweepConfig) -> dict | None:
+    """Every method's best model, registered with the exit policy for ``register_speedup``
+    (``serving.register``: idempotent, so a resumed sweep registers nothing twice). A target no
+    setting reaches is a warning: the sweep's results stand, and ``platform/register.py`` can
+    register them later with another target."""
+    from serving.register import describe, register_sweep
+    from trainers.errors import ConfigError
+
+    try:
+        result = register_sweep(cfg.resolved_tracking_uri, cfg.name, target_speedup=cfg.register_speedup,
+                                model_name=cfg.registry_prefix)
+    except ConfigError as err:
+        say(f"warning: no model registered: {err}")
+        return None
+    for line in describe(result):
+        say(line[2:] if line.startswith("  ") else line)
+    return result
+
+
+def delete_other_checkpoints(outcome: MethodOutcome) -> None:
+    """Keep only the best trial's model checkpoint of a method (``keep_checkpoints: best``): the
+    other trials' models and the last epoch checkpoints of trials ASHA stopped or that failed."""
+    for record in outcome.records:
+        for checkpoint in (None if record is outcome.best else record.checkpoint, record.resume_checkpoint):
+            if checkpoint is None:
+                continue
+            try:
+                checkpoint.filesystem.delete_dir(checkpoint.path)
+            except Exception:  # noqa: BLE001 - already gone
+                pass
+
+
+def delete_local_trial_folders(outcome: MethodOutcome) -> None:
+    """The trainer's working folders that stopped or failed trials left on the driver's node
+    (on other nodes they stay in the system's temporary folder until it is cleaned)."""
+    from sweeps.trial import local_trial_dir
+
+    for record in outcome.records:
+        shutil.rmtree(local_trial_dir(record.trial_id), ignore_errors=True)
 
 
 def _close_runs(tracker: Tracker | None, status: str) -> None:

@@ -26,7 +26,6 @@ class MethodOutcome:
     parent_run_id: str
     records: list[TrialRecord]
     best: TrialRecord | None
-    registered: dict | None = None
 
 
 class NumberedOptunaSearch(OptunaSearch):

@@ -88,7 +88,8 @@ class Tracker:
         if found is not None and found.lifecycle_stage != "active":
             raise ConfigError(f"MLflow experiment '{experiment}' is deleted; restore it in the MLflow UI or choose another --name")
         self.experiment_id = found.experiment_id if found else self.client.create_experiment(
-            experiment, artifact_location=artifact_location, tags={SWEEP_EXPERIMENT_TAG: "true", **(sweep_tags or {})})
+            experiment, artifact_location=artifact_location,
+            tags={SWEEP_EXPERIMENT_TAG: "true", "mlflow.experimentKind": "custom_model_development", **(sweep_tags or {})})
         self.experiment = experiment
         self.driver = {"driver_host": socket.gethostname(), "driver_pid": str(os.getpid())}
 
@@ -136,6 +137,8 @@ class Tracker:
             tags["error"] = record.error[:4000]
         if record.reason:
             tags["failure_reason"] = record.reason
+        if record.checkpoint is not None:  # where the exported model is: serving.register reads it
+            tags["model_checkpoint"] = checkpoint_uri(record.checkpoint)
         if existing is not None:
             run_id = existing.info.run_id
             self.client.update_run(run_id, status="RUNNING")
@@ -270,6 +273,12 @@ class Tracker:
                                   tags=tag_list if start == 0 else [])
         for start in range(0, len(metric_list), BATCH):
             self.client.log_batch(run_id, metrics=metric_list[start:start + BATCH])
+
+
+def checkpoint_uri(checkpoint) -> str:
+    """A Ray checkpoint's folder as a path (local filesystem) or a URI (s3://bucket/key, gs://...)."""
+    kind = getattr(checkpoint.filesystem, "type_name", "local")
+    return checkpoint.path if kind == "local" else f"{kind}://{checkpoint.path}"
 
 
 def _pid_alive(pid: str | None) -> bool:

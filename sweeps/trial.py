@@ -205,7 +205,7 @@ def train_worker(config: dict, session: TuneSession, trial_id: str) -> None:
     from trainers.config import TrainConfig
     from trainers.train import run
 
-    from sweeps.export import export_model
+    from serving.export import export_model
 
     output = session.local_dir(trial_id)
     values = trial_train_values(config)

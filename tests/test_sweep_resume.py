@@ -45,7 +45,7 @@ def test_kill_driver_then_resume(tmp_path):
                             env=sweep_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
     seen: list[str] = []
     try:
-        # fixed done and registered, clo half way through its first epochs: kill the driver there
+        # fixed done, clo half way through its first epochs: kill the driver there
         wait_for_line(proc, "[sweep] clo trial", timeout=300, seen=seen)
         wait_for_line(proc, "epoch 1/", timeout=120, seen=seen)
         family = psutil.Process(proc.pid).children(recursive=True)
@@ -81,11 +81,13 @@ def test_kill_driver_then_resume(tmp_path):
             if r.data.tags["method"] == "fixed"} == fixed_before
     for run in sum(after.values(), []):
         assert run.info.status == "FINISHED", (run.info.run_name, run.info.status)
+    # registered once, after every method finished: still exactly one version per method
+    versions = mlflow_client.search_model_versions("name = 'leebert-mr'")
+    assert sorted(v.tags["method"] for v in versions) == sorted(METHODS), [v.tags for v in versions]
     for method in METHODS:
-        versions = mlflow_client.search_model_versions(f"name = 'leebert-mr-{method}'")
-        assert len(versions) == 1, method
         registered = json.loads(next(r for r in after["method"] if r.data.tags["method"] == method).data.tags["registered"])
-        assert registered["version"] == "1"
+        alias = mlflow_client.get_model_version_by_alias("leebert-mr", f"{method}-best")
+        assert registered["version"] == str(alias.version) and alias.tags["method"] == method
 
     import optuna
 

@@ -34,7 +34,10 @@ def test_progress_and_where_to_look(smoke):
     out = smoke["proc"].stdout
     for method in METHODS:
         assert f"[sweep] {method} trial 1/{TRIALS} started" in out
-        assert f"[sweep] {method}: registered models:/leebert-mr-{method}@champion" in out
+        assert f"models:/leebert-mr@{method}-best" in out  # registered once every method finished
+    assert "[sweep] registered model leebert-mr" in out and "champion: models:/leebert-mr@champion" in out
+    assert "mlflow.pyfunc.load_model('models:/leebert-mr@champion')" in out
+    assert "mlflow models serve -m models:/leebert-mr@champion --env-manager local" in out
     assert f"mlflow ui --backend-store-uri {smoke['uri']}" in out
     assert str(smoke["dir"] / "report" / "frontiers.png") in out
     assert str(smoke["dir"] / "report" / "summary.md") in out
@@ -161,19 +164,27 @@ def test_optuna_storage_holds_one_study_per_method(smoke):
 
 
 @pytest.mark.filterwarnings("ignore:.*type hints")
-def test_registered_champions_predict_with_early_exit(smoke, monkeypatch):
+def test_registered_models_predict_with_early_exit(smoke, monkeypatch):
     import mlflow
 
     use_mlflow_uri(monkeypatch, smoke["uri"])
+    mlflow_client = smoke["client"]
+    # one registered model, one version per method's best trial; champion = the best validation objective
+    assert [m.name for m in mlflow_client.search_registered_models()] == ["leebert-mr"]
+    assert len(mlflow_client.search_model_versions("name = 'leebert-mr'")) == len(METHODS)
+    assert set(mlflow_client.get_registered_model("leebert-mr").aliases) == {"champion", *(f"{m}-best" for m in METHODS)}
+    objectives = {r.data.tags["method"]: r.data.metrics["best/objective"] for r in smoke["runs"]["method"]}
+    champion = mlflow_client.get_model_version_by_alias("leebert-mr", "champion")
+    assert objectives[champion.tags["method"]] == max(objectives.values())
     sentences = pd.DataFrame({"sentence": ["a gripping , funny and moving film .", "tedious and badly acted .",
                                            "it 's fine .", "the worst movie of the year ."]})
     for method in METHODS:
-        name = f"leebert-mr-{method}"
-        version = smoke["client"].get_model_version_by_alias(name, "champion")
+        version = mlflow_client.get_model_version_by_alias("leebert-mr", f"{method}-best")
         assert version.tags["method"] == method and version.tags["policy"] in ("patience", "entropy", "confidence", "none")
-        model = mlflow.pyfunc.load_model(f"models:/{name}@champion")
+        model = mlflow.pyfunc.load_model(f"models:/leebert-mr@{method}-best")
         out = model.predict(sentences)
-        assert list(out.columns) == ["prediction", "exit_layer", "confidence"] and len(out) == 4
-        assert out["prediction"].isin([0, 1]).all()
+        assert list(out.columns) == ["label", "probabilities", "exit_layer"] and len(out) == 4
+        assert out["label"].isin([0, 1]).all()
         assert out["exit_layer"].between(1, EXITS).all()
-        assert out["confidence"].between(0.5, 1.0).all()
+        assert all(len(p) == 2 and 0.5 <= max(p) <= 1.0 and math.isclose(sum(p), 1.0, rel_tol=1e-5)
+                   for p in out["probabilities"])

@@ -139,13 +139,14 @@ def test_registered_champion_loads_from_the_server(server, sweep, monkeypatch):
     import mlflow
 
     client = sweep["client"]
-    version = client.get_model_version_by_alias("leebert-mr-fixed", "champion")
+    version = client.get_model_version_by_alias("leebert-mr", "champion")
     assert version.tags["method"] == "fixed"
+    assert client.get_model_version_by_alias("leebert-mr", "fixed-best").version == version.version
     use_mlflow_uri(monkeypatch, server["url"])
-    model = mlflow.pyfunc.load_model("models:/leebert-mr-fixed@champion")
+    model = mlflow.pyfunc.load_model("models:/leebert-mr@champion")
     out = model.predict(pd.DataFrame({"sentence": ["a gripping , funny and moving film .",
                                                    "tedious and badly acted ."]}))
-    assert len(out) == 2 and out["prediction"].isin([0, 1]).all(), out
+    assert len(out) == 2 and out["label"].isin([0, 1]).all(), out
     # the model's files are in the server's artifact store too
     stored = [p for p in (server["store"] / "mlartifacts").rglob("MLmodel")]
     assert stored, "no MLmodel file under the server's artifact store"

@@ -172,31 +172,59 @@ class MultiExitEncoder(nn.Module):
         """Incremental inference: returns ``(exit_logits [B, C], exit_layer [B])`` (layers 1-based).
 
         Samples that exit are removed from the running batch, so their later layers are never computed.
+        The attention mask is built once, as in ``forward``, and cut down with the batch; the running
+        tensors are only re-indexed at a layer where some sample leaves, and then also cut to the
+        longest running row (the positions after it are padding for every row left).
         """
         batch = input_ids.shape[0]
         out_logits = None
         out_layer = torch.full((batch,), self.num_layers, dtype=torch.long, device=input_ids.device)
         running = torch.arange(batch, device=input_ids.device)
         hidden = self.runner.embed(input_ids, token_type_ids)
+        mask = self.runner.mask(hidden, attention_mask)
         state = policy.start(batch, input_ids.device)
         for index, head in enumerate(self.exits):
-            mask = self.runner.mask(hidden, attention_mask)
             hidden = self.runner.layer(index, hidden, mask)
             logits = head(self.pool(hidden, attention_mask))
             if out_logits is None:
                 out_logits = logits.new_zeros((batch, logits.shape[-1]))
+            if index + 1 == self.num_layers:  # everyone still running answers here (out_layer's default)
+                out_logits[running] = logits
+                break
             state, exit_now = policy.step(state, index + 1, logits)
-            if index + 1 == self.num_layers:
-                exit_now = torch.ones_like(exit_now)
+            leaving_count = int(exit_now.sum())
+            if leaving_count == 0:
+                continue
             leaving = running[exit_now]
             out_logits[leaving] = logits[exit_now]
             out_layer[leaving] = index + 1
-            keep = ~exit_now
-            if not keep.any():
+            if leaving_count == running.shape[0]:
                 break
+            keep = ~exit_now
             running, hidden, attention_mask = running[keep], hidden[keep], attention_mask[keep]
+            mask = _rows(mask, keep)
             state = policy.select(state, keep)
+            # Positions past the longest running row are padding for every row left: drop them.
+            columns = attention_mask.any(dim=0).nonzero()
+            width = int(columns.max()) + 1 if columns.numel() else hidden.shape[1]
+            if width < hidden.shape[1]:
+                hidden, attention_mask, mask = hidden[:, :width], attention_mask[:, :width], _columns(mask, width)
         return out_logits, out_layer
+
+
+def _rows(mask, keep: torch.Tensor):
+    """The attention mask of the rows still running (None and batch-broadcast masks stay as they are)."""
+    if mask is None or mask.dim() == 0 or mask.shape[0] != keep.shape[0]:
+        return mask
+    return mask[keep]
+
+
+def _columns(mask, width: int):
+    """The attention mask ``[B, 1, T, T]`` (or ``[B, 1, 1, T]``) cut to the first ``width`` positions."""
+    if mask is None:
+        return None
+    mask = mask[..., :width]
+    return mask[..., :width, :] if mask.shape[-2] > width else mask
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,10 @@
 
 ``export_model`` (run inside a trial) writes the backbone config, the weights of every layer and
 exit, the tokenizer, and what the task looks like, so that ``load_exported`` rebuilds the model
-without the original checkpoint or the hub. No MLflow here: trials import this module.
+without the original checkpoint or the hub. No MLflow here: trials import this module, and the
+served model ships it (``serving.model.code_paths``), so it imports only ``trainers.model`` at load
+time (``export_model`` and ``load_tokenizer`` also use ``trainers.data`` / ``trainers.train``, which
+run in the training environment only).
 """
 
 from __future__ import annotations
@@ -18,9 +21,13 @@ POLICY = "policy.json"
 
 
 def load_tokenizer(model: str):
+    """The tokenizer of a training config's ``model`` (the embedded MiniLM's for ``tiny-random``)."""
     from transformers import AutoTokenizer
 
-    from trainers.model import embedded_model_path, resolve_model_source
+    from trainers.model import EMBEDDED_MODEL, embedded_model_path, resolve_model_source
+
+    if model == EMBEDDED_MODEL:  # no need to import the trainer (and DeepSpeed) for the common case
+        return AutoTokenizer.from_pretrained(embedded_model_path())
     from trainers.train import TINY_MODEL
 
     source = embedded_model_path() if model == TINY_MODEL else resolve_model_source(model)
@@ -28,12 +35,17 @@ def load_tokenizer(model: str):
 
 
 def export_model(model, cfg, folder: Path) -> Path:
-    """Write ``model`` (a trained ``MultiExitEncoder``) so that it loads without the original checkpoint."""
+    """Write ``model`` (a trained ``MultiExitEncoder``) so that it loads without the original checkpoint.
+
+    ``cfg`` needs ``task``, ``model`` (for the tokenizer), ``max_length`` and ``attn_implementation``
+    (a ``TrainConfig`` has them all).
+    """
     import torch
 
     from trainers.data import get_task
 
     task = get_task(cfg.task)
+    folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     torch.save({k: v.detach().cpu().float() for k, v in model.state_dict().items()}, folder / WEIGHTS)
     model.backbone.config.save_pretrained(folder / BACKBONE)
@@ -46,20 +58,6 @@ def export_model(model, cfg, folder: Path) -> Path:
     }
     (folder / META).write_text(json.dumps(meta, indent=2))
     return folder
-
-
-def choose_operating_point(summary: dict, target: float) -> dict:
-    """The validation operating point for ``target`` (else the nearest lower target), or no early exit."""
-    points = sorted(summary.get("operating_points", []), key=lambda p: p["target_speedup"])
-    exact = [p for p in points if abs(p["target_speedup"] - target) < 1e-9]
-    lower = [p for p in points if p["target_speedup"] <= target]
-    chosen = exact[0] if exact else (lower[-1] if lower else None)
-    if chosen is None:
-        return {"policy": "none", "setting": 0.0, "delta": None, "target_speedup": 1.0,
-                "validation_speedup": 1.0, "validation_metric": summary["validation"]["last_exit"],
-                "test_speedup": 1.0, "test_metric": summary["test"]["last_exit"]}
-    return {k: chosen[k] for k in ("policy", "setting", "delta", "target_speedup", "validation_speedup",
-                                   "validation_metric", "test_speedup", "test_metric")}
 
 
 def load_exported(folder: Path):

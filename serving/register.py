@@ -1,0 +1,414 @@
+"""Register a finished sweep's models in the MLflow model registry, from MLflow and the checkpoints alone.
+
+    result = register_sweep("sqlite:////…/runs/sweeps/demo-…/mlflow.db", "demo-…", target_speedup=2.0)
+    result = register_sweep(uri, "demo-…", max_drop=1.0)          # at most 1 point below full depth
+    # {"name": "leebert-mr", "champion": {...}, "versions": {"clo": {"version": "3", "uri": ..., "policy": ...}}}
+
+One registered model per task (``leebert-<task>``), one version per method's best trial: the
+trial's exported model (the folder ``model/`` of its final checkpoint, named by the trial run's
+tag ``model_checkpoint``) served by ``serving.model.ExitPolicyModel`` with the exit policy
+calibrated on validation (``serving.calibration``) from the trial run's ``summary.json``. The
+pyfunc is logged into the method's run. Aliases: ``<method>-best`` per method, and ``champion``
+for the method whose best trial has the best validation objective of the sweep.
+
+Idempotent: a version is identified by its tags ``trial_id``, ``policy`` and ``policy_setting``
+(and ``policy_delta`` for regression patience). Registering the same trial with the same calibrated
+policy again reuses its version (aliases and tags are set again); a target that calibrates to a
+different policy creates a new version. Everything that can fail on bad input (an unknown or
+unfinished sweep, an unreachable target, a missing checkpoint) fails before anything is written.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import warnings
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+from serving.calibration import for_max_drop, for_target_speedup
+from trainers.errors import ConfigError
+
+DEFAULT_TARGET_SPEEDUP = 2.0  # the sweep config's register_speedup default
+CHAMPION = "champion"
+MODEL_DIR = "model"  # sweeps.trial.MODEL_DIR: the exported model inside a trial's final checkpoint
+SUMMARY_FILE = "summary.json"
+CHECKPOINT_TAG = "model_checkpoint"
+MAX_ROWS = 256  # rows per request the served model accepts (model_config)
+TAG_LIMIT = 5000  # MLflow's limit on a tag value
+FRONTIER_COLUMNS = "validation_speedup,validation_metric,test_speedup,test_metric"
+
+
+@dataclass
+class MethodPlan:
+    """What will be registered for one method, all checked before anything is written."""
+
+    method: str
+    parent_run_id: str
+    parent_status: str
+    trial_run_id: str
+    trial_id: str
+    task: str
+    objective: str
+    objective_value: float
+    summary: dict
+    policy: dict
+    checkpoint: str
+    hyperparameters: dict[str, Any] = field(default_factory=dict)
+    searched: str = ""
+
+
+def register_sweep(tracking_uri: str, experiment: str, target_speedup: float | None = None,
+                   max_drop: float | None = None, model_name: str | None = None) -> dict[str, Any]:
+    """Register the best model of every method of the sweep ``experiment`` (see the module docstring).
+
+    Returns ``{"name", "champion": {...}, "versions": {method: {"version", "uri", "policy", ...}},
+    "aliases": {alias: version}}``. Raises ``ConfigError`` (nothing written) for an unknown or
+    unfinished sweep, an unreachable target or a missing checkpoint."""
+    if target_speedup is not None and max_drop is not None:
+        raise ConfigError("give either a target speed-up or a maximum drop, not both")
+    if target_speedup is None and max_drop is None:
+        target_speedup = DEFAULT_TARGET_SPEEDUP
+    if model_name is not None and (not model_name.strip() or "'" in model_name):
+        raise ConfigError(f"model name {model_name!r} must be non-empty and hold no quote")
+    if tracking_uri.startswith("sqlite:"):  # MLflow would create an empty store rather than fail
+        path = tracking_uri[len("sqlite:///"):] if tracking_uri.startswith("sqlite:///") else ""
+        if not path or not Path(path).is_file():
+            raise ConfigError(f"the MLflow store {tracking_uri} does not exist")
+    import mlflow  # noqa: F401 - configures its loggers on import
+    from mlflow import MlflowClient
+
+    with use_tracking_uri(tracking_uri):
+        client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+        found = client.get_experiment_by_name(experiment)
+        if found is None or found.lifecycle_stage != "active":
+            raise ConfigError(f"no sweep '{experiment}' in the MLflow store {tracking_uri}"
+                              + (" (its experiment is deleted)" if found is not None else ""))
+        plans = plan_sweep(client, found.experiment_id, experiment, target_speedup, max_drop)
+        name = model_name or f"leebert-{plans[0].task}"
+        versions = _versions(client, name)
+        out: dict[str, Any] = {"name": name, "sweep": experiment, "tracking_uri": tracking_uri, "versions": {},
+                               "aliases": {}, "skipped": skipped_methods(client, found.experiment_id, plans)}
+        with tempfile.TemporaryDirectory(prefix="leebert-register-") as tmp:
+            for plan in plans:
+                out["versions"][plan.method] = _register_one(client, name, experiment, plan, versions, Path(tmp))
+        champion = max(plans, key=lambda p: p.objective_value)  # ties: the first method (max keeps the first)
+        for plan in plans:
+            entry = out["versions"][plan.method]
+            client.set_registered_model_alias(name, f"{plan.method}-best", entry["version"])
+            out["aliases"][f"{plan.method}-best"] = entry["version"]
+            client.set_tag(plan.parent_run_id, "registered",
+                           json.dumps({"name": name, "version": entry["version"], "uri": entry["uri"]}))
+        version = out["versions"][champion.method]["version"]
+        client.set_registered_model_alias(name, CHAMPION, version)
+        out["aliases"][CHAMPION] = version
+        out["champion"] = {"method": champion.method, "version": version, "uri": f"models:/{name}@{CHAMPION}",
+                           "trial_id": champion.trial_id, "objective": champion.objective,
+                           "validation_objective": champion.objective_value}
+        return out
+
+
+# ---------------------------------------------------------------------------- planning (read only)
+def plan_sweep(client, experiment_id: str, experiment: str, target_speedup: float | None,
+               max_drop: float | None) -> list[MethodPlan]:
+    """One plan per method with a best trial, every target calibrated and every checkpoint found."""
+    runs = client.search_runs([experiment_id], filter_string="tags.role = 'method'", max_results=1000,
+                              order_by=["attributes.start_time ASC"])
+    if not runs:
+        raise ConfigError(f"MLflow experiment '{experiment}' holds no method runs; is it a sweep of platform/sweep.py?")
+    unfinished = [r.data.tags.get("method", r.info.run_name) for r in runs if r.data.tags.get("finalized") != "true"]
+    if unfinished:
+        raise ConfigError(f"sweep '{experiment}' is not finished (method(s) {', '.join(unfinished)} still searching or "
+                          f"interrupted); finish it with `python platform/sweep.py --resume --name {experiment}` first")
+    plans, problems = [], []
+    with tempfile.TemporaryDirectory(prefix="leebert-register-") as tmp:
+        for run in runs:
+            try:
+                plan = _plan_method(client, experiment_id, run, target_speedup, max_drop, Path(tmp))
+            except ConfigError as err:
+                problems.append(f"{run.data.tags.get('method', run.info.run_name)}: {err}")
+                continue
+            if plan is not None:
+                plans.append(plan)
+    if problems:
+        raise ConfigError("; ".join(problems))
+    if not plans:
+        raise ConfigError(f"no method of sweep '{experiment}' has a completed trial; nothing to register")
+    return plans
+
+
+def skipped_methods(client, experiment_id: str, plans: list[MethodPlan]) -> list[str]:
+    """The finished methods with no completed trial (nothing of theirs is registered)."""
+    runs = client.search_runs([experiment_id], filter_string="tags.role = 'method'", max_results=1000,
+                              order_by=["attributes.start_time ASC"])
+    planned = {p.method for p in plans}
+    return [r.data.tags.get("method", r.info.run_name) for r in runs if r.data.tags.get("method") not in planned]
+
+
+def _plan_method(client, experiment_id: str, run, target_speedup, max_drop, tmp: Path) -> MethodPlan | None:
+    from mlflow.exceptions import MlflowException
+
+    tags = run.data.tags
+    method = tags.get("method", run.info.run_name)
+    trial_run_id = tags.get("best_run_id")
+    if not trial_run_id and tags.get("best_trial_id"):
+        found = client.search_runs([experiment_id], max_results=1, filter_string=(
+            f"tags.role = 'trial' and tags.method = '{method}' and tags.trial_id = '{tags['best_trial_id']}'"))
+        trial_run_id = found[0].info.run_id if found else None
+    if not trial_run_id:
+        return None  # no completed trial: nothing to register for this method
+    trial = client.get_run(trial_run_id)
+    trial_id = trial.data.tags.get("trial_id", tags.get("best_trial_id", trial_run_id))
+    try:
+        folder = tmp / trial_run_id
+        folder.mkdir(parents=True, exist_ok=True)
+        summary = json.loads(Path(client.download_artifacts(trial_run_id, SUMMARY_FILE, str(folder))).read_text())
+    except (MlflowException, OSError, json.JSONDecodeError) as err:
+        raise ConfigError(f"cannot read {SUMMARY_FILE} of trial {trial_id} (run {trial_run_id}): "
+                          f"{str(err).splitlines()[0] if str(err) else type(err).__name__}") from None
+    policy = for_max_drop(summary, max_drop) if max_drop is not None else for_target_speedup(summary, target_speedup)
+    checkpoint = trial.data.tags.get(CHECKPOINT_TAG)
+    if not checkpoint:
+        raise ConfigError(f"trial {trial_id} (run {trial_run_id}) has no '{CHECKPOINT_TAG}' tag naming its model "
+                          "checkpoint (logged by an older platform version?)")
+    _check_checkpoint(checkpoint, trial_id)
+    searched = trial.data.tags.get("searched", "")
+    params = trial.data.params
+    hyper = {k: _number(params[k]) for k in (s for s in searched.split(",") if s) if k in params}
+    objective_value = run.data.metrics.get("best/objective")
+    if objective_value is None:
+        raise ConfigError(f"method run {run.info.run_id} has no 'best/objective' metric")
+    return MethodPlan(method=method, parent_run_id=run.info.run_id, parent_status=run.info.status,
+                      trial_run_id=trial_run_id, trial_id=trial_id, task=params.get("task", "mr"),
+                      objective=run.data.params.get("objective", "objective"), objective_value=float(objective_value),
+                      summary=summary, policy=policy, checkpoint=checkpoint, hyperparameters=hyper, searched=searched)
+
+
+def _filesystem(checkpoint: str):
+    """(pyarrow filesystem, path) of a checkpoint folder: a URI with '://' or a local path."""
+    import pyarrow.fs
+
+    if "://" in checkpoint:
+        return pyarrow.fs.FileSystem.from_uri(checkpoint)
+    return pyarrow.fs.LocalFileSystem(), str(Path(checkpoint).resolve())
+
+
+def _check_checkpoint(checkpoint: str, trial_id: str) -> None:
+    import pyarrow.fs
+
+    try:
+        fs, path = _filesystem(checkpoint)
+        kind = fs.get_file_info(f"{path.rstrip('/')}/{MODEL_DIR}").type
+    except Exception as err:  # noqa: BLE001 - an unknown scheme, missing credentials, an unreachable store
+        raise ConfigError(f"cannot open the model checkpoint of trial {trial_id} at {checkpoint}: "
+                          f"{str(err).splitlines()[0] if str(err) else type(err).__name__}") from None
+    if kind != pyarrow.fs.FileType.Directory:
+        raise ConfigError(f"the model checkpoint of trial {trial_id} is gone: no folder {checkpoint.rstrip('/')}/{MODEL_DIR}")
+
+
+def _local_model(checkpoint: str, work: Path) -> Path:
+    """The exported model folder on this machine: the checkpoint's own for a local path, else a copy."""
+    import pyarrow.fs
+
+    fs, path = _filesystem(checkpoint)
+    source = f"{path.rstrip('/')}/{MODEL_DIR}"
+    if isinstance(fs, pyarrow.fs.LocalFileSystem):
+        return Path(source)
+    target = work / MODEL_DIR
+    shutil.rmtree(target, ignore_errors=True)
+    target.mkdir(parents=True)
+    pyarrow.fs.copy_files(source, str(target), source_filesystem=fs,
+                          destination_filesystem=pyarrow.fs.LocalFileSystem())
+    return target
+
+
+# ---------------------------------------------------------------------------- registering
+def _versions(client, name: str) -> list:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return list(client.search_model_versions(f"name = '{name}'"))
+    except MlflowException:
+        return []
+
+
+def identity(plan_or_policy: MethodPlan | dict, trial_id: str | None = None) -> dict[str, str]:
+    """The tags that identify a version: the trial and its calibrated exit policy."""
+    policy = plan_or_policy.policy if isinstance(plan_or_policy, MethodPlan) else plan_or_policy
+    trial = plan_or_policy.trial_id if isinstance(plan_or_policy, MethodPlan) else trial_id
+    delta = policy.get("delta")
+    return {"trial_id": trial, "policy": policy["policy"], "policy_setting": _fmt(policy["setting"]),
+            "policy_delta": "" if delta is None else _fmt(delta)}
+
+
+def _matches(version, wanted: dict[str, str]) -> bool:
+    tags = version.tags or {}
+    return all(tags.get(k, "") == v for k, v in wanted.items())
+
+
+def _register_one(client, name: str, experiment: str, plan: MethodPlan, versions: list, tmp: Path) -> dict[str, Any]:
+    wanted = identity(plan)
+    same = [v for v in versions if _matches(v, wanted)]
+    same_trial = [v for v in versions if (v.tags or {}).get("trial_id") == plan.trial_id]
+    if same:
+        version, created = str(min(int(v.version) for v in same)), False
+        note = "existing: same trial and exit policy"
+    else:
+        version, created = _log_and_register(client, name, plan, tmp / plan.method), True
+        for key, value in wanted.items():  # the identity first: a crash after this finds the version again
+            if value:
+                client.set_model_version_tag(name, version, key, value)
+        earlier = sorted(int(v.version) for v in same_trial)
+        note = "new" if not earlier else (
+            f"new: this target gives another exit policy than version(s) "
+            f"{', '.join(str(v) for v in earlier)} of the same trial")
+    for key, value in version_tags(experiment, plan).items():
+        client.set_model_version_tag(name, version, key, value)
+    return {"version": version, "uri": f"models:/{name}@{plan.method}-best", "policy": plan.policy,
+            "created": created, "note": note, "trial_id": plan.trial_id, "trial_run_id": plan.trial_run_id,
+            "objective": plan.objective, "validation_objective": plan.objective_value,
+            "metric": plan.summary.get("metric", "metric"), "hyperparameters": plan.hyperparameters}
+
+
+def _log_and_register(client, name: str, plan: MethodPlan, work: Path) -> str:
+    """Log the pyfunc into the method's run and register it as a new version of ``name``."""
+    import mlflow
+
+    from serving.export import META
+    from serving.model import ExitPolicyModel, code_paths, input_example, model_signature, pip_requirements
+
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    model_dir = _local_model(plan.checkpoint, work)
+    meta = json.loads((model_dir / META).read_text())
+    (work / "policy.json").write_text(json.dumps(plan.policy, indent=2))
+    try:
+        # Reopens the finalized method run and ends it FINISHED again (an error would end it FAILED:
+        # its previous status is restored below).
+        with mlflow.start_run(run_id=plan.parent_run_id), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # MLflow's advice on type hints and on pickled python_model objects
+            info = mlflow.pyfunc.log_model(
+                name="model", python_model=ExitPolicyModel(),
+                artifacts={"model": str(model_dir), "policy": str(work / "policy.json")},
+                code_paths=code_paths(work / "code"), pip_requirements=pip_requirements(),
+                signature=model_signature(meta), input_example=input_example(meta),
+                model_config={"max_rows": MAX_ROWS}, registered_model_name=name, await_registration_for=60,
+            )
+    finally:
+        if client.get_run(plan.parent_run_id).info.status != plan.parent_status:
+            client.set_terminated(plan.parent_run_id, status=plan.parent_status)
+        shutil.rmtree(work, ignore_errors=True)
+    return str(info.registered_model_version)
+
+
+def version_tags(experiment: str, plan: MethodPlan) -> dict[str, str]:
+    """Every tag of a version: what it is, how it was trained, its frontier and its exit policy."""
+    policy = plan.policy
+    tags = {
+        "method": plan.method, "sweep": experiment, "trial_id": plan.trial_id, "trial_run_id": plan.trial_run_id,
+        "objective": plan.objective, "validation_objective": _fmt(plan.objective_value),
+        "searched": plan.searched, "hyperparameters": json.dumps(plan.hyperparameters, sort_keys=True),
+        "metric": str(plan.summary.get("metric", "")),
+        "frontier_columns": FRONTIER_COLUMNS, "frontier": frontier_tag(plan.summary.get("frontier", [])),
+        **identity(plan),
+        "target": json.dumps(policy["target"], sort_keys=True),
+        **{key: _fmt(policy[key]) for key in ("validation_speedup", "validation_metric", "test_speedup", "test_metric")},
+        "model_checkpoint": plan.checkpoint,
+    }
+    return {k: v[:TAG_LIMIT] for k, v in tags.items() if v != ""}
+
+
+def frontier_tag(frontier: list[dict], limit: int = TAG_LIMIT) -> str:
+    """The validation frontier with test values at its settings, as compact JSON rows
+    ``[val_speedup, val_metric, test_speedup, test_metric]``, short enough for a tag."""
+    keys = FRONTIER_COLUMNS.split(",")
+    rows = [[float(point[k]) for k in keys] for point in frontier]
+    for digits in (4, 3):
+        text = json.dumps([[round(v, digits) for v in row] for row in rows], separators=(",", ":"))
+        if len(text) <= limit:
+            return text
+    while len(text) > limit and len(rows) > 2:  # thin evenly, keep both ends
+        rows = rows[::2] if len(rows) % 2 else rows[:-1:2] + rows[-1:]
+        text = json.dumps([[round(v, 3) for v in row] for row in rows], separators=(",", ":"))
+    return text
+
+
+def _fmt(value: float) -> str:
+    return f"{float(value):.10g}"
+
+
+def _number(text: str):
+    try:
+        value = float(text)
+    except (TypeError, ValueError):
+        return text
+    return int(value) if value.is_integer() and "." not in text and "e" not in text.lower() else value
+
+
+@contextmanager
+def use_tracking_uri(uri: str) -> Iterator[None]:
+    """MLflow's process-wide tracking and registry URI (``mlflow.start_run`` / ``log_model`` use it)
+    set to ``uri`` for the block, then put back, with the MLFLOW_*_URI variables it would export."""
+    import mlflow
+    import mlflow.tracking._model_registry.utils as registry_utils
+    import mlflow.tracking._tracking_service.utils as tracking_utils
+
+    saved_env = {key: os.environ.get(key) for key in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
+    saved = (getattr(tracking_utils, "_tracking_uri", None), getattr(registry_utils, "_registry_uri", None))
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    try:
+        yield
+    finally:
+        tracking_utils._tracking_uri, registry_utils._registry_uri = saved
+        for key, value in saved_env.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+# ---------------------------------------------------------------------------- printing
+def serve_command(result: dict[str, Any], alias: str = CHAMPION, port: int = 5001) -> str:
+    """The shell command that serves a registered alias (``mlflow models serve`` runs uvicorn by name)."""
+    import shlex
+
+    return (f"MLFLOW_TRACKING_URI={shlex.quote(result['tracking_uri'])} PATH=\"$PWD/.venv/bin:$PATH\" "
+            f".venv/bin/mlflow models serve -m models:/{result['name']}@{alias} --env-manager local -h 127.0.0.1 -p {port}")
+
+
+def describe_policy(policy: dict[str, Any], metric: str = "metric") -> str:
+    target = policy.get("target", {})
+    asked = (f"target speed-up >= {target['target_speedup']:g}x" if "target_speedup" in target
+             else f"max drop {target['max_drop']:g} points" if "max_drop" in target else "target ?")
+    setting = "none (full model)" if policy["policy"] == "none" else f"{policy['policy']} {policy['setting']:g}" + (
+        "" if policy.get("delta") is None else f" (delta {policy['delta']:g})")
+    return (f"exit policy {setting} for {asked}: validation {policy['validation_speedup']:.2f}x at "
+            f"{100 * policy['validation_metric']:.2f}, test {policy['test_speedup']:.2f}x at "
+            f"{100 * policy['test_metric']:.2f} ({metric} in %)")
+
+
+def describe(result: dict[str, Any]) -> list[str]:
+    """What was registered, as lines for the console."""
+    name, champion = result["name"], result["champion"]
+    lines = [f"registered model {name} (sweep '{result['sweep']}', MLflow {result['tracking_uri']}):"]
+    width = max(len(m) for m in result["versions"])
+    for method, entry in result["versions"].items():
+        lines.append(f"  {method:<{width}}  version {entry['version']} ({entry['note']})  {entry['uri']}  "
+                     f"trial {entry['trial_id']}, validation {entry['objective']} {entry['validation_objective']:.4f}")
+        lines.append(f"  {'':<{width}}  {describe_policy(entry['policy'], entry['metric'])}")
+    aliases = ", ".join(f"{alias} -> version {version}" for alias, version in result["aliases"].items())
+    lines.append(f"  aliases: {aliases}")
+    if result.get("skipped"):
+        lines.append(f"  not registered (no completed trial): {', '.join(result['skipped'])}")
+    lines.append(f"  champion: models:/{name}@{CHAMPION} = {champion['method']} (version {champion['version']}), "
+                 f"the best validation {champion['objective']} of the sweep ({champion['validation_objective']:.4f})")
+    return lines
+
+
+__all__ = ["register_sweep", "plan_sweep", "describe", "describe_policy", "serve_command", "frontier_tag",
+           "version_tags", "identity", "use_tracking_uri", "DEFAULT_TARGET_SPEEDUP", "CHAMPION"]

@@ -1,0 +1,112 @@
+"""The served model over real HTTP: a smoke sweep registers `leebert-mr`, then
+`mlflow models serve -m models:/leebert-mr@champion --env-manager local` on 127.0.0.1 answers
+POSTs of real MR sentences with the registered model's labels and exit layers, answers every bad
+request with a 4xx and a message that says what to send, and keeps answering good requests."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import requests
+
+from test_sweep_helpers import client, free_port, leftover_processes, run_sweep_cli, sweep_env
+
+pytestmark = pytest.mark.integration
+
+BIN = Path(sys.executable).parent
+SENTENCES = [
+    "a gripping , funny and moving film .",
+    "tedious and badly acted .",
+    "one of the most beautiful films of the year , with a wonderful cast .",
+    "the plot makes no sense and the jokes fall flat .",
+    "it 's fine .",
+    "an utterly charming , witty and heartfelt comedy that never once hits a false note .",
+]
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    import psutil
+
+    root = tmp_path_factory.mktemp("sweeps")
+    proc = run_sweep_cli(root, "serve", "--set", "methods=[fixed]")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    _, uri = client(root, "serve")
+    # the README's command from an unactivated shell: uvicorn is found through PATH
+    env = {**sweep_env(PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}"), "MLFLOW_TRACKING_URI": uri}
+    server, base = None, None
+    for _ in range(3):  # a port taken between choosing and binding: try another
+        port = free_port()
+        log = open(root / f"serve-{port}.log", "w")
+        server = subprocess.Popen([str(BIN / "mlflow"), "models", "serve", "-m", "models:/leebert-mr@champion",
+                                   "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)],
+                                  env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.time() + 120
+        while time.time() < deadline and server.poll() is None:
+            try:
+                if requests.get(f"{base}/ping", timeout=2).ok:
+                    break
+            except requests.RequestException:
+                pass
+            time.sleep(1)
+        if server.poll() is None:
+            break
+    assert server is not None and server.poll() is None, (root / f"serve-{port}.log").read_text()[-3000:]
+    try:
+        yield {"base": base, "uri": uri}
+    finally:
+        family = psutil.Process(server.pid).children(recursive=True) + [psutil.Process(server.pid)]
+        os.killpg(server.pid, signal.SIGTERM)
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+        assert not leftover_processes(family, timeout=30)
+
+
+def post(base: str, payload) -> requests.Response:
+    return requests.post(f"{base}/invocations", json=payload, timeout=60)
+
+
+def test_served_predictions_equal_the_registered_model(served, monkeypatch):
+    import mlflow
+
+    from test_sweep_helpers import use_mlflow_uri
+
+    response = post(served["base"], {"dataframe_split": {"columns": ["sentence"], "data": [[s] for s in SENTENCES]}})
+    assert response.status_code == 200, response.text
+    rows = pd.DataFrame(response.json()["predictions"])
+    assert len(rows) == len(SENTENCES)
+    assert rows["label"].isin([0, 1]).all()
+    assert rows["exit_layer"].between(1, 3).all()  # tiny-random has 3 layers
+    for probabilities in rows["probabilities"]:
+        assert len(probabilities) == 2 and sum(probabilities) == pytest.approx(1.0, abs=1e-5)
+
+    use_mlflow_uri(monkeypatch, served["uri"])
+    local = mlflow.pyfunc.load_model("models:/leebert-mr@champion").predict(pd.DataFrame({"sentence": SENTENCES}))
+    assert rows["label"].tolist() == local["label"].tolist()
+    assert rows["exit_layer"].tolist() == local["exit_layer"].tolist()
+
+
+@pytest.mark.parametrize("payload, fragment", [
+    ({"dataframe_split": {"columns": ["text"], "data": [["a fine film ."]]}}, "sentence"),  # a one-field model
+    # (extra columns beside the right ones are dropped by MLflow's schema enforcement, with a warning)
+    ({"dataframe_split": {"columns": ["sentence"], "data": [[None]]}}, "string"),
+    ({"dataframe_split": {"columns": ["sentence"], "data": [[42]]}}, "string"),
+    ({"dataframe_split": {"columns": ["sentence"], "data": [["   "]]}}, "empty"),
+    ({"dataframe_split": {"columns": ["sentence"], "data": [["a fine film ."]] * 257}}, "256"),
+])
+def test_bad_requests_get_a_4xx_that_says_what_to_send(served, payload, fragment):
+    response = post(served["base"], payload)
+    assert 400 <= response.status_code < 500, (response.status_code, response.text[:500])
+    assert fragment in response.text, response.text[:1000]
+    good = post(served["base"], {"dataframe_split": {"columns": ["sentence"], "data": [["a fine film ."]]}})
+    assert good.status_code == 200, good.text  # the server keeps answering

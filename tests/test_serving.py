@@ -1,0 +1,410 @@
+"""The served model (serving.model.ExitPolicyModel) through real MLflow save/load: its predictions
+are the exit policy's, batching changes nothing, bad requests are refused with a clear message,
+and the saved model loads from its own code without the repository.
+
+The model is a tiny randomly initialized 4-layer encoder with the embedded MiniLM tokenizer,
+exported with serving.export.export_model; its exit heads get larger random weights so that the
+exits disagree and exit layers spread.
+"""
+
+import csv
+import gzip
+import io
+import json
+import os
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+from types import SimpleNamespace
+
+import pandas as pd
+import pytest
+import torch
+
+from trainers.policies import make_policy, simulate
+
+NUM_LAYERS = 4
+MAX_LENGTH = 48
+REPO = Path(__file__).resolve().parents[1]
+
+SENTENCES = [
+    "a gripping, beautifully acted film.", "a dull and lifeless mess.", "great.", "awful",
+    "the plot meanders but the performances hold it together for most of its running time.",
+    "i laughed, i cried, i checked my watch.", "not worth the price of admission, even on a rainy day.",
+    "an instant classic", "the director seems to have forgotten that a movie needs a story.",
+    "charming, funny and surprisingly moving.",
+]
+
+
+def mr_sentences(n: int) -> list[str]:
+    """The first ``n`` sentences of the embedded MR test split (real text, varied length)."""
+    path = REPO / "trainers" / "task_data" / "mr" / "test.tsv.gz"
+    with gzip.open(path, "rt", encoding="utf-8") as f:
+        rows = [row["sentence"] for row in csv.DictReader(f, delimiter="\t")]
+    return rows[:n]
+
+
+# ---------------------------------------------------------------------------------- fixtures
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """A tiny multi-exit model (MR: 2 classes, one `sentence` column), exported."""
+    from serving.export import export_model
+    from trainers.model import MultiExitEncoder, tiny_backbone
+
+    folder = tmp_path_factory.mktemp("exported") / "model"
+    return export_model(_tiny(MultiExitEncoder, tiny_backbone, num_labels=2), _cfg("mr"), folder)
+
+
+def _cfg(task: str):
+    return SimpleNamespace(task=task, model="minilm", max_length=MAX_LENGTH, attn_implementation="sdpa")
+
+
+def _tiny(MultiExitEncoder, tiny_backbone, num_labels: int):
+    from transformers import AutoTokenizer
+
+    from trainers.model import embedded_model_path
+
+    vocab = AutoTokenizer.from_pretrained(embedded_model_path()).vocab_size
+    model = MultiExitEncoder(tiny_backbone(num_layers=NUM_LAYERS, hidden=32, vocab_size=vocab, seed=1,
+                                           attn_implementation="sdpa"), num_labels, "mean")
+    generator = torch.Generator().manual_seed(7)
+    with torch.no_grad():  # random heads with a real spread of confidences
+        for head in model.exits:
+            head.dense.weight.copy_(torch.randn(head.dense.weight.shape, generator=generator) * 0.3)
+            head.classifier.weight.copy_(torch.randn(head.classifier.weight.shape, generator=generator) * 1.5)
+    return model.eval()
+
+
+def save(folder: Path, exported: Path, policy: dict, **model_config):
+    """Save the pyfunc as registration logs it (artifacts, code_paths, signature, example, config)."""
+    import mlflow
+
+    from serving.model import ExitPolicyModel, code_paths, input_example, model_signature, pip_requirements
+
+    meta = json.loads((exported / "exit_model.json").read_text())
+    staging = folder.parent / f"{folder.name}-staging"
+    staging.mkdir(parents=True, exist_ok=True)
+    (staging / "policy.json").write_text(json.dumps(policy))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # MLflow's advice on type hints and pickled python_model objects
+        mlflow.pyfunc.save_model(
+            str(folder), python_model=ExitPolicyModel(),
+            artifacts={"model": str(exported), "policy": str(staging / "policy.json")},
+            code_paths=code_paths(staging / "code"), pip_requirements=pip_requirements(),
+            signature=model_signature(meta), input_example=input_example(meta),
+            model_config=model_config or None,
+        )
+    return folder
+
+
+def load(folder: Path, **model_config):
+    import mlflow
+
+    return mlflow.pyfunc.load_model(str(folder), model_config=model_config or None)
+
+
+@pytest.fixture(scope="module")
+def full_depth(exported, tmp_path_factory):
+    """The model saved with policy 'none' and max_rows 8, loaded through MLflow."""
+    folder = save(tmp_path_factory.mktemp("none") / "pyfunc", exported, {"policy": "none", "setting": 0},
+                  max_rows=8)
+    return load(folder)
+
+
+def per_sample_logits(model, tokenizer, texts: list[str]) -> torch.Tensor:
+    """All exits' logits [L, N, C] from the full forward, one sample at a time (no padding)."""
+    out = []
+    with torch.no_grad():
+        for text in texts:
+            batch = tokenizer([text], truncation=True, max_length=MAX_LENGTH, return_tensors="pt")
+            out.append(model(**batch))
+    return torch.cat(out, dim=1)
+
+
+def gap_threshold(values: torch.Tensor) -> float:
+    """A threshold in the widest gap between the sorted middle values, far from every sample."""
+    v = values.double().sort().values
+    lo, hi = len(v) // 4, 3 * len(v) // 4
+    gaps = v[lo + 1:hi + 1] - v[lo:hi]
+    i = int(gaps.argmax())
+    return float((v[lo + i] + v[lo + i + 1]) / 2)
+
+
+# ---------------------------------------------------------------------------------- the policy
+@pytest.mark.parametrize("kind", ["patience", "entropy", "confidence"])
+def test_predictions_are_the_policy_simulated_on_the_full_forward(exported, tmp_path, kind):
+    from serving.export import load_exported
+
+    texts = mr_sentences(60)
+    model, tokenizer, _ = load_exported(exported)
+    full = per_sample_logits(model, tokenizer, texts)  # [L, N, C]
+    probs = torch.softmax(full[0].double(), -1)
+    if kind == "patience":
+        setting = 1
+    elif kind == "entropy":
+        entropy = -(probs * probs.log()).sum(-1) / torch.log(torch.tensor(2.0, dtype=torch.float64))
+        setting = gap_threshold(entropy)  # about half the samples leave at layer 1
+    else:
+        setting = gap_threshold(probs.amax(-1))
+    policy = make_policy(kind, setting)
+    expected_layer, expected_logits = simulate(policy, full)
+    assert len(set(expected_layer.tolist())) >= 2, "the setting must spread exits over layers"
+
+    served = load(save(tmp_path / "pyfunc", exported, {"policy": kind, "setting": setting, "delta": None}))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a few MR sentences exceed MAX_LENGTH tokens: truncated alike
+        out = served.predict(pd.DataFrame({"sentence": texts}))
+    assert out["exit_layer"].tolist() == expected_layer.tolist()
+    assert out["label"].tolist() == expected_logits.argmax(-1).tolist()
+    expected_probs = torch.softmax(expected_logits, -1)
+    assert torch.allclose(torch.tensor(out["probabilities"].tolist()), expected_probs, atol=1e-5)
+    assert len(set(out["exit_layer"])) >= 2
+
+
+def test_batched_equals_one_at_a_time_and_keeps_the_input_order(exported, tmp_path):
+    texts = (mr_sentences(60) + SENTENCES * 2)[:80]  # mixed lengths, not sorted: more than one batch of 64
+    served = load(save(tmp_path / "pyfunc", exported, {"policy": "patience", "setting": 1}))
+    frame = pd.DataFrame({"sentence": texts}, index=range(100, 100 + len(texts)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        batched = served.predict(frame)
+        single = [served.predict(pd.DataFrame({"sentence": [t]})).iloc[0] for t in texts]
+    assert list(batched.columns) == ["label", "probabilities", "exit_layer"]
+    assert list(batched.index) == list(frame.index), "one row per input row, same index"
+    assert batched["label"].tolist() == [int(s["label"]) for s in single]
+    assert batched["exit_layer"].tolist() == [int(s["exit_layer"]) for s in single]
+    assert torch.allclose(torch.tensor(batched["probabilities"].tolist()),
+                          torch.tensor([list(s["probabilities"]) for s in single]), atol=1e-5)
+    assert batched["label"].dtype == "int64" and batched["exit_layer"].dtype == "int64"
+    assert len(set(batched["exit_layer"])) >= 2
+    # the request really was reordered by length inside: input lengths are not sorted
+    model = served.unwrap_python_model()
+    lengths = [len(ids) for ids in model.tokenizer(texts, truncation=True, max_length=MAX_LENGTH)["input_ids"]]
+    assert lengths != sorted(lengths)
+
+
+def test_batches_are_sorted_by_length_and_padded_to_their_own_longest(exported):
+    from serving.model import ExitPolicyModel
+
+    model = ExitPolicyModel().load(exported, {"policy": "none", "setting": 0})
+    texts = [" ".join(["word"] * (1 + (7 * i) % 40)) for i in range(130)]
+    ids, types = model.tokenize([texts])
+    seen, widths = [], []
+    for rows, batch in model.batches(ids, types):
+        seen += rows
+        widths.append(batch["input_ids"].shape[1])
+        assert batch["input_ids"].shape[1] == max(len(ids[i]) for i in rows)
+        assert batch["attention_mask"].sum(1).tolist() == [len(ids[i]) for i in rows]
+    assert sorted(seen) == list(range(130)) and [len(ids[i]) for i in seen] == sorted(len(r) for r in ids)
+    assert len(widths) == 3 and widths == sorted(widths) and widths[0] < widths[-1]
+
+
+class _ExitRows:
+    """A test policy: the given rows (original positions) leave at layer 1, the others at the end."""
+
+    kind, setting = "test", 0.0
+
+    def __init__(self, rows):
+        self.rows = set(rows)
+
+    def start(self, n, device):
+        return torch.arange(n)
+
+    def step(self, state, layer, out):
+        return state, torch.tensor([layer == 1 and int(i) in self.rows for i in state], dtype=torch.bool)
+
+    def select(self, state, keep):
+        return state[keep]
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_early_exit_cuts_the_padding_of_the_rows_left(attn):
+    """When the long rows leave, the later layers run only as wide as the longest row left, and
+    every row still gets the full forward's logits at its exit layer."""
+    from trainers.model import MultiExitEncoder, tiny_backbone
+
+    model = MultiExitEncoder(tiny_backbone(num_layers=3, seed=2, attn_implementation=attn), 3, "mean").eval()
+    lengths = [12, 4, 9, 12, 3, 6]
+    ids = torch.randint(5, 100, (6, 12), generator=torch.Generator().manual_seed(0))
+    mask = torch.tensor([[1] * n + [0] * (12 - n) for n in lengths])
+    batch = {"input_ids": ids * mask, "attention_mask": mask, "token_type_ids": torch.zeros_like(ids)}
+    widths = []
+    hooks = [layer.register_forward_hook(lambda mod, args, out: widths.append(tuple(args[0].shape[:2])))
+             for layer in model.backbone.encoder.layer]
+    logits, layer = model.early_exit(_ExitRows({0, 3, 2}), **batch)  # rows of 12, 12 and 9 tokens leave
+    for hook in hooks:
+        hook.remove()
+    assert layer.tolist() == [1, 3, 1, 1, 3, 3]
+    assert widths == [(6, 12), (3, 6), (3, 6)]
+    with torch.no_grad():
+        full = model(**batch)
+    assert torch.allclose(logits, full[layer - 1, torch.arange(6)], atol=1e-5)
+
+
+# ---------------------------------------------------------------------------------- bad requests
+def _refused(predict, frame, fragment: str):
+    from mlflow.exceptions import MlflowException
+
+    with pytest.raises(MlflowException) as err:
+        predict(frame)
+    assert fragment in err.value.message, err.value.message
+    return err.value
+
+
+@pytest.mark.parametrize("frame, fragment", [
+    (pd.DataFrame({"sentence": ["fine", None]}), "non-text values (missing) at row(s) 1"),
+    (pd.DataFrame({"sentence": ["fine", float("nan")]}), "non-text values (missing) at row(s) 1"),
+    (pd.DataFrame({"sentence": pd.Series(["fine", None], dtype=object)}), "non-text values (missing) at row(s) 1"),
+    (pd.DataFrame({"sentence": ["fine", 3, 4.5, None]}), "non-text values (float, int, missing) at row(s) 1, 2, 3"),
+    (pd.DataFrame({"sentence": ["fine", ""]}), "empty or whitespace-only text at row(s) 1"),
+    (pd.DataFrame({"sentence": ["fine", " \t\n"]}), "empty or whitespace-only text at row(s) 1"),
+    (pd.DataFrame({"sentence": ["x"] * 9}), "9 rows in one request; this model takes at most 8"),
+])
+def test_bad_values_are_refused_before_tokenizing(full_depth, frame, fragment):
+    from mlflow.protos.databricks_pb2 import ErrorCode, INVALID_PARAMETER_VALUE
+
+    model = full_depth.unwrap_python_model()
+    calls = []
+    original = model.tokenizer.__class__.__call__
+    model.tokenizer.__class__.__call__ = lambda self, *a, **k: calls.append(1) or original(self, *a, **k)
+    try:
+        error = _refused(full_depth.predict, frame, fragment)
+    finally:
+        model.tokenizer.__class__.__call__ = original
+    assert error.error_code == ErrorCode.Name(INVALID_PARAMETER_VALUE)
+    assert error.get_http_status_code() == 400
+    assert calls == [], "refused before tokenizing"
+
+
+def test_wrong_columns_are_refused(full_depth):
+    python_model = full_depth.unwrap_python_model()
+
+    def direct(frame):  # without MLflow's schema enforcement in front
+        return python_model.predict(None, frame)
+
+    # a one-column model no longer takes any single column
+    _refused(direct, pd.DataFrame({"text": ["fine"]}), "wrong columns: got ['text'] (missing ['sentence'])")
+    _refused(direct, pd.DataFrame({"sentence": ["fine"], "id": [1]}), "(unexpected ['id'])")
+    _refused(direct, ["a list of strings"], "expected a DataFrame, got list")
+    # through MLflow the signature refuses a missing column itself
+    _refused(full_depth.predict, pd.DataFrame({"text": ["fine"]}), "missing inputs ['sentence']")
+    _refused(full_depth.predict, pd.DataFrame({"sentence": [1.0, 2.0]}), "sentence")
+
+
+def test_extra_columns_are_dropped_by_mlflows_schema_enforcement(full_depth):
+    """With the signature, MLflow removes undeclared columns (and logs a warning) before predict."""
+    with_extra = full_depth.predict(pd.DataFrame({"sentence": ["fine", "bad"], "id": [1, 2]}))
+    plain = full_depth.predict(pd.DataFrame({"sentence": ["fine", "bad"]}))
+    assert with_extra["label"].tolist() == plain["label"].tolist()
+
+
+def test_max_rows_comes_from_the_model_config(exported, tmp_path, monkeypatch):
+    plain = load(save(tmp_path / "plain", exported, {"policy": "none", "setting": 0}))  # no model_config
+    assert len(plain.predict(pd.DataFrame({"sentence": ["x"] * 256}))) == 256  # the default
+    _refused(plain.predict, pd.DataFrame({"sentence": ["x"] * 257}), "at most 256")
+    # logged with max_rows, it can be overridden when loading (MLflow only overrides logged keys)
+    folder = save(tmp_path / "pyfunc", exported, {"policy": "none", "setting": 0}, max_rows=300)
+    assert len(load(folder).predict(pd.DataFrame({"sentence": ["x"] * 300}))) == 300
+    monkeypatch.setenv("MLFLOW_PYFUNC_INFERENCE_CONFIG", '{"max_rows": 5}')  # what `mlflow models serve` reads
+    _refused(load(folder).predict, pd.DataFrame({"sentence": ["x"] * 6}), "at most 5")
+    monkeypatch.delenv("MLFLOW_PYFUNC_INFERENCE_CONFIG")
+    small = load(folder, max_rows=3)
+    _refused(small.predict, pd.DataFrame({"sentence": ["x"] * 4}), "requests of at most 3 rows")
+    assert len(small.predict(pd.DataFrame({"sentence": ["x"] * 3}))) == 3
+    assert small.predict(pd.DataFrame({"sentence": pd.Series([], dtype=object)})).empty
+
+
+def test_overlong_text_is_truncated_with_a_warning(full_depth):
+    long = "a very long review that goes on and on " * 40
+    with pytest.warns(UserWarning, match=rf"1 of 2 row\(s\) are longer than this model's {MAX_LENGTH} tokens"):
+        out = full_depth.predict(pd.DataFrame({"sentence": ["short", long]}))
+    assert len(out) == 2
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # exactly max_length tokens is not truncated
+        python_model = full_depth.unwrap_python_model()
+        tokens = python_model.tokenizer(long, truncation=True, max_length=MAX_LENGTH,
+                                        add_special_tokens=False)["input_ids"][:MAX_LENGTH - 2]
+        fits = python_model.tokenizer.decode(tokens)
+        assert len(python_model.tokenizer(fits)["input_ids"]) == MAX_LENGTH
+        full_depth.predict(pd.DataFrame({"sentence": [fits]}))
+
+
+# ---------------------------------------------------------------------------------- serving
+def test_signature_and_the_scoring_servers_json(full_depth):
+    from mlflow.pyfunc import scoring_server
+    from mlflow.types.schema import Array
+
+    inputs, outputs = full_depth.metadata.get_input_schema(), full_depth.metadata.get_output_schema()
+    assert inputs.input_names() == ["sentence"]
+    assert outputs.input_names() == ["label", "probabilities", "exit_layer"]
+    assert outputs.input_dict()["probabilities"].type == Array("double")
+    # what `mlflow models serve` does with a request: parse, predict, serialize
+    body = json.dumps({"dataframe_records": [{"sentence": "a gripping film."}, {"sentence": "dull."}]})
+    answer = scoring_server.invocations(body, "application/json", full_depth, inputs)
+    assert answer.status == 200
+    rows = json.loads(answer.response)["predictions"]
+    assert [sorted(r) for r in rows] == [["exit_layer", "label", "probabilities"]] * 2
+    assert rows[0]["exit_layer"] == NUM_LAYERS and abs(sum(rows[0]["probabilities"]) - 1) < 1e-6
+    from mlflow.exceptions import MlflowException
+
+    with pytest.raises(MlflowException) as err:
+        scoring_server.invocations(json.dumps({"dataframe_records": [{"sentence": " "}]}),
+                                   "application/json", full_depth, inputs)
+    assert err.value.get_http_status_code() == 400 and "whitespace-only" in err.value.message
+
+
+def test_pair_regression_model(tmp_path):
+    from serving.export import export_model
+    from trainers.model import MultiExitEncoder, tiny_backbone
+
+    exported = export_model(_tiny(MultiExitEncoder, tiny_backbone, num_labels=1), _cfg("stsb"), tmp_path / "model")
+    served = load(save(tmp_path / "pyfunc", exported, {"policy": "patience", "setting": 1, "delta": 0.5}))
+    out = served.predict(pd.DataFrame({"sentence1": ["A man plays.", "A dog runs."],
+                                       "sentence2": ["Someone plays music.", "A cat sleeps."]}))
+    assert out["label"].dtype == "float64" and out["probabilities"].tolist() == [[], []]
+    assert set(out["exit_layer"]) <= set(range(1, NUM_LAYERS + 1))
+    python_model = served.unwrap_python_model()
+    _refused(lambda f: python_model.predict(None, f), pd.DataFrame({"sentence1": ["x"]}),
+             "(missing ['sentence2'])")
+
+
+# ---------------------------------------------------------------------------------- self-contained
+def test_code_paths_ship_serving_and_trainers_only(tmp_path):
+    from serving.model import code_paths
+
+    paths = [Path(p) for p in code_paths(tmp_path)]
+    assert [p.name for p in paths] == ["serving", "trainers"]
+    shipped = sorted(str(f.relative_to(tmp_path)) for p in paths for f in p.rglob("*.py"))
+    assert shipped == ["serving/__init__.py", "serving/export.py", "serving/model.py", "trainers/__init__.py",
+                       "trainers/errors.py", "trainers/model.py", "trainers/policies.py"]
+    for f in (tmp_path / "serving").glob("*.py"):
+        assert "sweeps" not in "".join(line for line in f.read_text().splitlines(True)
+                                       if line.lstrip().startswith(("import ", "from "))), f
+
+
+def test_saved_model_loads_and_predicts_without_the_repository(exported, tmp_path):
+    folder = save(tmp_path / "pyfunc", exported, {"policy": "patience", "setting": 1})
+    script = f"""
+import json, sys
+repo = {str(REPO)!r}
+sys.path = [p for p in sys.path if p not in ('', '.', repo) and '__editable__' not in p
+            and not (p.startswith(repo + '/') and not p.startswith(repo + '/.venv/'))]
+sys.meta_path = [f for f in sys.meta_path if '__editable__' not in getattr(f, '__module__', '')
+                 and '__editable__' not in repr(f)]
+import mlflow, pandas as pd
+m = mlflow.pyfunc.load_model({str(folder)!r})
+out = m.predict(pd.DataFrame({{'sentence': ['a gripping film.', 'a dull mess.']}}))
+import trainers, serving
+print(json.dumps({{'rows': len(out), 'layers': out['exit_layer'].tolist(),
+                  'sweeps_loaded': 'sweeps' in sys.modules,
+                  'trainers': trainers.__file__, 'serving': serving.__file__}}))
+"""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    proc = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["rows"] == 2 and result["sweeps_loaded"] is False
+    for package in ("trainers", "serving"):
+        assert result[package].startswith(str(folder)), result  # the model's own copy, not the repo's
