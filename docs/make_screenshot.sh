@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Regenerate docs/mlflow-frontiers.png: the MLflow UI comparing the methods' speed-accuracy frontiers.
+# Regenerate docs/mlflow-frontiers.png: the MLflow UI comparing the methods' speed-accuracy frontiers,
+# and docs/mlflow-experiment.png: the sweep's experiment as it opens, in the model-training view.
 #
-#   docs/make_screenshot.sh [SWEEP_DIR] [OUTPUT_PNG]
+#   docs/make_screenshot.sh [SWEEP_DIR] [OUTPUT_PNG] [EXPERIMENT_PNG]
 #
 # SWEEP_DIR defaults to the newest runs/sweeps/demo-* (run `python platform/sweep.py` first).
 # It starts `mlflow server` on 127.0.0.1 (a free port) on that sweep's store, opens the UI's own
@@ -14,6 +15,7 @@ ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 PY="${PYTHON:-$ROOT/.venv/bin/python}"
 SWEEP="${1:-$(ls -1td "$ROOT"/runs/sweeps/demo-*/ 2>/dev/null | head -1)}"
 OUT="${2:-$ROOT/docs/mlflow-frontiers.png}"
+OUT_EXPERIMENT="${3:-$ROOT/docs/mlflow-experiment.png}"
 METRICS="${METRICS:-frontier/accuracy}"   # comma-separated, e.g. frontier/accuracy,frontier_test/accuracy
 if [ -z "$SWEEP" ] || [ ! -f "$SWEEP/mlflow.db" ]; then
     echo "error: no sweep store at '${SWEEP}' (run python platform/sweep.py first)" >&2
@@ -27,7 +29,8 @@ HOST="mlflow.localhost"
 
 MLFLOW_DISABLE_TELEMETRY=true DO_NOT_TRACK=true "$(dirname "$PY")/mlflow" server \
     --backend-store-uri "sqlite:///$SWEEP/mlflow.db" --host 127.0.0.1 --port "$PORT" --workers 1 \
-    --allowed-hosts "$HOST:$PORT,127.0.0.1:$PORT" > "$SWEEP/mlflow-server.log" 2>&1 &
+    --allowed-hosts "$HOST:$PORT,127.0.0.1:$PORT" --cors-allowed-origins "http://$HOST:$PORT" \
+    > "$SWEEP/mlflow-server.log" 2>&1 &
 SERVER=$!
 trap 'kill $SERVER 2>/dev/null || true; wait $SERVER 2>/dev/null || true' EXIT
 for _ in $(seq 90); do
@@ -47,14 +50,22 @@ runs = {r.data.tags["method"]: r.info.run_id
         for r in client.search_runs([experiment.experiment_id], "tags.role = 'method'")}
 order = [m for m in ("fixed", "bilevel", "clo") if m in runs] + sorted(set(runs) - {"fixed", "bilevel", "clo"})
 q = lambda value: up.quote(json.dumps(value), safe="")
+print(f"{base}/#/experiments/{experiment.experiment_id}?workflowType=machine_learning")
 print(f"{base}/#/metric?runs={q([runs[m] for m in order])}&metric={q(metrics[0])}"
       f"&experiments={q([experiment.experiment_id])}&plot_metric_keys={q(metrics)}&plot_layout=%7B%7D"
       "&x_axis=step&y_axis_scale=linear&line_smoothness=1&show_point=true&deselected_curves=%5B%5D"
-      "&last_linear_y_axis_range=%5B%5D")
+      "&last_linear_y_axis_range=%5B%5D&workflowType=machine_learning")
 PYEOF
 )"
-echo "screenshot of $URL" >&2
-chromium --headless --no-sandbox --disable-gpu --disable-background-networking --disable-component-update \
-    --disable-sync --no-first-run --hide-scrollbars --virtual-time-budget=20000 \
-    --screenshot="$OUT" --window-size=1600,1000 "$URL" 2>/dev/null
-echo "wrote $OUT" >&2
+EXPERIMENT_URL="$(echo "$URL" | sed -n 1p)"
+METRIC_URL="$(echo "$URL" | sed -n 2p)"
+shoot() {  # URL PNG
+    echo "screenshot of $1" >&2
+    chromium --headless --no-sandbox --disable-gpu --disable-background-networking --disable-component-update \
+        --disable-sync --no-first-run --hide-scrollbars --virtual-time-budget=20000 \
+        --screenshot="$2" --window-size=1600,1000 "$1" 2>/dev/null
+    echo "wrote $2" >&2
+}
+shoot "$METRIC_URL" "$OUT"
+# the link the sweep prints: the experiment in the model-training view (runs and charts), not GenAI
+shoot "$EXPERIMENT_URL" "$OUT_EXPERIMENT"

@@ -13,7 +13,6 @@ arguments and prints.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import textwrap
@@ -24,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from sweeps.config import STATE_FILE, check_tracking_uri, from_dict  # noqa: E402
+from sweeps.config import STATE_FILE, check_tracking_uri, from_dict, read_state  # noqa: E402
 from trainers.errors import EXIT_BAD_INPUT, ConfigError  # noqa: E402
 
 
@@ -70,11 +69,7 @@ def find_sweep(name: str, root: str | None) -> tuple[Path, dict]:
     folder = base / name
     if not (folder / STATE_FILE).is_file():
         raise ConfigError(f"no sweep named '{name}' under {base} (missing {STATE_FILE}); pass --root of its folder")
-    try:
-        saved = json.loads((folder / STATE_FILE).read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise ConfigError(f"{folder / STATE_FILE} is unreadable: {err}") from None
-    return folder, saved
+    return folder, read_state(folder)
 
 
 def tracking_uri(folder: Path, saved: dict, override: str | None) -> str:

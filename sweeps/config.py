@@ -20,7 +20,7 @@ from urllib.parse import urlparse
 
 import yaml
 
-from trainers.config import PROJECT_ROOT, load_yaml
+from trainers.config import PROJECT_ROOT, load_yaml  # noqa: F401 - PROJECT_ROOT re-exported
 from trainers.errors import ConfigError
 
 PRESETS_DIR = Path(__file__).resolve().parent / "presets"
@@ -305,11 +305,15 @@ def resume_config(cfg: SweepConfig) -> SweepConfig:
         folder = root / cfg.name
         if not (folder / STATE_FILE).is_file():
             raise ConfigError(f"--resume: no sweep named '{cfg.name}' under {root} (missing {STATE_FILE})")
+    return from_dict(read_state(folder, "--resume: ")).validate()
+
+
+def read_state(folder: Path, context: str = "") -> dict[str, Any]:
+    """A sweep folder's saved config (``sweep.json``) as a mapping; ``context`` prefixes errors."""
     try:
-        saved = json.loads((folder / STATE_FILE).read_text())
+        return json.loads((folder / STATE_FILE).read_text())
     except (OSError, json.JSONDecodeError) as err:
-        raise ConfigError(f"--resume: {folder / STATE_FILE} is unreadable: {err}") from None
-    return from_dict(saved).validate()
+        raise ConfigError(f"{context}{folder / STATE_FILE} is unreadable: {err}") from None
 
 
 def start_config(cfg: SweepConfig) -> SweepConfig:

@@ -102,7 +102,7 @@ def finish_method(cfg: SweepConfig, tracker: Tracker, outcome: MethodOutcome, re
     trials_table(outcome.records).to_csv(trials_csv, index=False)
     tracker.finalize_method(outcome.parent_run_id, outcome.best, outcome.records, trials_csv, {})
     if cfg.keep_checkpoints == "best":
-        delete_other_checkpoints(outcome)
+        delete_other_checkpoints(outcome, cfg.storage_path)
     delete_local_trial_folders(outcome)
     tracker.client.set_tag(outcome.parent_run_id, "finalized", "true")
     tracker.finish(outcome.parent_run_id, "FINISHED" if outcome.best else "FAILED")
@@ -127,9 +127,12 @@ def register_models(cfg: SweepConfig) -> dict | None:
     return result
 
 
-def delete_other_checkpoints(outcome: MethodOutcome) -> None:
+def delete_other_checkpoints(outcome: MethodOutcome, storage_path: str) -> None:
     """Keep only the best trial's model checkpoint of a method (``keep_checkpoints: best``): the
-    other trials' models and the last epoch checkpoints of trials ASHA stopped or that failed."""
+    other trials' models, the last epoch checkpoints of trials ASHA stopped or that failed, and
+    the Ray Train run folders of multi-worker trials other than the best."""
+    import pyarrow.fs
+
     for record in outcome.records:
         for checkpoint in (None if record is outcome.best else record.checkpoint, record.resume_checkpoint):
             if checkpoint is None:
@@ -137,6 +140,15 @@ def delete_other_checkpoints(outcome: MethodOutcome) -> None:
             try:
                 checkpoint.filesystem.delete_dir(checkpoint.path)
             except Exception:  # noqa: BLE001 - already gone
+                pass
+        if record is not outcome.best:
+            folder = f"{storage_path.rstrip('/')}/{outcome.method}/_train/{record.trial_id}"
+            filesystem, path = (pyarrow.fs.FileSystem.from_uri(folder) if "://" in folder
+                                else (pyarrow.fs.LocalFileSystem(), folder))
+            try:
+                if filesystem.get_file_info(path).type == pyarrow.fs.FileType.Directory:
+                    filesystem.delete_dir(path)
+            except Exception:  # noqa: BLE001 - cleanup must not fail a finished search
                 pass
 
 
