@@ -1,6 +1,9 @@
-"""CLO vs plain bi-level vs fixed weights on MR with the embedded MiniLM: same budget, same seeds.
+"""CLO vs plain bi-level vs fixed weights on MR with the embedded MiniLM, untuned: same settings,
+same seeds. It measures what an epoch of each method costs against fixed (the figure behind the
+sweep's ``outer_step_cost``); the tuned comparison users should trust is ``benchmarks/study.py``
+(docs/results.md).
 
-    python benchmarks/compare_methods.py                       # 3 seeds, writes docs/results.md
+    python benchmarks/compare_methods.py                       # 3 seeds, writes runs/compare_methods/results.md
     python benchmarks/compare_methods.py --seeds 1 --train-subset 500 --epochs 1 --results /tmp/r.md
 
 For every seed, the four methods run back to back (so a change in machine load hits all of them),
@@ -128,7 +131,7 @@ def main() -> None:
     parser.add_argument("--outer-every", type=int, default=None, help="default: the trainer's")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--work-dir", default=str(REPO / "runs" / "compare_methods"))
-    parser.add_argument("--results", default=str(REPO / "docs" / "results.md"))
+    parser.add_argument("--results", default=str(REPO / "runs" / "compare_methods" / "results.md"))
     parser.add_argument("--verbose", action="store_true", help="print each training's progress")
     args = parser.parse_args()
     if "fixed-uniform" not in args.methods:

@@ -26,7 +26,7 @@ import torch  # noqa: E402
 from trainers import engine as ds  # noqa: E402
 from trainers.config import TrainConfig  # noqa: E402
 from trainers.data import collate, eval_batches  # noqa: E402
-from trainers.objective import LossTerms, term_losses  # noqa: E402
+from trainers.objective import LossTerms, inner_loss, term_losses  # noqa: E402
 from trainers.policies import make_policy  # noqa: E402
 from trainers.train import build_components  # noqa: E402
 
@@ -43,7 +43,7 @@ def time_training_side_by_side(models: dict, cfgs: dict, batches: list[dict], wa
     for index, batch in enumerate(batches):
         for key, engine in engines.items():
             start = time.perf_counter()
-            loss = (weights * term_losses(terms, engine(**batch), batch["labels"])).sum()
+            loss = inner_loss(terms, weights, term_losses(terms, engine(**batch), batch["labels"]))
             engine.backward(loss)
             engine.step()
             if index >= warmup:

@@ -101,6 +101,17 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nDone: sweep '{cfg.name}' in {result.wall_time_s / 60:.1f} min. Best trial per method "
           f"(chosen on validation {cfg.metric}):\n")
     print(result.table)
+    if result.final is not None:
+        print(f"Final stage: each best configuration retrained with seeds {', '.join(map(str, cfg.final_seeds))}; "
+              f"test, mean ± std over seeds:\n")
+        print(result.final.table + "\n")
+        if result.final.differences:
+            print(f"Paired differences, {cfg.reference_arm} minus each arm, in points with 95% bootstrap intervals "
+                  f"(over seeds and test examples):\n")
+            print(result.final.differences + "\n")
+        for line in result.final.verdicts.values():
+            print(f"  {line}")
+        print()
     uri = result.tracking_uri
     print("Where to look:")
     # the link opens the experiment in the UI's model-training view (runs, charts), not its GenAI view
@@ -109,7 +120,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  MLflow UI:      mlflow ui --backend-store-uri {uri} --port 5000   (then open http://127.0.0.1:5000/{view})")
     else:
         print(f"  MLflow UI:      {uri.rstrip('/')}/{view}")
-    print(f"  experiment:     {cfg.name} (one run per method, nested trial runs, a 'comparison' run)")
+    print(f"  experiment:     {cfg.name} (one run per method, nested trial runs, a 'comparison' run"
+          + (", 'final/<method>' runs with one child per seed, a 'final-comparison' run)" if result.final is not None else ")"))
+    if result.final is not None:
+        print(f"  final stage:    {result.final.files['table_md']} (and final_table.csv, verdicts.md, final_frontiers.png)")
     if "frontiers_png" in result.files:
         print(f"  frontier plot:  {result.files['frontiers_png']}")
     print(f"  summary table:  {result.files['summary_md']} (and summary.csv, trials.csv)")

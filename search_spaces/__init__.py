@@ -1,4 +1,8 @@
-"""What Optuna searches, per loss-weight method.
+"""What Optuna searches, per arm of the comparison.
+
+An *arm* is a loss-weight method with its settings: ``fixed-uniform``, ``fixed-pabee``,
+``fixed-last`` (constant weights, ``ARMS`` gives their trainer options), ``bilevel`` and ``clo``
+(learned weights). ``fixed`` alone is the fixed method with the sweep's ``train.scheme``.
 
 Each method has one small module (``fixed.py``, ``bilevel.py``, ``clo.py``) holding a ``SPACE``:
 a dict from a ``trainers.config.TrainConfig`` field name to a distribution. To search another
@@ -101,14 +105,34 @@ class Choice:
 Param = Union[LogUniform, Uniform, IntRange, Choice]
 
 
+# The trainer options that make each arm; the sweep's shared ``train`` options fill in the rest.
+ARMS: dict[str, dict[str, str]] = {
+    "fixed-uniform": {"method": "fixed", "scheme": "uniform"},  # LeeBERT's objective, weights not learned
+    "fixed-pabee": {"method": "fixed", "scheme": "pabee"},      # PABEE: Σ m·CE_m / Σ j, no KD
+    "fixed-last": {"method": "fixed", "scheme": "last"},        # CE + KD from the last exit only
+    "bilevel": {"method": "bilevel"},                           # DARTS-style bi-level
+    "clo": {"method": "clo"},                                   # LeeBERT's cross-level optimization
+    "fixed": {"method": "fixed"},                               # fixed with the sweep's train.scheme
+}
+
+
 def _spaces() -> dict[str, dict[str, Param]]:
     from search_spaces import bilevel, clo, fixed
 
-    return {"fixed": fixed.SPACE, "bilevel": bilevel.SPACE, "clo": clo.SPACE}
+    by_method = {"fixed": fixed.SPACE, "bilevel": bilevel.SPACE, "clo": clo.SPACE}
+    return {arm: by_method[values["method"]] for arm, values in ARMS.items()}
 
 
 def methods() -> list[str]:
-    return list(_spaces())
+    """Every arm a sweep can list in ``methods``."""
+    return list(ARMS)
+
+
+def arm_train_values(arm: str) -> dict[str, str]:
+    """The trainer options of ``arm`` (method, and the scheme of the fixed arms)."""
+    if arm not in ARMS:
+        raise ConfigError(f"unknown method '{arm}'; choose one of: {', '.join(ARMS)}")
+    return dict(ARMS[arm])
 
 
 def get_space(method: str, overrides: dict[str, Any] | None = None) -> dict[str, Param]:

@@ -28,6 +28,8 @@ OBJECTIVES = {"hypervolume": "val_hypervolume", "last_exit": "val_last_exit"}
 SCHEDULERS = ("asha", "none")
 KEEP_CHECKPOINTS = ("best", "all")
 STATE_FILE = "sweep.json"  # the resolved config of a sweep, written when it starts; --resume reads it
+# The final stage's trainer options unless a preset, file or --set says otherwise (merged key by key)
+DEFAULT_FINAL_TRAIN = {"train_subset": None, "eval_subset": None}
 INTERRUPTED = 130  # exit code of an interrupted sweep (as for Ctrl-C)
 
 
@@ -45,11 +47,27 @@ def _f(default, help: str):
 class SweepConfig:
     preset: str = _f("demo", "the preset this config started from (demo, smoke, glue-bert, glue-albert)")
     name: str | None = _f(None, "sweep name: MLflow experiment, folder under root (default: <preset>-<date>-<time>)")
-    methods: list = _f(["fixed", "bilevel", "clo"], "loss-weight methods to compare; one search each")
-    trials: int = _f(2, "trial budget per method (the same for every method)")
-    max_concurrent: int = _f(2, "trials of one method running at once")
-    seed: int = _f(0, "seed of the TPE sampler (the same for every method); the trainer's seed is train.seed")
-    tpe_startup_trials: int = _f(10, "random trials before TPE starts modelling (Optuna's n_startup_trials)")
+    methods: list = _f(["fixed-uniform", "fixed-pabee", "fixed-last", "bilevel", "clo"],
+                       "arms to compare, one search each: fixed-uniform, fixed-pabee, fixed-last, bilevel, clo "
+                       "(or fixed: the fixed method with train.scheme)")
+    trials: int | None = _f(2, "most trials per arm (the same for every arm); null: as many as budget_epochs buys")
+    budget_epochs: float | None = _f(None, "training compute per arm, in fixed-epochs (one epoch of fixed-weight training; an epoch "
+                                           "of bilevel/clo costs 1 + outer_step_cost/outer_every); a trial starts only if all its "
+                                           "epochs fit; null: no compute budget")
+    outer_step_cost: float = _f(4.2, "cost of one loss-weight update in θ-steps, for budget_epochs (4.2: measured on CPU, "
+                                     "docs/method.md 'Budgets')")
+    max_concurrent: int = _f(2, "trials of one arm running at once")
+    seed: int = _f(0, "seed of the TPE sampler (the same for every arm); the trainer's seed is train.seed")
+    tpe_startup_trials: int | None = _f(None, "random trials before TPE starts modelling (Optuna's n_startup_trials); null: "
+                                              "half the expected trials, 4 to 10; below 8 trials the sweep runs random search")
+    final_seeds: list = _f([1, 2, 3], "final stage: each arm's best configuration (chosen on validation) is retrained once "
+                                      "per seed with final_train, and the arms are compared on test; [] skips it")
+    final_train: dict = _f(dict(DEFAULT_FINAL_TRAIN),
+                           "trainer options of the final stage on top of each best configuration (default: the full "
+                           "training set, and every model tested on the whole test set, which pairing across arms needs)")
+    reference_arm: str = _f("clo", "the arm every other arm is compared with in the final stage (paired differences)")
+    bootstrap: int = _f(2000, "bootstrap resamples (over seeds and test examples) of the final comparison's intervals")
+    timing_repeats: int = _f(5, "final stage: timed passes over test per model; the wall-clock speed-up is their median")
     objective: str = _f("hypervolume", "what the search maximizes on validation: hypervolume (of the speed-accuracy frontier) or last_exit")
     scheduler: str = _f("asha", "trial scheduler: asha (stops weak trials after each epoch) or none")
     grace_period: int = _f(1, "ASHA: epochs every trial gets before it can be stopped")
@@ -121,7 +139,9 @@ class SweepConfig:
         """The trainer config of ``method`` before the searched values are filled in."""
         from trainers.config import TrainConfig
 
-        return TrainConfig.from_dict(dict(self.train, method=method), where="train")
+        import search_spaces
+
+        return TrainConfig.from_dict({**self.train, **search_spaces.arm_train_values(method)}, where="train")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -140,9 +160,26 @@ class SweepConfig:
                 raise ConfigError(f"unknown method '{method}'; choose from: {', '.join(search_spaces.methods())}")
         if len(set(self.methods)) != len(self.methods):
             raise ConfigError(f"methods lists a method twice: {self.methods}")
-        for name in ("trials", "max_concurrent", "tpe_startup_trials", "grace_period", "workers_per_trial"):
-            if getattr(self, name) <= 0:
+        for name in ("trials", "max_concurrent", "tpe_startup_trials", "grace_period", "workers_per_trial",
+                     "budget_epochs", "outer_step_cost", "timing_repeats"):
+            if getattr(self, name) is not None and getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be > 0 (got {getattr(self, name)})")
+        if self.trials is None and self.budget_epochs is None:
+            raise ConfigError("trials is null and budget_epochs is not set: give each arm a budget in trials, in "
+                              "compute (budget_epochs), or both")
+        if self.bootstrap < 100:
+            raise ConfigError(f"bootstrap must be >= 100 (got {self.bootstrap}); 2000 gives stable 95% intervals")
+        if not all(isinstance(s, int) and not isinstance(s, bool) for s in self.final_seeds):
+            raise ConfigError(f"final_seeds must be a list of integers, got {self.final_seeds!r}")
+        if len(set(self.final_seeds)) != len(self.final_seeds):
+            raise ConfigError(f"final_seeds lists a seed twice: {self.final_seeds}")
+        if self.final_seeds and self.reference_arm not in self.methods:
+            raise ConfigError(f"reference_arm '{self.reference_arm}' is not among methods {self.methods}; "
+                              "add it or set reference_arm to one of them")
+        for key in ("method", "scheme", "seed", "output_dir", "resume"):
+            if key in self.final_train:
+                raise ConfigError(f"final_train.{key} cannot be set: the final stage takes it from the arm, the seed list "
+                                  "or the sweep")
         if self.max_failures < 0:
             raise ConfigError(f"max_failures must be >= 0 (got {self.max_failures})")
         if self.reduction_factor < 2:
@@ -176,6 +213,13 @@ class SweepConfig:
                                   f"{2 * self.workers_per_trial}")
             if self.scheduler == "asha" and self.grace_period > cfg.epochs:
                 raise ConfigError(f"grace_period {self.grace_period} exceeds train.epochs {cfg.epochs}")
+            if self.final_seeds:
+                from trainers.data import get_task
+
+                type(cfg).from_dict({**cfg.to_dict(), **self.final_train}, where="final_train").validate()
+                if get_task(cfg.task).metrics[0] != "accuracy":
+                    raise ConfigError(f"the final comparison resamples per-example correctness, which defines accuracy, "
+                                      f"not {get_task(cfg.task).metrics[0]} (task {cfg.task}); set final_seeds: [] for this task")
         return self
 
 
@@ -200,8 +244,9 @@ def _check_types(cfg: SweepConfig) -> None:
         }[kind]
         if not ok:
             raise ConfigError(f"{f.name} must be {'a' if kind != 'int' else 'an'} {kind}, got {value!r}")
-    if isinstance(cfg.cpus_per_trial, int):
-        cfg.cpus_per_trial = float(cfg.cpus_per_trial)
+    for name in ("cpus_per_trial", "budget_epochs", "outer_step_cost"):
+        if isinstance(getattr(cfg, name), int):
+            setattr(cfg, name, float(getattr(cfg, name)))
 
 
 # ---------------------------------------------------------------------------- building
@@ -239,7 +284,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
 def _merge(base: dict, update: dict) -> dict:
     out = dict(base)
     for key, value in update.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict) and key in ("train", "space", "env"):
+        if isinstance(value, dict) and isinstance(out.get(key), dict) and key in ("train", "space", "env", "final_train"):
             out[key] = {**out[key], **value}
         else:
             out[key] = value
@@ -252,20 +297,20 @@ def build_config(preset: str | None = None, config_file: str | None = None,
     file_values = load_yaml(Path(config_file), "config file") if config_file else {}
     flags = {k: v for k, v in (flags or {}).items() if v is not None}
     name = preset or flags.pop("preset", None) or file_values.get("preset") or "demo"
-    values = _merge({}, load_preset(name))
+    values = _merge({"final_train": dict(DEFAULT_FINAL_TRAIN)}, load_preset(name))
     values["preset"] = name
     values = _merge(values, {k: v for k, v in file_values.items() if k != "preset"})
     values = _merge(values, flags)
     for text in overrides or []:
         path, value = parse_override(text)
-        if path[0] in ("train", "space", "env"):
+        if path[0] in ("train", "space", "env", "final_train"):
             if len(path) != 2:
                 raise ConfigError(f"--set {'.'.join(path)}: use {path[0]}.<key>=value")
             values[path[0]] = {**values.get(path[0], {}), path[1]: value}
         elif len(path) == 1:
             values[path[0]] = value
         else:
-            raise ConfigError(f"--set {'.'.join(path)}: only train.*, space.* and env.* take a dotted key")
+            raise ConfigError(f"--set {'.'.join(path)}: only train.*, space.*, env.* and final_train.* take a dotted key")
     return from_dict(values).validate()
 
 
@@ -274,7 +319,7 @@ def from_dict(values: dict[str, Any]) -> SweepConfig:
     unknown = sorted(set(values) - set(known))
     if unknown:
         raise ConfigError(f"unknown sweep config key(s): {', '.join(unknown)}; valid keys: {', '.join(known)}")
-    for key in ("train", "space", "env"):
+    for key in ("train", "space", "env", "final_train"):
         if key in values and values[key] is None:
             values[key] = {}
     return SweepConfig(**values)

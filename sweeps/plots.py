@@ -11,7 +11,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-METHOD_COLORS = {"fixed": "#7f7f7f", "bilevel": "#1f77b4", "clo": "#d62728"}
+METHOD_COLORS = {"fixed": "#7f7f7f", "fixed-uniform": "#7f7f7f", "fixed-pabee": "#2ca02c", "fixed-last": "#bcbd22",
+                 "bilevel": "#1f77b4", "clo": "#d62728"}
 
 
 def _color(method: str, index: int) -> str:
@@ -97,6 +98,40 @@ def pareto_overlay(best: dict[str, dict], path: Path, title: str = "") -> Path:
         ax.legend(fontsize=8, loc="lower left")
     axes[0].set_ylabel(f"{metric} (%)")
     fig.suptitle(title or "best trial per method: speed-accuracy frontiers")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def final_frontiers_figure(curves: dict[str, list[list[tuple[float, float]]]], num_layers: int, path: Path,
+                           metric: str, reference: float | None, title: str = "") -> Path:
+    """Each arm's mean test frontier over its seeds, with the seeds' min-max as a band (log speed-up axis)."""
+    from sweeps.final import mean_frontier
+
+    grid = np.exp(np.linspace(0.0, np.log(num_layers), 121))
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    for index, (arm, arm_curves) in enumerate(curves.items()):
+        values = 100 * mean_frontier(arm_curves, grid)
+        with np.errstate(all="ignore"):
+            import warnings
+
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns past the fastest point
+                mean, low, high = np.nanmean(values, 0), np.nanmin(values, 0), np.nanmax(values, 0)
+        color = _color(arm, index)
+        ax.plot(grid, mean, color=color, drawstyle="steps-post", label=f"{arm} ({len(arm_curves)} seeds)")
+        ax.fill_between(grid, low, high, color=color, alpha=0.15, step="post")
+    if reference is not None:
+        ax.axhline(100 * reference, color="k", lw=0.8, ls=":", label="majority class")
+    ax.set_xscale("log")
+    ticks = [t for t in (1, 1.5, 2, 3, 4, 6, 8, 12, 16, 24) if t <= num_layers]
+    ax.set_xticks(ticks, [f"{t:g}x" for t in ticks])
+    ax.set_xlabel("test speed-up (L / mean exit layer), settings chosen on validation")
+    ax.set_ylabel(f"best test {metric} at this speed-up or faster (%)")
+    ax.set_title(title or "mean frontier over seeds")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower left")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -3,6 +3,7 @@ Optuna storage, and the MLflow "comparison" run that holds them."""
 
 from __future__ import annotations
 
+import math
 import shutil
 
 import pandas as pd
@@ -27,6 +28,19 @@ def trials_table(records: list[TrialRecord]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def compute_used(cfg, outcome) -> tuple[float, float]:
+    """(fixed-epochs, training seconds) an arm's search used: every epoch its trials ran, each at
+    the arm's cost per epoch (sweeps.budget), and the training time the trials measured."""
+    from sweeps.budget import used_compute
+    from sweeps.search import trial_cost
+
+    cost = trial_cost(cfg, cfg.train_config(outcome.method))
+    epochs = [(len(r.epochs), r.train) for r in outcome.records]
+    seconds = sum(float(e["train_seconds"]) for r in outcome.records for e in r.epochs
+                  if isinstance(e.get("train_seconds"), (int, float)) and math.isfinite(e["train_seconds"]))
+    return sum(used_compute(n, train, cost) for n, train in epochs), seconds
+
+
 def summary_table(result) -> pd.DataFrame:
     """One row per method: its best trial (chosen on validation) and what that trial does on test.
 
@@ -36,8 +50,11 @@ def summary_table(result) -> pd.DataFrame:
     rows = []
     for outcome in result.outcomes:
         counts = {s: sum(r.status == s for r in outcome.records) for s in ("completed", "stopped_early", "error")}
+        used, seconds = compute_used(result.cfg, outcome)
         row = {"method": outcome.method,
-               "trials done/stopped/failed": f"{counts['completed']}/{counts['stopped_early']}/{counts['error']}"}
+               "trials done/stopped/failed": f"{counts['completed']}/{counts['stopped_early']}/{counts['error']}",
+               "compute used": f"{used:.1f}" + (f" / {result.cfg.budget_epochs:g}" if result.cfg.budget_epochs else ""),
+               "train min": f"{seconds / 60:.1f}"}
         best = outcome.best
         if best is not None and best.summary:
             s = best.summary
@@ -72,7 +89,9 @@ def to_markdown(frame: pd.DataFrame, metric: str) -> str:
     lines = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
     for _, row in frame.iterrows():
         lines.append("| " + " | ".join(cell(c, row) for c in columns) + " |")
-    note = (f"\nHV: hypervolume of the speed-accuracy frontier (0-1). Last exit and @Nx: {metric} in %; @Nx is measured "
+    note = (f"\nCompute used: training compute of the arm's trials in fixed-epochs (an epoch of bilevel/clo costs "
+            "1 + outer_step_cost/outer_every), with the budget after the slash; train min: the trials' measured training time.\n"
+            f"HV: hypervolume of the speed-accuracy frontier (0-1). Last exit and @Nx: {metric} in %; @Nx is measured "
             "at the exit-policy setting chosen on validation for an N-times speed-up, with the test speed-up it reached "
             "in brackets. The best trial is chosen on validation; test values are only reported.\n")
     return "\n".join(lines) + "\n" + note

@@ -23,6 +23,7 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from sweeps.budget import budget_text
 from sweeps.config import SweepConfig, SweepInterrupted, preflight, save_state
 from sweeps.progress import say
 from sweeps.ray_cluster import init_ray
@@ -41,6 +42,7 @@ class SweepResult:
     table: str = ""
     registered: dict | None = None  # serving.register.register_sweep's result (None: not registered)
     experiment_id: str | None = None
+    final: object | None = None     # sweeps.final.Comparison (None: no final stage)
 
 
 def run_sweep(cfg: SweepConfig, resume: bool = False) -> SweepResult:
@@ -64,7 +66,7 @@ def run_sweep(cfg: SweepConfig, resume: bool = False) -> SweepResult:
         closed = tracker.close_orphans()  # runs a driver killed outright (SIGKILL) left RUNNING
         if closed:
             say(f"closed {closed} MLflow run(s) left RUNNING by a driver that was killed (now KILLED)")
-        say(f"sweep '{cfg.name}' on {where}: methods {', '.join(cfg.methods)}, {cfg.trials} trials each, "
+        say(f"sweep '{cfg.name}' on {where}: methods {', '.join(cfg.methods)}, {budget_text(cfg)} each, "
             f"{cfg.workers_per_trial} worker(s) per trial, objective {cfg.metric}; MLflow {cfg.resolved_tracking_uri}")
         report_dir = cfg.sweep_dir / "report"
         report_dir.mkdir(parents=True, exist_ok=True)
@@ -78,6 +80,9 @@ def run_sweep(cfg: SweepConfig, resume: bool = False) -> SweepResult:
         write_report(result, tracker)
         if cfg.register and any(o.best is not None for o in outcomes):
             result.registered = register_models(cfg)
+        if cfg.final_seeds:
+            result.final = final_stage(cfg, tracker, outcomes, report_dir, resume)
+        result.wall_time_s = time.time() - started
         return result
     except KeyboardInterrupt:
         _close_runs(tracker, "KILLED")
@@ -106,6 +111,17 @@ def finish_method(cfg: SweepConfig, tracker: Tracker, outcome: MethodOutcome, re
     delete_local_trial_folders(outcome)
     tracker.client.set_tag(outcome.parent_run_id, "finalized", "true")
     tracker.finish(outcome.parent_run_id, "FINISHED" if outcome.best else "FAILED")
+
+
+def final_stage(cfg: SweepConfig, tracker: Tracker, outcomes: list[MethodOutcome], report_dir: Path, resume: bool):
+    """Each arm's best configuration retrained with every seed of final_seeds, then compared on test."""
+    from sweeps.final import compare_arms, run_final_arm
+
+    finals = [run_final_arm(cfg, tracker, o.method, o.best, resume) for o in outcomes if o.best is not None]
+    comparison = compare_arms(cfg, tracker, finals, report_dir)
+    for line in comparison.verdicts.values():
+        say(line)
+    return comparison
 
 
 def register_models(cfg: SweepConfig) -> dict | None:

@@ -1,10 +1,13 @@
 """MLflow layout of a sweep, written by the driver only (one writer, whatever the cluster).
 
     experiment <sweep name>
-    ├── run "<method>"            role=method, one per method: space, budget, best trial, frontier
+    ├── run "<method>"            role=method, one per arm: space, budget, best trial, frontier
     │   └── run "<method>-NN"     role=trial, one per Ray Tune trial: params, per-epoch metrics,
     │                             learned weights, speed-accuracy curve, config
-    └── run "comparison"          role=comparison: Pareto overlay, summary table, Optuna storage
+    ├── run "comparison"          role=comparison: Pareto overlay, summary table, Optuna storage
+    ├── run "final/<method>"      role=final, one per arm: the retrained configuration, mean/std over seeds
+    │   └── run "final/<method>-S"  role=trial, one per seed S (sweeps.final)
+    └── run "final-comparison"    role=final_comparison: table, intervals, verdicts, mean frontiers
 
 Every write is idempotent, keyed by tags (role, method, trial_id): a resumed sweep reopens its
 method runs and never logs a trial twice, so no run is duplicated. A trial run is marked
@@ -105,16 +108,17 @@ class Tracker:
         return self.client.search_runs([self.experiment_id], filter_string=query, max_results=1000)
 
     # ------------------------------------------------------------------ method runs
-    def method_run(self, method: str, params: dict[str, Any], tags: dict[str, str]) -> str:
-        """The parent run of ``method``: created once, reopened on resume."""
-        run = self.find_run(role="method", method=method)
+    def method_run(self, method: str, params: dict[str, Any], tags: dict[str, str], role: str = "method") -> str:
+        """The parent run of ``method`` (role ``method``: a search; ``final``: the final stage's seeds):
+        created once, reopened on resume."""
+        run = self.find_run(role=role, method=method)
         if run is not None:
             if run.data.tags.get("finalized") != "true":
                 self.client.update_run(run.info.run_id, status="RUNNING")
                 self._log(run.info.run_id, tags=self.driver)  # this driver owns it now
             return run.info.run_id
         run = self.client.create_run(self.experiment_id, run_name=method,
-                                     tags={"role": "method", "method": method, **tags, **self.driver})
+                                     tags={"role": role, "method": method, **tags, **self.driver})
         self._log(run.info.run_id, params=params)
         return run.info.run_id
 

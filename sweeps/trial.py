@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 SUMMARY_FILE = "summary.json"
+TEST_LOGITS_FILE = "test_exit_logits.npz"  # written by trainers.train.run next to summary.json
 MODEL_DIR = "model"
 RESERVED = ("train", "sweep", "trial_number")
 CHECKPOINT_PATH_KEY = "checkpoint_path"  # where Ray's TuneReportCallback puts a Train checkpoint's path
@@ -52,6 +53,7 @@ def epoch_metrics(record: dict, objective: str) -> dict[str, Any]:
         "step": record["step"],
         "val_hypervolume": record["val_hypervolume"],
         "val_last_exit": record["val_last_exit"],
+        "train_seconds": record.get("train_seconds"),  # this epoch's training time (the compute report)
     }
     metrics["objective"] = metrics[objective]
     for index, value in enumerate(record["val_per_exit"], start=1):
@@ -243,6 +245,8 @@ def train_worker(config: dict, session: TuneSession, trial_id: str) -> None:
         if session.rank == 0:
             export_model(model, cfg, Path(folder) / MODEL_DIR)
             (Path(folder) / SUMMARY_FILE).write_text(json.dumps(summary, default=float))
+            if (output / TEST_LOGITS_FILE).is_file():  # per-example test results: the final comparison's bootstrap
+                shutil.copy2(output / TEST_LOGITS_FILE, Path(folder) / TEST_LOGITS_FILE)
         session.report({**final_metrics(summary, objective), **_placement()}, Path(folder) if session.rank == 0 else None)
     session.barrier()
     if session.local_rank == 0:  # the final checkpoint holds what is kept; the working folder goes
@@ -364,8 +368,8 @@ def _join(base: str, *parts: str) -> str:
 
 
 def trial_name(trial) -> str:
-    """``clo_3e9972a7``: the method and the trial id (OptunaSearch draws the ids)."""
-    method = trial.config.get("train", {}).get("method", "trial")
+    """``clo_3e9972a7``: the arm and the trial id (OptunaSearch draws the ids)."""
+    method = trial.config.get("sweep", {}).get("method") or trial.config.get("train", {}).get("method", "trial")
     return f"{method}_{trial.trial_id}"
 
 

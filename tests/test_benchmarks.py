@@ -57,3 +57,29 @@ def test_scaling_prints_its_figures(tmp_path):
     assert data["overhead"]["smoke, A (1 node)"]["overhead_median"] is not None
     assert data["checkpoint"]["checkpoint_mb"] > 0
     assert not data["address_file"]["private_left"]
+
+
+@pytest.mark.integration
+def test_study_writes_results_and_resumes(tmp_path):
+    """benchmarks/study.py on a tiny model: the whole pipeline writes the results document; run
+    again, it trains nothing and writes it again, with the time of both invocations added up."""
+    results = tmp_path / "docs" / "results.md"
+    command = [sys.executable, "benchmarks/study.py", "--root", str(tmp_path / "study"), "--name", "tiny-study",
+               "--results", str(results)]
+    overrides = ["methods=[bilevel,clo]", "budget_epochs=2", "train.model=tiny-random",
+                 "train.train_subset=256", "train.max_length=24", "train.batch_size=16", "final_train.train_subset=256",
+                 "final_seeds=[1,2]", "bootstrap=200", "timing_repeats=1", "env.RAY_USAGE_STATS_ENABLED=0"]
+    env = {**__import__("os").environ, "RAY_AUTH_MODE": "disabled", "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run(command + [a for o in overrides for a in ("--set", o)], cwd=REPO, capture_output=True,
+                          text=True, timeout=900, env=env)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    text = results.read_text()
+    for needle in ("## What each arm's search used and chose", "| bilevel | ", "random search",
+                   "## Is CLO better? Paired differences, clo minus each arm",
+                   "clo vs bilevel: ", "**bilevel** (mean over seeds 1, 2", "**clo** (mean over seeds 1, 2"):
+        assert needle in text, needle
+    assert (results.parent / "results-frontiers.png").is_file() and (results.parent / "results-weights.png").is_file()
+    again = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=900, env=env)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert "continuing the study" in again.stdout and " started" not in again.stdout
+    assert "over 2 invocation(s)" in results.read_text()

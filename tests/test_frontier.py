@@ -61,14 +61,29 @@ def test_hypervolume_of_known_frontier():
     # speed-up >= s: 0.8 on (1, 2], 0.6 on (2, 4]; (1, 0.9) only holds at s = 1 (zero width).
     # area = (2-1)*(0.8-0.5) + (4-2)*(0.6-0.5) = 0.3 + 0.2 = 0.5; normalized 0.5 / (3 * 0.5) = 1/3.
     front = [pt(1.0, 0.9), pt(2.0, 0.8), pt(4.0, 0.6)]
-    assert hypervolume(front, 4, 0.5) == pytest.approx(1 / 3)
+    assert hypervolume(front, 4, 0.5, axis="linear") == pytest.approx(1 / 3)
     # Dominated points change nothing.
-    assert hypervolume(front + [pt(1.5, 0.7), pt(3.0, 0.55)], 4, 0.5) == pytest.approx(1 / 3)
+    assert hypervolume(front + [pt(1.5, 0.7), pt(3.0, 0.55)], 4, 0.5, axis="linear") == pytest.approx(1 / 3)
     # ref 0.65: (4, 0.6) is below the reference and contributes nothing.
     # area = (2-1)*(0.8-0.65) = 0.15; normalized 0.15 / (3 * 0.35).
-    assert hypervolume(front, 4, 0.65) == pytest.approx(0.15 / (3 * 0.35))
+    assert hypervolume(front, 4, 0.65, axis="linear") == pytest.approx(0.15 / (3 * 0.35))
     # A perfect model exiting everything at layer 1 fills the whole box.
-    assert hypervolume([pt(4.0, 1.0)], 4, 0.5) == pytest.approx(1.0)
+    assert hypervolume([pt(4.0, 1.0)], 4, 0.5, axis="linear") == pytest.approx(1.0)
+
+
+def test_hypervolume_log_axis_weighs_every_doubling_the_same():
+    # Same frontier on x = ln s: area = ln2*(0.8-0.5) + (ln4-ln2)*(0.6-0.5) = 0.4 ln2; box ln4 * 0.5 = ln2.
+    front = [pt(1.0, 0.9), pt(2.0, 0.8), pt(4.0, 0.6)]
+    assert hypervolume(front, 4, 0.5) == pytest.approx(0.4)  # log is the default
+    assert hypervolume(front, 4, 0.5, axis="log") == pytest.approx(0.4)
+    # 1-2x counts as much as 2-4x: a model good only up to 2x gets half the box on the log axis,
+    # a third on the linear one.
+    only_2x = [pt(2.0, 1.0)]
+    assert hypervolume(only_2x, 4, 0.5, axis="log") == pytest.approx(0.5)
+    assert hypervolume(only_2x, 4, 0.5, axis="linear") == pytest.approx(1 / 3)
+    assert hypervolume([pt(4.0, 1.0)], 4, 0.5, axis="log") == pytest.approx(1.0)
+    with pytest.raises(ConfigError, match="axis"):
+        hypervolume(front, 4, 0.5, axis="sqrt")
 
 
 def test_hypervolume_degenerate():

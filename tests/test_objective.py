@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from trainers.errors import ConfigError
-from trainers.objective import LossTerms, LossWeights, fixed_weights, outer_loss, teacher_pairs, term_losses
+from trainers.objective import LossTerms, LossWeights, fixed_weights, inner_loss, outer_loss, teacher_pairs, term_losses
 
 
 def test_teacher_sets():
@@ -74,7 +74,7 @@ def test_pabee_scheme_is_pabees_weighted_average():
     logits = torch.randn(4, 8, 3)
     labels = torch.randint(0, 3, (8,))
     terms = LossTerms.build(4, "none")
-    weighted = (fixed_weights("pabee", terms) * term_losses(terms, logits, labels)).sum()
+    weighted = inner_loss(terms, fixed_weights("pabee", terms), term_losses(terms, logits, labels))
     per_layer = [F.cross_entropy(logits[j], labels) for j in range(4)]
     expected = sum((j + 1) * per_layer[j] for j in range(4)) / sum(range(1, 5))  # Σ j·L_j / Σ j
     assert weighted.item() == pytest.approx(expected.item(), rel=1e-6)
@@ -104,3 +104,62 @@ def test_regression_terms_use_mse():
     assert losses.tolist() == pytest.approx([(0 + 1) / 2, (0.25 + 1) / 2, 0.25 / 2, 0.25 / 2])
     assert outer_loss(preds, labels, regression=True).item() == pytest.approx((0.5 + 0.625) / 2)
     assert not math.isnan(losses.sum().item())
+
+
+# ---------------------------------------------------------------------------- the loss-scale convention
+ARMS = {"fixed-uniform": {"method": "fixed", "scheme": "uniform"}, "fixed-pabee": {"method": "fixed", "scheme": "pabee"},
+        "fixed-last": {"method": "fixed", "scheme": "last"}, "bilevel": {"method": "bilevel"}, "clo": {"method": "clo"}}
+
+
+@pytest.mark.parametrize("arm", ARMS)
+def test_every_arm_minimizes_a_weighted_mean_of_its_terms(arm):
+    """One convention for every arm (docs/method.md, "Loss scale"): L = Σ w·ℓ / n with weights of
+    mean 1, so a loss equal in every term is that loss, whatever the number of terms (6 exits:
+    36 terms with KD from all exits, 11 from the last, 6 without KD)."""
+    from trainers.config import TrainConfig
+    from trainers.weight_strategies import build_strategy
+
+    cfg = TrainConfig(**ARMS[arm]).validate()
+    terms = LossTerms.build(6, cfg.kd, cfg.temperature)
+    assert len(terms) == {"all": 36, "last": 11, "none": 6}[cfg.kd]
+    strategy = build_strategy(cfg, terms)
+    assert strategy.weights().mean().item() == pytest.approx(1.0)
+    assert inner_loss(terms, strategy.weights(), torch.full((len(terms),), 0.7)).item() == pytest.approx(0.7)
+    if cfg.method != "fixed":  # learned weights keep mean 1 wherever φ goes
+        with torch.no_grad():
+            strategy.loss_weights.phi.copy_(torch.randn(len(terms), generator=torch.Generator().manual_seed(0)) * 2)
+        assert strategy.weights().mean().item() == pytest.approx(1.0)
+        assert inner_loss(terms, strategy.weights(), torch.full((len(terms),), 0.7)).item() == pytest.approx(0.7)
+    # through real exit losses: the same as the explicit weighted mean; "sum" is n times larger
+    logits, labels = torch.randn(6, 8, 2), torch.randint(0, 2, (8,))
+    losses = term_losses(terms, logits, labels)
+    expected = (strategy.weights() * losses).sum() / len(terms)
+    assert inner_loss(terms, strategy.weights(), losses).item() == pytest.approx(expected.item(), rel=1e-6)
+    summed = LossTerms.build(6, cfg.kd, cfg.temperature, reduction="sum")
+    assert inner_loss(summed, strategy.weights(), losses).item() == pytest.approx(len(terms) * expected.item(), rel=1e-6)
+
+
+def test_gradient_is_a_convex_combination_of_the_terms_gradients(tiny_model):
+    """Why the convention matters: clipping at 1.0 sees the gradient norm. Under the mean the
+    gradient is a convex combination of the per-term gradients (weights w/n sum to 1), so its norm
+    never exceeds the largest single term's, whatever n; the former sum was n times larger."""
+    from conftest import make_batch
+
+    model = tiny_model(num_layers=6, num_labels=2).eval()  # no dropout: the same network every pass
+    batch = make_batch(batch_size=16, num_labels=2)
+    inputs = {k: v for k, v in batch.items() if k not in ("labels", "ids")}
+    params = [p for p in model.parameters() if p.requires_grad]
+
+    def grad_norm(loss):
+        grads = torch.autograd.grad(loss, params, allow_unused=True, retain_graph=True)
+        return torch.sqrt(sum((g ** 2).sum() for g in grads if g is not None)).item()
+
+    for teachers, scheme in (("all", "uniform"), ("none", "pabee"), ("last", "last")):
+        terms = LossTerms.build(6, teachers)
+        losses = term_losses(terms, model(**inputs), batch["labels"])
+        weights = fixed_weights(scheme, terms)
+        mean = grad_norm(inner_loss(terms, weights, losses))
+        largest = max(grad_norm(losses[i]) for i in range(len(terms)))
+        assert mean <= largest * (1 + 1e-5), scheme
+        summed = grad_norm(inner_loss(LossTerms.build(6, teachers, reduction="sum"), weights, losses))
+        assert summed == pytest.approx(len(terms) * mean, rel=1e-4)

@@ -11,8 +11,29 @@ from trainers.config import METHODS, TrainConfig
 from trainers.errors import ConfigError
 
 
-def test_every_trainer_method_has_a_space():
-    assert set(search_spaces.methods()) == set(METHODS)
+def test_every_trainer_method_has_an_arm_and_every_arm_a_space():
+    arms = search_spaces.methods()
+    assert {search_spaces.arm_train_values(a)["method"] for a in arms} == set(METHODS)
+    assert {"fixed-uniform", "fixed-pabee", "fixed-last", "bilevel", "clo"} <= set(arms)
+    for arm in arms:
+        assert search_spaces.get_space(arm)
+    with pytest.raises(ConfigError, match="choose one of"):
+        search_spaces.arm_train_values("fixed-random")
+
+
+@pytest.mark.parametrize("arm,scheme,kd", [("fixed-uniform", "uniform", "all"), ("fixed-pabee", "pabee", "none"),
+                                           ("fixed-last", "last", "last")])
+def test_fixed_arms_are_the_fixed_schemes_with_their_kd(arm, scheme, kd):
+    cfg = TrainConfig.from_dict(search_spaces.arm_train_values(arm)).validate()
+    assert (cfg.method, cfg.scheme, cfg.kd) == ("fixed", scheme, kd)
+    assert set(search_spaces.get_space(arm)) == {"lr", "head_lr"}
+
+
+@pytest.mark.parametrize("arm", ["bilevel", "clo"])
+def test_learned_arms_search_the_outer_update_frequency(arm):
+    every = search_spaces.get_space(arm)["outer_every"]
+    assert isinstance(every, IntRange) and every.log and (every.low, every.high) == (2, 20)
+    assert search_spaces.get_space(arm)["lr_outer"].high == pytest.approx(0.3)
 
 
 def test_fixed_searches_the_inner_learning_rates_only():

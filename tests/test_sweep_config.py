@@ -27,8 +27,35 @@ def test_presets_exist_and_validate():
     assert set(presets()) >= {"demo", "smoke", "glue-bert", "glue-albert"}
     for name in presets():
         cfg = build_config(preset=name)
-        assert cfg.preset == name and cfg.trials > 0
+        assert cfg.preset == name and ((cfg.trials or 0) > 0 or (cfg.budget_epochs or 0) > 0)
         assert Path(cfg.train_config("clo").deepspeed_config).is_file()
+
+
+def test_study_preset_is_the_five_arms_under_one_compute_budget():
+    cfg = build_config(preset="mr-study")
+    assert cfg.methods == ["fixed-uniform", "fixed-pabee", "fixed-last", "bilevel", "clo"]
+    assert cfg.trials is None and cfg.budget_epochs > 0
+    assert cfg.final_seeds == [1, 2, 3] and cfg.reference_arm == "clo"
+    assert cfg.final_train["train_subset"] is None and cfg.final_train["eval_subset"] is None  # all of MR
+    assert cfg.train["train_subset"] and cfg.train["model"] == "minilm"
+
+
+def test_final_stage_options_are_checked():
+    with pytest.raises(ConfigError, match="final_train.seed cannot be set"):
+        build_config(preset="smoke", overrides=["final_seeds=[1]", "final_train.seed=3"])
+    with pytest.raises(ConfigError, match="lists a seed twice"):
+        build_config(preset="smoke", overrides=["final_seeds=[1,1]"])
+    with pytest.raises(ConfigError, match="reference_arm 'clo' is not among methods"):
+        build_config(preset="smoke", overrides=["final_seeds=[1]", "methods=[fixed-uniform,bilevel]"])
+    with pytest.raises(ConfigError, match="unknown final_train key"):
+        build_config(preset="smoke", overrides=["final_seeds=[1]", "final_train.learning_rate=3"])
+    with pytest.raises(ConfigError, match="defines accuracy, not matthews"):
+        build_config(preset="smoke", overrides=["final_seeds=[1]", "train.task=cola"])
+    with pytest.raises(ConfigError, match="budget in trials, in compute"):
+        build_config(preset="smoke", overrides=["trials=null"])
+    cfg = build_config(preset="smoke", overrides=["final_seeds=[4,5]", "final_train.epochs=1"])
+    # --set merges into the default: the full training set, every model on the whole test set
+    assert cfg.final_train == {"train_subset": None, "eval_subset": None, "epochs": 1}
 
 
 def test_default_preset_is_the_cpu_demo():

@@ -146,5 +146,5 @@ def test_theta_and_phi_see_only_the_splits_their_method_allows(tmp_path, method)
 def test_fixed_strategy_has_no_outer_state():
     strategy = FixedWeights(LossTerms.build(3, "none"), "pabee")
     assert strategy.outer_step(None, None, None, 0, None) is None
-    assert strategy.weights().tolist() == pytest.approx([1 / 6, 2 / 6, 3 / 6])
+    assert strategy.weights().tolist() == pytest.approx([0.5, 1.0, 1.5])  # L·m/Σj: mean 1
     assert strategy.draw_sizes(33) == (17, 16)

@@ -42,6 +42,8 @@ class TrainConfig:
     scheme: str = _f("uniform", "fixed weights: uniform, pabee (Σ j·L_j/Σ j, no KD) or last (KD from the last exit)")
     kd: str = _f("auto", "KD teachers T(m): all, later, last, none, or auto (all; none for scheme pabee; last for scheme last)")
     temperature: float = _f(1.0, "KD temperature τ")
+    loss_reduction: str = _f("mean", "mean: L = Σ w·ℓ / n, the weighted mean of the n loss terms with weights of mean 1, for every method "
+                                     "(docs/method.md, 'Loss scale'); sum: Σ w·ℓ, the convention before 2026-11")
     weight_param: str = _f("softmax", "loss-weight parametrization: softmax (w = n·softmax(φ)) or sigmoid (w = 2·sigmoid(φ))")
     # inner optimization (θ)
     epochs: int = _f(2, "training epochs (one epoch = |train| / batch_size steps for every method)")
@@ -70,6 +72,9 @@ class TrainConfig:
     save_checkpoints: bool = _f(True, "save a checkpoint after every epoch")
     log_every: int = _f(20, "print progress every N steps")
     wallclock_eval: bool = _f(True, "time real early-exit inference at the chosen operating points")
+    wallclock_repeats: int = _f(3, "timed passes over test per operating point; the wall-clock speed-up is their median")
+    hypervolume_axis: str = _f("log", "speed-up axis of the hypervolume: log (every doubling weighs the same; docs/method.md) "
+                                      "or linear (1..L, the convention before 2026-11)")
 
     # ---------------------------------------------------------------- validation
     def __post_init__(self) -> None:
@@ -78,7 +83,8 @@ class TrainConfig:
 
     def validate(self) -> "TrainConfig":
         from trainers.data import TASKS  # noqa: late import keeps config light
-        from trainers.objective import FIXED_SCHEMES, KD_TEACHERS, PARAMETRIZATIONS
+        from trainers.frontier import HYPERVOLUME_AXES
+        from trainers.objective import FIXED_SCHEMES, KD_TEACHERS, LOSS_REDUCTIONS, PARAMETRIZATIONS
 
         def choose(name, value, choices):
             if value not in choices:
@@ -89,12 +95,14 @@ class TrainConfig:
         choose("scheme", self.scheme, FIXED_SCHEMES)
         choose("kd", self.kd, KD_TEACHERS)
         choose("weight_param", self.weight_param, PARAMETRIZATIONS)
+        choose("loss_reduction", self.loss_reduction, LOSS_REDUCTIONS)
+        choose("hypervolume_axis", self.hypervolume_axis, HYPERVOLUME_AXES)
         choose("pooling", self.pooling, ("auto", "cls", "mean"))
         choose("precision", self.precision, PRECISIONS)
         choose("attn_implementation", self.attn_implementation, ("sdpa", "eager"))
         positive = {"max_length": self.max_length, "epochs": self.epochs, "batch_size": self.batch_size,
                     "eval_batch_size": self.eval_batch_size, "log_every": self.log_every,
-                    "weight_log_every": self.weight_log_every}
+                    "weight_log_every": self.weight_log_every, "wallclock_repeats": self.wallclock_repeats}
         for name, value in positive.items():
             if value <= 0:
                 raise ConfigError(f"{name} must be > 0 (got {value})")

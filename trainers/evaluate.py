@@ -19,7 +19,7 @@ from trainers.metrics import compute_metrics, majority_baseline, predictions_fro
 from trainers.policies import default_grid, make_policy
 
 POLICY_KINDS = ("none", "patience", "entropy", "confidence")  # "none": the full model, speed-up 1
-OPERATING_SPEEDUPS = (1.5, 2.0)
+OPERATING_SPEEDUPS = (1.5, 2.0, 3.0)
 
 
 @torch.no_grad()
@@ -68,7 +68,7 @@ def point_key(p: fr.CurvePoint) -> tuple:
 
 
 def report_split(logits: torch.Tensor, labels: torch.Tensor, task: TaskSpec, policies: list,
-                 settings: list[tuple] | None = None) -> SplitReport:
+                 settings: list[tuple] | None = None, axis: str = "log") -> SplitReport:
     """Per-exit metrics and the curve. With ``settings`` (chosen elsewhere, i.e. on validation),
     the frontier and hypervolume use only those settings, so the test split selects nothing."""
     primary = task.metrics[0]
@@ -77,7 +77,7 @@ def report_split(logits: torch.Tensor, labels: torch.Tensor, task: TaskSpec, pol
     candidates = curve if settings is None else [p for p in curve if point_key(p) in set(settings)]
     front = fr.pareto_front(candidates)
     reference = majority_baseline(primary, labels, task.is_regression)
-    hv = fr.hypervolume(front, logits.shape[0], reference)
+    hv = fr.hypervolume(front, logits.shape[0], reference, axis=axis)
     return SplitReport(per_exit, curve, front, hv, reference, primary)
 
 
@@ -120,11 +120,11 @@ class FinalReport:
         }
 
 
-def final_report(val_logits, val_labels, test_logits, test_labels, task: TaskSpec) -> FinalReport:
+def final_report(val_logits, val_labels, test_logits, test_labels, task: TaskSpec, axis: str = "log") -> FinalReport:
     policies = policy_grid(task, val_logits.shape[0])
-    validation = report_split(val_logits, val_labels, task, policies)
+    validation = report_split(val_logits, val_labels, task, policies, axis=axis)
     chosen = [point_key(p) for p in validation.front]
-    test = report_split(test_logits, test_labels, task, policies, settings=chosen)
+    test = report_split(test_logits, test_labels, task, policies, settings=chosen, axis=axis)
     points = []
     for target in OPERATING_SPEEDUPS:
         v = fr.operating_point(validation.curve, target)
@@ -136,10 +136,15 @@ def final_report(val_logits, val_labels, test_logits, test_labels, task: TaskSpe
 
 
 @torch.no_grad()
-def wallclock_speedup(model, split: Split, op: OperatingPoint, task: TaskSpec,
-                      batch_size: int, pad_token_id: int, repeats: int = 1) -> float:
-    """Measured time of the full forward over time of real early-exit inference, on one split."""
-    policy = make_policy(op.policy, op.setting, is_regression=task.is_regression, delta=op.delta)
+def wallclock_speedups(model, split: Split, ops: list[OperatingPoint], task: TaskSpec,
+                       batch_size: int, pad_token_id: int, repeats: int = 1) -> list[list[float]]:
+    """Measured time of the full forward over time of real early-exit inference, on one split.
+
+    Each repeat times one full pass, then one early-exit pass per operating point, so every ratio
+    compares passes made moments apart (machine load drifts between repeats, not within one).
+    Returns, per operating point, the ratio of every repeat; report their median.
+    """
+    policies = [make_policy(op.policy, op.setting, is_regression=task.is_regression, delta=op.delta) for op in ops]
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
@@ -147,16 +152,21 @@ def wallclock_speedup(model, split: Split, op: OperatingPoint, task: TaskSpec,
                for _, batch in eval_batches(split, batch_size, pad_token_id)]
 
     def timed(fn) -> float:
-        fn(batches[0])  # warm-up: first calls pay for allocation and kernel selection
-        best = float("inf")
-        for _ in range(repeats):  # best of a few runs: the least disturbed by other processes
-            start = time.perf_counter()
-            for batch in batches:
-                fn(batch)
-            best = min(best, time.perf_counter() - start)
-        return best
+        start = time.perf_counter()
+        for batch in batches:
+            fn(batch)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return time.perf_counter() - start
 
-    full = timed(lambda b: model(**b))
-    early = timed(lambda b: model.early_exit(policy, **b))
+    model(**batches[0])  # warm-up: first calls pay for allocation and kernel selection
+    for policy in policies:
+        model.early_exit(policy, **batches[0])
+    ratios: list[list[float]] = [[] for _ in ops]
+    for _ in range(repeats):
+        full = timed(lambda b: model(**b))
+        for i, policy in enumerate(policies):
+            ratios[i].append(full / timed(lambda b, p=policy: model.early_exit(p, **b)))
     model.train(was_training)
-    return full / early
+    return ratios
+

@@ -84,27 +84,36 @@ def pareto_front(points: Iterable[CurvePoint]) -> list[CurvePoint]:
     return front[::-1]
 
 
+HYPERVOLUME_AXES = ("log", "linear")
+
+
 def hypervolume(points: Iterable[CurvePoint], num_layers: int, ref_metric: float,
-                max_metric: float = 1.0) -> float:
+                max_metric: float = 1.0, axis: str = "log") -> float:
     """Normalized area the frontier dominates above (speed-up 1, ref_metric), over speed-ups 1..L.
 
     With f(s) = best metric among points with speed-up >= s, the area is
-    integral_1^L max(0, f(s) - ref) ds, divided by (L-1) * (max_metric - ref) to land in [0, 1].
+    integral max(0, f(s) - ref) dx over x = log s (``axis="log"``, the default) or x = s
+    (``"linear"``, the convention before 2026-11), divided by the box width (log L or L - 1) and
+    height (max_metric - ref) to land in [0, 1]. On the log axis every doubling of speed-up weighs
+    the same: 1-2x, where users operate, counts as much as 2-4x (docs/method.md, "Hypervolume").
     ref_metric is normally the majority baseline, so only what beats a constant model counts.
     """
     if not max_metric > ref_metric:
         raise ConfigError(f"hypervolume needs max_metric > ref_metric, got {max_metric} <= {ref_metric}")
+    if axis not in HYPERVOLUME_AXES:
+        raise ConfigError(f"unknown hypervolume axis '{axis}'; choose one of {', '.join(HYPERVOLUME_AXES)}")
     if num_layers <= 1:
         return 0.0
+    x = math.log if axis == "log" else (lambda s: s)
     area, left = 0.0, 1.0
     # Along the front (ascending speed-up, descending metric), f(s) on (previous speed-up, this
     # speed-up] is this point's metric: it is the most accurate point at least this fast.
     for p in pareto_front(points):
         right = min(p.speedup, float(num_layers))
         if right > left:
-            area += (right - left) * max(0.0, min(p.metric, max_metric) - ref_metric)
+            area += (x(right) - x(left)) * max(0.0, min(p.metric, max_metric) - ref_metric)
             left = right
-    return area / ((num_layers - 1) * (max_metric - ref_metric))
+    return area / ((x(float(num_layers)) - x(1.0)) * (max_metric - ref_metric))
 
 
 def operating_point(val_points: Iterable[CurvePoint], min_speedup: float) -> CurvePoint | None:

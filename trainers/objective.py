@@ -2,11 +2,17 @@
 
 Inner objective, for exit logits z_m (m = 1..L), p_m = softmax(z_m), p_m^τ = softmax(z_m / τ):
 
-    L_tr(θ, w; B) = Σ_m w^CE_m · CE(y, p_m)  +  Σ_m Σ_{t∈T(m)} w^KD_{m,t} · τ² · KL(sg(p_t^τ) ‖ p_m^τ)
+    L_tr(θ, w; B) = (1/n) [ Σ_m w^CE_m · CE(y, p_m)  +  Σ_m Σ_{t∈T(m)} w^KD_{m,t} · τ² · KL(sg(p_t^τ) ‖ p_m^τ) ]
 
-It is computed as ``w · ℓ`` where ℓ is the vector of per-term losses (``term_losses``). Keeping ℓ
-explicit is what makes the hypergradient cheap: φ enters L_tr only through w, so
-∇_φ L_tr = J_w(φ)ᵀ ℓ needs a forward pass only.
+n is the number of terms. It is computed as ``inner_loss(terms, w, ℓ) = w · ℓ / n`` where ℓ is the
+vector of per-term losses (``term_losses``). Keeping ℓ explicit is what makes the hypergradient
+cheap: φ enters L_tr only through w, so ∇_φ L_tr = J_w(φ)ᵀ ℓ / n needs a forward pass only.
+
+Loss-scale convention (docs/method.md, "Loss scale"): every arm, fixed or learned, minimizes a
+weighted *mean* of its terms, with weights of mean 1 (uniform: all 1; learned: n·softmax(φ);
+pabee: L·m/Σj). So the loss, and its gradient norm against the clipping threshold, is on the
+scale of one cross-entropy whatever the number of terms (36 on a 6-exit model with KD from all
+exits, 6 without KD). ``reduction="sum"`` keeps the former Σ w·ℓ for comparisons.
 
 Outer objective: L_out = (1/L) Σ_m CE(y, p_m) — unweighted, any exit may answer at inference.
 """
@@ -23,6 +29,7 @@ from trainers.errors import ConfigError
 
 KD_TEACHERS = ("all", "later", "last", "none")
 PARAMETRIZATIONS = ("softmax", "sigmoid")
+LOSS_REDUCTIONS = ("mean", "sum")
 FIXED_SCHEMES = ("uniform", "pabee", "last")
 
 
@@ -47,10 +54,14 @@ class LossTerms:
     pairs: tuple[tuple[int, int], ...]
     temperature: float = 1.0
     regression: bool = False
+    reduction: str = "mean"  # "mean": L_tr = w·ℓ / n (every arm); "sum": w·ℓ (before 2026-11)
 
     @classmethod
-    def build(cls, num_exits: int, teachers: str, temperature: float = 1.0, regression: bool = False):
-        return cls(num_exits, tuple(teacher_pairs(num_exits, teachers)), temperature, regression)
+    def build(cls, num_exits: int, teachers: str, temperature: float = 1.0, regression: bool = False,
+              reduction: str = "mean"):
+        if reduction not in LOSS_REDUCTIONS:
+            raise ConfigError(f"unknown loss reduction '{reduction}'; choose one of {', '.join(LOSS_REDUCTIONS)}")
+        return cls(num_exits, tuple(teacher_pairs(num_exits, teachers)), temperature, regression, reduction)
 
     def __len__(self) -> int:
         return self.num_exits + len(self.pairs)
@@ -91,6 +102,16 @@ def term_losses(terms: LossTerms, logits: torch.Tensor, labels: torch.Tensor,
     return torch.cat([ce, tau * tau * kl])
 
 
+def inner_loss(terms: LossTerms, weights: torch.Tensor, losses: torch.Tensor) -> torch.Tensor:
+    """L_tr = w · ℓ / n: the weighted mean of the terms (``reduction="sum"``: w · ℓ).
+
+    The one place where the loss scale is decided: the θ step, the virtual step and ∇_φ all go
+    through here, so the hypergradient is always the derivative of the loss θ is trained on.
+    """
+    total = (weights * losses).sum()
+    return total / len(terms) if terms.reduction == "mean" else total
+
+
 def outer_loss(logits: torch.Tensor, labels: torch.Tensor, regression: bool = False) -> torch.Tensor:
     """L_out: the unweighted mean of the exits' task losses. It never contains w."""
     if regression:
@@ -125,11 +146,12 @@ def fixed_weights(scheme: str, terms: LossTerms) -> torch.Tensor:
     """The constant weights of the ``fixed`` baselines (method §4)."""
     if scheme == "uniform":
         return torch.ones(len(terms))
-    if scheme == "pabee":  # PABEE's weighted average: w^CE_m = m / Σ_j j, no KD terms
+    if scheme == "pabee":  # PABEE's weighted average Σ_m m·CE_m / Σ_j j, no KD terms
         if terms.pairs:
             raise ConfigError("scheme 'pabee' has no KD terms; use --kd none (the default for pabee)")
+        # w_m = L·m / Σ_j j has mean 1, so the mean convention gives exactly PABEE's average
         layers = torch.arange(1, terms.num_exits + 1, dtype=torch.float32)
-        return layers / layers.sum()
+        return terms.num_exits * layers / layers.sum()
     if scheme == "last":
         if any(t != terms.num_exits - 1 for _, t in terms.pairs):
             raise ConfigError("scheme 'last' distills from the last exit only; use --kd last")

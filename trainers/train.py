@@ -41,10 +41,10 @@ from trainers.data import TaskData, batch_indices, collate, load_task_data
 from trainers.errors import (EXIT_BAD_INPUT, EXIT_DIVERGED, FAULT_NONFINITE_STEP_ENV, ConfigError, TrainingDiverged,
                              check_finite)
 from trainers.evaluate import (collect_logits, final_report, point_key, policy_grid, report_split,
-                               wallclock_speedup)
+                               wallclock_speedups)
 from trainers.frontier import curve_table
 from trainers.model import ModelSpec, MultiExitEncoder, build_model, resolve_model_source, tiny_backbone
-from trainers.objective import LossTerms, term_losses
+from trainers.objective import LossTerms, inner_loss, term_losses
 from trainers.weight_strategies import all_reduce_mean, build_strategy
 
 TINY_MODEL = "tiny-random"  # a 3-layer randomly initialized BERT with MiniLM's vocabulary (smoke runs)
@@ -115,7 +115,7 @@ class StepDraw:
 
 def training_step(engine, strategy, terms: LossTerms, draw: StepDraw, step: int, xi: Callable[[], list[float]],
                   fault_step: int | None = None) -> tuple[torch.Tensor, dict | None]:
-    """Step ``step`` (0-based): the strategy may update φ, then θ takes one step with loss w · ℓ.
+    """Step ``step`` (0-based): the strategy may update φ, then θ takes one step with loss w · ℓ / n (the weighted mean of the terms).
 
     ``engine`` is a DeepSpeed engine or anything with its ``module``, call, ``backward`` and
     ``step``, so the step also runs without DeepSpeed (the meta-device tests). ``draw`` is anything
@@ -123,7 +123,7 @@ def training_step(engine, strategy, terms: LossTerms, draw: StepDraw, step: int,
     """
     outer = strategy.outer_step(engine.module, draw.b1, draw.b2, step, xi)
     batch = strategy.theta_batch(draw.b1, draw.b2)
-    loss = (strategy.weights() * term_losses(terms, engine(**batch), batch["labels"])).sum()
+    loss = inner_loss(terms, strategy.weights(), term_losses(terms, engine(**batch), batch["labels"]))
     if step + 1 == fault_step:  # test hook (LEEBERT_FAULT_NONFINITE_STEP): diverge on cue
         loss = loss * float("nan")
     if loss.device.type != "meta":  # meta tensors hold no value: nothing to check
@@ -196,7 +196,7 @@ def run(cfg: TrainConfig, on_epoch: Callable[[dict], None] | None = None, quiet:
         f"validation {len(data.validation)}, test {len(data.test)}; model {cfg.model} with {model.num_layers} exits")
 
     # 2. objective and loss-weight strategy
-    terms = LossTerms.build(model.num_layers, cfg.kd, cfg.temperature, task.is_regression)
+    terms = LossTerms.build(model.num_layers, cfg.kd, cfg.temperature, task.is_regression, cfg.loss_reduction)
     strategy = build_strategy(cfg, terms)
     check_split_sizes(data, strategy.draw_sizes(cfg.batch_size), cfg.batch_size, int(os.environ.get("WORLD_SIZE", 1)))
     steps_per_epoch = max(1, len(data.train) // cfg.batch_size)
@@ -230,7 +230,8 @@ def run(cfg: TrainConfig, on_epoch: Callable[[dict], None] | None = None, quiet:
         val_logits = collect_logits(model, data.validation, cfg.eval_batch_size, data.pad_token_id)
         # θ's last step of the epoch is seen by no loss check; NaN logits would all argmax to class 0
         check_finite(val_logits, (epoch + 1) * steps_per_epoch, "validation logits are not finite")
-        val = report_split(val_logits, data.validation.labels, task, policy_grid(task, model.num_layers))
+        val = report_split(val_logits, data.validation.labels, task, policy_grid(task, model.num_layers),
+                           axis=cfg.hypervolume_axis)
         record = {"epoch": epoch + 1, "step": (epoch + 1) * steps_per_epoch,
                   "val_last_exit": val.last_exit, "val_hypervolume": val.hypervolume,
                   "val_per_exit": [e[val.primary] for e in val.per_exit],
@@ -251,14 +252,17 @@ def run(cfg: TrainConfig, on_epoch: Callable[[dict], None] | None = None, quiet:
         check_finite(val_logits, total_steps, "validation logits are not finite")
     test_logits = collect_logits(model, data.test, cfg.eval_batch_size, data.pad_token_id)
     check_finite(test_logits, total_steps, "test logits are not finite")
-    report = final_report(val_logits, data.validation.labels, test_logits, data.test.labels, task)
-    if cfg.wallclock_eval:
-        for op in report.operating_points:
-            op.wallclock_speedup = wallclock_speedup(model, data.test, op, task, cfg.eval_batch_size, data.pad_token_id)
+    report = final_report(val_logits, data.validation.labels, test_logits, data.test.labels, task, cfg.hypervolume_axis)
+    if cfg.wallclock_eval and report.operating_points:
+        timings = wallclock_speedups(model, data.test, report.operating_points, task, cfg.eval_batch_size,
+                                     data.pad_token_id, cfg.wallclock_repeats)
+        for op, ratios in zip(report.operating_points, timings):
+            op.wallclock_speedup = float(np.median(ratios))
     summary = {
         "task": task.name, "method": cfg.method, "scheme": cfg.scheme if cfg.method == "fixed" else None,
         "model": cfg.model, "num_exits": model.num_layers, "steps": total_steps,
         "train_examples": len(data.train), "wall_time_s": round(time.perf_counter() - started, 1),
+        "hypervolume_axis": cfg.hypervolume_axis,
         **report.summary(),
         "weights": {"names": terms.names, "final": strategy.weights().tolist(), "trajectory": history.weights},
         "epochs": history.epochs,
@@ -267,6 +271,8 @@ def run(cfg: TrainConfig, on_epoch: Callable[[dict], None] | None = None, quiet:
     if is_main:
         output.mkdir(parents=True, exist_ok=True)
         write_json_atomic(output / "summary.json", summary)
+        # Every exit's test logits: the final comparison's bootstrap resamples test examples from them
+        save_exit_logits(output / TEST_LOGITS_FILE, test_logits, data.test.labels, data.test.ids)
         log("per-exit test " + report.test.primary + ": " +
             " ".join(f"{e[report.test.primary] * 100:.1f}" for e in report.test.per_exit))
         log("speed-accuracy frontier (settings chosen on validation; test values):\n"
@@ -276,6 +282,22 @@ def run(cfg: TrainConfig, on_epoch: Callable[[dict], None] | None = None, quiet:
 
 
 # ---------------------------------------------------------------------------- state helpers
+TEST_LOGITS_FILE = "test_exit_logits.npz"  # sweeps.trial copies it into a trial's final checkpoint
+
+
+def save_exit_logits(path: Path, logits: torch.Tensor, labels: torch.Tensor, ids: torch.Tensor) -> None:
+    """``logits`` [L, N, C], ``labels`` and example ``ids`` [N] of one split, written atomically
+    (float32, compressed)."""
+    tmp = path.with_name(path.name + ".tmp.npz")
+    np.savez_compressed(tmp, logits=logits.float().numpy(), labels=labels.cpu().numpy(), ids=ids.cpu().numpy())
+    os.replace(tmp, path)
+
+
+def load_exit_logits(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(logits [L, N, C], labels [N], ids [N]) as written by ``save_exit_logits``."""
+    with np.load(path) as data:
+        return data["logits"], data["labels"], data["ids"]
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)

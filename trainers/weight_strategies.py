@@ -29,7 +29,7 @@ import torch
 import torch.distributed as dist
 
 from trainers.errors import check_finite
-from trainers.objective import LossTerms, LossWeights, fixed_weights, outer_loss, term_losses
+from trainers.objective import LossTerms, LossWeights, fixed_weights, inner_loss, outer_loss, term_losses
 
 Batch = dict[str, torch.Tensor]
 
@@ -82,7 +82,7 @@ def hypergradient(model: torch.nn.Module, terms: LossTerms, loss_weights: LossWe
             weights = loss_weights().detach()
             logits = model(**train_batch)
             teachers = logits.detach()
-            inner = (weights * term_losses(terms, logits, labels_tr)).sum()
+            inner = inner_loss(terms, weights, term_losses(terms, logits, labels_tr))
             g = reduce(list(torch.autograd.grad(inner, params)))
             backup = [p.detach().clone() for p in params]
             with torch.no_grad():
@@ -107,8 +107,8 @@ def hypergradient(model: torch.nn.Module, terms: LossTerms, loss_weights: LossWe
             (diff,) = reduce([plus - minus])
     finally:
         model.train(was_training)
-    # ∇_φ [w(φ) · (ℓ+ − ℓ−)] = J_wᵀ (ℓ+ − ℓ−)
-    (jacobian_product,) = torch.autograd.grad((loss_weights() * diff).sum(), [loss_weights.phi])
+    # ∇_φ L_tr(θ+) − ∇_φ L_tr(θ−) = ∇_φ inner_loss(w(φ), ℓ+ − ℓ−): L_tr is linear in ℓ
+    (jacobian_product,) = torch.autograd.grad(inner_loss(terms, loss_weights(), diff), [loss_weights.phi])
     return -jacobian_product / (2 * eps)
 
 

@@ -1,0 +1,123 @@
+"""Per-arm budgets: in trials, in training compute, or both; and how many trials TPE needs.
+
+Compute is counted in *fixed-epochs*: one epoch of fixed-weight training. A learned arm pays for
+its loss-weight updates too, so one of its epochs costs
+
+    1 + outer_step_cost / outer_every
+
+where ``outer_step_cost`` is the price of one update in θ-steps (bilevel: one hypergradient, 4
+passes over a batch of the θ-batch's size; clo: two on half-size batches; both ≈ 4.2 θ-steps
+measured on CPU, ``benchmarks/compare_methods.py``: 1.42x fixed at outer_every 10). So a search
+that samples ``outer_every`` pays for what it samples, and an arm cannot buy accuracy with
+compute the others did not get.
+
+A trial is only started when its whole cost (all epochs, at its sampled ``outer_every``) fits in
+what is left of the budget, counting running trials at their whole cost too; a trial ASHA stops
+early gives back the epochs it did not run. So the budget is never exceeded, and no trial is cut
+short by it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+EPSILON = 1e-9
+RANDOM_SEARCH_BELOW = 8  # fewer trials than this: TPE would model from fewer than 4 trials; random search
+TPE_MAX_STARTUP = 10     # Optuna's default n_startup_trials
+
+
+@dataclass(frozen=True)
+class TrialCost:
+    """What one trial of an arm costs, in fixed-epochs."""
+
+    epochs: int
+    learned: bool
+    outer_step_cost: float
+    default_outer_every: int
+
+    def per_epoch(self, config: dict[str, Any]) -> float:
+        if not self.learned:
+            return 1.0
+        return 1.0 + self.outer_step_cost / int(config.get("outer_every", self.default_outer_every))
+
+    def whole(self, config: dict[str, Any]) -> float:
+        return self.epochs * self.per_epoch(config)
+
+    def dearest(self, space: dict) -> float:
+        """The cost of the dearest trial the space can draw (the smallest outer_every)."""
+        every = getattr(space.get("outer_every"), "low", self.default_outer_every)
+        return self.whole({"outer_every": every})
+
+
+@dataclass
+class BudgetLedger:
+    """The driver's account of one arm's budget: what each started trial has committed."""
+
+    limit: float
+    cost: TrialCost
+    per_epoch: dict[str, float] = field(default_factory=dict)
+    epochs_done: dict[str, int] = field(default_factory=dict)
+    finished: set[str] = field(default_factory=set)
+
+    def committed(self) -> float:
+        """Finished trials at the epochs they ran; running ones at all their epochs."""
+        return sum(rate * (self.epochs_done.get(t, 0) if t in self.finished else self.cost.epochs)
+                   for t, rate in self.per_epoch.items())
+
+    @property
+    def running(self) -> int:
+        return sum(t not in self.finished for t in self.per_epoch)
+
+    def fits(self, config: dict[str, Any]) -> bool:
+        return self.committed() + self.cost.whole(config) <= self.limit + EPSILON
+
+    def start(self, trial_id: str, config: dict[str, Any]) -> None:
+        self.per_epoch[trial_id] = self.cost.per_epoch(config)
+
+    def result(self, trial_id: str, epoch: Any) -> None:
+        if isinstance(epoch, (int, float)) and not (isinstance(epoch, float) and math.isnan(epoch)):
+            self.epochs_done[trial_id] = max(self.epochs_done.get(trial_id, 0), int(epoch))
+
+    def finish(self, trial_id: str) -> None:
+        self.finished.add(trial_id)
+
+
+def used_compute(epochs_run: int, config: dict[str, Any], cost: TrialCost) -> float:
+    """Fixed-epochs a trial actually used."""
+    return epochs_run * cost.per_epoch(config)
+
+
+def expected_trials(trials: int | None, budget: float | None, cost: TrialCost, space: dict) -> int:
+    """Trials the arm will get if none is stopped early: the cap, or what the budget buys at the
+    cost of a typical trial (outer_every at the geometric middle of its range)."""
+    if budget is None:
+        return int(trials)
+    every = space.get("outer_every")
+    typical = round(math.sqrt(every.low * every.high)) if every is not None else cost.default_outer_every
+    by_budget = int(budget // cost.whole({"outer_every": typical}))
+    return by_budget if trials is None else min(int(trials), by_budget)
+
+
+def search_algorithm(expected: int, startup: int | None) -> tuple[str, int]:
+    """("tpe", startup trials) or ("random", 0).
+
+    ``startup`` None (auto): half the expected trials, at least 4 and at most Optuna's 10; below
+    RANDOM_SEARCH_BELOW trials, or when the startup trials would use up the budget, TPE never
+    models anything, so the sweep runs (and says it runs) random search.
+    """
+    if startup is None:
+        if expected < RANDOM_SEARCH_BELOW:
+            return "random", 0
+        startup = min(TPE_MAX_STARTUP, max(4, expected // 2))
+    if startup >= expected:
+        return "random", 0
+    return "tpe", startup
+
+
+def budget_text(cfg) -> str:
+    """'at most 4 trials and 6 fixed-epochs of compute' (a SweepConfig's budget, for people)."""
+    parts = ([f"at most {cfg.trials} trials"] if cfg.trials else []) + (
+        [f"{cfg.budget_epochs:g} fixed-epochs of compute"] if cfg.budget_epochs else [])
+    return " and ".join(parts)

@@ -1,0 +1,423 @@
+"""The final stage: each arm's best configuration retrained with K seeds, then compared on test.
+
+After the searches, the configuration each arm's search chose on validation is trained again,
+once per seed in ``final_seeds``, with ``final_train`` on top (by default the full training set).
+Every retraining is a Ray Tune trial (same trainer, checkpoints, retries and MLflow logging as a
+search trial), in a Tune experiment ``final-<arm>`` that ``--resume`` restores.
+
+Then, on test, per arm (mean ± std over seeds): last-exit accuracy; accuracy at 1.5x, 2x and 3x
+with the exit-policy settings each model's validation curve chose; hypervolume over the settings
+its validation frontier chose; and the wall-clock speed-up at those settings, the median of
+``timing_repeats`` timed passes made one model at a time in the driver, after training, so no
+trial competes for the CPU. The reference arm (CLO) is compared with every other arm by the
+paired bootstrap of ``sweeps.statistics`` (over seeds and test examples) with a verdict.
+
+MLflow: a ``final/<arm>`` run per arm (role=final) with one child per seed, and a
+``final-comparison`` run (role=final_comparison) with the table (markdown, CSV), the overlay of
+mean frontiers with seed bands, each arm's mean frontier as metric history, and the verdicts.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics as stats
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from sweeps import statistics as bs
+from sweeps.config import SweepConfig, SweepInterrupted
+from sweeps.progress import SweepCallback, say
+from sweeps.records import build_record
+from sweeps.tracking import TrialRecord, Tracker
+from sweeps.trial import MODEL_DIR, TEST_LOGITS_FILE, train_trial, trial_name, trial_number
+
+TARGETS = (1.5, 2.0, 3.0)
+FINAL_ROLE, COMPARISON_ROLE = "final", "final_comparison"
+
+
+@dataclass
+class FinalArm:
+    arm: str
+    parent_run_id: str
+    source: TrialRecord           # the search trial whose configuration is retrained
+    config: dict                  # the trainer options of every seed (seed aside)
+    records: list[TrialRecord]    # one per seed, in final_seeds order
+
+
+@dataclass
+class SeedResult:
+    """One retrained model on test, reduced to what the comparison needs."""
+
+    seed: int
+    trial_id: str
+    num_layers: int
+    metric: str
+    reference_metric: float
+    axis: str
+    labels: np.ndarray                       # [N]
+    ids: np.ndarray                          # [N] test example ids (the pairing needs the same examples)
+    last_correct: np.ndarray                 # [N] 0/1
+    front_exits: np.ndarray                  # [S, N] exit layer of every validation-frontier setting
+    front_correct: np.ndarray                # [S, N]
+    at: dict[float, tuple[np.ndarray, np.ndarray]]  # target -> (exit layers [N], correct [N])
+    wallclock: dict[float, float] = field(default_factory=dict)  # target -> median measured speed-up
+    weights: dict | None = None              # learned weight trajectory (summary["weights"])
+    train_seconds: float = 0.0
+
+    def accuracy_at(self, target: float) -> float | None:
+        return float(self.at[target][1].mean()) if target in self.at else None
+
+    def speedup_at(self, target: float) -> float | None:
+        return float(self.num_layers / self.at[target][0].mean()) if target in self.at else None
+
+    def hypervolume(self) -> float:
+        return float(bs.point_values_hypervolume([self.front_exits], [self.front_correct], self.num_layers,
+                                                 self.reference_metric, self.axis)[0])
+
+    def curve(self) -> list[tuple[float, float]]:
+        """(test speed-up, test metric) of every validation-frontier setting."""
+        return [(self.num_layers / e.mean(), c.mean()) for e, c in zip(self.front_exits, self.front_correct)]
+
+
+# ---------------------------------------------------------------------------- retraining
+def final_config(cfg: SweepConfig, best: TrialRecord) -> dict:
+    """The trainer options every seed of an arm trains with: the chosen trial's, then final_train."""
+    values = {k: v for k, v in best.train.items() if k not in ("seed", "output_dir", "resume")}
+    values.update(cfg.final_train)
+    return values
+
+
+def run_final_arm(cfg: SweepConfig, tracker: Tracker, arm: str, best: TrialRecord, resume: bool) -> FinalArm:
+    from ray import tune
+    from ray.tune import ExperimentAnalysis
+    from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
+
+    from sweeps.search import sweep_settings, trial_resources
+
+    values = final_config(cfg, best)
+    name = f"final-{arm}"
+    parent = tracker.method_run(f"final/{arm}", role=FINAL_ROLE, params={
+        "arm": arm, "seeds": ",".join(map(str, cfg.final_seeds)), "source_trial_id": best.trial_id,
+        "source_trial_number": best.number, **{k: v for k, v in values.items()}}, tags={"sweep": cfg.name, "arm": arm})
+    param_space = {
+        "train": values,
+        "sweep": sweep_settings(cfg, arm),
+        "seed": tune.grid_search(list(cfg.final_seeds)),
+        "trial_number": tune.sample_from(lambda spec: spec.config.seed),  # run names final/<arm>-<seed>
+    }
+    path = f"{cfg.storage_path.rstrip('/')}/{name}"
+    trainable = tune.with_resources(train_trial, trial_resources(cfg))
+    if resume and tune.Tuner.can_restore(path):
+        say(f"final/{arm}: resuming in {path}")
+        tuner = tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=False,
+                                   restart_errored=False, param_space=param_space)
+    else:
+        say(f"final/{arm}: retraining trial {best.number}'s configuration with seeds "
+            f"{', '.join(map(str, cfg.final_seeds))}" + (f" and {values_text(cfg.final_train)}" if cfg.final_train else ""))
+        callback = SweepCallback(f"final/{arm}", tracker.uri, tracker.experiment, parent, ["seed"],
+                                 len(cfg.final_seeds), int(values.get("epochs", best.train.get("epochs", 1))),
+                                 cfg.storage_path)
+        tuner = tune.Tuner(
+            trainable, param_space=param_space,
+            tune_config=tune.TuneConfig(num_samples=1, max_concurrent_trials=cfg.max_concurrent,
+                                        trial_name_creator=trial_name, trial_dirname_creator=trial_name),
+            run_config=tune.RunConfig(
+                name=name, storage_path=cfg.storage_path, verbose=0,
+                callbacks=[callback, JsonLoggerCallback(), CSVLoggerCallback()],
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+                failure_config=tune.FailureConfig(max_failures=cfg.max_failures)))
+    tuner.fit()
+    analysis = ExperimentAnalysis(path)
+    if any(t.status not in ("TERMINATED", "ERROR") for t in analysis.trials) or len(analysis.trials) < len(cfg.final_seeds):
+        raise SweepInterrupted(f"final/{arm}: not every seed finished")
+    records = []
+    for trial in analysis.trials:
+        frame = analysis.trial_dataframes.get(trial.trial_id)
+        history = frame.to_dict("records") if frame is not None and len(frame) else []
+        record = build_record(f"final/{arm}", trial, history, ["seed"], trial_number(trial, analysis.trials),
+                              storage_path=cfg.storage_path)
+        if not tracker.trial_logged(f"final/{arm}", trial.trial_id):
+            tracker.log_trial(record, parent)
+        records.append(record)
+    records.sort(key=lambda r: cfg.final_seeds.index(int(r.train["seed"])))
+    return FinalArm(arm, parent, best, values, records)
+
+
+def values_text(values: dict) -> str:
+    return ", ".join(f"{k}={'all' if v is None else v}" for k, v in sorted(values.items()))
+
+
+# ---------------------------------------------------------------------------- reading the models
+def seed_result(record: TrialRecord, timing_repeats: int, timings: dict, eval_batch_size: int = 128) -> SeedResult:
+    """What the comparison needs from one retrained model (its checkpoint), timings included.
+
+    ``timings`` caches the measured speed-ups by trial id, so a resumed comparison does not time
+    a model twice.
+    """
+    import torch
+
+    from trainers.policies import make_policy, simulate
+    from trainers.train import load_exit_logits
+
+    summary = record.summary
+    with record.checkpoint.as_directory() as folder:
+        logits, labels, ids = load_exit_logits(Path(folder) / TEST_LOGITS_FILE)
+        ops = {float(op["target_speedup"]): op for op in summary["operating_points"]}
+        cached = timings.get(record.trial_id)
+        if cached is None:
+            cached = _time_model(Path(folder) / MODEL_DIR, summary, ops, timing_repeats, eval_batch_size)
+            timings[record.trial_id] = cached
+    all_logits = torch.from_numpy(logits)
+    regression = all_logits.shape[-1] == 1
+
+    def outcome(kind: str, setting: float, delta) -> tuple[np.ndarray, np.ndarray]:
+        exit_layer, exit_logits = simulate(make_policy(kind, setting, is_regression=regression, delta=delta), all_logits)
+        return exit_layer.numpy(), (exit_logits.argmax(-1).numpy() == labels).astype(np.float64)
+
+    front = [outcome(p["policy"], p["setting"], p.get("delta")) for p in summary["frontier"]]
+    epochs = summary.get("epochs", [])
+    return SeedResult(
+        seed=int(record.train["seed"]), trial_id=record.trial_id, num_layers=int(summary["num_exits"]),
+        metric=summary["metric"], reference_metric=float(summary["test"]["reference_metric"]),
+        axis=summary.get("hypervolume_axis", "linear"), labels=labels, ids=ids,
+        last_correct=(logits[-1].argmax(-1) == labels).astype(np.float64),
+        front_exits=np.stack([e for e, _ in front]), front_correct=np.stack([c for _, c in front]),
+        at={t: outcome(op["policy"], op["setting"], op.get("delta")) for t, op in ops.items()},
+        wallclock={float(t): v for t, v in cached.items()}, weights=summary.get("weights"),
+        train_seconds=float(sum(e.get("train_seconds", 0.0) for e in epochs)),
+    )
+
+
+def _time_model(model_dir: Path, summary: dict, ops: dict, repeats: int, batch_size: int) -> dict[float, float]:
+    """Median measured speed-up at every operating point, on the test split the model was tested on."""
+    from serving.export import load_exported
+    from trainers.data import load_task_data
+    from trainers.evaluate import OperatingPoint, wallclock_speedups
+
+    model, tokenizer, meta = load_exported(model_dir)
+    config = summary["config"]
+    data = load_task_data(config["task"], tokenizer, data_dir=config.get("data_dir"), max_length=config["max_length"],
+                          eval_subset=config.get("eval_subset"), seed=config["seed"],
+                          validation_fraction=config.get("validation_fraction", 0.1))
+    points = [OperatingPoint(**op) for op in ops.values()]
+    ratios = wallclock_speedups(model, data.test, points, data.task, batch_size, data.pad_token_id, repeats)
+    return {t: float(np.median(r)) for t, r in zip(ops, ratios)}
+
+
+# ---------------------------------------------------------------------------- the comparison
+@dataclass
+class Comparison:
+    table: str                      # markdown: per arm, mean ± std over seeds
+    differences: str                # markdown: reference arm minus each other arm, 95 % intervals, verdicts
+    verdicts: dict[str, str]        # arm -> one line
+    rows: list[dict]                # the CSV rows
+    files: dict[str, Path]
+    results: dict[str, list[SeedResult]]
+    finals: list[FinalArm]          # the retrained runs (their summaries: epochs, weights, sizes)
+
+
+def mean_std(values: list[float | None], scale: float = 1.0, digits: int = 1, suffix: str = "") -> str:
+    values = [v * scale for v in values if v is not None and not math.isnan(v)]
+    if not values:
+        return "–"
+    if len(values) == 1:
+        return f"{values[0]:.{digits}f}{suffix}"
+    return f"{stats.mean(values):.{digits}f} ± {stats.stdev(values):.{digits}f}{suffix}"
+
+
+def paired_seeds(a: list[SeedResult], b: list[SeedResult]) -> tuple[list[SeedResult], list[SeedResult]]:
+    """The seeds both arms finished, in the same order (pairing is by seed)."""
+    common = [r.seed for r in a if r.seed in {s.seed for s in b}]
+    return [next(r for r in a if r.seed == s) for s in common], [next(r for r in b if r.seed == s) for s in common]
+
+
+def compare_pair(a: list[SeedResult], b: list[SeedResult], n_boot: int, seed: int = 0) -> dict[str, bs.Interval]:
+    """Paired differences a − b of every reported metric, over the seeds both arms finished."""
+    a, b = paired_seeds(a, b)
+    if not a:
+        return {}
+    if any(not np.array_equal(x.ids, a[0].ids) for x in a + b):
+        from trainers.errors import ConfigError
+
+        raise ConfigError("final models were tested on different test examples (final_train.eval_subset with "
+                          "different seeds?); set final_train.eval_subset: null so every model sees the same test set")
+    plan = bs.resample_plan(len(a), len(a[0].labels), n_boot=n_boot, seed=seed)
+
+    def accuracy(results, pick):
+        correct = np.stack([pick(r) for r in results])
+        return bs.point_values_accuracy(correct), bs.accuracy_replicates(correct, plan)
+
+    out = {}
+    out["last_exit"] = bs.paired_difference(*_pairs(accuracy(a, lambda r: r.last_correct),
+                                                    accuracy(b, lambda r: r.last_correct)), plan)
+    for target in TARGETS:
+        if all(target in r.at for r in a + b):
+            out[f"at_{target:g}x"] = bs.paired_difference(*_pairs(accuracy(a, lambda r: r.at[target][1]),
+                                                                  accuracy(b, lambda r: r.at[target][1])), plan)
+
+    def hv(results):
+        exits, correct = [r.front_exits for r in results], [r.front_correct for r in results]
+        ref, layers, axis = results[0].reference_metric, results[0].num_layers, results[0].axis
+        return (bs.point_values_hypervolume(exits, correct, layers, ref, axis),
+                bs.hypervolume_replicates(exits, correct, layers, ref, plan, axis))
+
+    out["hypervolume"] = bs.paired_difference(*_pairs(hv(a), hv(b)), plan)
+    return out
+
+
+def _pairs(a: tuple, b: tuple) -> tuple:
+    return a[0], b[0], a[1], b[1]
+
+
+def compare_arms(cfg: SweepConfig, tracker: Tracker, finals: list[FinalArm], report_dir: Path) -> Comparison:
+    from sweeps.plots import final_frontiers_figure
+
+    out = report_dir / "final"
+    out.mkdir(parents=True, exist_ok=True)
+    timing_file = out / "timings.json"
+    timings = json.loads(timing_file.read_text()) if timing_file.is_file() else {}
+    results: dict[str, list[SeedResult]] = {}
+    for final in finals:
+        done = [r for r in final.records if r.status == "completed" and r.checkpoint is not None]
+        say(f"final/{final.arm}: reading {len(done)} model(s)"
+            + (f"; timing early exit ({cfg.timing_repeats} passes each)" if any(r.trial_id not in timings for r in done) else ""))
+        results[final.arm] = []
+        for record in done:
+            results[final.arm].append(seed_result(record, cfg.timing_repeats, timings))
+            _write_json(timing_file, timings)
+    metric = next((r[0].metric for r in results.values() if r), "accuracy")
+    reference = cfg.reference_arm
+    rows, lines = [], []
+    header = (f"| arm | seeds | last-exit {metric} (%) | " + " | ".join(f"{metric} @{t:g}x (%) [speed-up]" for t in TARGETS)
+              + " | test hypervolume | wall-clock speed-up @2x | train s / seed |")
+    lines += [header, "|" + "---|" * (6 + len(TARGETS))]
+    for final in finals:
+        seeds = results[final.arm]
+        row = {"arm": final.arm, "seeds": ",".join(str(r.seed) for r in seeds),
+               "failed_seeds": ",".join(str(r.train["seed"]) for r in final.records if r.status != "completed")}
+        cells = [final.arm, f"{len(seeds)}/{len(final.records)}"]
+        row["last_exit_mean"], row["last_exit_std"] = _ms([r.last_correct.mean() for r in seeds])
+        cells.append(mean_std([r.last_correct.mean() for r in seeds], 100))
+        for t in TARGETS:
+            accs, speeds = [r.accuracy_at(t) for r in seeds], [r.speedup_at(t) for r in seeds]
+            row[f"at_{t:g}x_mean"], row[f"at_{t:g}x_std"] = _ms(accs)
+            row[f"speedup_{t:g}x_mean"], _ = _ms(speeds)
+            cells.append(f"{mean_std(accs, 100)} [{mean_std(speeds, 1, 2, 'x')}]")
+        hvs = [r.hypervolume() for r in seeds]
+        row["hypervolume_mean"], row["hypervolume_std"] = _ms(hvs)
+        cells.append(mean_std(hvs, 1, 3))
+        walls = [r.wallclock.get(2.0) for r in seeds]
+        row["wallclock_2x_median_mean"], _ = _ms(walls)
+        cells.append(mean_std(walls, 1, 2, "x"))
+        secs = [r.train_seconds for r in seeds]
+        row["train_seconds_mean"], _ = _ms(secs)
+        cells.append(mean_std(secs, 1, 0))
+        rows.append(row)
+        lines.append("| " + " | ".join(cells) + " |")
+    table = "\n".join(lines)
+
+    verdicts, diff_lines = {}, []
+    if reference in results and results[reference]:
+        diff_lines += [f"| {reference} minus | last exit | " + " | ".join(f"@{t:g}x" for t in TARGETS)
+                       + " | hypervolume (×100) | verdict (hypervolume) |", "|" + "---|" * (4 + len(TARGETS))]
+        for final in finals:
+            if final.arm == reference or not results.get(final.arm):
+                continue
+            intervals = compare_pair(results[reference], results[final.arm], cfg.bootstrap)
+            if not intervals:
+                continue
+            hv = intervals["hypervolume"]
+            word = bs.verdict(hv)
+            cells = [final.arm, _cell(intervals["last_exit"])]
+            cells += [_cell(intervals[f"at_{t:g}x"]) if f"at_{t:g}x" in intervals else "–" for t in TARGETS]
+            cells += [_cell(hv), word]
+            diff_lines.append("| " + " | ".join(cells) + " |")
+            at2 = intervals.get("at_2x")
+            verdicts[final.arm] = (f"{reference} vs {final.arm}: {word} (hypervolume {bs.describe(hv)}"
+                                   + (f"; {metric} at 2x {bs.describe(at2)}, {bs.verdict(at2)}" if at2 else "") + ")")
+            for key, interval in intervals.items():
+                for row in rows:
+                    if row["arm"] == final.arm:
+                        row[f"diff_{key}"], row[f"diff_{key}_low"], row[f"diff_{key}_high"] = (
+                            interval.estimate, interval.low, interval.high)
+                        row[f"verdict_{key}"] = bs.verdict(interval)
+    differences = "\n".join(diff_lines)
+
+    import pandas as pd
+
+    files = {"table_md": out / "final_table.md", "table_csv": out / "final_table.csv",
+             "verdicts_md": out / "verdicts.md", "frontiers_png": out / "final_frontiers.png"}
+    files["table_md"].write_text(table + "\n\n" + differences + "\n")
+    pd.DataFrame(rows).to_csv(files["table_csv"], index=False)
+    files["verdicts_md"].write_text("\n".join(f"- {line}" for line in verdicts.values()) + "\n")
+    curves = {arm: [r.curve() for r in seeds] for arm, seeds in results.items() if seeds}
+    layers = next((r[0].num_layers for r in results.values() if r), 2)
+    ref_metric = next((r[0].reference_metric for r in results.values() if r), None)
+    final_frontiers_figure(curves, layers, files["frontiers_png"], metric, ref_metric,
+                           title=f"{cfg.name}: mean test frontier over seeds (band: min-max)")
+    _log_comparison(tracker, cfg, finals, results, rows, verdicts, files, curves, layers)
+    return Comparison(table, differences, verdicts, rows, files, results, finals)
+
+
+def _cell(interval: bs.Interval) -> str:
+    return f"{100 * interval.estimate:+.2f} [{100 * interval.low:+.2f}, {100 * interval.high:+.2f}]"
+
+
+def _ms(values: list) -> tuple[float | None, float | None]:
+    values = [float(v) for v in values if v is not None and not math.isnan(v)]
+    if not values:
+        return None, None
+    return stats.mean(values), (stats.stdev(values) if len(values) > 1 else 0.0)
+
+
+def _write_json(path: Path, payload: dict) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(payload, indent=2))
+    tmp.replace(path)
+
+
+def mean_frontier(curves: list[list[tuple[float, float]]], grid: np.ndarray) -> np.ndarray:
+    """Per seed, f(s) = best metric among its points with speed-up >= s (NaN past its fastest);
+    rows are seeds, columns the grid."""
+    out = np.full((len(curves), len(grid)), np.nan)
+    for k, points in enumerate(curves):
+        for i, s in enumerate(grid):
+            ok = [m for x, m in points if x >= s - 1e-9]
+            if ok:
+                out[k, i] = max(ok)
+    return out
+
+
+def _log_comparison(tracker: Tracker, cfg: SweepConfig, finals: list[FinalArm], results: dict, rows: list[dict],
+                    verdicts: dict, files: dict, curves: dict, layers: int) -> None:
+    now = int(time.time() * 1000)
+    metrics: list[tuple[str, float, int, int]] = []
+    for row in rows:
+        for key, value in row.items():
+            if isinstance(value, float) and math.isfinite(value):
+                metrics.append((f"{row['arm']}/{key}", value, 0, now))
+    grid = np.exp(np.linspace(0, math.log(layers), 41))
+    for arm, arm_curves in curves.items():
+        mean = np.nanmean(mean_frontier(arm_curves, grid), axis=0) if arm_curves else []
+        for s, value in zip(grid, mean):
+            if np.isfinite(value):  # step = speed-up × 100: MLflow's chart over "step" draws the frontier
+                metrics.append((f"final_frontier/{arm}", float(value), int(round(100 * s)), now))
+    run = tracker.find_run(role=COMPARISON_ROLE)
+    run_id = run.info.run_id if run else tracker.client.create_run(
+        tracker.experiment_id, run_name="final-comparison",
+        tags={"role": COMPARISON_ROLE, "sweep": cfg.name, **tracker.driver}).info.run_id
+    tags = {f"verdict/{arm}": line[:5000] for arm, line in verdicts.items()}
+    tracker._log(run_id, params={"reference_arm": cfg.reference_arm, "seeds": ",".join(map(str, cfg.final_seeds)),
+                                 "bootstrap": cfg.bootstrap, "timing_repeats": cfg.timing_repeats}, metrics=metrics, tags=tags)
+    for path in files.values():
+        tracker.client.log_artifact(run_id, str(path))
+    tracker.client.set_terminated(run_id, status="FINISHED")
+    for final in finals:  # each arm's final run: its mean and std over seeds
+        row = next((r for r in rows if r["arm"] == final.arm), {})
+        values = [(k, float(v), 0, now) for k, v in row.items() if isinstance(v, float) and math.isfinite(v)]
+        tracker._log(final.parent_run_id, metrics=values, tags={"finalized": "true"})
+        tracker.client.set_terminated(final.parent_run_id, status="FINISHED")

@@ -1,0 +1,76 @@
+"""Budgets per arm: the cost model, the ledger that keeps a compute budget, the choice between TPE
+and random search, and a real sweep that stays within its compute budget."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from search_spaces import IntRange, LogUniform
+from sweeps.budget import BudgetLedger, TrialCost, expected_trials, search_algorithm, used_compute
+from test_sweep_helpers import client, history, run_sweep_cli, runs_by_role
+
+FIXED = TrialCost(epochs=3, learned=False, outer_step_cost=4.2, default_outer_every=10)
+CLO = TrialCost(epochs=3, learned=True, outer_step_cost=4.2, default_outer_every=10)
+LEARNED_SPACE = {"lr": LogUniform(1e-5, 1e-4), "outer_every": IntRange(2, 20, log=True)}
+
+
+def test_cost_of_a_trial_follows_its_outer_update_frequency():
+    assert FIXED.whole({"outer_every": 2}) == 3.0  # fixed weights never pay for outer steps
+    assert CLO.per_epoch({"outer_every": 10}) == pytest.approx(1.42)  # the measured 1.42x
+    assert CLO.whole({"outer_every": 2}) == pytest.approx(3 * 3.1)
+    assert CLO.whole({}) == pytest.approx(3 * 1.42)  # not searched: the trainer's default
+    assert CLO.dearest(LEARNED_SPACE) == pytest.approx(3 * 3.1)
+    assert used_compute(2, {"outer_every": 4}, CLO) == pytest.approx(2 * 2.05)
+
+
+def test_ledger_admits_a_trial_only_if_all_its_epochs_fit():
+    ledger = BudgetLedger(limit=7.0, cost=FIXED)
+    assert ledger.fits({}) and not ledger.running
+    ledger.start("a", {})
+    ledger.start("b", {})                     # 3 + 3 committed
+    assert ledger.committed() == 6.0 and ledger.running == 2
+    assert not ledger.fits({})                # 6 + 3 > 7
+    ledger.result("b", 1)
+    ledger.finish("b")                        # ASHA stopped b after 1 epoch: 2 epochs come back
+    assert ledger.committed() == 4.0 and ledger.fits({})
+    ledger.start("c", {})
+    ledger.result("a", 3), ledger.finish("a"), ledger.result("c", 3), ledger.finish("c")
+    assert ledger.committed() == 7.0 and not ledger.fits({}) and ledger.running == 0
+
+
+def test_expected_trials_and_the_search_algorithm():
+    assert expected_trials(24, None, FIXED, {}) == 24
+    assert expected_trials(None, 30.0, FIXED, {}) == 10
+    # a typical learned trial: outer_every at the geometric middle of 2..20 (6): 3 * 1.7 = 5.1
+    assert expected_trials(None, 30.0, CLO, LEARNED_SPACE) == 5
+    assert expected_trials(3, 30.0, FIXED, {}) == 3     # the trial cap binds
+    assert search_algorithm(6, None) == ("random", 0)   # below 8 trials TPE never models anything
+    assert search_algorithm(8, None) == ("tpe", 4)
+    assert search_algorithm(16, None) == ("tpe", 8)
+    assert search_algorithm(100, None) == ("tpe", 10)   # Optuna's own default at most
+    assert search_algorithm(10, 10) == ("random", 0)    # every trial a startup trial: random search
+    assert search_algorithm(30, 10) == ("tpe", 10)
+
+
+@pytest.mark.integration
+def test_a_sweep_keeps_its_compute_budget(tmp_path):
+    budget = 7.0
+    proc = run_sweep_cli(tmp_path, "budget-test", "--set", "trials=null", "--set", f"budget_epochs={budget}",
+                         "--set", "methods=[fixed-pabee,clo]", "--set", "register=false")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert proc.stdout.count("random search: about") == 2  # said plainly, once per arm
+    mlflow_client, _ = client(tmp_path, "budget-test")
+    trials = runs_by_role(mlflow_client, "budget-test")["trial"]
+    for arm, cost in (("fixed-pabee", FIXED), ("clo", CLO)):
+        mine = [r for r in trials if r.data.tags["method"] == arm]
+        assert mine
+        used = sum(used_compute(len(history(mlflow_client, r.info.run_id, "objective")),
+                                {"outer_every": int(r.data.params["outer_every"])} if "outer_every" in r.data.params else {},
+                                cost) for r in mine)
+        assert used <= budget + 1e-9, (arm, used)
+        # and the search did not stop early: what is left cannot pay for the dearest trial it could draw
+        assert budget - used < cost.dearest(LEARNED_SPACE), (arm, used)
+        row = re.search(rf"\| {arm} \| [^|]+\| ([0-9.]+) / 7 \|", proc.stdout)
+        assert row and float(row.group(1)) == pytest.approx(used, abs=0.05)  # the report shows what was used
