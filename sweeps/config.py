@@ -65,6 +65,9 @@ class SweepConfig:
     final_train: dict = _f(dict(DEFAULT_FINAL_TRAIN),
                            "trainer options of the final stage on top of each best configuration (default: the full "
                            "training set, and every model tested on the whole test set, which pairing across arms needs)")
+    final_max_concurrent: int | None = _f(None, "final-stage trainings running at once (default: max_concurrent); more than "
+                                                "max_concurrent shares the same CPUs/GPUs among more trials, e.g. 3 seeds on 2 "
+                                                "cores, so no core idles in a second round")
     reference_arm: str = _f("clo", "the arm every other arm is compared with in the final stage (paired differences)")
     bootstrap: int = _f(2000, "bootstrap resamples (over seeds and test examples) of the final comparison's intervals")
     timing_repeats: int = _f(5, "final stage: timed passes over test per model; the wall-clock speed-up is their median")
@@ -161,7 +164,7 @@ class SweepConfig:
         if len(set(self.methods)) != len(self.methods):
             raise ConfigError(f"methods lists a method twice: {self.methods}")
         for name in ("trials", "max_concurrent", "tpe_startup_trials", "grace_period", "workers_per_trial",
-                     "budget_epochs", "outer_step_cost", "timing_repeats"):
+                     "budget_epochs", "outer_step_cost", "timing_repeats", "final_max_concurrent"):
             if getattr(self, name) is not None and getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be > 0 (got {getattr(self, name)})")
         if self.trials is None and self.budget_epochs is None:

@@ -96,7 +96,7 @@ def run_final_arm(cfg: SweepConfig, tracker: Tracker, arm: str, best: TrialRecor
     from ray.tune import ExperimentAnalysis
     from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 
-    from sweeps.search import sweep_settings, trial_resources
+    from sweeps.search import sweep_settings
 
     values = final_config(cfg, best)
     name = f"final-{arm}"
@@ -110,7 +110,7 @@ def run_final_arm(cfg: SweepConfig, tracker: Tracker, arm: str, best: TrialRecor
         "trial_number": tune.sample_from(lambda spec: spec.config.seed),  # run names final/<arm>-<seed>
     }
     path = f"{cfg.storage_path.rstrip('/')}/{name}"
-    trainable = tune.with_resources(train_trial, trial_resources(cfg))
+    trainable = tune.with_resources(train_trial, final_resources(cfg))
     if resume and tune.Tuner.can_restore(path):
         say(f"final/{arm}: resuming in {path}")
         tuner = tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=False,
@@ -123,7 +123,7 @@ def run_final_arm(cfg: SweepConfig, tracker: Tracker, arm: str, best: TrialRecor
                                  cfg.storage_path)
         tuner = tune.Tuner(
             trainable, param_space=param_space,
-            tune_config=tune.TuneConfig(num_samples=1, max_concurrent_trials=cfg.max_concurrent,
+            tune_config=tune.TuneConfig(num_samples=1, max_concurrent_trials=cfg.final_max_concurrent or cfg.max_concurrent,
                                         trial_name_creator=trial_name, trial_dirname_creator=trial_name),
             run_config=tune.RunConfig(
                 name=name, storage_path=cfg.storage_path, verbose=0,
@@ -145,6 +145,18 @@ def run_final_arm(cfg: SweepConfig, tracker: Tracker, arm: str, best: TrialRecor
         records.append(record)
     records.sort(key=lambda r: cfg.final_seeds.index(int(r.train["seed"])))
     return FinalArm(arm, parent, best, values, records)
+
+
+def final_resources(cfg: SweepConfig) -> dict:
+    """A search trial's request, shared among more trials when final_max_concurrent > max_concurrent
+    (Ray's resources are logical: 3 trials of 2/3 CPU run on 2 cores, one torch thread each)."""
+    from sweeps.search import trial_resources
+
+    resources = trial_resources(cfg)
+    more = (cfg.final_max_concurrent or cfg.max_concurrent) / cfg.max_concurrent
+    if more > 1 and cfg.workers_per_trial == 1:
+        resources = {"cpu": cfg.cpus_per_trial / more, "gpu": cfg.gpus_per_trial / more}
+    return resources
 
 
 def values_text(values: dict) -> str:

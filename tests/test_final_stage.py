@@ -49,12 +49,14 @@ def test_final_stage_retrains_exactly_the_configurations_chosen_on_validation(fi
         for run in seeds:
             assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id
             retrained, chosen = _params(run), _params(best)
-            overridden = {"seed": None, "train_subset": "384", "epochs": "2"}
+            # final_train: ours, and the default's whole test set
+            overridden = {"seed": None, "train_subset": "384", "epochs": "2", "eval_subset": None}
             for key, value in chosen.items():
                 if key in overridden:
                     continue
                 assert retrained[key] == value, (arm, key)  # the searched values and every other option
             assert retrained["train_subset"] == "384" and retrained["epochs"] == "2"
+            assert retrained["eval_subset"] == "None" and chosen["eval_subset"] == "128"
             assert retrained["method"] == best.data.params["method"]
             assert math.isfinite(run.data.metrics["test/hypervolume"])
 

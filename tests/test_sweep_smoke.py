@@ -78,7 +78,7 @@ def test_trial_runs_hold_params_metrics_and_artifacts(smoke):
     for run in smoke["runs"]["trial"]:
         method, params, metrics = run.data.tags["method"], run.data.params, run.data.metrics
         assert params["method"] == method and params["model"] == "tiny-random"
-        searched = {"lr", "head_lr"} | ({"lr_outer"} if method != "fixed" else set())
+        searched = {"lr", "head_lr"} | ({"lr_outer", "outer_every"} if method != "fixed" else set())
         assert set(run.data.tags["searched"].split(",")) == searched
         assert 1e-3 <= float(params["lr"]) <= 5e-3 and 2e-3 <= float(params["head_lr"]) <= 1e-2
         epochs = history(mlflow_client, run.info.run_id, "val/hypervolume")
