@@ -107,14 +107,18 @@ def run_final_arm(cfg: SweepConfig, tracker: Tracker, arm: str, best: TrialRecor
         "train": values,
         "sweep": sweep_settings(cfg, arm),
         "seed": tune.grid_search(list(cfg.final_seeds)),
-        "trial_number": tune.sample_from(lambda spec: spec.config.seed),  # run names final/<arm>-<seed>
+        "trial_number": tune.sample_from(lambda config: config["seed"]),  # run names final/<arm>-<seed>
     }
     path = f"{cfg.storage_path.rstrip('/')}/{name}"
     trainable = tune.with_resources(train_trial, final_resources(cfg))
+    tuner = None
     if resume and tune.Tuner.can_restore(path):
-        say(f"final/{arm}: resuming in {path}")
-        tuner = tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=False,
-                                   restart_errored=False, param_space=param_space)
+        if _all_seeds_done(path, len(cfg.final_seeds)):
+            say(f"final/{arm}: every seed is trained; reusing them")
+        else:
+            say(f"final/{arm}: resuming in {path}")
+            tuner = tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=False,
+                                       restart_errored=False)  # the saved param_space (see sweeps.search)
     else:
         say(f"final/{arm}: retraining trial {best.number}'s configuration with seeds "
             f"{', '.join(map(str, cfg.final_seeds))}" + (f" and {values_text(cfg.final_train)}" if cfg.final_train else ""))
@@ -130,7 +134,8 @@ def run_final_arm(cfg: SweepConfig, tracker: Tracker, arm: str, best: TrialRecor
                 callbacks=[callback, JsonLoggerCallback(), CSVLoggerCallback()],
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
                 failure_config=tune.FailureConfig(max_failures=cfg.max_failures)))
-    tuner.fit()
+    if tuner is not None:
+        tuner.fit()
     analysis = ExperimentAnalysis(path)
     if any(t.status not in ("TERMINATED", "ERROR") for t in analysis.trials) or len(analysis.trials) < len(cfg.final_seeds):
         raise SweepInterrupted(f"final/{arm}: not every seed finished")
@@ -145,6 +150,16 @@ def run_final_arm(cfg: SweepConfig, tracker: Tracker, arm: str, best: TrialRecor
         records.append(record)
     records.sort(key=lambda r: cfg.final_seeds.index(int(r.train["seed"])))
     return FinalArm(arm, parent, best, values, records)
+
+
+def _all_seeds_done(path: str, seeds: int) -> bool:
+    from ray.tune import ExperimentAnalysis
+
+    try:
+        trials = ExperimentAnalysis(path).trials
+    except Exception:  # noqa: BLE001 - unreadable state: let Tune's restore deal with it
+        return False
+    return len(trials) >= seeds and all(t.status in ("TERMINATED", "ERROR") for t in trials)
 
 
 def final_resources(cfg: SweepConfig) -> dict:

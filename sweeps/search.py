@@ -161,10 +161,16 @@ def search_method(cfg: SweepConfig, method: str, tracker: Tracker, resume: bool)
     trainable = tune.with_resources(train_trial, trial_resources(cfg))
     path = os.path.join(cfg.storage_path, method) if "://" not in cfg.storage_path else f"{cfg.storage_path}/{method}"
 
+    tuner = None
     if resume and tune.Tuner.can_restore(path):
-        say(f"{method}: resuming the search in {path}")
-        tuner = tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=False,
-                                   restart_errored=False, param_space=param_space)
+        if search_finished(cfg, path, cost, space):
+            say(f"{method}: the search in {path} is finished; reusing its trials")
+        else:
+            say(f"{method}: resuming the search in {path}")
+            # no param_space: the saved one is reused as is, so a resume still works after an upgrade
+            # added trainer options (Tune refuses a param_space whose keys differ from the saved one)
+            tuner = tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=False,
+                                       restart_errored=False)
     else:
         searcher, algorithm = make_searcher(cfg, method, space, cost)
         say(f"{method}: searching {fmt_params(search_spaces.describe(space))} with {budget_text(cfg)}, "
@@ -184,7 +190,8 @@ def search_method(cfg: SweepConfig, method: str, tracker: Tracker, resume: bool)
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
                 failure_config=tune.FailureConfig(max_failures=cfg.max_failures)),
         )
-    tuner.fit()
+    if tuner is not None:
+        tuner.fit()
     analysis = ExperimentAnalysis(path)
     finished = [t for t in analysis.trials if t.status in ("TERMINATED", "ERROR")]
     if len(finished) < len(analysis.trials) or not budget_spent(cfg, finished, cost, space):
@@ -207,6 +214,18 @@ def search_method(cfg: SweepConfig, method: str, tracker: Tracker, resume: bool)
 
 
 MAX_TRIALS = 100_000  # Tune's num_samples when only a compute budget limits the trials
+
+
+def search_finished(cfg: SweepConfig, path: str, cost: TrialCost, space: dict) -> bool:
+    """Every trial of a saved search ended and its budget is spent: nothing for Tune to do."""
+    from ray.tune import ExperimentAnalysis
+
+    try:
+        trials = ExperimentAnalysis(path).trials
+    except Exception:  # noqa: BLE001 - unreadable state: let Tune's restore deal with it
+        return False
+    finished = [t for t in trials if t.status in ("TERMINATED", "ERROR")]
+    return bool(trials) and len(finished) == len(trials) and budget_spent(cfg, finished, cost, space)
 
 
 def budget_spent(cfg: SweepConfig, finished: list, cost: TrialCost, space: dict) -> bool:
