@@ -161,8 +161,9 @@ Measured on {time.strftime('%Y-%m-%d')}; machine: {machine}. The whole study too
 
 Accuracy @Nx: test accuracy at the exit-policy setting each model's validation curve chose as the
 most accurate with at least N-times speed-up, with the test speed-up it reached in brackets.
-Wall-clock speed-up: full forward time over early-exit time on the whole test set (batch 128),
-the median of {cfg.timing_repeats} timed passes per model, one model at a time after all training.
+Wall-clock speed-up: full forward time over early-exit time at the 2x setting on the whole test
+set (batch 128), the median of {cfg.timing_repeats} timed passes per model, one model at a time after all
+training, for {'every model' if not cfg.timing_seeds else f'the first {cfg.timing_seeds} seed(s) of each arm'}.
 
 ![mean test frontiers](results-frontiers.png)
 

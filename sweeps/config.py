@@ -71,6 +71,8 @@ class SweepConfig:
     reference_arm: str = _f("clo", "the arm every other arm is compared with in the final stage (paired differences)")
     bootstrap: int = _f(2000, "bootstrap resamples (over seeds and test examples) of the final comparison's intervals")
     timing_repeats: int = _f(5, "final stage: timed passes over test per model; the wall-clock speed-up is their median")
+    timing_seeds: int | None = _f(None, "final stage: how many seeds of each arm (the first ones) are timed; null: all "
+                                        "(timing is one model at a time: on a CPU each pass over test takes seconds)")
     objective: str = _f("hypervolume", "what the search maximizes on validation: hypervolume (of the speed-accuracy frontier) or last_exit")
     scheduler: str = _f("asha", "trial scheduler: asha (stops weak trials after each epoch) or none")
     grace_period: int = _f(1, "ASHA: epochs every trial gets before it can be stopped")
@@ -164,7 +166,7 @@ class SweepConfig:
         if len(set(self.methods)) != len(self.methods):
             raise ConfigError(f"methods lists a method twice: {self.methods}")
         for name in ("trials", "max_concurrent", "tpe_startup_trials", "grace_period", "workers_per_trial",
-                     "budget_epochs", "outer_step_cost", "timing_repeats", "final_max_concurrent"):
+                     "budget_epochs", "outer_step_cost", "timing_repeats", "final_max_concurrent", "timing_seeds"):
             if getattr(self, name) is not None and getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be > 0 (got {getattr(self, name)})")
         if self.trials is None and self.budget_epochs is None:
