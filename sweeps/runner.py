@@ -87,6 +87,9 @@ def run_sweep(cfg: SweepConfig, resume: bool = False) -> SweepResult:
     except KeyboardInterrupt:
         _close_runs(tracker, "KILLED")
         raise SweepInterrupted("Ctrl-C or SIGTERM") from None
+    except SweepInterrupted:  # Tune took the signal and returned early: stopped, not failed
+        _close_runs(tracker, "KILLED")
+        raise
     except BaseException:
         _close_runs(tracker, "FAILED")
         raise
