@@ -209,8 +209,10 @@ def epoch_pace(result) -> str:
     parts = [f"{arm} {statistics.mean(v) / 60:.1f}" for arm, v in per_arm.items() if v]
     if not parts:
         return ""
-    return ("One epoch of the final stage took, in minutes (mean over seeds; two trainings ran at once, "
-            "one thread each): " + ", ".join(parts) + ".")
+    cfg = result.cfg
+    return (f"One epoch of the final stage took, in minutes (mean over seeds; "
+            f"{cfg.final_max_concurrent or cfg.max_concurrent} trainings ran at once, one thread each, on a machine "
+            f"other work may have shared): " + ", ".join(parts) + ".")
 
 
 def where_clo_loses(final, reference: str) -> str:
