@@ -33,6 +33,7 @@ import torch  # noqa: E402
 from trainers import engine as ds  # noqa: E402
 from trainers.config import TrainConfig  # noqa: E402
 from trainers.objective import LossTerms  # noqa: E402
+from trainers.errors import DivergenceMonitor  # noqa: E402
 from trainers.train import StepDraw, build_components, run, seed_everything, training_step  # noqa: E402
 from trainers.weight_strategies import build_strategy  # noqa: E402
 
@@ -44,7 +45,7 @@ class NormProbe:
     """The engine, with θ's gradient norm read between backward and the (clipping) step."""
 
     def __init__(self, engine):
-        self.engine, self.module, self.norms = engine, engine.module, []
+        self.engine, self.module, self.optimizer, self.norms = engine, engine.module, engine.optimizer, []
 
     def __call__(self, **batch):
         return self.engine(**batch)
@@ -72,9 +73,11 @@ def gradient_norms(arm: str, reduction: str, args) -> list[float]:
     strategy.to(engine.device)
     probe = NormProbe(engine)
     xi = lambda: ds.parameter_lrs(engine, cfg.xi)  # noqa: E731
+    monitor = DivergenceMonitor(engine.device)
     for step in range(args.steps):
         draw = StepDraw(data, step, strategy.draw_sizes(cfg.batch_size), cfg.seed, device=engine.device)
-        training_step(probe, strategy, terms, draw, step, xi)
+        training_step(probe, strategy, terms, draw, step, xi, monitor)
+    monitor.check()
     return probe.norms
 
 

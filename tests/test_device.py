@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from tests.conftest import make_batch
+from trainers.errors import DivergenceMonitor
 from trainers.objective import LossTerms, term_losses
 from trainers.train import training_step
 from trainers.weight_strategies import BilevelWeights, CrossLevelWeights, FixedWeights, concat_batches
@@ -45,12 +46,7 @@ class TorchEngine:
 
 
 @pytest.fixture
-def meta_model(tiny_model, monkeypatch):
-    import transformers.masking_utils as masking
-
-    # transformers skips an all-ones attention mask after reading it (mask.all()), which a meta
-    # tensor cannot answer; building the mask instead computes the same attention.
-    monkeypatch.setattr(masking, "_ignore_bidirectional_mask_sdpa", lambda *args, **kwargs: False)
+def meta_model(tiny_model):
     return tiny_model(num_layers=3, num_labels=3).to(META)
 
 
@@ -75,7 +71,7 @@ def test_every_method_runs_on_the_models_device(meta_model, name):
     assert on_meta(losses, strategy.weights(), (strategy.weights() * losses).sum())
 
     # an outer step (step 0, outer_every 1): the hypergradient, φ and Adam's moments
-    outer = strategy.outer_step(meta_model, lambda: b1, lambda: b2, 0, lambda: xi)
+    outer = strategy.outer_step(meta_model, lambda: b1, lambda: b2, 0, lambda: xi, DivergenceMonitor(META))
     if isinstance(strategy, FixedWeights):
         assert outer is None
     else:
@@ -86,7 +82,7 @@ def test_every_method_runs_on_the_models_device(meta_model, name):
     # the whole training step, with a plain-torch engine
     engine = TorchEngine(meta_model)
     draw = SimpleNamespace(b1=lambda: b1, b2=lambda: b2)
-    loss, outer = training_step(engine, strategy, terms, draw, 0, lambda: xi)
+    loss, outer = training_step(engine, strategy, terms, draw, 0, lambda: xi, DivergenceMonitor(META))
     assert on_meta(loss, strategy.weights(), *(p for p in meta_model.parameters()))
     if outer is not None:
         assert on_meta(outer["hypergradient"])
@@ -109,7 +105,7 @@ def test_a_strategy_saved_on_the_cpu_resumes_on_the_models_device(tiny_model, me
     assert on_meta(phi, moments["exp_avg"], moments["exp_avg_sq"])
     # and it keeps training there
     mb1, mb2 = meta_batches()
-    outer = resumed.outer_step(meta_model, lambda: mb1, lambda: mb2, 1, lambda: xi)
+    outer = resumed.outer_step(meta_model, lambda: mb1, lambda: mb2, 1, lambda: xi, DivergenceMonitor(META))
     moments = resumed.optimizer.state[resumed.loss_weights.phi]
     assert on_meta(outer["hypergradient"], resumed.loss_weights.phi, moments["exp_avg"], moments["exp_avg_sq"])
 

@@ -11,6 +11,7 @@ from trainers import engine as ds
 from trainers.config import TrainConfig
 from trainers.errors import ConfigError
 from trainers.objective import LossTerms, LossWeights
+from trainers.errors import DivergenceMonitor
 from trainers.train import training_step
 from trainers.weight_strategies import CrossLevelWeights, hypergradient
 
@@ -41,7 +42,8 @@ def test_bf16_autocast_trains_in_bf16_and_keeps_fp32_master_weights_for_the_hype
     b1, b2 = make_batch(seed=2), make_batch(seed=3)
     draw = SimpleNamespace(b1=lambda: b1, b2=lambda: b2)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        loss, outer = training_step(engine, strategy, terms, draw, 0, lambda: ds.parameter_lrs(engine))
+        loss, outer = training_step(engine, strategy, terms, draw, 0, lambda: ds.parameter_lrs(engine),
+                                    DivergenceMonitor(engine.device))
     assert torch.isfinite(loss) and loss.dtype == torch.float32
     assert outer["hypergradient"].dtype == torch.float32 and outer["hypergradient"].norm() > 0
     assert strategy.weights().dtype == torch.float32 and strategy.loss_weights.phi.dtype == torch.float32

@@ -81,6 +81,10 @@ def _dp_worker(rank, world, out_dir):
     model, terms, weights, b1, b2, xi = _setup_problem()
     h = hypergradient(model, terms, weights, _shard(b1, rank, world), _shard(b2, rank, world), xi, 0.01)
     torch.save(h, os.path.join(out_dir, f"h{rank}.pt"))
+    # Without it a loaded machine let rank 0 finish first and close its gloo pairs while rank 1
+    # still waited on the last all-reduce's data: rank 1 died with SIGABRT ("terminate called
+    # without an active exception"), 2 runs in 13. The barrier needs both ranks past every collective.
+    torch.distributed.barrier()
     torch.distributed.destroy_process_group()
 
 
@@ -103,7 +107,8 @@ def test_two_gloo_processes_give_the_single_process_hypergradient(tmp_path):
 def test_theta_and_phi_see_only_the_splits_their_method_allows(tmp_path, method):
     from trainers import engine as ds
     from trainers.config import TrainConfig
-    from trainers.train import History, build_components, train_steps
+    from trainers.errors import DivergenceMonitor
+    from trainers.train import History, ProgressLog, build_components, train_steps
     from trainers.weight_strategies import build_strategy
 
     cfg = TrainConfig(model="tiny-random", task="mr", train_subset=96, eval_subset=40, max_length=24, batch_size=8,
@@ -120,7 +125,9 @@ def test_theta_and_phi_see_only_the_splits_their_method_allows(tmp_path, method)
         return original_forward(**batch)
 
     model.forward = recording_forward
-    train_steps(engine, strategy, terms, data, cfg, 0, 12, History(), log=lambda msg: None)
+    monitor = DivergenceMonitor(engine.device)
+    train_steps(engine, strategy, terms, data, cfg, 0, 12, ProgressLog(History(), lambda msg: None, 12, 50), monitor)
+    monitor.check()
     model.forward = original_forward
 
     d1 = set(data.train.ids[data.d1].tolist())

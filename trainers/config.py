@@ -16,6 +16,7 @@ from typing import Any
 from trainers.errors import ConfigError
 
 METHODS = ("fixed", "bilevel", "clo")
+DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("fp32", "bf16")
 
 
@@ -61,7 +62,9 @@ class TrainConfig:
     weight_log_every: int = _f(50, "log the loss weights every N steps")
     # engine
     zero_stage: int = _f(0, "DeepSpeed ZeRO stage (0, 1 or 2)")
-    precision: str = _f("fp32", "fp32, or bf16 (GPU only; autocast with fp32 master weights)")
+    device: str = _f("auto", "where to train: auto (CUDA if torch sees a GPU, else the CPU), cpu, or cuda (fails at once, "
+                             "exit 2, if CUDA does not work: never trains on the CPU by accident)")
+    precision: str = _f("fp32", "fp32, or bf16 (autocast with fp32 master weights; for GPUs with bf16, allowed on the CPU when asked for)")
     deepspeed_config: str | None = _f(None, "a DeepSpeed JSON config (e.g. clusters/deepspeed/gpu_bf16_zero2.json); the trainer fills batch size, clipping and ZeRO stage when absent")
     threads: int | None = _f(None, "torch CPU threads (default: torch's choice; 1 per trial when trials share a machine)")
     seed: int = _f(42, "random seed (data splits, sampling, init, dropout)")
@@ -99,6 +102,7 @@ class TrainConfig:
         choose("hypervolume_axis", self.hypervolume_axis, HYPERVOLUME_AXES)
         choose("pooling", self.pooling, ("auto", "cls", "mean"))
         choose("precision", self.precision, PRECISIONS)
+        choose("device", self.device, DEVICES)
         choose("attn_implementation", self.attn_implementation, ("sdpa", "eager"))
         positive = {"max_length": self.max_length, "epochs": self.epochs, "batch_size": self.batch_size,
                     "eval_batch_size": self.eval_batch_size, "log_every": self.log_every,

@@ -16,7 +16,7 @@ CoLA's header-less TSVs); see ``_FORMATS``.
 Every split keeps, per example, an id ``split_code * 1_000_000_000 + source row number``
 (train=0, validation=1, test=2) so predictions can always be traced back to a file row.
 
-Randomness is always derived from ``seed`` plus a purpose-specific salt (``_derive_seed``), so
+Randomness is always derived from ``seed`` plus a purpose-specific salt (``derive_seed``), so
 the validation slice, the subsets, the halves and the sampler are independent of each other
 and reproducible on any machine (torch's CPU generator is platform independent).
 """
@@ -209,10 +209,10 @@ def load_task_data(
 
     # Subset before tokenizing: quick runs on big tasks then do not pay for the whole file.
     if train_subset is not None:
-        rows["train"] = _subset(spec, rows["train"], train_subset, _derive_seed(seed, "train_subset"))
+        rows["train"] = _subset(spec, rows["train"], train_subset, derive_seed(seed, "train_subset"))
     if eval_subset is not None:
         for name in ("validation", "test"):
-            rows[name] = _subset(spec, rows[name], eval_subset, _derive_seed(seed, "eval_subset", name))
+            rows[name] = _subset(spec, rows[name], eval_subset, derive_seed(seed, "eval_subset", name))
     for name, split_rows in rows.items():
         if len(split_rows) == 0:  # defensive: _read_rows already rejects files without labelled rows
             raise ConfigError(f"the {name} split of task '{spec.name}' is empty; check the data files")
@@ -456,7 +456,7 @@ def _carve_validation(spec: TaskSpec, train: _Rows, fraction: float, seed: int) 
         )
     n_val = min(max(round(fraction * len(train)), 1), len(train) - 1)
     labels = _labels_tensor(spec, train.labels)
-    val_idx = stratified_subset(labels, n_val, _derive_seed(seed, "validation"), spec.is_regression)
+    val_idx = stratified_subset(labels, n_val, derive_seed(seed, "validation"), spec.is_regression)
     in_val = torch.zeros(len(train), dtype=torch.bool)
     in_val[val_idx] = True
     return train.take(torch.nonzero(~in_val).squeeze(1)), train.take(val_idx)
@@ -578,14 +578,14 @@ def eval_batches(split: Split, batch_size: int, pad_token_id: int) -> Iterator[t
         yield positions, collate(split, positions, pad_token_id)
 
 
-def _derive_seed(*parts) -> int:
+def derive_seed(*parts) -> int:
     """A 63-bit seed from any tuple of ints/strings; stable across runs and machines (unlike hash())."""
     digest = hashlib.blake2b(repr(parts).encode(), digest_size=8).digest()
     return int.from_bytes(digest, "little") & (2**63 - 1)
 
 
 def _generator(*parts) -> torch.Generator:
-    return torch.Generator().manual_seed(_derive_seed(*parts))
+    return torch.Generator().manual_seed(derive_seed(*parts))
 
 
 @functools.lru_cache(maxsize=8)  # a batch touches at most 2 passes; room for a few samplers (D1, D2, ...)

@@ -16,15 +16,68 @@ from typing import Any
 
 import torch
 
+from trainers.config import DEVICES
 from trainers.errors import ConfigError
 
 if not torch.cuda.is_available():  # before deepspeed is imported anywhere: no accelerator probing
     os.environ.setdefault("DS_ACCELERATOR", "cpu")
 
 COMPLETE_MARKER = "COMPLETE"  # written last: a checkpoint folder without it is ignored on resume
+RANK_STATE_DIR = "rank_state"  # per-rank files in a checkpoint: each rank's own random streams
 
 
-def ensure_process_group() -> None:
+# ---------------------------------------------------------------------------- the device
+def select_device(requested: str, precision: str) -> str:
+    """``cpu`` or ``cuda``, for ``requested`` in auto | cpu | cuda; fails at once, never falls back.
+
+    ``auto`` is CUDA when torch sees a GPU, else the CPU (a laptop). ``cuda`` without a working
+    CUDA, or bf16 on a GPU without bf16, is a ConfigError naming the cause: a broken GPU setup
+    must not train for hours on the CPU, and must not fail late inside a collective (Ray picks
+    NCCL for a trial given GPUs while DeepSpeed, seeing no CUDA, would pick gloo).
+    """
+    if requested not in DEVICES:
+        raise ConfigError(f"unknown device '{requested}'; choose one of: {', '.join(DEVICES)}")
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if requested == "auto" else requested
+    if device == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device 'cuda' was asked for, but {_why_no_cuda()}; fix the GPU setup, or pass "
+                              "--device cpu to train on the CPU on purpose")
+        if precision == "bf16" and not torch.cuda.is_bf16_supported():
+            name = torch.cuda.get_device_name()
+            major, minor = torch.cuda.get_device_capability()
+            raise ConfigError(f"precision bf16 needs a GPU with bf16 support, and {name} (compute capability "
+                              f"{major}.{minor}) has none; pass --precision fp32, or use an Ampere or newer GPU")
+    _pin_deepspeed_accelerator(device)
+    return device
+
+
+def _why_no_cuda() -> str:
+    if torch.version.cuda is None:
+        return (f"this torch build ({torch.__version__}) has no CUDA support (on a GPU machine, "
+                f"pip install torch=={torch.__version__.split('+')[0]} from the registry is the CUDA build)")
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None and visible.strip() in ("", "-1"):
+        return f"no GPU is visible (CUDA_VISIBLE_DEVICES='{visible}')"
+    try:
+        torch.cuda.init()
+    except Exception as err:  # the driver's own reason: no device, driver too old, ...
+        return f"CUDA failed to initialise ({str(err).splitlines()[0]})"
+    return "torch sees no CUDA device"
+
+
+def _pin_deepspeed_accelerator(device: str) -> None:
+    """DeepSpeed picks its accelerator once, at first use: make it the device the run asked for."""
+    if "deepspeed" not in sys.modules:
+        os.environ["DS_ACCELERATOR"] = device
+        return
+    from deepspeed.accelerator import get_accelerator
+
+    if get_accelerator().device_name() != device:
+        raise ConfigError(f"DeepSpeed was already set up for '{get_accelerator().device_name()}' in this process; "
+                          f"start a new process to train on '{device}'")
+
+
+def ensure_process_group(device: str | None = None) -> None:
     """Join the launcher's process group, or make a private group of one.
 
     A group of one needs no rendezvous: it uses an in-process store, so it opens no listening
@@ -38,7 +91,9 @@ def ensure_process_group() -> None:
         return
     import deepspeed
 
-    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    backend = "nccl" if device == "cuda" else "gloo"
     if "RANK" in os.environ and "WORLD_SIZE" in os.environ:  # started by deepspeed, torchrun or a Ray trainer
         deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False, verbose=False)
     else:
@@ -72,6 +127,9 @@ def deepspeed_config(cfg, world_size: int) -> dict[str, Any]:
     config.setdefault("zero_optimization", {"stage": cfg.zero_stage})
     config.setdefault("steps_per_print", 10**9)  # the trainer prints its own progress
     config.setdefault("wall_clock_breakdown", False)
+    # DeepSpeed's throughput timer is on by default: a forward pre-hook that synchronizes the
+    # device on every call of the module (hypergradient passes and evaluation included).
+    config.setdefault("timers", {"throughput": {"enabled": False}})
     if cfg.precision == "bf16":
         # Autocast keeps fp32 master parameters: the finite-difference hypergradient perturbs θ by
         # ~1e-6 per entry, which bf16 parameters could not represent.
@@ -137,6 +195,44 @@ def build_engine(model: torch.nn.Module, cfg, total_steps: int):
     return engine
 
 
+def base_optimizer(engine) -> torch.optim.Optimizer:
+    """The torch optimizer inside the engine (ZeRO wraps it in its own, which calls its ``step``)."""
+    optimizer = engine.optimizer
+    while not isinstance(optimizer, torch.optim.Optimizer):
+        optimizer = optimizer.optimizer
+    return optimizer
+
+
+def skip_update_unless(engine, ok: torch.Tensor) -> None:
+    """Make the coming ``engine.step()`` leave θ untouched unless ``ok`` (a device bool), without a host sync.
+
+    The trainer's AdamW is fused: it reads ``found_inf`` (as GradScaler sets it) on the device and
+    skips the whole update, moments and weight decay included. Another optimizer (a plain-torch
+    engine in the tests) gets zero gradients instead, so its update stays finite.
+    """
+    optimizer = base_optimizer(engine)
+    if optimizer.defaults.get("fused"):
+        optimizer.found_inf = (~ok).float()
+        return
+    with torch.no_grad():
+        for group in optimizer.param_groups:
+            for p in group["params"]:
+                if p.grad is not None:
+                    p.grad.copy_(torch.where(ok, p.grad, torch.zeros_like(p.grad)))
+
+
+def release_engine(engine) -> None:
+    """Free what a finished training holds: ZeRO buffers, optimizer state, hooks that keep the engine
+    alive through the model. With ``reuse_actors`` the next trial of this process needs that memory."""
+    engine.destroy()
+    for name in ("module_forward_pre_hook", "module_forward_post_hook", "first_dataloader_check"):
+        handle = getattr(engine, name, None)
+        if handle is not None:
+            handle.remove()
+            setattr(engine, name, None)
+    base_optimizer(engine).state.clear()
+
+
 def current_lrs(engine) -> list[float]:
     return [group["lr"] for group in engine.optimizer.param_groups]
 
@@ -154,11 +250,13 @@ def parameter_lrs(engine, fixed: float | None = None) -> list[float]:
 
 
 # ---------------------------------------------------------------------------- checkpoints
-def save_checkpoint(engine, output_dir: str, tag: str, client_state: dict) -> Path:
+def save_checkpoint(engine, output_dir: str, tag: str, client_state: dict, rank_state: dict | None = None) -> Path:
     """Write ``output_dir/checkpoints/tag`` so that a crash never leaves a complete-looking one.
 
     DeepSpeed writes into a staging folder; the folder is renamed into place and only then marked
-    complete, and ``latest`` is replaced atomically.
+    complete, and ``latest`` is replaced atomically. ``client_state`` is the run's (saved once);
+    ``rank_state`` is this process's own (its random streams), saved by every rank as
+    ``rank_state/rank<N>.pt``.
     """
     root = Path(output_dir) / "checkpoints"
     staging = root / ".staging"
@@ -168,6 +266,10 @@ def save_checkpoint(engine, output_dir: str, tag: str, client_state: dict) -> Pa
     if leader:
         shutil.rmtree(staging / tag, ignore_errors=True)
     engine.save_checkpoint(str(staging), tag=tag, client_state=client_state, save_latest=False)
+    if rank_state is not None:
+        folder = staging / tag / RANK_STATE_DIR
+        folder.mkdir(parents=True, exist_ok=True)
+        torch.save(rank_state, folder / f"rank{world()[0]}.pt")
     if torch.distributed.is_initialized():
         torch.distributed.barrier()
     final = root / tag
@@ -192,6 +294,12 @@ def latest_checkpoint(output_dir: str) -> str | None:
         if (root / tag / COMPLETE_MARKER).is_file():
             return tag
     return None
+
+
+def load_rank_state(output_dir: str, tag: str) -> dict | None:
+    """This rank's own saved state, or None (a checkpoint written by fewer processes, or before 2026-12)."""
+    path = Path(output_dir) / "checkpoints" / tag / RANK_STATE_DIR / f"rank{world()[0]}.pt"
+    return torch.load(path, weights_only=False) if path.is_file() else None
 
 
 def load_checkpoint(engine, output_dir: str, tag: str) -> dict:

@@ -19,6 +19,8 @@ Outer objective: L_out = (1/L) Σ_m CE(y, p_m) — unweighted, any exit may answ
 
 from __future__ import annotations
 
+import contextlib
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -71,39 +73,64 @@ class LossTerms:
         return [f"ce/{m + 1}" for m in range(self.num_exits)] + [f"kd/{m + 1}<-{t + 1}" for m, t in self.pairs]
 
 
+def _fp32_or_wider(logits: torch.Tensor) -> torch.Tensor:
+    """Logits in fp32 (fp64 stays fp64). Under bf16 autocast the logits are bf16, and DeepSpeed's
+    autocast wraps only the module's forward, so the losses below would otherwise run in bf16: on
+    12 nearly agreeing exits that put the distillation terms off by a median of 58 % (some
+    negative). The losses are cheap next to the network; computing them in fp32 costs nothing."""
+    return logits.to(torch.promote_types(logits.dtype, torch.float32))
+
+
+@functools.lru_cache(maxsize=64)
+def _pair_index(pairs: tuple[tuple[int, int], ...], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(students, teachers) index tensors of ``pairs`` on ``device``, built once per device: a tensor
+    made from a Python list is a host-to-device copy, which would wait for the GPU on every call."""
+    students = torch.tensor([m for m, _ in pairs], dtype=torch.long).to(device)
+    sources = torch.tensor([t for _, t in pairs], dtype=torch.long).to(device)
+    return students, sources
+
+
+def autocast_off(device_type: str):
+    """Autocast off, where the device has autocast at all (meta, for one, has none)."""
+    if torch.amp.is_autocast_available(device_type):
+        return torch.autocast(device_type=device_type, enabled=False)
+    return contextlib.nullcontext()
+
+
 def term_losses(terms: LossTerms, logits: torch.Tensor, labels: torch.Tensor,
                 teacher_logits: torch.Tensor | None = None) -> torch.Tensor:
-    """ℓ, the per-term losses ``[len(terms)]``, each a mean over the batch.
+    """ℓ, the per-term losses ``[len(terms)]``, each a mean over the batch, in fp32 whatever the
+    logits' dtype (or fp64 for fp64 logits), with autocast off.
 
     ``logits`` is ``[L, B, C]``. The teacher side is always detached (stop-gradient). Pass
     ``teacher_logits`` to hold the teachers at other values than ``logits`` — the
     finite-difference hypergradient keeps them at θ on both sides θ ± εv (method §4, pitfall).
     """
-    teachers = (logits if teacher_logits is None else teacher_logits).detach()
-    num_exits = logits.shape[0]
-    students = torch.tensor([m for m, _ in terms.pairs], dtype=torch.long, device=logits.device)
-    sources = torch.tensor([t for _, t in terms.pairs], dtype=torch.long, device=logits.device)
-    if terms.regression:
-        # At least fp32: under bf16 autocast the logits are bf16, and bf16 targets lose digits (3.8 → 3.797).
-        dtype = torch.promote_types(logits.dtype, torch.float32)
-        preds = logits[..., 0].to(dtype)  # [L, B]
-        target = labels.to(dtype).unsqueeze(0).expand_as(preds)
-        ce = ((preds - target) ** 2).mean(dim=1)
-        kd = ((preds[students] - teachers[..., 0][sources].to(dtype)) ** 2).mean(dim=1)
-        return torch.cat([ce, kd])
-    flat = logits.reshape(-1, logits.shape[-1])
-    ce = F.cross_entropy(flat, labels.repeat(num_exits), reduction="none").view(num_exits, -1).mean(dim=1)
-    if not terms.pairs:
-        return ce
-    tau = terms.temperature
-    student_logp = F.log_softmax(logits / tau, dim=-1)[students]  # [P, B, C]
-    teacher_logp = F.log_softmax(teachers / tau, dim=-1)[sources]
-    kl = (teacher_logp.exp() * (teacher_logp - student_logp)).sum(-1).mean(-1)  # KL(teacher ‖ student)
-    return torch.cat([ce, tau * tau * kl])
+    with autocast_off(logits.device.type):
+        logits = _fp32_or_wider(logits)
+        teachers = (logits if teacher_logits is None else _fp32_or_wider(teacher_logits)).detach()
+        num_exits = logits.shape[0]
+        students, sources = _pair_index(terms.pairs, logits.device)
+        if terms.regression:
+            preds = logits[..., 0]  # [L, B]
+            target = labels.to(preds.dtype).unsqueeze(0).expand_as(preds)
+            ce = ((preds - target) ** 2).mean(dim=1)
+            kd = ((preds[students] - teachers[..., 0][sources]) ** 2).mean(dim=1)
+            return torch.cat([ce, kd])
+        flat = logits.reshape(-1, logits.shape[-1])
+        ce = F.cross_entropy(flat, labels.repeat(num_exits), reduction="none").view(num_exits, -1).mean(dim=1)
+        if not terms.pairs:
+            return ce
+        tau = terms.temperature
+        student_logp = F.log_softmax(logits / tau, dim=-1)[students]  # [P, B, C]
+        teacher_logp = F.log_softmax(teachers / tau, dim=-1)[sources]
+        kl = (teacher_logp.exp() * (teacher_logp - student_logp)).sum(-1).mean(-1)  # KL(teacher ‖ student)
+        return torch.cat([ce, tau * tau * kl])
 
 
 def inner_loss(terms: LossTerms, weights: torch.Tensor, losses: torch.Tensor) -> torch.Tensor:
-    """L_tr = w · ℓ / n: the weighted mean of the terms (``reduction="sum"``: w · ℓ).
+    """L_tr = w · ℓ / n: the weighted mean of the terms (``reduction="sum"``: w · ℓ), in the wider
+    of the two dtypes (fp32 weights and losses give fp32; autocast never narrows a plain product).
 
     The one place where the loss scale is decided: the θ step, the virtual step and ∇_φ all go
     through here, so the hypergradient is always the derivative of the loss θ is trained on.
@@ -113,11 +140,13 @@ def inner_loss(terms: LossTerms, weights: torch.Tensor, losses: torch.Tensor) ->
 
 
 def outer_loss(logits: torch.Tensor, labels: torch.Tensor, regression: bool = False) -> torch.Tensor:
-    """L_out: the unweighted mean of the exits' task losses. It never contains w."""
-    if regression:
-        return ((logits[..., 0] - labels.to(logits.dtype)) ** 2).mean()
-    flat = logits.reshape(-1, logits.shape[-1])
-    return F.cross_entropy(flat, labels.repeat(logits.shape[0]))
+    """L_out: the unweighted mean of the exits' task losses, in fp32. It never contains w."""
+    with autocast_off(logits.device.type):
+        logits = _fp32_or_wider(logits)
+        if regression:
+            return ((logits[..., 0] - labels.to(logits.dtype)) ** 2).mean()
+        flat = logits.reshape(-1, logits.shape[-1])
+        return F.cross_entropy(flat, labels.repeat(logits.shape[0]))
 
 
 class LossWeights(nn.Module):

@@ -22,6 +22,7 @@ no summary). Test hook: ``LEEBERT_FAULT_NONFINITE_STEP=N`` makes the loss of (1-
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import math
 import os
@@ -37,9 +38,9 @@ import torch
 
 from trainers import engine as ds
 from trainers.config import TrainConfig, add_config_arguments, config_from_args
-from trainers.data import TaskData, batch_indices, collate, load_task_data
-from trainers.errors import (EXIT_BAD_INPUT, EXIT_DIVERGED, FAULT_NONFINITE_STEP_ENV, ConfigError, TrainingDiverged,
-                             check_finite)
+from trainers.data import TaskData, batch_indices, collate, derive_seed, load_task_data
+from trainers.errors import (EXIT_BAD_INPUT, EXIT_DIVERGED, FAULT_NONFINITE_STEP_ENV, ConfigError,
+                             DivergenceMonitor, TrainingDiverged, check_finite)
 from trainers.evaluate import (collect_logits, final_report, point_key, policy_grid, report_split,
                                wallclock_speedups)
 from trainers.frontier import curve_table
@@ -70,6 +71,8 @@ def build_components(cfg: TrainConfig):
         spec = ModelSpec(resolve_model_source(cfg.model), task.num_labels, cfg.pooling, cfg.attn_implementation,
                          cfg.dropout)
         model, tokenizer = build_model(spec)
+    from trainers.model import check_max_length  # exit 2 naming the limit, not an index error mid-training
+    check_max_length(model.backbone.config, cfg.max_length)
     data = load_task_data(task, tokenizer, data_dir=cfg.data_dir, max_length=cfg.max_length,
                           train_subset=cfg.train_subset, eval_subset=cfg.eval_subset, seed=cfg.seed,
                           validation_fraction=cfg.validation_fraction)
@@ -89,12 +92,14 @@ def check_split_sizes(data: TaskData, draw: tuple[int, int], batch_size: int, wo
 
 # ---------------------------------------------------------------------------- the loop
 class StepDraw:
-    """The examples of one step. Batches are collated on first use: bilevel needs B2 only on outer steps."""
+    """The examples of one step. Batches are collated on first use (bilevel needs B2 only on outer
+    steps), or ahead of time by ``prefetch``: on a GPU into pinned memory and copied without
+    blocking, so the host never waits for a copy and the next step's copy queues behind this one's work."""
 
     def __init__(self, data: TaskData, step: int, sizes: tuple[int, int], seed: int, rank: int = 0,
                  world_size: int = 1, device: torch.device | str = "cpu"):
         self.data, self.step, self.sizes, self.seed = data, step, sizes, seed
-        self.rank, self.world_size, self.device = rank, world_size, device
+        self.rank, self.world_size, self.device = rank, world_size, torch.device(device)
         self._batches: dict[int, dict] = {}
 
     def _batch(self, which: int) -> dict:
@@ -103,8 +108,16 @@ class StepDraw:
             positions = batch_indices(len(half), self.sizes[which], self.step, self.seed, salt=which + 1)
             mine = positions[self.rank::self.world_size]  # this process's shard of the global batch
             batch = collate(self.data.train, half[mine], self.data.pad_token_id)
-            self._batches[which] = {key: value.to(self.device) for key, value in batch.items()}
+            pin = self.device.type == "cuda"
+            self._batches[which] = {key: (value.pin_memory() if pin else value).to(self.device, non_blocking=pin)
+                                    for key, value in batch.items()}
         return self._batches[which]
+
+    def prefetch(self, halves: tuple[bool, bool]) -> "StepDraw":
+        for which, needed in enumerate(halves):
+            if needed:
+                self._batch(which)
+        return self
 
     def b1(self) -> dict:
         return self._batch(0)
@@ -114,25 +127,25 @@ class StepDraw:
 
 
 def training_step(engine, strategy, terms: LossTerms, draw: StepDraw, step: int, xi: Callable[[], list[float]],
-                  fault_step: int | None = None) -> tuple[torch.Tensor, dict | None]:
+                  monitor: DivergenceMonitor, fault_step: int | None = None) -> tuple[torch.Tensor, dict | None]:
     """Step ``step`` (0-based): the strategy may update φ, then θ takes one step with loss w · ℓ / n (the weighted mean of the terms).
 
-    ``engine`` is a DeepSpeed engine or anything with its ``module``, call, ``backward`` and
-    ``step``, so the step also runs without DeepSpeed (the meta-device tests). ``draw`` is anything
-    with ``b1()`` and ``b2()``. Returns the loss and the outer step's info (None if φ did not move).
+    No host sync: a non-finite loss is recorded in ``monitor`` on the device and the update is
+    skipped there (``skip_update_unless``); ``monitor.check()``, at the loop's check points, raises.
+    ``engine`` is a DeepSpeed engine or anything with its ``module``, ``optimizer``, call,
+    ``backward`` and ``step``, so the step also runs without DeepSpeed (the meta-device tests).
+    ``draw`` is anything with ``b1()`` and ``b2()``. Returns the loss and the outer step's info
+    (None if φ did not move).
     """
-    outer = strategy.outer_step(engine.module, draw.b1, draw.b2, step, xi)
+    outer = strategy.outer_step(engine.module, draw.b1, draw.b2, step, xi, monitor)
     batch = strategy.theta_batch(draw.b1, draw.b2)
     loss = inner_loss(terms, strategy.weights(), term_losses(terms, engine(**batch), batch["labels"]))
     if step + 1 == fault_step:  # test hook (LEEBERT_FAULT_NONFINITE_STEP): diverge on cue
         loss = loss * float("nan")
-    if loss.device.type != "meta":  # meta tensors hold no value: nothing to check
-        # Checked before backward, so θ never takes a non-finite step. The mean over processes lets
-        # every rank see any rank's NaN, so all stop together instead of one waiting in an all-reduce.
-        value = all_reduce_mean([loss.detach()])[0].item()
-        if not math.isfinite(value):
-            raise TrainingDiverged(step + 1, f"loss is {value}")
+    # The mean over processes: every rank sees any rank's NaN, so all skip the update together.
+    ok = monitor.record_loss(step, all_reduce_mean([loss.detach()])[0])
     engine.backward(loss)
+    ds.skip_update_unless(engine, ok)
     engine.step()
     return loss, outer
 
@@ -153,26 +166,74 @@ class History:
     weights: list[dict] = field(default_factory=list)
 
 
-def train_steps(engine, strategy, terms: LossTerms, data: TaskData, cfg: TrainConfig,
-                start: int, stop: int, history: History, log: Callable[[str], None],
-                fault_step: int | None = None) -> None:
-    """Steps [start, stop) of training. The loop is the same for every method."""
+def train_steps(engine, strategy, terms: LossTerms, data: TaskData, cfg: TrainConfig, start: int, stop: int,
+                progress: "ProgressLog", monitor: DivergenceMonitor, fault_step: int | None = None) -> torch.Tensor:
+    """Steps [start, stop) of training; the loop is the same for every method. Returns the last loss.
+
+    The host reads from the device only every ``log_every`` steps (``progress.check``: the
+    divergence check, the progress line and the weights logged since, in one sync); the caller
+    checks again at the end of the epoch.
+    """
     rank, world_size = ds.world()
     sizes = strategy.draw_sizes(cfg.batch_size)
     xi = lambda: ds.parameter_lrs(engine, cfg.xi)  # noqa: E731 - evaluated on outer steps only
-    tick, tick_step = time.perf_counter(), start
+    draw = StepDraw(data, start, sizes, cfg.seed, rank, world_size, engine.device)
     for step in range(start, stop):
-        draw = StepDraw(data, step, sizes, cfg.seed, rank, world_size, engine.device)
-        loss, outer = training_step(engine, strategy, terms, draw, step, xi, fault_step)
-        if (step + 1) % cfg.weight_log_every == 0 or step + 1 == stop:
-            history.weights.append({"step": step + 1, "weights": strategy.weights().tolist()})
-        if (step + 1) % cfg.log_every == 0 or step + 1 == stop:
-            rate = (step + 1 - tick_step) / (time.perf_counter() - tick)
-            tick, tick_step = time.perf_counter(), step + 1
-            eta = (stop - step - 1) / rate if rate > 0 else float("nan")
-            extra = f" | hypergrad {float(outer['hypergradient'].norm()):.2e}" if outer else ""
-            log(f"step {step + 1}/{stop} | loss {loss.item():.4f} | lr {ds.current_lrs(engine)[0]:.2e} | "
-                f"{rate:.2f} steps/s | eta {eta:.0f}s{extra}")
+        loss, outer = training_step(engine, strategy, terms, draw, step, xi, monitor, fault_step)
+        if step + 1 < stop:  # the next step's batches are collated and queued while the device works
+            draw = StepDraw(data, step + 1, sizes, cfg.seed, rank, world_size, engine.device).prefetch(
+                strategy.halves(step + 1))
+        progress.step(step + 1, loss, strategy.weights(), outer)
+        if (step + 1) % cfg.log_every == 0:
+            progress.check(monitor, ds.current_lrs(engine)[0])
+    return loss
+
+
+class ProgressLog:
+    """Progress lines and the weight trajectory, kept on the device between check points."""
+
+    def __init__(self, history: History, log: Callable[[str], None], total_steps: int, weight_log_every: int,
+                 start: int = 0):
+        self.history, self.log, self.total_steps, self.weight_log_every = history, log, total_steps, weight_log_every
+        self.pending: list[tuple[int, torch.Tensor]] = []
+        self.loss: torch.Tensor | None = None
+        self.hypergradient: torch.Tensor | None = None
+        self.last_step, self.tick, self.tick_step = start, time.perf_counter(), start
+
+    def step(self, step: int, loss: torch.Tensor, weights: torch.Tensor, outer: dict | None) -> None:
+        """After (1-based) ``step``: remember what the next check reads. No host sync."""
+        self.last_step, self.loss = step, loss.detach()
+        if outer is not None:
+            self.hypergradient = outer["hypergradient"]
+        if step % self.weight_log_every == 0:
+            self.keep_weights(step, weights)
+
+    def keep_weights(self, step: int, weights: torch.Tensor) -> None:
+        if not self.pending or self.pending[-1][0] != step:
+            self.pending.append((step, weights.detach().clone()))
+
+    def check(self, monitor: DivergenceMonitor, lr: float) -> None:
+        """One host sync: raise if a step diverged; else log progress and keep the pending weights."""
+        norm = self.hypergradient.norm() if self.hypergradient is not None else None
+        values = [v for v in (self.loss, norm) if v is not None] + [w for _, w in self.pending]
+        read = monitor.check(*values)  # the clock is read after the sync: the rate is honest
+        if self.loss is None:
+            return
+        loss, offset = read[0], 1
+        if norm is not None:
+            extra, offset = f" | hypergrad {read[1]:.2e}", 2
+        else:
+            extra = ""
+        for step, weights in self.pending:
+            self.history.weights.append({"step": step, "weights": read[offset:offset + weights.numel()]})
+            offset += weights.numel()
+        self.pending.clear()
+        now = time.perf_counter()
+        rate = (self.last_step - self.tick_step) / max(now - self.tick, 1e-9)
+        eta = (self.total_steps - self.last_step) / rate if rate > 0 else float("nan")
+        self.tick, self.tick_step = now, self.last_step
+        self.log(f"step {self.last_step}/{self.total_steps} | loss {loss:.4f} | lr {lr:.2e} | "
+                 f"{rate:.2f} steps/s | eta {eta:.0f}s{extra}")
 
 
 # ---------------------------------------------------------------------------- the recipe
@@ -180,25 +241,29 @@ def run(cfg: TrainConfig, on_epoch: Callable[[dict], None] | None = None, quiet:
     cfg.validate()
     fault_step = fault_step_from_env()  # the test hook LEEBERT_FAULT_NONFINITE_STEP, read once
     started = time.perf_counter()
-    is_main = int(os.environ.get("RANK", "0")) == 0  # under a launcher only rank 0 speaks and writes
+    device = ds.select_device(cfg.device, cfg.precision)  # fails at once on a broken GPU setup
+    ds.ensure_process_group(device)
+    rank, world_size = ds.world()
+    is_main = rank == 0  # in a data-parallel group only rank 0 speaks and writes
     log = (lambda msg: None) if quiet or not is_main else (lambda msg: print(f"[leebert] {msg}", flush=True))
     output = Path(cfg.output_dir)
     if not cfg.resume and ds.latest_checkpoint(cfg.output_dir):
         raise ConfigError(f"output_dir '{output}' already holds a run; pass --resume to continue it, or choose another --output-dir")
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    seed_everything(cfg.seed)
+    seed_everything(cfg.seed)  # the same on every rank: the same data splits and initial weights
 
     # 1. model and data
     model, data = build_components(cfg)
     task = data.task
     log(f"task {task.name}: train {len(data.train)} (D1 {len(data.d1)}, D2 {len(data.d2)}), "
-        f"validation {len(data.validation)}, test {len(data.test)}; model {cfg.model} with {model.num_layers} exits")
+        f"validation {len(data.validation)}, test {len(data.test)}; model {cfg.model} with {model.num_layers} exits; "
+        f"device {device}" + (f" x {world_size} processes" if world_size > 1 else ""))
 
     # 2. objective and loss-weight strategy
     terms = LossTerms.build(model.num_layers, cfg.kd, cfg.temperature, task.is_regression, cfg.loss_reduction)
     strategy = build_strategy(cfg, terms)
-    check_split_sizes(data, strategy.draw_sizes(cfg.batch_size), cfg.batch_size, int(os.environ.get("WORLD_SIZE", 1)))
+    check_split_sizes(data, strategy.draw_sizes(cfg.batch_size), cfg.batch_size, world_size)
     steps_per_epoch = max(1, len(data.train) // cfg.batch_size)
     total_steps = cfg.epochs * steps_per_epoch
 
@@ -206,6 +271,9 @@ def run(cfg: TrainConfig, on_epoch: Callable[[dict], None] | None = None, quiet:
     engine = ds.build_engine(model, cfg, total_steps)
     # The weights are made on the CPU; they multiply exit losses on the engine's device (a GPU).
     strategy.to(engine.device)
+    monitor = DivergenceMonitor(engine.device)
+    # Each rank its own dropout masks: the streams so far were the same everywhere (initial weights).
+    torch.manual_seed(rank_seed(cfg.seed, rank))
 
     history, start_epoch = History(), 0
     tag = ds.latest_checkpoint(cfg.output_dir) if cfg.resume else None
@@ -213,26 +281,32 @@ def run(cfg: TrainConfig, on_epoch: Callable[[dict], None] | None = None, quiet:
         state = ds.load_checkpoint(engine, cfg.output_dir, tag)
         strategy.load_state_dict(state["strategy"])  # lands on the device the strategy is on
         history = History(**state["history"])
-        restore_rng(state["rng"])
         start_epoch = state["epoch"]
+        if not restore_rng(ds.load_rank_state(cfg.output_dir, tag)):
+            torch.manual_seed(rank_seed(cfg.seed, rank, start_epoch))
+            log(f"checkpoint {tag} holds no random state for rank {rank} (written by fewer processes?): "
+                "dropout reseeded from the seed, the rank and the epoch")
         log(f"resumed from checkpoint {tag} (epoch {start_epoch}/{cfg.epochs})")
     elif cfg.resume:
         log(f"no complete checkpoint in {output}/checkpoints: starting from scratch")
 
     # 4–5. train, evaluating and checkpointing after each epoch
     val_logits = None
+    progress = ProgressLog(history, log, total_steps, cfg.weight_log_every, start_epoch * steps_per_epoch)
     for epoch in range(start_epoch, cfg.epochs):
         log(f"epoch {epoch + 1}/{cfg.epochs} ({steps_per_epoch} steps, method {cfg.method})")
         epoch_start = time.perf_counter()
-        train_steps(engine, strategy, terms, data, cfg, epoch * steps_per_epoch,
-                    (epoch + 1) * steps_per_epoch, history, log, fault_step)
+        end = (epoch + 1) * steps_per_epoch
+        train_steps(engine, strategy, terms, data, cfg, epoch * steps_per_epoch, end, progress, monitor, fault_step)
+        progress.keep_weights(end, strategy.weights())
+        progress.check(monitor, ds.current_lrs(engine)[0])  # raises TrainingDiverged naming the first bad step
         train_seconds = time.perf_counter() - epoch_start
         val_logits = collect_logits(model, data.validation, cfg.eval_batch_size, data.pad_token_id)
         # θ's last step of the epoch is seen by no loss check; NaN logits would all argmax to class 0
-        check_finite(val_logits, (epoch + 1) * steps_per_epoch, "validation logits are not finite")
+        check_finite(val_logits, end, "validation logits are not finite")
         val = report_split(val_logits, data.validation.labels, task, policy_grid(task, model.num_layers),
                            axis=cfg.hypervolume_axis)
-        record = {"epoch": epoch + 1, "step": (epoch + 1) * steps_per_epoch,
+        record = {"epoch": epoch + 1, "step": end,
                   "val_last_exit": val.last_exit, "val_hypervolume": val.hypervolume,
                   "val_per_exit": [e[val.primary] for e in val.per_exit],
                   "weights": strategy.weights().tolist(), "train_seconds": round(train_seconds, 2)}
@@ -241,10 +315,18 @@ def run(cfg: TrainConfig, on_epoch: Callable[[dict], None] | None = None, quiet:
             f"per exit {' '.join(f'{x:.3f}' for x in record['val_per_exit'])}")
         if cfg.save_checkpoints:
             ds.save_checkpoint(engine, cfg.output_dir, f"epoch-{epoch + 1}", {
-                "epoch": epoch + 1, "strategy": strategy.state_dict(), "rng": rng_state(),
-                "history": {"epochs": history.epochs, "weights": history.weights}, "config": cfg.to_dict()})
+                "epoch": epoch + 1, "strategy": strategy.state_dict(),
+                "history": {"epochs": history.epochs, "weights": history.weights}, "config": cfg.to_dict()},
+                rank_state=rng_state())
         if on_epoch is not None:
             on_epoch(record)
+    # The model stays; the engine, its optimizer state and ZeRO buffers go now, not when the
+    # process ends: with reuse_actors the next trial in this process needs that memory.
+    ds.release_engine(engine)
+    del engine
+    gc.collect()  # DeepSpeed's engine holds reference cycles
+    if device == "cuda":
+        torch.cuda.empty_cache()
 
     # 6. final report: settings chosen on validation, reported on test
     if val_logits is None:  # resumed after the last epoch
@@ -304,19 +386,30 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def rank_seed(seed: int, rank: int, *more: int) -> int:
+    """The torch seed of one data-parallel rank (dropout), derived from the trial seed and the rank."""
+    return derive_seed("dropout", seed, rank, *more)
+
+
 def rng_state() -> dict:
+    """This process's random streams: CPU, and its own current GPU's (not every visible GPU's, so
+    a checkpoint restores onto a node with another GPU count)."""
     state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state()
     return state
 
 
-def restore_rng(state: dict) -> None:
+def restore_rng(state: dict | None) -> bool:
+    """Restore what ``rng_state`` saved; False when there is nothing to restore."""
+    if state is None:
+        return False
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        torch.cuda.set_rng_state(state["cuda"])
+    return True
 
 
 def write_json_atomic(path: Path, payload: dict) -> None:
@@ -351,7 +444,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_DIVERGED
     summary.pop("model_object", None)
-    if int(os.environ.get("RANK", "0")) != 0:
+    if ds.world()[0] != 0:
         return 0
     printable = {k: v for k, v in summary.items() if k not in ("config", "epochs")}
     printable["weights"] = {"final": summary["weights"]["final"]}

@@ -5,8 +5,12 @@ All three implement one strategy interface, so the training loop never branches 
 - ``draw_sizes(batch_size)``: how many examples to draw per step from D1 and from D2;
 - ``theta_batch(b1, b2)``: the batch θ's update uses (D1 only for bilevel, D1 ∪ D2 otherwise);
 - ``weights()``: the current loss-term weights w (a detached tensor);
-- ``outer_step(model, b1, b2, step, lrs)``: update φ from a hypergradient (a no-op for fixed);
-  it raises TrainingDiverged on a non-finite hypergradient before φ moves, so φ stays finite;
+- ``halves(step)``: which of B1 and B2 step ``step`` uses (bilevel needs B2 on outer steps only),
+  so the loop copies exactly those to the device ahead of time;
+- ``outer_step(model, b1, b2, step, lrs, monitor)``: update φ from a hypergradient (a no-op for
+  fixed). A non-finite hypergradient or weight leaves φ and Adam's moments as they were, on the
+  device, and is recorded in ``monitor`` (a ``DivergenceMonitor``); without a monitor it raises
+  TrainingDiverged at once (a host sync);
 - ``to(device)``: put the weights (and φ's optimizer state) where the exit losses are.
 
 Hypergradient (DARTS second order), for a training batch B_tr and an outer batch B_out:
@@ -22,14 +26,14 @@ at θ on both sides (the pitfall measured in the method doc: moving them gave co
 
 from __future__ import annotations
 
-import contextlib
 from typing import Callable
 
 import torch
 import torch.distributed as dist
 
-from trainers.errors import check_finite
-from trainers.objective import LossTerms, LossWeights, fixed_weights, inner_loss, outer_loss, term_losses
+from trainers.errors import DivergenceMonitor, check_finite
+from trainers.objective import (LossTerms, LossWeights, autocast_off, fixed_weights, inner_loss, outer_loss,
+                                term_losses)
 
 Batch = dict[str, torch.Tensor]
 
@@ -62,13 +66,6 @@ def concat_batches(a: Batch, b: Batch) -> Batch:
     return {key: torch.cat([pad(a, key), pad(b, key)]) for key in a}
 
 
-def _fp32(device_type: str):
-    """Autocast off, where the device has autocast at all (meta, for one, has none)."""
-    if torch.amp.is_autocast_available(device_type):
-        return torch.autocast(device_type=device_type, enabled=False)
-    return contextlib.nullcontext()
-
-
 def hypergradient(model: torch.nn.Module, terms: LossTerms, loss_weights: LossWeights,
                   train_batch: Batch, outer_batch: Batch, xi: list[float], fd_eps: float,
                   reduce: Callable[[list[torch.Tensor]], list[torch.Tensor]] = all_reduce_mean) -> torch.Tensor:
@@ -78,7 +75,7 @@ def hypergradient(model: torch.nn.Module, terms: LossTerms, loss_weights: LossWe
     was_training = model.training
     model.eval()  # dropout off: the two sides θ ± εu must see the same network
     try:
-        with _fp32(params[0].device.type):  # finite differences need fp32
+        with autocast_off(params[0].device.type):  # finite differences need fp32
             weights = loss_weights().detach()
             logits = model(**train_batch)
             teachers = logits.detach()
@@ -124,6 +121,9 @@ class FixedWeights:
     def draw_sizes(self, batch_size: int) -> tuple[int, int]:
         return batch_size - batch_size // 2, batch_size // 2
 
+    def halves(self, step: int) -> tuple[bool, bool]:
+        return True, True
+
     def theta_batch(self, b1: Callable[[], Batch], b2: Callable[[], Batch]) -> Batch:
         return concat_batches(b1(), b2())
 
@@ -134,7 +134,8 @@ class FixedWeights:
         self._weights = self._weights.to(device)
         return self
 
-    def outer_step(self, model, b1, b2, step: int, xi: Callable[[], list[float]]) -> dict | None:
+    def outer_step(self, model, b1, b2, step: int, xi: Callable[[], list[float]],
+                   monitor: DivergenceMonitor | None = None) -> dict | None:
         return None
 
     def state_dict(self) -> dict:
@@ -151,7 +152,7 @@ class _LearnedWeights:
         self.terms = terms
         self.loss_weights = LossWeights(len(terms), parametrization)
         self.lr_outer = lr_outer
-        self.optimizer = torch.optim.Adam(self.loss_weights.parameters(), lr=lr_outer)
+        self.optimizer = self._adam()
         self.outer_every = outer_every
         self.fd_eps = fd_eps
 
@@ -167,23 +168,60 @@ class _LearnedWeights:
         """
         self.loss_weights.to(device)
         state = self.optimizer.state_dict()
-        self.optimizer = torch.optim.Adam(self.loss_weights.parameters(), lr=self.lr_outer)
-        self.optimizer.load_state_dict(state)
+        self.optimizer = self._adam()
+        self.load_optimizer_state(state)
         return self
+
+    def load_optimizer_state(self, state: dict) -> None:
+        """Adam's state, saved with or without the fused kernel: the kernel follows φ's device."""
+        fused = self.optimizer.defaults["fused"]
+        self.optimizer.load_state_dict({**state, "param_groups": [{**g, "fused": fused} for g in state["param_groups"]]})
+
+    def _adam(self) -> torch.optim.Adam:
+        """Adam on φ; fused where the device has the kernel (CPU, CUDA): its step count then lives
+        on φ's device, so a step reads nothing back to the host (the default keeps it on the CPU
+        and reads it on every step)."""
+        fused = self.loss_weights.phi.device.type in ("cpu", "cuda")
+        return torch.optim.Adam(self.loss_weights.parameters(), lr=self.lr_outer, fused=fused)
 
     def _hyper(self, model, train_batch: Batch, outer_batch: Batch, xi: list[float]) -> torch.Tensor:
         return hypergradient(model, self.terms, self.loss_weights, train_batch, outer_batch, xi, self.fd_eps)
 
-    def outer_step(self, model, b1, b2, step: int, xi: Callable[[], list[float]]) -> dict | None:
-        if step % self.outer_every:
+    def is_outer_step(self, step: int) -> bool:
+        return step % self.outer_every == 0
+
+    def outer_step(self, model, b1, b2, step: int, xi: Callable[[], list[float]],
+                   monitor: DivergenceMonitor | None = None) -> dict | None:
+        if not self.is_outer_step(step):
             return None
         h = self.combined_hypergradient(model, b1(), b2(), xi())
-        check_finite(h, step + 1, "hypergradient is not finite")  # before Adam: φ never turns NaN
-        self.optimizer.zero_grad(set_to_none=True)
-        self.loss_weights.phi.grad = h
-        self.optimizer.step()
-        check_finite(self.weights(), step + 1, "loss weights are not finite")
+        if monitor is None:  # a direct call (tests, notebooks): check now
+            check_finite(h, step + 1, "hypergradient is not finite")  # before Adam: φ never turns NaN
+            self._adam_step(h)
+            check_finite(self.weights(), step + 1, "loss weights are not finite")
+            return {"hypergradient": h}
+        # In training: no host sync. Adam steps on a finite gradient either way; a step whose
+        # hypergradient or resulting weights are not finite is then undone on the device.
+        h_ok = monitor.record(step, torch.isfinite(h).all(), 3)
+        before = {key: t.detach().clone() for key, t in self._phi_state().items()}
+        self._adam_step(torch.where(h_ok, h, torch.zeros_like(h)))
+        ok = h_ok & monitor.record(step, torch.isfinite(self.loss_weights()).all(), 4)
+        with torch.no_grad():
+            for key, now in self._phi_state().items():
+                then = before.get(key)
+                now.copy_(torch.where(ok, now, torch.zeros_like(now) if then is None else then))
         return {"hypergradient": h}
+
+    def _adam_step(self, grad: torch.Tensor) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+        self.loss_weights.phi.grad = grad
+        self.optimizer.step()
+
+    def _phi_state(self) -> dict[str, torch.Tensor]:
+        """φ and Adam's moments (which Adam makes on its first step), the live tensors, on φ's device."""
+        phi = self.loss_weights.phi
+        state = self.optimizer.state.get(phi, {})
+        return {"phi": phi.data, **{key: state[key] for key in ("exp_avg", "exp_avg_sq") if key in state}}
 
     def state_dict(self) -> dict:
         return {"loss_weights": self.loss_weights.state_dict(), "optimizer": self.optimizer.state_dict()}
@@ -192,7 +230,7 @@ class _LearnedWeights:
         # Both land on φ's current device, whatever device saved them: the module copies into φ,
         # and Adam casts its moments to the device of the parameter they belong to.
         self.loss_weights.load_state_dict(state["loss_weights"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        self.load_optimizer_state(state["optimizer"])
 
 
 class BilevelWeights(_LearnedWeights):
@@ -203,6 +241,9 @@ class BilevelWeights(_LearnedWeights):
     def draw_sizes(self, batch_size: int) -> tuple[int, int]:
         # Same θ batch size and step count as the other methods, so D1 is traversed twice per epoch.
         return batch_size, batch_size
+
+    def halves(self, step: int) -> tuple[bool, bool]:
+        return True, self.is_outer_step(step)
 
     def theta_batch(self, b1, b2) -> Batch:
         return b1()
@@ -218,6 +259,9 @@ class CrossLevelWeights(_LearnedWeights):
 
     def draw_sizes(self, batch_size: int) -> tuple[int, int]:
         return batch_size - batch_size // 2, batch_size // 2
+
+    def halves(self, step: int) -> tuple[bool, bool]:
+        return True, True
 
     def theta_batch(self, b1, b2) -> Batch:
         return concat_batches(b1(), b2())

@@ -1,0 +1,74 @@
+"""Exact losses under bf16: the loss terms and their reductions run in fp32 whatever the logits' dtype.
+
+DeepSpeed's ``torch_autocast`` wraps only the module's forward, so the exit logits reach the
+objective as bf16. CPU bf16 autocast is the stand-in for CUDA's here; it is stricter (its
+``log_softmax`` of bf16 stays bf16, where CUDA's runs in fp32), so a loss that is exact under it
+is exact on a GPU too.
+"""
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from tests.conftest import make_batch
+from trainers import engine as ds
+from trainers.config import TrainConfig
+from trainers.errors import DivergenceMonitor
+from trainers.objective import LossTerms, inner_loss, outer_loss, term_losses
+from trainers.train import training_step
+from trainers.weight_strategies import CrossLevelWeights, FixedWeights
+
+BF16 = torch.autocast("cpu", dtype=torch.bfloat16)
+
+
+def agreeing_exit_logits(exits: int, batch: int, classes: int, seed: int = 0) -> torch.Tensor:
+    """Logits of exits that nearly agree, as trained exits do: one shared signal plus small noise."""
+    gen = torch.Generator().manual_seed(seed)
+    shared = 3.0 * torch.randn(1, batch, classes, generator=gen)
+    return (shared + 0.05 * torch.randn(exits, batch, classes, generator=gen)).to(torch.bfloat16)
+
+
+@pytest.mark.parametrize("exits,batch,classes", [(12, 32, 3), (12, 16, 2)])
+def test_term_losses_of_bf16_logits_are_the_fp32_losses(exits, batch, classes):
+    logits = agreeing_exit_logits(exits, batch, classes)
+    labels = torch.randint(0, classes, (batch,), generator=torch.Generator().manual_seed(1))
+    terms = LossTerms.build(exits, "all", temperature=2.0)
+    exact = term_losses(terms, logits.double(), labels)  # the same bf16 values, computed in fp64
+    weights = torch.linspace(0.5, 1.5, len(terms))
+    with BF16:
+        losses = term_losses(terms, logits, labels)
+        total = inner_loss(terms, weights, losses)
+        out = outer_loss(logits, labels)
+    assert losses.dtype == total.dtype == out.dtype == torch.float32
+    assert (losses >= 0).all(), "a KL divergence is never negative"
+    rel = ((losses.double() - exact).abs() / exact.abs()).max().item()
+    assert rel < 1e-3, f"worst relative error {rel:.2e} over {len(terms)} terms"
+    assert total.item() == pytest.approx(float((weights.double() * exact).sum() / len(terms)), rel=1e-3)
+    assert out.item() == pytest.approx(float(exact[:exits].mean()), rel=1e-3)
+
+
+def test_a_bf16_training_step_trains_on_the_fp32_loss_of_its_logits(tiny_model):
+    """The whole step under bf16 autocast, on a DeepSpeed engine: the loss θ is trained on equals
+    the fp32 objective of the (bf16) logits the network produced in that step."""
+    model = tiny_model(num_labels=3)
+    cfg = TrainConfig(model="tiny-random", precision="bf16", batch_size=12).validate()
+    engine = ds.build_engine(model, cfg, total_steps=4)
+    seen = []
+    model.register_forward_hook(lambda module, args, output: seen.append(output.detach()) if module.training else None)
+    for strategy in (FixedWeights(LossTerms.build(3, "all"), "uniform"),
+                     CrossLevelWeights(LossTerms.build(3, "all"), "softmax", 0.1, 1, 0.01)):
+        strategy.to(engine.device)
+        b1, b2 = make_batch(seed=2), make_batch(seed=3)
+        draw = SimpleNamespace(b1=lambda: b1, b2=lambda: b2)
+        seen.clear()
+        with BF16:
+            loss, _ = training_step(engine, strategy, strategy.terms, draw, 0, lambda: ds.parameter_lrs(engine),
+                                    DivergenceMonitor(engine.device))
+        (logits,) = seen  # the θ forward of this step (the hypergradient's passes run in eval mode)
+        assert logits.dtype == torch.bfloat16, "autocast reached the network"
+        batch = strategy.theta_batch(draw.b1, draw.b2)
+        exact = inner_loss(strategy.terms, strategy.weights().double(),
+                           term_losses(strategy.terms, logits.double(), batch["labels"]))
+        assert loss.dtype == torch.float32
+        assert loss.item() == pytest.approx(exact.item(), rel=1e-3)
