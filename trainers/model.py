@@ -151,9 +151,12 @@ class MultiExitEncoder(nn.Module):
             if self.pooling == "cls" and isinstance(pretrained_dense, nn.Linear):
                 head.dense.load_state_dict(pretrained_dense.state_dict())
 
-    def pool(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    def pool(self, hidden: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+        """[CLS] or the mean over real tokens; ``attention_mask=None``: no padding (the same sums)."""
         if self.pooling == "cls":
             return hidden[:, 0]
+        if attention_mask is None:
+            return hidden.sum(1) / float(hidden.shape[1])
         mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
         return (hidden * mask).sum(1) / mask.sum(1).clamp_min(1.0)
 
@@ -168,55 +171,76 @@ class MultiExitEncoder(nn.Module):
         return torch.stack(logits)
 
     @torch.no_grad()
-    def early_exit(self, policy, input_ids, attention_mask, token_type_ids=None, **_):
+    def early_exit(self, policy, input_ids, attention_mask=None, token_type_ids=None, **_):
         """Incremental inference: returns ``(exit_logits [B, C], exit_layer [B])`` (layers 1-based).
 
         Samples that exit are removed from the running batch, so their later layers are never computed.
         The attention mask is built once, as in ``forward``, and cut down with the batch; the running
         tensors are only re-indexed at a layer where some sample leaves, and then also cut to the
         longest running row (the positions after it are padding for every row left).
+
+        Host syncs: at most one per layer (none for a policy that never exits). The policy decides on
+        the device; one integer comes back to the host per layer (how many rows stay, and how long the
+        longest of them is), and every re-indexing uses index tensors of that known size, never a
+        boolean mask (whose result size only the device knows: a sync each on a GPU).
+
+        ``attention_mask=None`` says that no row is padded (a single request, rows of one length):
+        no mask is built and nothing is cut, for the same logits and exits as an all-ones mask.
         """
-        batch = input_ids.shape[0]
+        batch, width = input_ids.shape
+        device = input_ids.device
         out_logits = None
-        out_layer = torch.full((batch,), self.num_layers, dtype=torch.long, device=input_ids.device)
-        running = torch.arange(batch, device=input_ids.device)
+        out_layer = torch.full((batch,), self.num_layers, dtype=torch.long, device=device)
+        running = torch.arange(batch, device=device)
+        padded = attention_mask is not None
+        # 1 + the position of each row's last real token: what the batch must stay wide enough for
+        ends = (attention_mask * torch.arange(1, width + 1, device=device)).amax(dim=1) if padded else None
         hidden = self.runner.embed(input_ids, token_type_ids)
-        mask = self.runner.mask(hidden, attention_mask)
-        state = policy.start(batch, input_ids.device)
+        mask = self.runner.mask(hidden, attention_mask) if padded else None
+        decides = getattr(policy, "kind", None) != "none"  # the full model needs no decision
+        state = policy.start(batch, device)
         for index, head in enumerate(self.exits):
             hidden = self.runner.layer(index, hidden, mask)
             logits = head(self.pool(hidden, attention_mask))
             if out_logits is None:
                 out_logits = logits.new_zeros((batch, logits.shape[-1]))
             if index + 1 == self.num_layers:  # everyone still running answers here (out_layer's default)
-                out_logits[running] = logits
+                out_logits.index_copy_(0, running, logits)
                 break
-            state, exit_now = policy.step(state, index + 1, logits)
-            leaving_count = int(exit_now.sum())
-            if leaving_count == 0:
+            if not decides:
                 continue
-            leaving = running[exit_now]
-            out_logits[leaving] = logits[exit_now]
-            out_layer[leaving] = index + 1
-            if leaving_count == running.shape[0]:
-                break
+            state, exit_now = policy.step(state, index + 1, logits)
+            rows, seq = running.shape[0], hidden.shape[1]
             keep = ~exit_now
-            running, hidden, attention_mask = running[keep], hidden[keep], attention_mask[keep]
-            mask = _rows(mask, keep)
-            state = policy.select(state, keep)
+            # the layer's one host sync: rows that stay and their longest length, packed in one integer
+            if padded:
+                stay, longest = divmod(int(keep.sum() * (seq + 1) + (ends * keep).amax()), seq + 1)
+            else:
+                stay, longest = int(keep.sum()), seq
+            if stay == rows:
+                continue
+            order = torch.sort(exit_now.to(torch.int32), stable=True).indices  # staying rows first, in order
+            leaving, kept = order[stay:], order[:stay]
+            out_logits.index_copy_(0, running[leaving], logits[leaving])
+            out_layer.index_fill_(0, running[leaving], index + 1)
+            if stay == 0:
+                break
+            running, hidden = running[kept], hidden[kept]
+            state = policy.select(state, kept)
+            if not padded:
+                continue
+            attention_mask, ends, mask = attention_mask[kept], ends[kept], _rows(mask, kept, rows)
             # Positions past the longest running row are padding for every row left: drop them.
-            columns = attention_mask.any(dim=0).nonzero()
-            width = int(columns.max()) + 1 if columns.numel() else hidden.shape[1]
-            if width < hidden.shape[1]:
-                hidden, attention_mask, mask = hidden[:, :width], attention_mask[:, :width], _columns(mask, width)
+            if 0 < longest < seq:
+                hidden, attention_mask, mask = hidden[:, :longest], attention_mask[:, :longest], _columns(mask, longest)
         return out_logits, out_layer
 
 
-def _rows(mask, keep: torch.Tensor):
+def _rows(mask, kept: torch.Tensor, rows: int):
     """The attention mask of the rows still running (None and batch-broadcast masks stay as they are)."""
-    if mask is None or mask.dim() == 0 or mask.shape[0] != keep.shape[0]:
+    if mask is None or mask.dim() == 0 or mask.shape[0] != rows:
         return mask
-    return mask[keep]
+    return mask[kept]
 
 
 def _columns(mask, width: int):
@@ -258,6 +282,30 @@ def build_model(spec: ModelSpec) -> tuple[MultiExitEncoder, object]:
         ) from None
     pooling = default_pooling(backbone.config) if spec.pooling == "auto" else spec.pooling
     return MultiExitEncoder(backbone, spec.num_labels, pooling, dropout=spec.dropout), tokenizer
+
+
+# Families whose position ids start after the padding index (position = padding_idx + 1 + token index).
+_OFFSET_POSITIONS = ("roberta", "xlm-roberta", "camembert", "longformer")
+
+
+def position_limit(backbone_config) -> int | None:
+    """How many tokens the backbone's absolute position embeddings can hold (None: no fixed table)."""
+    limit = getattr(backbone_config, "max_position_embeddings", None)
+    if not isinstance(limit, int) or limit <= 0:
+        return None
+    if getattr(backbone_config, "model_type", "") in _OFFSET_POSITIONS:
+        limit -= int(getattr(backbone_config, "pad_token_id", 1) or 0) + 1
+    return limit
+
+
+def check_max_length(backbone_config, max_length: int) -> None:
+    """Refuse a ``max_length`` longer than the position embeddings: the first long example would
+    fail deep inside the embedding lookup (an index error, or a CUDA device-side assert)."""
+    limit = position_limit(backbone_config)
+    if limit is not None and max_length > limit:
+        kind = getattr(backbone_config, "model_type", "") or "this"
+        raise ConfigError(f"max_length {max_length} is longer than the model's {limit} position embeddings "
+                          f"({kind} model); use --max-length {limit} or less")
 
 
 def tiny_backbone(num_layers: int = 3, hidden: int = 32, vocab_size: int = 100, seed: int = 0,
