@@ -72,3 +72,50 @@ def test_a_bf16_training_step_trains_on_the_fp32_loss_of_its_logits(tiny_model):
                            term_losses(strategy.terms, logits.double(), batch["labels"]))
         assert loss.dtype == torch.float32
         assert loss.item() == pytest.approx(exact.item(), rel=1e-3)
+
+
+def test_bf16_gradient_passes_leave_the_finite_difference_sides_in_fp32(tiny_model):
+    from trainers.objective import LossWeights
+    from trainers.weight_strategies import hypergradient
+
+    model, terms = tiny_model(num_labels=3), LossTerms.build(3, "all")
+    xi = [1e-3] * sum(1 for _ in model.parameters())
+    passes = []
+    model.register_forward_hook(lambda mod, a, out: passes.append(out.dtype))
+    hypergradient(model, terms, LossWeights(len(terms)), make_batch(seed=1), make_batch(seed=2), xi, 0.01,
+                  grad_dtype=torch.bfloat16)
+    assert passes == [torch.bfloat16, torch.bfloat16, torch.float32, torch.float32]  # g, v, ℓ+, ℓ−
+
+
+@pytest.mark.integration
+def test_on_minilm_the_bf16_pass_hypergradient_keeps_cosine_099_to_the_fp32_one():
+    """The condition for shipping bf16 g and v passes (benchmarks/hypergradient_precision.py has the table)."""
+    from trainers.data import collate
+    from trainers.objective import LossWeights
+    from trainers.train import build_components, seed_everything
+    from trainers.weight_strategies import hypergradient
+
+    cfg = TrainConfig(task="mr", model="minilm", max_length=64, train_subset=400, seed=1).validate()
+    seed_everything(1)
+    model, data = build_components(cfg)
+    terms = LossTerms.build(model.num_layers, "all")
+    gen = torch.Generator().manual_seed(7)
+    draw = lambda half: collate(data.train, half[torch.randperm(len(half), generator=gen)[:16]], data.pad_token_id)  # noqa: E731
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr)
+    for _ in range(3):  # a few steps, so the exit heads are not random
+        b = draw(data.d1)
+        loss = inner_loss(terms, torch.ones(len(terms)), term_losses(terms, model(**b), b["labels"]))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    xi = [cfg.head_lr if n.startswith("exits.") else cfg.lr for n, p in model.named_parameters() if p.requires_grad]
+    weights = LossWeights(len(terms))
+    with torch.no_grad():
+        weights.phi.copy_(torch.linspace(-0.5, 0.5, len(terms)))
+    b1, b2 = draw(data.d1), draw(data.d2)
+    same = lambda tensors: tensors  # noqa: E731
+    exact = hypergradient(model, terms, weights, b1, b2, xi, cfg.fd_eps, reduce=same)
+    mixed = hypergradient(model, terms, weights, b1, b2, xi, cfg.fd_eps, reduce=same, grad_dtype=torch.bfloat16)
+    cosine = torch.nn.functional.cosine_similarity(exact.double(), mixed.double(), dim=0).item()
+    assert cosine >= 0.99, f"cosine {cosine:.4f}"
+    assert (mixed - exact).norm() / exact.norm() < 0.1

@@ -84,3 +84,14 @@ def test_deepspeed_config_files_are_honoured_and_checked(tmp_path):
         ds.deepspeed_config(TrainConfig(batch_size=15).validate(), 2)
     with pytest.raises(ConfigError, match="zero_stage must be 0, 1 or 2"):
         TrainConfig(zero_stage=3).validate()
+
+
+def test_deepspeeds_synchronizing_throughput_timer_is_off_in_every_shipped_config():
+    from pathlib import Path
+
+    configs = sorted((Path(__file__).resolve().parents[1] / "clusters" / "deepspeed").glob("*.json"))
+    assert len(configs) >= 3
+    for path in configs + [None]:  # None: the trainer's own defaults, no file
+        cfg = TrainConfig(model="tiny-random", batch_size=8, deepspeed_config=str(path) if path else None).validate()
+        timers = ds.deepspeed_config(cfg, world_size=1)["timers"]
+        assert timers == {"throughput": {"enabled": False}}, path

@@ -2,24 +2,10 @@
 
 import torch
 import torch.nn.functional as F
-from torch.func import functional_call
 
 from tests.conftest import make_batch
 from trainers.objective import LossTerms, LossWeights, inner_loss, outer_loss, term_losses
-from trainers.weight_strategies import BilevelWeights, CrossLevelWeights, hypergradient
-
-
-def exact_hypergradient(model, terms, loss_weights, train_batch, outer_batch, xi):
-    """d/dφ L_out(θ − ξ ∇_θ L_tr(θ, w(φ); B_tr); B_out), by double backward (float64, eager attention)."""
-    model.eval()
-    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    names, params = [n for n, _ in named], [p for _, p in named]
-    inner = inner_loss(terms, loss_weights(), term_losses(terms, model(**train_batch), train_batch["labels"]))
-    grads = torch.autograd.grad(inner, params, create_graph=True)
-    unrolled = {n: p - step * g for n, p, g, step in zip(names, params, grads, xi)}
-    logits = functional_call(model, unrolled, args=(), kwargs=outer_batch)
-    (h,) = torch.autograd.grad(outer_loss(logits, outer_batch["labels"]), [loss_weights.phi])
-    return h
+from trainers.weight_strategies import BilevelWeights, CrossLevelWeights, exact_hypergradient, hypergradient
 
 
 def setup(tiny_model, teachers="all", parametrization="softmax", seed=0):

@@ -59,6 +59,9 @@ class TrainConfig:
     outer_every: int = _f(10, "update the loss weights every N steps")
     xi: float | None = _f(None, "virtual-step size ξ (default: each parameter group's current inner learning rate)")
     fd_eps: float = _f(0.01, "finite-difference step: ε = fd_eps / ‖v‖")
+    hypergradient_passes: str = _f("auto", "precision of the hypergradient's gradient passes g and v: auto (as θ's steps: bf16 "
+                                           "autocast under --precision bf16; cosine >= 0.99 to fp32 measured, docs/method.md) or "
+                                           "fp32; the finite-difference sides are always fp32")
     weight_log_every: int = _f(50, "log the loss weights every N steps")
     # engine
     zero_stage: int = _f(0, "DeepSpeed ZeRO stage (0, 1 or 2)")
@@ -103,6 +106,7 @@ class TrainConfig:
         choose("pooling", self.pooling, ("auto", "cls", "mean"))
         choose("precision", self.precision, PRECISIONS)
         choose("device", self.device, DEVICES)
+        choose("hypergradient_passes", self.hypergradient_passes, ("auto", "fp32"))
         choose("attn_implementation", self.attn_implementation, ("sdpa", "eager"))
         positive = {"max_length": self.max_length, "epochs": self.epochs, "batch_size": self.batch_size,
                     "eval_batch_size": self.eval_batch_size, "log_every": self.log_every,

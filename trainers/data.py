@@ -31,12 +31,14 @@ import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence
 
-import pandas as pd
 import torch
 
 from trainers.errors import ConfigError
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 log = logging.getLogger(__name__)
 
@@ -314,12 +316,16 @@ def _find_split_files(spec: TaskSpec, folders: Sequence[Path], split: str, stems
 
 
 def _read_rows(spec: TaskSpec, paths: list[Path]) -> _Rows:
+    import pandas as pd  # here, not at the top: a training on prepared data needs no pandas (the GPU bundle)
+
     frames = [_read_table(spec, path) for path in paths]
     frame = frames[0] if len(frames) == 1 else pd.concat(frames, ignore_index=True)
     return _frame_to_rows(spec, frame, str(paths[0]) if len(paths) == 1 else f"{paths[0]} (+{len(paths) - 1} shards)")
 
 
 def _read_table(spec: TaskSpec, path: Path) -> pd.DataFrame:
+    import pandas as pd
+
     name = path.name.lower().removesuffix(".gz")
     try:
         if name.endswith(".tsv"):
@@ -346,6 +352,8 @@ def _read_table(spec: TaskSpec, path: Path) -> pd.DataFrame:
 
 
 def _read_tsv(path: Path, **kwargs) -> pd.DataFrame:
+    import pandas as pd
+
     # GLUE TSVs contain unbalanced quote characters, so quoting must be off (as in the GLUE
     # reference loaders); keep every cell as text so "NA" or "null" stay words.
     return pd.read_csv(
@@ -615,3 +623,22 @@ def batch_indices(n: int, batch_size: int, step: int, seed: int, salt: int = 0) 
         parts.append(_permutation(n, seed, salt, k)[offset:offset + take])
         position += take
     return torch.cat(parts)  # a copy: callers must never alias the cached permutations
+
+
+def synthetic_task_data(num_train: int, num_eval: int, vocab_size: int, max_length: int, num_labels: int = 2,
+                        seed: int = 0) -> TaskData:
+    """A learnable random task with no download: token ids of random lengths, the label a function of
+    the first token. For hardware checks (benchmarks/gpu_check.py), where no tokenizer or data set is at hand."""
+    gen = torch.Generator().manual_seed(seed)
+    task = TaskSpec("synthetic", ("sentence",), num_labels, False, ("accuracy",), "synthetic")
+
+    def split(name: str, code: int, n: int) -> Split:
+        lengths = torch.randint(max(4, max_length // 4), max_length + 1, (n,), generator=gen).tolist()
+        ids = [torch.randint(5, vocab_size, (length,), generator=gen).tolist() for length in lengths]
+        labels = torch.tensor([row[0] * num_labels // vocab_size for row in ids], dtype=torch.long)
+        return Split(name, ids, [[0] * len(row) for row in ids], labels, torch.arange(n) + code * 1_000_000_000)
+
+    train = split("train", 0, num_train)
+    order = torch.randperm(num_train, generator=gen)
+    return TaskData(task, train, order[: num_train // 2], order[num_train // 2:], split("validation", 1, num_eval),
+                    split("test", 2, num_eval), pad_token_id=0)

@@ -170,24 +170,34 @@ def _group_key(name: str, param: torch.Tensor) -> tuple[bool, bool]:
     return name.startswith("exits."), param.ndim < 2
 
 
+def param_groups(model: torch.nn.Module, cfg) -> list[dict]:
+    """AdamW's groups: backbone and exit heads at their own learning rates, no weight decay on
+    biases and LayerNorm weights."""
+    head_lr = cfg.head_lr if cfg.head_lr is not None else cfg.lr
+    groups: dict[tuple[bool, bool], list] = {}
+    for name, param in _trainable(model):
+        groups.setdefault(_group_key(name, param), []).append(param)
+    return [
+        {"params": params, "lr": head_lr if is_head else cfg.lr,
+         "weight_decay": 0.0 if no_decay else cfg.weight_decay, "name": ("heads" if is_head else "backbone")}
+        for (is_head, no_decay), params in sorted(groups.items())
+    ]
+
+
+def build_optimizer(model: torch.nn.Module, cfg, total_steps: int):
+    """The fused AdamW and its warm-up + linear-decay schedule. The fused kernel runs AdamW on CPU
+    about 6x faster than the default per-tensor loop (measured on MiniLM's 22.7 M parameters: 13 ms
+    against 87 ms a step), and it skips a flagged step on the device (``skip_update_unless``)."""
+    optimizer = torch.optim.AdamW(param_groups(model, cfg), lr=cfg.lr, fused=True)
+    return optimizer, linear_warmup_decay(optimizer, total_steps, cfg.warmup_ratio)
+
+
 def build_engine(model: torch.nn.Module, cfg, total_steps: int):
     """AdamW with separate backbone / exit-head learning rates, warm-up + linear decay, in a DeepSpeed engine."""
     ensure_process_group()
     import deepspeed
 
-    head_lr = cfg.head_lr if cfg.head_lr is not None else cfg.lr
-    groups: dict[tuple[bool, bool], list] = {}
-    for name, param in _trainable(model):
-        groups.setdefault(_group_key(name, param), []).append(param)
-    param_groups = [
-        {"params": params, "lr": head_lr if is_head else cfg.lr,
-         "weight_decay": 0.0 if no_decay else cfg.weight_decay, "name": ("heads" if is_head else "backbone")}
-        for (is_head, no_decay), params in sorted(groups.items())
-    ]
-    # The fused kernel runs AdamW on CPU about 6x faster than the default per-tensor loop (measured
-    # on MiniLM's 22.7 M parameters: 13 ms against 87 ms a step).
-    optimizer = torch.optim.AdamW(param_groups, lr=cfg.lr, fused=True)
-    scheduler = linear_warmup_decay(optimizer, total_steps, cfg.warmup_ratio)
+    optimizer, scheduler = build_optimizer(model, cfg, total_steps)
     engine, _, _, _ = deepspeed.initialize(
         model=model, optimizer=optimizer, lr_scheduler=scheduler,
         config=deepspeed_config(cfg, world()[1]), dist_init_required=False,
@@ -231,6 +241,13 @@ def release_engine(engine) -> None:
             handle.remove()
             setattr(engine, name, None)
     base_optimizer(engine).state.clear()
+
+
+def synchronize(device: torch.device | str) -> None:
+    """Wait for the device's queued work (a no-op on the CPU): call before reading a clock."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def current_lrs(engine) -> list[float]:

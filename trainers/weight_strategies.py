@@ -66,47 +66,85 @@ def concat_batches(a: Batch, b: Batch) -> Batch:
     return {key: torch.cat([pad(a, key), pad(b, key)]) for key in a}
 
 
+def _autocast(device_type: str, dtype: torch.dtype | None):
+    """Autocast in ``dtype`` for the gradient passes, or off (fp32) when ``dtype`` is None."""
+    if dtype is None:
+        return autocast_off(device_type)
+    return torch.autocast(device_type=device_type, dtype=dtype)
+
+
 def hypergradient(model: torch.nn.Module, terms: LossTerms, loss_weights: LossWeights,
                   train_batch: Batch, outer_batch: Batch, xi: list[float], fd_eps: float,
-                  reduce: Callable[[list[torch.Tensor]], list[torch.Tensor]] = all_reduce_mean) -> torch.Tensor:
-    """h(B_tr → B_out) = dL_out(θ'(φ); B_out)/dφ by finite differences; one ξ per trainable parameter."""
+                  reduce: Callable[[list[torch.Tensor]], list[torch.Tensor]] = all_reduce_mean,
+                  grad_dtype: torch.dtype | None = None) -> torch.Tensor:
+    """h(B_tr → B_out) = dL_out(θ'(φ); B_out)/dφ by finite differences; one ξ per trainable parameter.
+
+    Four passes: g (forward + backward on B_tr), v (forward + backward on B_out at θ'), and the
+    two finite-difference sides ℓ± (forwards on B_tr). The sides always run in fp32: ℓ+ − ℓ− is
+    a difference of nearly equal numbers. ``grad_dtype`` (bf16) runs the g and v passes under
+    autocast, as θ's own steps do; they only choose the direction u and the virtual step.
+    Parameter updates are foreach ops: a handful of kernels per update instead of several per tensor.
+    """
     params = [p for p in model.parameters() if p.requires_grad]
+    device_type = params[0].device.type
     labels_tr, labels_out = train_batch["labels"], outer_batch["labels"]
     was_training = model.training
     model.eval()  # dropout off: the two sides θ ± εu must see the same network
     try:
-        with autocast_off(params[0].device.type):  # finite differences need fp32
-            weights = loss_weights().detach()
+        weights = loss_weights().detach()
+        with _autocast(device_type, grad_dtype):
             logits = model(**train_batch)
             teachers = logits.detach()
             inner = inner_loss(terms, weights, term_losses(terms, logits, labels_tr))
             g = reduce(list(torch.autograd.grad(inner, params)))
-            backup = [p.detach().clone() for p in params]
-            with torch.no_grad():
-                for p, grad, step in zip(params, g, xi):
-                    p.sub_(step * grad)  # the virtual step θ' = θ − ξ g
+        with torch.no_grad():
+            theta = [p.detach() for p in params]
+            backup = torch._foreach_mul(theta, 1.0)  # a copy of θ, restored exactly at the end
+            torch._foreach_sub_(theta, torch._foreach_mul(g, xi))  # the virtual step θ' = θ − ξ g
+            del g
+        with _autocast(device_type, grad_dtype):
             v = torch.autograd.grad(outer_loss(model(**outer_batch), labels_out, terms.regression), params)
             v = reduce(list(v))
-            u = [step * grad for grad, step in zip(v, xi)]
-            # ε stays a tensor on the device: no host sync per parameter, and no data needed (meta).
+        with torch.no_grad(), autocast_off(device_type):  # finite differences need fp32
+            u = torch._foreach_mul(v, xi)
+            del v
+            # ε stays a tensor on the device: no host sync, and no data needed (meta).
             # ‖u‖ = 0 makes θ ± εu the same point, so ℓ+ = ℓ− and h = 0; the clamp keeps ε finite.
-            norm = torch.sqrt(sum((t * t).sum() for t in u))
+            norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(u)))
             eps = fd_eps / norm.clamp_min(torch.finfo(torch.float32).tiny)
-            with torch.no_grad():
-                for p, orig, d in zip(params, backup, u):
-                    p.copy_(orig).add_(eps * d)
-                plus = term_losses(terms, model(**train_batch), labels_tr, teachers)
-                for p, orig, d in zip(params, backup, u):
-                    p.copy_(orig).sub_(eps * d)
-                minus = term_losses(terms, model(**train_batch), labels_tr, teachers)
-                for p, orig in zip(params, backup):
-                    p.copy_(orig)
+            step = torch._foreach_mul(u, eps)  # ε u
+            del u
+            torch._foreach_copy_(theta, backup)
+            torch._foreach_add_(theta, step)
+            plus = term_losses(terms, model(**train_batch), labels_tr, teachers)
+            torch._foreach_copy_(theta, backup)
+            torch._foreach_sub_(theta, step)
+            minus = term_losses(terms, model(**train_batch), labels_tr, teachers)
+            torch._foreach_copy_(theta, backup)
             (diff,) = reduce([plus - minus])
     finally:
         model.train(was_training)
     # ∇_φ L_tr(θ+) − ∇_φ L_tr(θ−) = ∇_φ inner_loss(w(φ), ℓ+ − ℓ−): L_tr is linear in ℓ
     (jacobian_product,) = torch.autograd.grad(inner_loss(terms, loss_weights(), diff), [loss_weights.phi])
     return -jacobian_product / (2 * eps)
+
+
+def exact_hypergradient(model: torch.nn.Module, terms: LossTerms, loss_weights: LossWeights, train_batch: Batch,
+                        outer_batch: Batch, xi: list[float]) -> torch.Tensor:
+    """The reference: d/dφ L_out(θ − ξ ∇_θ L_tr(θ, w(φ); B_tr); B_out) by double backward through the
+    unrolled step. For tests and hardware checks (float64 and eager attention: double backward
+    through PyTorch's CPU flash-attention kernel is not implemented)."""
+    from torch.func import functional_call
+
+    model.eval()
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    names, params = [n for n, _ in named], [p for _, p in named]
+    inner = inner_loss(terms, loss_weights(), term_losses(terms, model(**train_batch), train_batch["labels"]))
+    grads = torch.autograd.grad(inner, params, create_graph=True)
+    unrolled = {n: p - step * g for n, p, g, step in zip(names, params, grads, xi)}
+    logits = functional_call(model, unrolled, args=(), kwargs=outer_batch)
+    (h,) = torch.autograd.grad(outer_loss(logits, outer_batch["labels"]), [loss_weights.phi])
+    return h
 
 
 class FixedWeights:
@@ -148,8 +186,10 @@ class FixedWeights:
 class _LearnedWeights:
     """Shared by bilevel and clo: φ, its Adam optimizer, and the update schedule."""
 
-    def __init__(self, terms: LossTerms, parametrization: str, lr_outer: float, outer_every: int, fd_eps: float):
+    def __init__(self, terms: LossTerms, parametrization: str, lr_outer: float, outer_every: int, fd_eps: float,
+                 grad_dtype: torch.dtype | None = None):
         self.terms = terms
+        self.grad_dtype = grad_dtype  # bf16: g and v under autocast (hypergradient); None: fp32
         self.loss_weights = LossWeights(len(terms), parametrization)
         self.lr_outer = lr_outer
         self.optimizer = self._adam()
@@ -185,7 +225,8 @@ class _LearnedWeights:
         return torch.optim.Adam(self.loss_weights.parameters(), lr=self.lr_outer, fused=fused)
 
     def _hyper(self, model, train_batch: Batch, outer_batch: Batch, xi: list[float]) -> torch.Tensor:
-        return hypergradient(model, self.terms, self.loss_weights, train_batch, outer_batch, xi, self.fd_eps)
+        return hypergradient(model, self.terms, self.loss_weights, train_batch, outer_batch, xi, self.fd_eps,
+                             grad_dtype=self.grad_dtype)
 
     def is_outer_step(self, step: int) -> bool:
         return step % self.outer_every == 0
@@ -274,4 +315,5 @@ def build_strategy(cfg, terms: LossTerms):
     if cfg.method == "fixed":
         return FixedWeights(terms, cfg.scheme)
     cls = {"bilevel": BilevelWeights, "clo": CrossLevelWeights}[cfg.method]
-    return cls(terms, cfg.weight_param, cfg.lr_outer, cfg.outer_every, cfg.fd_eps)
+    grad_dtype = torch.bfloat16 if cfg.precision == "bf16" and cfg.hypergradient_passes == "auto" else None
+    return cls(terms, cfg.weight_param, cfg.lr_outer, cfg.outer_every, cfg.fd_eps, grad_dtype)

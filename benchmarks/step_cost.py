@@ -1,0 +1,234 @@
+"""What one loss-weight update costs, in fixed θ-steps: the figure the compute budget charges.
+
+    python benchmarks/step_cost.py                                   # MiniLM on MR, batch 32, 1 and 2 threads, CPU fp32
+    python benchmarks/step_cost.py --device cuda --precision bf16    # on a GPU
+    python benchmarks/step_cost.py --quick                           # tiny random model: does it run?
+
+An epoch of bilevel or clo costs 1 + c / outer_every fixed epochs (sweeps/budget.py), where c, the
+``outer_step_cost``, is what one φ update adds to a θ-step, in fixed θ-steps. Per device,
+precision and thread count, everything below is measured side by side in one run, so a change
+in machine load hits every figure alike:
+
+1. **Per step**, interleaved one by one (medians): a fixed step; the same step as a plain PyTorch
+   loop (forward, exit losses, backward, clipping, fused AdamW, no DeepSpeed: the reference the
+   engine is held to); and for bilevel and clo a step without a φ update and one with it.
+   c = (t_outer − t_step) / t_fixed.
+2. **Per epoch slice**: the trainer's own loop (``train_steps``: batch collation, divergence
+   checks, logging) at ``--outer-every`` k, arms interleaved k steps at a time.
+   c_epoch = (t_arm / t_fixed − 1) · k. If it is above c, the loop adds the difference.
+3. **Host syncs**: fixed steps with the device-side divergence check (the trainer's) against
+   an eager check that reads the loss every step (the trainer before 2026-12).
+
+The last line is JSON with every figure. On a GPU, clocks are read after a synchronize.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import platform as std_platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+
+from trainers import engine as ds  # noqa: E402
+from trainers.config import TrainConfig  # noqa: E402
+from trainers.errors import DivergenceMonitor  # noqa: E402
+from trainers.objective import LossTerms, inner_loss, term_losses  # noqa: E402
+from trainers.train import History, ProgressLog, StepDraw, build_components, seed_everything, train_steps, training_step  # noqa: E402
+from trainers.weight_strategies import build_strategy  # noqa: E402
+
+ARMS = {"fixed": {"method": "fixed", "scheme": "uniform"}, "bilevel": {"method": "bilevel"}, "clo": {"method": "clo"}}
+NEVER = 10**9  # outer_every of a learned arm's step without a φ update
+
+
+class EagerMonitor(DivergenceMonitor):
+    """The divergence check as it was: the loss read on the host after every step."""
+
+    def record_loss(self, step, loss):
+        ok = super().record_loss(step, loss)
+        self.check()
+        return ok
+
+
+class Arm:
+    """One arm's engine (its own copy of the model) and its strategies with and without φ updates."""
+
+    def __init__(self, name: str, model, base: TrainConfig, total_steps: int):
+        self.cfg = TrainConfig(**{**base.to_dict(), **ARMS[name]}).validate()
+        self.engine = ds.build_engine(copy.deepcopy(model), self.cfg, total_steps)
+        self.terms = LossTerms.build(model.num_layers, self.cfg.kd)
+        self.xi = lambda: ds.parameter_lrs(self.engine, self.cfg.xi)  # noqa: E731
+
+    def strategy(self, outer_every: int):
+        cfg = TrainConfig(**{**self.cfg.to_dict(), "outer_every": outer_every}).validate()
+        return build_strategy(cfg, self.terms).to(self.engine.device)
+
+
+class PlainLoop:
+    """The fixed arm's step in plain PyTorch: what the DeepSpeed engine is measured against."""
+
+    def __init__(self, model, cfg: TrainConfig, total_steps: int, device):
+        self.model = copy.deepcopy(model).to(device)
+        self.optimizer, self.scheduler = ds.build_optimizer(self.model, cfg, total_steps)
+        self.terms, self.cfg, self.device = LossTerms.build(model.num_layers, cfg.kd), cfg, torch.device(device)
+        self.weights = torch.ones(len(self.terms), device=device)
+
+    def step(self, batch: dict) -> None:
+        autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.precision == "bf16")
+        with autocast:
+            logits = self.model(**batch)
+        loss = inner_loss(self.terms, self.weights, term_losses(self.terms, logits, batch["labels"]))
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.max_grad_norm)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+
+
+def timed(device, fn) -> float:
+    ds.synchronize(device)
+    start = time.perf_counter()
+    fn()
+    ds.synchronize(device)
+    return time.perf_counter() - start
+
+
+def per_step(arms: dict[str, Arm], plain: PlainLoop, data, rounds: int, warmup: int, device) -> dict[str, float]:
+    """Median seconds of each kind of step, the kinds interleaved one by one."""
+    steppers = {}
+    for name, arm in arms.items():
+        monitor = DivergenceMonitor(arm.engine.device)
+        kinds = {"step": arm.strategy(NEVER)} if name == "fixed" else {"step": arm.strategy(NEVER), "outer": arm.strategy(1)}
+        for kind, strategy in kinds.items():
+            steppers[f"{name}/{kind}"] = (arm, strategy, monitor)
+    seconds: dict[str, list[float]] = {key: [] for key in ["fixed/step", "plain/step", *steppers]}
+    for index in range(warmup + rounds):
+        step = 2 * index + 1  # odd: the NEVER strategies never update φ; outer_every 1 always does
+        for key, (arm, strategy, monitor) in steppers.items():
+            draw = StepDraw(data, step, strategy.draw_sizes(arm.cfg.batch_size), arm.cfg.seed, device=arm.engine.device)
+            draw.prefetch(strategy.halves(step))  # collation is timed by the epoch slices, not here
+            t = timed(device, lambda: training_step(arm.engine, strategy, arm.terms, draw, step, arm.xi, monitor))
+            if index >= warmup:
+                seconds[key].append(t)
+            if key == "fixed/step":
+                batch = strategy.theta_batch(draw.b1, draw.b2)
+                t = timed(device, lambda: plain.step(batch))
+                if index >= warmup:
+                    seconds["plain/step"].append(t)
+        for _, _, monitor in steppers.values():
+            monitor.check()
+    return {key: statistics.median(values) for key, values in seconds.items()}
+
+
+def per_epoch(arms: dict[str, Arm], data, outer_every: int, chunks: int, device, start: int) -> dict[str, float]:
+    """Seconds of ``chunks`` slices of ``outer_every`` steps of the trainer's own loop, per arm, interleaved."""
+    seconds = dict.fromkeys(arms, 0.0)
+    loops = {}
+    for name, arm in arms.items():
+        monitor = DivergenceMonitor(arm.engine.device)
+        total = start + chunks * outer_every
+        loops[name] = (arm.strategy(outer_every), monitor, ProgressLog(History(), lambda msg: None, total, arm.cfg.weight_log_every, start))
+    for chunk in range(chunks):
+        first = start + chunk * outer_every
+        for name, arm in arms.items():
+            strategy, monitor, progress = loops[name]
+            seconds[name] += timed(device, lambda: train_steps(arm.engine, strategy, arm.terms, data, arm.cfg, first,
+                                                               first + outer_every, progress, monitor))
+    return seconds
+
+
+def sync_check(arm: Arm, data, steps: int, rounds: int, device, start: int) -> dict[str, float]:
+    """Steps/s of fixed training with the device-side check against the eager per-step one."""
+    strategy = arm.strategy(NEVER)
+    seconds = {"device_check": 0.0, "eager_check": 0.0}
+    for index in range(rounds):
+        for kind, monitor_cls in (("device_check", DivergenceMonitor), ("eager_check", EagerMonitor)):
+            monitor = monitor_cls(arm.engine.device)
+            first = start + (2 * index + (kind == "eager_check")) * steps
+            progress = ProgressLog(History(), lambda msg: None, first + steps, arm.cfg.weight_log_every, first)
+            seconds[kind] += timed(device, lambda: train_steps(arm.engine, strategy, arm.terms, data, arm.cfg, first,
+                                                               first + steps, progress, monitor))
+    return {kind: rounds * steps / s for kind, s in seconds.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="minilm")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--precision", nargs="+", default=None, choices=["fp32", "bf16"],
+                        help="default: fp32 on the CPU, fp32 and bf16 on a GPU")
+    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="torch CPU threads, one run each")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--max-length", type=int, default=64)
+    parser.add_argument("--rounds", type=int, default=8, help="timed rounds of the per-step comparison")
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--outer-every", type=int, default=6, help="outer_every of the epoch slices")
+    parser.add_argument("--chunks", type=int, default=6, help="epoch slices of outer_every steps per arm")
+    parser.add_argument("--sync-steps", type=int, default=10)
+    parser.add_argument("--quick", action="store_true", help="tiny random model, few rounds: a smoke run")
+    args = parser.parse_args()
+    if args.quick:
+        args.model, args.rounds, args.warmup, args.chunks, args.sync_steps, args.threads = "tiny-random", 2, 1, 2, 3, [1]
+    precisions = args.precision or (["fp32", "bf16"] if args.device == "cuda" else ["fp32"])
+    print(f"machine: {std_platform.processor() or std_platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}"
+          + (f", {torch.cuda.get_device_name()}" if args.device == "cuda" else ""))
+    results = {}
+    for precision in precisions:
+        base = TrainConfig(task="mr", model=args.model, max_length=args.max_length, batch_size=args.batch_size,
+                           train_subset=2000, seed=1, precision=precision, device=args.device, log_every=20,
+                           output_dir="/tmp/leebert-step-cost").validate()
+        device = ds.select_device(base.device, precision)
+        seed_everything(base.seed)
+        model, data = build_components(base)
+        total = 10**6  # a flat learning-rate schedule: every step does the same work
+        arms = {name: Arm(name, model, base, total) for name in ARMS}
+        plain = PlainLoop(model, arms["fixed"].cfg, total, device)
+        print(f"\n{args.model} on MR, batch {args.batch_size}, max length {args.max_length}, {device} {precision}")
+        start = 10**5  # step numbers of the epoch slices, away from the per-step ones
+        for threads in args.threads:
+            torch.set_num_threads(threads)
+            steps = per_step(arms, plain, data, args.rounds, args.warmup, device)
+            epoch = per_epoch(arms, data, args.outer_every, args.chunks, device, start)
+            start += args.chunks * args.outer_every
+            sync = sync_check(arms["fixed"], data, args.sync_steps, 2, device, start)
+            start += 4 * args.sync_steps
+            fixed = steps["fixed/step"]
+            cost = {arm: (steps[f"{arm}/outer"] - steps[f"{arm}/step"]) / fixed for arm in ("bilevel", "clo")}
+            epoch_cost = {arm: (epoch[arm] / epoch["fixed"] - 1) * args.outer_every for arm in ("bilevel", "clo")}
+            print(f"\n{threads} thread(s): per step, median of {args.rounds} interleaved rounds")
+            print("| step | s | x fixed step |")
+            print("|---|---|---|")
+            for key, label in (("plain/step", "plain PyTorch loop (reference)"), ("fixed/step", "fixed"),
+                               ("bilevel/step", "bilevel, no φ update"), ("bilevel/outer", "bilevel, with φ update"),
+                               ("clo/step", "clo, no φ update"), ("clo/outer", "clo, with φ update")):
+                print(f"| {label} | {steps[key]:.3f} | {steps[key] / fixed:.2f} |")
+            print(f"fixed step / plain loop step: {fixed / steps['plain/step']:.3f} (target <= 1.10)")
+            print(f"outer_step_cost per step (the budget's figure): bilevel {cost['bilevel']:.2f}, clo {cost['clo']:.2f} fixed steps")
+            print(f"epoch slices at outer_every {args.outer_every} ({args.chunks} x {args.outer_every} steps per arm): "
+                  + ", ".join(f"{arm} {epoch[arm] / epoch['fixed']:.3f}x fixed (c = {epoch_cost[arm]:.2f})" for arm in epoch_cost))
+            print(f"host syncs: {sync['device_check']:.2f} steps/s with the device-side check, "
+                  f"{sync['eager_check']:.2f} with a read every step ({sync['device_check'] / sync['eager_check']:.3f}x)")
+            results[f"{device}/{precision}/threads={threads}"] = {
+                "seconds_per_step": {k: round(v, 4) for k, v in steps.items()},
+                "fixed_over_plain": round(fixed / steps["plain/step"], 3),
+                "outer_step_cost": {k: round(v, 2) for k, v in cost.items()},
+                "epoch_outer_step_cost": {k: round(v, 2) for k, v in epoch_cost.items()},
+                "epoch_ratio": {k: round(epoch[k] / epoch["fixed"], 3) for k in ("bilevel", "clo")},
+                "steps_per_s": {k: round(v, 3) for k, v in sync.items()},
+            }
+        for arm in arms.values():
+            ds.release_engine(arm.engine)
+    print(json.dumps(results))
+
+
+if __name__ == "__main__":
+    main()

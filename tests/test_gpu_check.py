@@ -1,0 +1,43 @@
+"""The GPU-side scripts run their code paths on the CPU (a tiny model), so a mistake in them shows
+up here rather than in the few minutes a GPU machine is lent."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+CHECKS = ["engine", "train/fixed", "train/bilevel", "train/clo", "syncs/zero2", "syncs/zero0", "hypergradient",
+          "resume", "step_cost", "early_exit"]
+
+
+def test_gpu_check_passes_every_check_on_the_cpu_in_bf16(tmp_path):
+    out = tmp_path / "checks.json"
+    proc = subprocess.run([sys.executable, "benchmarks/gpu_check.py", "--device", "cpu", "--quick", "--precision", "bf16",
+                           "--out", str(tmp_path / "scratch"), "--json", str(out)],
+                          cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    results = json.loads(out.read_text())
+    assert [r["check"] for r in results] == CHECKS and all(r["ok"] for r in results)
+    lines = [l for l in proc.stdout.splitlines() if l.startswith(("PASS", "FAIL"))]
+    assert len(lines) == len(CHECKS), "one line per check"
+    figures = {r["check"]: r.get("figures", {}) for r in results}
+    assert figures["resume"]["max_abs_theta_diff"] <= 1e-6 and figures["hypergradient"]["fd_vs_exact_cosine"] >= 0.99
+    assert set(figures["step_cost"]["outer_step_cost"]) == {"bilevel", "clo"}
+
+
+def test_gpu_check_without_cuda_fails_at_once_with_exit_2():
+    proc = subprocess.run([sys.executable, "benchmarks/gpu_check.py"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and proc.stderr.startswith("error: device 'cuda'") and "no CUDA support" in proc.stderr
+
+
+def test_step_cost_prints_every_figure_and_its_json():
+    proc = subprocess.run([sys.executable, "benchmarks/step_cost.py", "--quick"], cwd=REPO, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    for needle in ("plain PyTorch loop (reference)", "fixed step / plain loop step:", "outer_step_cost per step",
+                   "epoch slices at outer_every 6", "host syncs:"):
+        assert needle in proc.stdout
+    figures = json.loads(proc.stdout.strip().splitlines()[-1])["cpu/fp32/threads=1"]
+    assert set(figures["outer_step_cost"]) == set(figures["epoch_outer_step_cost"]) == {"bilevel", "clo"}
+    assert figures["seconds_per_step"]["clo/outer"] > figures["seconds_per_step"]["clo/step"] > 0
