@@ -18,6 +18,8 @@ in machine load hits every figure alike:
    c_epoch = (t_arm / t_fixed − 1) · k. If it is above c, the loop adds the difference.
 3. **Host syncs**: fixed steps with the device-side divergence check (the trainer's) against
    an eager check that reads the loss every step (the trainer before 2026-12).
+4. **Breakdown**: where an outer step's time goes, phase by phase (the four passes, the parameter
+   backup and copies, the mode switches, φ's update, θ's own step), from the profiler.
 
 The last line is JSON with every figure. On a GPU, clocks are read after a synchronize.
 """
@@ -160,6 +162,47 @@ def sync_check(arm: Arm, data, steps: int, rounds: int, device, start: int) -> d
     return {kind: rounds * steps / s for kind, s in seconds.items()}
 
 
+PHASES = ("g_pass", "backup_and_virtual_step", "v_pass", "perturb_copies", "fd_plus_pass", "fd_minus_pass",
+          "phi_gradient", "mode_switch", "phi_update")
+
+
+def breakdown(arm: Arm, data, steps: int, device) -> dict[str, float]:
+    """Milliseconds per outer step in each labelled phase of the update (trainers.weight_strategies.phase),
+    from the profiler; the rest of the step is θ's own step. CPU time on the CPU, device time on a GPU."""
+    from torch.profiler import ProfilerActivity, profile
+
+    strategy, monitor = arm.strategy(1), DivergenceMonitor(arm.engine.device)
+    draws = [StepDraw(data, s, strategy.draw_sizes(arm.cfg.batch_size), arm.cfg.seed, device=arm.engine.device)
+             .prefetch(strategy.halves(s)) for s in range(steps + 1)]
+    training_step(arm.engine, strategy, arm.terms, draws[0], 0, arm.xi, monitor)  # warm-up, unprofiled
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.device(device).type == "cuda" else [])
+    wall = 0.0
+    with profile(activities=activities) as prof:
+        for s in range(1, steps + 1):
+            wall += timed(device, lambda: training_step(arm.engine, strategy, arm.terms, draws[s], s, arm.xi, monitor))
+    monitor.check()
+    gpu = torch.device(device).type == "cuda"
+    totals = {}
+    for event in prof.key_averages():
+        if event.key.startswith("hypergradient/"):
+            us = getattr(event, "device_time_total", 0) if gpu else event.cpu_time_total
+            totals[event.key.split("/", 1)[1]] = us / 1e3 / steps
+    out = {name: totals.get(name, 0.0) for name in PHASES}
+    out["theta_step"] = max(0.0, wall * 1e3 / steps - sum(out.values()))
+    out["outer_step"] = wall * 1e3 / steps
+    return out
+
+
+def print_breakdown(parts: dict[str, dict[str, float]]) -> None:
+    arms = list(parts)
+    print("| phase of an outer step | " + " | ".join(f"{a} ms (share)" for a in arms) + " |")
+    print("|---|" + "---|" * len(arms))
+    for name in (*PHASES, "theta_step"):
+        cells = [f"{parts[a][name]:.1f} ({parts[a][name] / parts[a]['outer_step'] * 100:.0f} %)" for a in arms]
+        print(f"| {name.replace('_', ' ')} | " + " | ".join(cells) + " |")
+    print("| whole outer step | " + " | ".join(f"{parts[a]['outer_step']:.1f}" for a in arms) + " |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="minilm")
@@ -174,10 +217,13 @@ def main() -> None:
     parser.add_argument("--outer-every", type=int, default=6, help="outer_every of the epoch slices")
     parser.add_argument("--chunks", type=int, default=6, help="epoch slices of outer_every steps per arm")
     parser.add_argument("--sync-steps", type=int, default=10)
+    parser.add_argument("--breakdown", type=int, default=4, metavar="STEPS",
+                        help="profile this many outer steps per learned arm for where their time goes (0: skip)")
     parser.add_argument("--quick", action="store_true", help="tiny random model, few rounds: a smoke run")
     args = parser.parse_args()
     if args.quick:
         args.model, args.rounds, args.warmup, args.chunks, args.sync_steps, args.threads = "tiny-random", 2, 1, 2, 3, [1]
+        args.breakdown = min(args.breakdown, 2)
     precisions = args.precision or (["fp32", "bf16"] if args.device == "cuda" else ["fp32"])
     print(f"machine: {std_platform.processor() or std_platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}"
           + (f", {torch.cuda.get_device_name()}" if args.device == "cuda" else ""))
@@ -217,7 +263,13 @@ def main() -> None:
                   + ", ".join(f"{arm} {epoch[arm] / epoch['fixed']:.3f}x fixed (c = {epoch_cost[arm]:.2f})" for arm in epoch_cost))
             print(f"host syncs: {sync['device_check']:.2f} steps/s with the device-side check, "
                   f"{sync['eager_check']:.2f} with a read every step ({sync['device_check'] / sync['eager_check']:.3f}x)")
+            parts = {}
+            if args.breakdown:
+                parts = {arm: breakdown(arms[arm], data, args.breakdown, device) for arm in ("bilevel", "clo")}
+                print(f"where an outer step's time goes ({args.breakdown} profiled steps per arm):")
+                print_breakdown(parts)
             results[f"{device}/{precision}/threads={threads}"] = {
+                "breakdown_ms": {a: {k: round(v, 2) for k, v in p.items()} for a, p in parts.items()},
                 "seconds_per_step": {k: round(v, 4) for k, v in steps.items()},
                 "fixed_over_plain": round(fixed / steps["plain/step"], 3),
                 "outer_step_cost": {k: round(v, 2) for k, v in cost.items()},

@@ -66,6 +66,11 @@ def concat_batches(a: Batch, b: Batch) -> Batch:
     return {key: torch.cat([pad(a, key), pad(b, key)]) for key in a}
 
 
+def phase(name: str):
+    """A label for the profiler (benchmarks/step_cost.py --breakdown): nearly free when none records."""
+    return torch.profiler.record_function(f"hypergradient/{name}")
+
+
 def _autocast(device_type: str, dtype: torch.dtype | None):
     """Autocast in ``dtype`` for the gradient passes, or off (fp32) when ``dtype`` is None."""
     if dtype is None:
@@ -89,43 +94,51 @@ def hypergradient(model: torch.nn.Module, terms: LossTerms, loss_weights: LossWe
     device_type = params[0].device.type
     labels_tr, labels_out = train_batch["labels"], outer_batch["labels"]
     was_training = model.training
-    model.eval()  # dropout off: the two sides θ ± εu must see the same network
+    with phase("mode_switch"):
+        model.eval()  # dropout off: the two sides θ ± εu must see the same network
     try:
         weights = loss_weights().detach()
-        with _autocast(device_type, grad_dtype):
+        with phase("g_pass"), _autocast(device_type, grad_dtype):
             logits = model(**train_batch)
             teachers = logits.detach()
             inner = inner_loss(terms, weights, term_losses(terms, logits, labels_tr))
             g = reduce(list(torch.autograd.grad(inner, params)))
-        with torch.no_grad():
+        with phase("backup_and_virtual_step"), torch.no_grad():
             theta = [p.detach() for p in params]
             backup = torch._foreach_mul(theta, 1.0)  # a copy of θ, restored exactly at the end
             torch._foreach_sub_(theta, torch._foreach_mul(g, xi))  # the virtual step θ' = θ − ξ g
             del g
-        with _autocast(device_type, grad_dtype):
+        with phase("v_pass"), _autocast(device_type, grad_dtype):
             v = torch.autograd.grad(outer_loss(model(**outer_batch), labels_out, terms.regression), params)
             v = reduce(list(v))
         with torch.no_grad(), autocast_off(device_type):  # finite differences need fp32
-            u = torch._foreach_mul(v, xi)
-            del v
-            # ε stays a tensor on the device: no host sync, and no data needed (meta).
-            # ‖u‖ = 0 makes θ ± εu the same point, so ℓ+ = ℓ− and h = 0; the clamp keeps ε finite.
-            norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(u)))
-            eps = fd_eps / norm.clamp_min(torch.finfo(torch.float32).tiny)
-            step = torch._foreach_mul(u, eps)  # ε u
-            del u
-            torch._foreach_copy_(theta, backup)
-            torch._foreach_add_(theta, step)
-            plus = term_losses(terms, model(**train_batch), labels_tr, teachers)
-            torch._foreach_copy_(theta, backup)
-            torch._foreach_sub_(theta, step)
-            minus = term_losses(terms, model(**train_batch), labels_tr, teachers)
-            torch._foreach_copy_(theta, backup)
+            with phase("perturb_copies"):
+                u = torch._foreach_mul(v, xi)
+                del v
+                # ε stays a tensor on the device: no host sync, and no data needed (meta).
+                # ‖u‖ = 0 makes θ ± εu the same point, so ℓ+ = ℓ− and h = 0; the clamp keeps ε finite.
+                norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(u)))
+                eps = fd_eps / norm.clamp_min(torch.finfo(torch.float32).tiny)
+                step = torch._foreach_mul(u, eps)  # ε u
+                del u
+                torch._foreach_copy_(theta, backup)
+                torch._foreach_add_(theta, step)
+            with phase("fd_plus_pass"):
+                plus = term_losses(terms, model(**train_batch), labels_tr, teachers)
+            with phase("perturb_copies"):
+                torch._foreach_copy_(theta, backup)
+                torch._foreach_sub_(theta, step)
+            with phase("fd_minus_pass"):
+                minus = term_losses(terms, model(**train_batch), labels_tr, teachers)
+            with phase("perturb_copies"):
+                torch._foreach_copy_(theta, backup)
             (diff,) = reduce([plus - minus])
     finally:
-        model.train(was_training)
+        with phase("mode_switch"):
+            model.train(was_training)
     # ∇_φ L_tr(θ+) − ∇_φ L_tr(θ−) = ∇_φ inner_loss(w(φ), ℓ+ − ℓ−): L_tr is linear in ℓ
-    (jacobian_product,) = torch.autograd.grad(inner_loss(terms, loss_weights(), diff), [loss_weights.phi])
+    with phase("phi_gradient"):
+        (jacobian_product,) = torch.autograd.grad(inner_loss(terms, loss_weights(), diff), [loss_weights.phi])
     return -jacobian_product / (2 * eps)
 
 
@@ -243,14 +256,15 @@ class _LearnedWeights:
             return {"hypergradient": h}
         # In training: no host sync. Adam steps on a finite gradient either way; a step whose
         # hypergradient or resulting weights are not finite is then undone on the device.
-        h_ok = monitor.record(step, torch.isfinite(h).all(), 3)
-        before = {key: t.detach().clone() for key, t in self._phi_state().items()}
-        self._adam_step(torch.where(h_ok, h, torch.zeros_like(h)))
-        ok = h_ok & monitor.record(step, torch.isfinite(self.loss_weights()).all(), 4)
-        with torch.no_grad():
-            for key, now in self._phi_state().items():
-                then = before.get(key)
-                now.copy_(torch.where(ok, now, torch.zeros_like(now) if then is None else then))
+        with phase("phi_update"):
+            h_ok = monitor.record(step, torch.isfinite(h).all(), 3)
+            before = {key: t.detach().clone() for key, t in self._phi_state().items()}
+            self._adam_step(torch.where(h_ok, h, torch.zeros_like(h)))
+            ok = h_ok & monitor.record(step, torch.isfinite(self.loss_weights()).all(), 4)
+            with torch.no_grad():
+                for key, now in self._phi_state().items():
+                    then = before.get(key)
+                    now.copy_(torch.where(ok, now, torch.zeros_like(now) if then is None else then))
         return {"hypergradient": h}
 
     def _adam_step(self, grad: torch.Tensor) -> None:
