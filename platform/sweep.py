@@ -128,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  frontier plot:  {result.files['frontiers_png']}")
     print(f"  summary table:  {result.files['summary_md']} (and summary.csv, trials.csv)")
     if "optuna_db" in result.files:
-        print(f"  Optuna study:   optuna-dashboard sqlite:///{result.files['optuna_db']}")
+        print(f"  Optuna study:   {dashboard_command(result.files['optuna_db'])}")
     if result.registered:
         from serving.register import serve_command
 
@@ -146,6 +146,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\nwarning: no trial of {', '.join(failed)} finished; see the trial runs in MLflow", file=sys.stderr)
         return 1
     return 0
+
+
+def dashboard_command(optuna_db, installed: bool | None = None) -> str:
+    """The command that opens the Optuna study; optuna-dashboard comes with the `dashboard` extra."""
+    import importlib.util
+
+    command = f"optuna-dashboard sqlite:///{optuna_db}"
+    if installed is None:
+        installed = importlib.util.find_spec("optuna_dashboard") is not None
+    return command if installed else f"pip install -e '.[dashboard]' && {command}"
 
 
 if __name__ == "__main__":

@@ -393,9 +393,22 @@ def check_tracking_uri(uri: str, timeout: float = 3.0) -> None:
                               "or leave tracking_uri unset for a local sqlite store") from None
         if response.status_code != 200:
             raise ConfigError(f"MLflow tracking server {uri} answered /health with HTTP {response.status_code}; is it an MLflow server?")
-        # /health answers whatever the Host header; the API refuses hosts outside --allowed-hosts
-        api = requests.get(uri.rstrip("/") + "/api/2.0/mlflow/experiments/search", params={"max_results": 1},
-                           timeout=timeout)
+        # /health answers whatever the Host header and without a login; the API refuses hosts outside
+        # --allowed-hosts, and a server with authentication refuses clients without MLflow's credentials
+        user, password = os.environ.get("MLFLOW_TRACKING_USERNAME"), os.environ.get("MLFLOW_TRACKING_PASSWORD")
+        token = os.environ.get("MLFLOW_TRACKING_TOKEN")
+        try:  # a login costs the server a password hash (~0.2 s): more time than /health
+            api = requests.get(uri.rstrip("/") + "/api/2.0/mlflow/experiments/search", params={"max_results": 1},
+                               timeout=max(timeout, 30.0), auth=(user, password) if user and password else None,
+                               headers={"Authorization": f"Bearer {token}"} if token and not user else None)
+        except requests.RequestException as err:
+            raise ConfigError(f"MLflow tracking server {uri} answers /health but not its API "
+                              f"({type(err).__name__}); see the server's log") from None
+        if api.status_code == 401:
+            raise ConfigError(f"MLflow tracking server {uri} requires a login" + (
+                f" and refused the credentials of user '{user}' (MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD)"
+                if user and password else ": set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (or "
+                "MLFLOW_TRACKING_TOKEN) in the environment; on Kubernetes they come from a Secret (docs/cluster.md)"))
         if api.status_code == 403:
             raise ConfigError(f"MLflow tracking server {uri} refuses this host name (HTTP 403); start it with "
                               f"--allowed-hosts including '{urlparse(uri).netloc}'")

@@ -40,6 +40,7 @@ RAY_DOCKERFILE = CLUSTERS / "kuberay" / "Dockerfile"
 MLFLOW_K8S = CLUSTERS / "mlflow" / "mlflow.yaml"
 MLFLOW_DOCKERFILE = CLUSTERS / "mlflow" / "Dockerfile"
 SERVER_SH = CLUSTERS / "mlflow" / "server.sh"
+CREATE_USER = CLUSTERS / "mlflow" / "create-user.sh"
 LAUNCHER = CLUSTERS / "ray" / "cluster.yaml"
 
 # Variables the configs set that a library or image reads, not the project: (the installed
@@ -58,11 +59,16 @@ LIBRARY_VARIABLES = {
     "POSTGRES_DB": (None, "the postgres image's entrypoint creates this database"),
     "POSTGRES_PASSWORD": (None, "the postgres image's entrypoint sets this password"),
     "PGDATA": (None, "the postgres image's data folder (a sub-folder of the volume)"),
+    "MLFLOW_TRACKING_USERNAME": ("mlflow", "the MLflow user the sweep driver (and registration) logs in as"),
+    "MLFLOW_TRACKING_PASSWORD": ("mlflow", "that user's password, from the leebert-mlflow-sweep Secret"),
+    "MLFLOW_AUTH_CONFIG_PATH": ("mlflow", "the basic-auth app's config (basic_auth.ini: users' database, defaults)"),
+    "MLFLOW_AUTH_ADMIN_PASSWORD": ("mlflow", "the admin's password, read by the basic-auth app at its first start"),
+    "MLFLOW_FLASK_SERVER_SECRET_KEY": ("mlflow", "signs the basic-auth UI's sessions and CSRF tokens"),
 }
 # Variables that libraries read too, but that only matter if the sweep itself reads them.
 PROJECT_VARIABLES = {"MLFLOW_TRACKING_URI", "RAY_ADDRESS"}
 PROJECT_CODE = [*ROOT.glob("sweeps/**/*.py"), *ROOT.glob("trainers/**/*.py"), *ROOT.glob("search_spaces/**/*.py"),
-                SWEEP_SCRIPT, SERVER_SH]
+                SWEEP_SCRIPT, SERVER_SH, CREATE_USER]
 
 
 # ---------------------------------------------------------------------------- helpers
@@ -664,6 +670,75 @@ def test_mlflow_server_manifest_matches_mlflows_command_line_and_the_ray_clients
     assert container["image"].endswith(f"/leebert-mlflow:{tag}")
     installs = " ".join(arg for name, arg in instructions if name == "RUN")
     assert "psycopg2-binary" in installs and "boto3" in installs
+
+
+def test_the_mlflow_server_requires_a_user_and_admits_only_ray_pods(tmp_path, monkeypatch):
+    from mlflow.cli import server
+    from mlflow.server.auth.config import read_auth_config
+
+    docs = mlflow_manifests()
+    deployment = docs["Deployment/leebert-mlflow"]
+    pod = deployment["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    params = server.make_context("mlflow server", list(container["args"])).params
+    assert params["app_name"] == "basic-auth"
+    env = env_of(container)
+    # the auth config: MLflow's own reader, on the ConfigMap the pod mounts
+    mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+    config_path = Path(env["MLFLOW_AUTH_CONFIG_PATH"]["value"])
+    volume = next(v for v in pod["volumes"] if v["name"] == mounts[str(config_path.parent)])
+    config_map = docs[f"ConfigMap/{volume['configMap']['name']}"]
+    (tmp_path / config_path.name).write_text(config_map["data"][config_path.name])
+    monkeypatch.setenv("MLFLOW_AUTH_CONFIG_PATH", str(tmp_path / config_path.name))
+    monkeypatch.delenv("MLFLOW_AUTH_ADMIN_PASSWORD", raising=False)
+    auth = read_auth_config()
+    users_db = urlparse(auth.database_uri)
+    backend = urlparse(params["backend_store_uri"])
+    assert users_db.scheme == "postgresql" and users_db.password is None and users_db.hostname == backend.hostname
+    assert users_db.path != backend.path, "the users get their own database"
+    database = docs["StatefulSet/leebert-postgres"]["spec"]["template"]["spec"]
+    init = next(v for v in database["volumes"] if "configMap" in v)
+    scripts = docs[f"ConfigMap/{init['configMap']['name']}"]["data"]
+    assert any(f"CREATE DATABASE {users_db.path.lstrip('/')} " in sql for sql in scripts.values())
+    assert {m["mountPath"] for m in database["containers"][0]["volumeMounts"]} >= {"/docker-entrypoint-initdb.d"}
+    assert auth.admin_password is None, "no admin password in the config: it comes from the Secret"
+    assert auth.default_permission == "READ"
+    for name in ("MLFLOW_AUTH_ADMIN_PASSWORD", "MLFLOW_FLASK_SERVER_SECRET_KEY"):
+        assert env[name]["valueFrom"]["secretKeyRef"]["name"] == "leebert-mlflow-admin", name
+    # the NetworkPolicies: MLflow from Ray pods only, Postgres from MLflow only
+    mlflow_labels = deployment["spec"]["template"]["metadata"]["labels"]
+    policies = {name.split("/", 1)[1]: d for name, d in docs.items() if name.startswith("NetworkPolicy/")}
+    service_port = docs["Service/leebert-mlflow"]["spec"]["ports"][0]["port"]
+    for name, selected, admitted, port in (
+            ("leebert-mlflow", mlflow_labels, {"ray.io/is-ray-node": "yes"}, service_port),
+            ("leebert-postgres", docs["StatefulSet/leebert-postgres"]["spec"]["template"]["metadata"]["labels"],
+             mlflow_labels, 5432)):
+        spec = policies[name]["spec"]
+        assert spec["podSelector"]["matchLabels"].items() <= selected.items() and spec["policyTypes"] == ["Ingress"]
+        (rule,) = spec["ingress"]
+        assert rule["from"] == [{"podSelector": {"matchLabels": admitted}}], name
+        assert rule["ports"] == [{"protocol": "TCP", "port": port}], name
+    # the Ray heads (the sweep driver) log in as the sweep user of one Secret, which the header creates
+    secrets = set()
+    for path, doc in ray_manifests():
+        head = env_of(dict(pod_specs(doc))["head"]["containers"][0])
+        refs = {head[k]["valueFrom"]["secretKeyRef"]["name"] for k in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")}
+        secrets |= refs
+    assert secrets == {"leebert-mlflow-sweep"}
+    header = " ".join(command_lines(MLFLOW_K8S))
+    for secret in ("leebert-mlflow-sweep", "leebert-mlflow-admin"):
+        assert f"kubectl create secret generic {secret}" in header
+    assert "create-user.sh leebert-sweep" in header
+
+
+def test_server_sh_keeps_a_reachable_server_behind_a_login(tmp_path):
+    proc = run_server_sh({"MLFLOW_HOST": "0.0.0.0", "MLFLOW_AUTH": "none", "MLFLOW_STORE": str(tmp_path)})
+    assert proc.returncode == 2 and "keep MLFLOW_AUTH=basic" in proc.stderr
+    proc = run_server_sh({"MLFLOW_HOST": "0.0.0.0", "MLFLOW_STORE": str(tmp_path),
+                          "MLFLOW_FLASK_SERVER_SECRET_KEY": ""})
+    assert proc.returncode == 2 and "MLFLOW_FLASK_SERVER_SECRET_KEY" in proc.stderr
+    proc = run_server_sh({"MLFLOW_AUTH": "ldap", "MLFLOW_STORE": str(tmp_path)})
+    assert proc.returncode == 2 and "basic or none" in proc.stderr
 
 
 def run_server_sh(env: dict, timeout: float = 20) -> subprocess.CompletedProcess:

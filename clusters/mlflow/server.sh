@@ -21,12 +21,22 @@
 #   MLFLOW_ARTIFACTS_DESTINATION     artifact root (default $MLFLOW_STORE/mlartifacts); s3://bucket/prefix
 #                                    needs boto3; clients upload through this server, so they need no S3 access
 #   MLFLOW_WORKERS                   server worker processes (default 2)
+#   MLFLOW_AUTH                      basic: MLflow's basic-auth app, every request needs a user (create
+#                                    them with create-user.sh); none: no login. Default: none on
+#                                    127.0.0.1/localhost, basic on any other address (none is refused there)
+#   MLFLOW_AUTH_CONFIG_PATH          the auth app's config (default: $MLFLOW_STORE/basic_auth.ini, written
+#                                    once, users in $MLFLOW_STORE/basic_auth.db)
 # Read by libraries, never written into this file or a URI:
 #   PGPASSWORD                       the Postgres password (libpq); a password inside the URI is refused
 #   AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_PROFILE   S3 credentials (boto3)
 #   MLFLOW_S3_ENDPOINT_URL           MinIO / S3-compatible endpoint
 #   MLFLOW_SERVER_ALLOWED_HOSTS      Host headers MLflow answers (default: localhost and private IPs);
 #                                    add the DNS name clients use, e.g. mlflow.internal,mlflow.internal:*
+#   MLFLOW_AUTH_ADMIN_PASSWORD       with MLFLOW_AUTH=basic: the admin's password, read the first time
+#                                    (MLflow ships none); MLFLOW_AUTH_ADMIN_USERNAME (default admin)
+#   MLFLOW_FLASK_SERVER_SECRET_KEY   with MLFLOW_AUTH=basic: signs the UI's sessions and CSRF tokens
+#                                    (the same for every worker)
+# Clients of an authenticating server: MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD.
 set -euo pipefail
 
 HOST="${MLFLOW_HOST:-127.0.0.1}"
@@ -60,8 +70,33 @@ if [ -z "$BACKEND" ] || [ -z "$ARTIFACTS" ]; then
     ARTIFACTS="${ARTIFACTS:-$STORE/mlartifacts}"
 fi
 
-echo "mlflow server: http://$HOST:$PORT  backend $BACKEND  artifacts $ARTIFACTS" >&2
-exec "$MLFLOW" server \
+case "$HOST" in
+    127.0.0.1|localhost|::1) AUTH="${MLFLOW_AUTH:-none}" ;;
+    *) AUTH="${MLFLOW_AUTH:-basic}"
+       [ "$AUTH" = basic ] || fail "MLFLOW_HOST=$HOST is reachable from other machines: keep MLFLOW_AUTH=basic (or listen on 127.0.0.1)" ;;
+esac
+APP=()
+case "$AUTH" in
+    none) ;;
+    basic)
+        needs flask_wtf "'mlflow[auth]'" "MLFLOW_AUTH=basic (MLflow's basic-auth app)"
+        [ -n "${MLFLOW_FLASK_SERVER_SECRET_KEY:-}" ] \
+            || fail "MLFLOW_AUTH=basic needs MLFLOW_FLASK_SERVER_SECRET_KEY in the environment (e.g. 32 random bytes from openssl rand -hex 32)"
+        if [ -z "${MLFLOW_AUTH_CONFIG_PATH:-}" ]; then
+            mkdir -p "$STORE"
+            STORE="$(cd "$STORE" && pwd)"
+            export MLFLOW_AUTH_CONFIG_PATH="$STORE/basic_auth.ini"
+            [ -f "$MLFLOW_AUTH_CONFIG_PATH" ] || printf '%s\n' "[mlflow]" "default_permission = READ" \
+                "database_uri = sqlite:///$STORE/basic_auth.db" "admin_username = ${MLFLOW_AUTH_ADMIN_USERNAME:-admin}" \
+                "authorization_function = mlflow.server.auth:authenticate_request_basic_auth" \
+                "auth_cache_ttl_seconds = 60" > "$MLFLOW_AUTH_CONFIG_PATH"  # one password hash a minute per user
+        fi
+        APP=(--app-name basic-auth) ;;
+    *) fail "MLFLOW_AUTH must be basic or none, not '$AUTH'" ;;
+esac
+
+echo "mlflow server: http://$HOST:$PORT  backend $BACKEND  artifacts $ARTIFACTS  auth $AUTH" >&2
+exec "$MLFLOW" server "${APP[@]}" \
     --backend-store-uri "$BACKEND" \
     --artifacts-destination "$ARTIFACTS" \
     --serve-artifacts \

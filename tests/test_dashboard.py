@@ -1,0 +1,23 @@
+"""The Optuna study's dashboard: the command the sweep prints works after the `dashboard` extra,
+and says so when optuna-dashboard is not installed."""
+
+import importlib.util
+import runpy
+import tomllib
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_the_dashboard_extra_holds_optuna_dashboard():
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    assert any(req.split(">")[0].split("=")[0].strip() == "optuna-dashboard" for req in extras["dashboard"])
+
+
+def test_the_printed_command_names_the_extra_unless_installed(tmp_path):
+    dashboard_command = runpy.run_path(str(ROOT / "platform" / "sweep.py"), run_name="sweep_cli")["dashboard_command"]
+    db = tmp_path / "optuna.db"
+    assert dashboard_command(db, installed=False) == f"pip install -e '.[dashboard]' && optuna-dashboard sqlite:///{db}"
+    assert dashboard_command(db, installed=True) == f"optuna-dashboard sqlite:///{db}"
+    here = importlib.util.find_spec("optuna_dashboard") is not None
+    assert dashboard_command(db) == dashboard_command(db, installed=here)
