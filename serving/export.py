@@ -60,8 +60,8 @@ def export_model(model, cfg, folder: Path) -> Path:
     return folder
 
 
-def load_exported(folder: Path):
-    """(model, tokenizer, meta) from an exported folder, on CPU, in eval mode."""
+def load_exported(folder: Path, device="cpu"):
+    """(model, tokenizer, meta) from an exported folder, on ``device`` (a torch device), in eval mode."""
     import torch
     from transformers import AutoConfig, AutoModel, AutoTokenizer
 
@@ -73,6 +73,6 @@ def load_exported(folder: Path):
     backbone = AutoModel.from_config(config, attn_implementation=meta.get("attn_implementation", "sdpa"))
     model = MultiExitEncoder(backbone, meta["num_labels"], meta["pooling"])
     model.load_state_dict(torch.load(folder / WEIGHTS, map_location="cpu", weights_only=True))
-    model.eval()
+    model.to(device).eval()
     tokenizer = AutoTokenizer.from_pretrained(folder / TOKENIZER)
     return model, tokenizer, meta

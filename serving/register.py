@@ -38,7 +38,10 @@ CHAMPION = "champion"
 MODEL_DIR = "model"  # sweeps.trial.MODEL_DIR: the exported model inside a trial's final checkpoint
 SUMMARY_FILE = "summary.json"
 CHECKPOINT_TAG = "model_checkpoint"
-MAX_ROWS = 256  # rows per request the served model accepts (model_config)
+MAX_ROWS = 256  # rows per request the HTTP server (`mlflow models serve`) accepts (model_config)
+# Logged with every version, so both can be overridden at load or serve time (MLflow overrides
+# only the keys a model was logged with): device auto = CUDA where there is one.
+MODEL_CONFIG = {"max_rows": MAX_ROWS, "device": "auto"}
 TAG_LIMIT = 5000  # MLflow's limit on a tag value
 FRONTIER_COLUMNS = "validation_speedup,validation_metric,test_speedup,test_metric"
 
@@ -278,31 +281,39 @@ def _log_and_register(client, name: str, plan: MethodPlan, work: Path) -> str:
     """Log the pyfunc into the method's run and register it as a new version of ``name``."""
     import mlflow
 
-    from serving.export import META
-    from serving.model import ExitPolicyModel, code_paths, input_example, model_signature, pip_requirements
-
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     model_dir = _local_model(plan.checkpoint, work)
-    meta = json.loads((model_dir / META).read_text())
-    (work / "policy.json").write_text(json.dumps(plan.policy, indent=2))
     try:
         # Reopens the finalized method run and ends it FINISHED again (an error would end it FAILED:
         # its previous status is restored below).
         with mlflow.start_run(run_id=plan.parent_run_id), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # MLflow's advice on type hints and on pickled python_model objects
-            info = mlflow.pyfunc.log_model(
-                name="model", python_model=ExitPolicyModel(),
-                artifacts={"model": str(model_dir), "policy": str(work / "policy.json")},
-                code_paths=code_paths(work / "code"), pip_requirements=pip_requirements(),
-                signature=model_signature(meta), input_example=input_example(meta),
-                model_config={"max_rows": MAX_ROWS}, registered_model_name=name, await_registration_for=60,
-            )
+            info = mlflow.pyfunc.log_model(name="model", registered_model_name=name, await_registration_for=60,
+                                           **pyfunc_arguments(model_dir, plan.policy, work))
     finally:
         if client.get_run(plan.parent_run_id).info.status != plan.parent_status:
             client.set_terminated(plan.parent_run_id, status=plan.parent_status)
         shutil.rmtree(work, ignore_errors=True)
     return str(info.registered_model_version)
+
+
+def pyfunc_arguments(model_dir: Path, policy: dict, work: Path, model_config: dict | None = None) -> dict[str, Any]:
+    """The arguments of ``mlflow.pyfunc.log_model`` / ``save_model`` for an exported model and its
+    exit policy: the pyfunc, its artifacts, the code it ships, requirements, signature, example and
+    ``model_config`` (default ``MODEL_CONFIG``). ``work`` receives policy.json and the code copies."""
+    from serving.export import META
+    from serving.model import ExitPolicyModel, code_paths, input_example, model_signature, pip_requirements
+
+    meta = json.loads((Path(model_dir) / META).read_text())
+    work = Path(work)
+    work.mkdir(parents=True, exist_ok=True)
+    (work / "policy.json").write_text(json.dumps(policy, indent=2))
+    return {"python_model": ExitPolicyModel(),
+            "artifacts": {"model": str(model_dir), "policy": str(work / "policy.json")},
+            "code_paths": code_paths(work / "code"), "pip_requirements": pip_requirements(),
+            "signature": model_signature(meta), "input_example": input_example(meta),
+            "model_config": dict(MODEL_CONFIG if model_config is None else model_config)}
 
 
 def version_tags(experiment: str, plan: MethodPlan) -> dict[str, str]:
@@ -410,5 +421,5 @@ def describe(result: dict[str, Any]) -> list[str]:
     return lines
 
 
-__all__ = ["register_sweep", "plan_sweep", "describe", "describe_policy", "serve_command", "frontier_tag",
+__all__ = ["register_sweep", "plan_sweep", "describe", "describe_policy", "serve_command", "frontier_tag", "pyfunc_arguments",
            "version_tags", "identity", "use_tracking_uri", "DEFAULT_TARGET_SPEEDUP", "CHAMPION"]

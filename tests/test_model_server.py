@@ -110,3 +110,24 @@ def test_bad_requests_get_a_4xx_that_says_what_to_send(served, payload, fragment
     assert fragment in response.text, response.text[:1000]
     good = post(served["base"], {"dataframe_split": {"columns": ["sentence"], "data": [["a fine film ."]]}})
     assert good.status_code == 200, good.text  # the server keeps answering
+
+
+def test_mlflow_models_predict_scores_a_csv_of_any_size(served, tmp_path):
+    """Batch scoring of a file far over the server's 256-row limit: `mlflow models predict` runs the
+    model in process, where no row limit applies; one prediction per row, in order."""
+    import json
+
+    sentences = (SENTENCES * 200)[:1000]
+    pd.DataFrame({"sentence": sentences}).to_csv(tmp_path / "big.csv", index=False)
+    env = {**sweep_env(PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}"), "MLFLOW_TRACKING_URI": served["uri"]}
+    proc = subprocess.run([str(BIN / "mlflow"), "models", "predict", "-m", "models:/leebert-mr@champion",
+                           "-i", str(tmp_path / "big.csv"), "-t", "csv", "-o", str(tmp_path / "out.json"),
+                           "--env-manager", "local"], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = pd.DataFrame(json.loads((tmp_path / "out.json").read_text())["predictions"])
+    assert len(rows) == 1000 and rows["exit_layer"].between(1, 3).all()
+    first = rows.iloc[:len(SENTENCES)]
+    for start in range(0, 1000, len(SENTENCES)):  # the same sentence gets the same answer wherever it is
+        block = rows.iloc[start:start + len(SENTENCES)]
+        assert block["label"].tolist() == first["label"].tolist()[:len(block)]
+        assert block["exit_layer"].tolist() == first["exit_layer"].tolist()[:len(block)]

@@ -308,6 +308,9 @@ def test_champion_predicts_with_early_exit(sweep, registered, monkeypatch):
     model = mlflow.pyfunc.load_model("models:/leebert-mr@champion")
     out = model.predict(pd.DataFrame({"sentence": ["a gripping , funny and moving film .", "tedious and badly acted ."]}))
     assert len(out) == 2 and "exit_layer" in out.columns and out["exit_layer"].between(1, 3).all()
+    # logged with both keys, so both can be overridden at load or serve time; auto = CUDA where there is one
+    assert model.model_config == {"max_rows": 256, "device": "auto"}
+    assert model.unwrap_python_model().device.type == "cpu"
 
 
 @pytest.mark.integration

@@ -21,6 +21,7 @@ from types import SimpleNamespace
 import pandas as pd
 import pytest
 import torch
+import torch.utils._python_dispatch
 
 from trainers.policies import make_policy, simulate
 
@@ -77,24 +78,18 @@ def _tiny(MultiExitEncoder, tiny_backbone, num_labels: int):
 
 
 def save(folder: Path, exported: Path, policy: dict, **model_config):
-    """Save the pyfunc as registration logs it (artifacts, code_paths, signature, example, config)."""
+    """Save the pyfunc as registration logs it (serving.register.pyfunc_arguments), with this
+    ``model_config`` (none logged when empty)."""
     import mlflow
 
-    from serving.model import ExitPolicyModel, code_paths, input_example, model_signature, pip_requirements
+    from serving.register import pyfunc_arguments
 
-    meta = json.loads((exported / "exit_model.json").read_text())
-    staging = folder.parent / f"{folder.name}-staging"
-    staging.mkdir(parents=True, exist_ok=True)
-    (staging / "policy.json").write_text(json.dumps(policy))
+    arguments = pyfunc_arguments(exported, policy, folder.parent / f"{folder.name}-staging", model_config)
+    if not model_config:
+        arguments["model_config"] = None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # MLflow's advice on type hints and pickled python_model objects
-        mlflow.pyfunc.save_model(
-            str(folder), python_model=ExitPolicyModel(),
-            artifacts={"model": str(exported), "policy": str(staging / "policy.json")},
-            code_paths=code_paths(staging / "code"), pip_requirements=pip_requirements(),
-            signature=model_signature(meta), input_example=input_example(meta),
-            model_config=model_config or None,
-        )
+        mlflow.pyfunc.save_model(str(folder), **arguments)
     return folder
 
 
@@ -195,7 +190,10 @@ def test_batches_are_sorted_by_length_and_padded_to_their_own_longest(exported):
         seen += rows
         widths.append(batch["input_ids"].shape[1])
         assert batch["input_ids"].shape[1] == max(len(ids[i]) for i in rows)
-        assert batch["attention_mask"].sum(1).tolist() == [len(ids[i]) for i in rows]
+        if "attention_mask" in batch:
+            assert batch["attention_mask"].sum(1).tolist() == [len(ids[i]) for i in rows]
+        else:  # rows of one length need no mask
+            assert {len(ids[i]) for i in rows} == {batch["input_ids"].shape[1]}
     assert sorted(seen) == list(range(130)) and [len(ids[i]) for i in seen] == sorted(len(r) for r in ids)
     assert len(widths) == 3 and widths == sorted(widths) and widths[0] < widths[-1]
 
@@ -242,6 +240,118 @@ def test_early_exit_cuts_the_padding_of_the_rows_left(attn):
     assert torch.allclose(logits, full[layer - 1, torch.arange(6)], atol=1e-5)
 
 
+# ---------------------------------------------------------------------------------- devices and host syncs
+class HostReads(torch.utils._python_dispatch.TorchDispatchMode):
+    """Counts what makes a GPU wait for its results: a value read back to the host
+    (``.item()``, ``int(t)``, ``bool(t)``) and the ops whose output size only the data decides
+    (``nonzero``, a boolean-mask index). With ``replay`` (the reads of the same run on the CPU)
+    it answers the reads of tensors on ``meta``, which holds no data, so a whole inference runs
+    there and any tensor left on another device raises, as it would next to a CUDA model."""
+
+    DATA_SIZED = ("aten.nonzero", "aten.masked_select", "aten.masked_scatter")
+
+    def __init__(self, replay: list | None = None):
+        super().__init__()
+        self.reads, self.data_sized = [], []
+        self.replay = None if replay is None else list(replay)
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        name = str(func.overloadpacket)
+        if name == "aten._local_scalar_dense":
+            value = self.replay.pop(0) if self.replay is not None else func(*args, **kwargs)
+            self.reads.append(value)
+            return value
+        if name in self.DATA_SIZED or (name in ("aten.index", "aten.index_put", "aten.index_put_") and any(
+                isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in args[1])):
+            self.data_sized.append(name)
+        return func(*args, **kwargs)
+
+
+@pytest.mark.parametrize("policy", [("patience", 1), ("patience", 2), ("confidence", "median"), ("none", 0)])
+def test_early_exit_syncs_with_the_host_at_most_once_per_layer(policy):
+    """The exit layers stay those of the policy simulated on the full forward, with at most one
+    host read per layer that decides (none for the full model) and no data-sized op at all."""
+    from trainers.model import MultiExitEncoder, tiny_backbone
+
+    model = MultiExitEncoder(tiny_backbone(num_layers=4, seed=3, attn_implementation="sdpa"), 3, "mean").eval()
+    lengths = [10, 4, 9, 7, 3, 6, 10, 8] * 3
+    ids = torch.randint(5, 100, (len(lengths), 10), generator=torch.Generator().manual_seed(4))
+    mask = torch.tensor([[1] * n + [0] * (10 - n) for n in lengths])
+    batch = {"input_ids": ids * mask, "attention_mask": mask, "token_type_ids": torch.zeros_like(ids)}
+    with torch.no_grad():
+        full = model(**batch)
+    kind, setting = policy
+    if setting == "median":  # about half leave at layer 1
+        setting = float(torch.softmax(full[0], -1).amax(-1).median())
+    exit_policy = make_policy(kind, setting)
+    expected_layer, _ = simulate(exit_policy, full)
+    with HostReads() as syncs:
+        logits, layer = model.early_exit(exit_policy, **batch)
+    assert torch.equal(layer, expected_layer)
+    assert torch.allclose(logits, full[layer - 1, torch.arange(len(lengths))], atol=1e-5)
+    assert syncs.data_sized == []
+    assert len(syncs.reads) <= (0 if kind == "none" else int(layer.max()) - (int(layer.max()) == 4))
+    if kind != "none":
+        assert len(set(layer.tolist())) >= 2, "the setting must spread exits over layers"
+
+
+@pytest.mark.parametrize("pooling", ["mean", "cls"])
+def test_early_exit_without_a_mask_answers_as_with_an_all_ones_mask(pooling):
+    """Rows of one length (a single request) run without an attention mask: the same bits."""
+    from trainers.model import MultiExitEncoder, tiny_backbone
+
+    model = MultiExitEncoder(tiny_backbone(num_layers=4, seed=5, attn_implementation="sdpa"), 2, pooling).eval()
+    ids = torch.randint(5, 100, (7, 9), generator=torch.Generator().manual_seed(1))
+    policy = make_policy("patience", 1)
+    masked = model.early_exit(policy, ids, torch.ones_like(ids), torch.zeros_like(ids))
+    unmasked = model.early_exit(policy, ids, None, torch.zeros_like(ids))
+    assert torch.equal(masked[1], unmasked[1]) and torch.equal(masked[0], unmasked[0])
+    assert len(set(masked[1].tolist())) >= 2
+
+
+def test_the_served_model_runs_on_the_models_device(exported, monkeypatch):
+    """The pyfunc's batches, early exit and outputs on ``meta`` (a CPU tensor next to it raises as
+    next to a CUDA model): the CPU run's host reads replayed, same batches, same shapes."""
+    from serving.model import ExitPolicyModel
+
+    texts = mr_sentences(150)
+    served = ExitPolicyModel().load(exported, {"policy": "patience", "setting": 1}, device="cpu")
+    with warnings.catch_warnings(), HostReads() as on_cpu:
+        warnings.simplefilter("ignore")
+        expected = [(rows, tuple(logits.shape), layers.clone()) for rows, logits, layers in served.device_outputs([texts])]
+    assert on_cpu.data_sized == [] and len(expected) == 3
+    assert len(on_cpu.reads) <= len(expected) * (NUM_LAYERS - 1)
+    served.to("meta")
+    assert {p.device.type for p in served.model.parameters()} == {"meta"}
+    with warnings.catch_warnings(), HostReads(replay=on_cpu.reads) as on_meta:
+        warnings.simplefilter("ignore")
+        seen = list(served.device_outputs([texts]))
+    assert [rows for rows, _, _ in seen] == [rows for rows, _, _ in expected]
+    for (_, logits, layers), (_, shape, cpu_layers) in zip(seen, expected):
+        assert logits.device.type == layers.device.type == "meta"
+        assert tuple(logits.shape) == shape and layers.shape == cpu_layers.shape
+    assert on_meta.replay == [] and on_meta.data_sized == []
+
+
+def test_the_device_option(exported, tmp_path):
+    from mlflow.exceptions import MlflowException
+
+    folder = save(tmp_path / "pyfunc", exported, {"policy": "none", "setting": 0}, device="auto", max_rows=8)
+    auto = load(folder).unwrap_python_model()
+    assert auto.device.type == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert {p.device.type for p in auto.model.parameters()} == {auto.device.type}
+    cpu = load(folder, device="cpu")
+    assert cpu.unwrap_python_model().device.type == "cpu"
+    assert cpu.predict(pd.DataFrame({"sentence": ["a fine film."]}))["exit_layer"].tolist() == [NUM_LAYERS]
+    with pytest.raises(MlflowException, match="device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got 'tpu'"):
+        load(folder, device="tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(MlflowException, match=r"device 'cuda', but torch .* sees no CUDA device") as err:
+            load(folder, device="cuda")
+        assert "use device 'auto' or 'cpu'" in err.value.message
+
+
 # ---------------------------------------------------------------------------------- bad requests
 def _refused(predict, frame, fragment: str):
     from mlflow.exceptions import MlflowException
@@ -259,7 +369,6 @@ def _refused(predict, frame, fragment: str):
     (pd.DataFrame({"sentence": ["fine", 3, 4.5, None]}), "non-text values (float, int, missing) at row(s) 1, 2, 3"),
     (pd.DataFrame({"sentence": ["fine", ""]}), "empty or whitespace-only text at row(s) 1"),
     (pd.DataFrame({"sentence": ["fine", " \t\n"]}), "empty or whitespace-only text at row(s) 1"),
-    (pd.DataFrame({"sentence": ["x"] * 9}), "9 rows in one request; this model takes at most 8"),
 ])
 def test_bad_values_are_refused_before_tokenizing(full_depth, frame, fragment):
     from mlflow.protos.databricks_pb2 import ErrorCode, INVALID_PARAMETER_VALUE
@@ -299,13 +408,61 @@ def test_extra_columns_are_dropped_by_mlflows_schema_enforcement(full_depth):
     assert with_extra["label"].tolist() == plain["label"].tolist()
 
 
-def test_max_rows_comes_from_the_model_config(exported, tmp_path, monkeypatch):
-    plain = load(save(tmp_path / "plain", exported, {"policy": "none", "setting": 0}))  # no model_config
-    assert len(plain.predict(pd.DataFrame({"sentence": ["x"] * 256}))) == 256  # the default
-    _refused(plain.predict, pd.DataFrame({"sentence": ["x"] * 257}), "at most 256")
-    # logged with max_rows, it can be overridden when loading (MLflow only overrides logged keys)
+def test_in_process_predict_takes_any_number_of_rows_in_bounded_chunks(exported, tmp_path):
+    """A notebook's predict(df) or `mlflow models predict` scores any number of rows, whatever
+    max_rows says; the rows go through in chunks, so no step holds more than one chunk."""
+    folder = save(tmp_path / "pyfunc", exported, {"policy": "patience", "setting": 1}, max_rows=8)
+    served = load(folder)
+    python_model = served.unwrap_python_model()
+    texts = (mr_sentences(200) + SENTENCES) * 15  # 3150 rows of mixed lengths
+    frame = pd.DataFrame({"sentence": texts}, index=range(7, 7 + len(texts)))
+    tokenized, batch_rows = [], []
+    original = python_model.tokenizer.__class__.__call__
+    early_exit = python_model.model.early_exit
+
+    def count_tokenized(self, *columns, **kwargs):
+        tokenized.append(len(columns[0]))
+        return original(self, *columns, **kwargs)
+
+    def count_batch(policy, **batch):
+        batch_rows.append(batch["input_ids"].shape[0])
+        return early_exit(policy, **batch)
+
+    python_model.chunk_rows = 512
+    python_model.tokenizer.__class__.__call__ = count_tokenized
+    python_model.model.early_exit = count_batch
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # a few MR sentences are truncated
+            streamed = served.predict(frame)
+    finally:
+        python_model.tokenizer.__class__.__call__ = original
+        del python_model.model.early_exit
+    assert len(streamed) == len(texts) and list(streamed.index) == list(frame.index)
+    assert max(tokenized) == 512 and sum(tokenized) == len(texts), tokenized
+    assert max(batch_rows) == 64 and sum(batch_rows) == len(texts)
+    python_model.chunk_rows = 10**6  # all at once: the same answers
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        whole = served.predict(frame)
+    assert streamed["exit_layer"].tolist() == whole["exit_layer"].tolist()
+    assert streamed["label"].tolist() == whole["label"].tolist()
+    assert len(set(streamed["exit_layer"])) >= 2
+
+
+def test_the_row_limit_applies_behind_the_scoring_server_and_is_configurable_there(exported, tmp_path, monkeypatch):
+    from serving.model import SCORING_SERVER_VARIABLE
+
+    plain = save(tmp_path / "plain", exported, {"policy": "none", "setting": 0})  # no model_config logged
     folder = save(tmp_path / "pyfunc", exported, {"policy": "none", "setting": 0}, max_rows=300)
-    assert len(load(folder).predict(pd.DataFrame({"sentence": ["x"] * 300}))) == 300
+    assert len(load(plain).predict(pd.DataFrame({"sentence": ["x"] * 700}))) == 700  # in process: no limit
+    # `mlflow models serve` starts uvicorn with this variable naming the model (scoring_server.get_cmd)
+    monkeypatch.setenv(SCORING_SERVER_VARIABLE, str(folder))
+    assert len(load(plain).predict(pd.DataFrame({"sentence": ["x"] * 256}))) == 256  # the default
+    error = _refused(load(plain).predict, pd.DataFrame({"sentence": ["x"] * 257}),
+                     "257 rows in one request; this server takes at most 256")
+    assert "MLFLOW_PYFUNC_INFERENCE_CONFIG" in error.message and error.get_http_status_code() == 400
+    assert len(load(folder).predict(pd.DataFrame({"sentence": ["x"] * 300}))) == 300  # the logged max_rows
     monkeypatch.setenv("MLFLOW_PYFUNC_INFERENCE_CONFIG", '{"max_rows": 5}')  # what `mlflow models serve` reads
     _refused(load(folder).predict, pd.DataFrame({"sentence": ["x"] * 6}), "at most 5")
     monkeypatch.delenv("MLFLOW_PYFUNC_INFERENCE_CONFIG")
