@@ -122,9 +122,126 @@ def resolve_device(value):
                           error_code=INVALID_PARAMETER_VALUE)
 
 
+def _fast_encoder(tokenizer, max_length: int):
+    """A copy of a fast tokenizer's Rust encoder that truncates to ``max_length`` and never pads
+    (None for a slow tokenizer). A copy: the tokenizer reconfigures its own on every call."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        return None
+    from tokenizers import Tokenizer
+
+    encoder = Tokenizer.from_str(backend.to_str())
+    encoder.enable_truncation(max_length, strategy="longest_first")
+    encoder.no_padding()
+    return encoder
+
+
 def behind_scoring_server() -> bool:
     """True inside the HTTP server of `mlflow models serve` (see SCORING_SERVER_VARIABLE)."""
     return bool(os.environ.get(SCORING_SERVER_VARIABLE))
+
+
+def lean_bert_layer(runner):
+    """The encoder layers of a BERT-like backbone (sdpa attention, eval mode) as plain tensor code,
+    without transformers' per-call wrappers (deprecation shims, signature inspection, chunking),
+    which cost about a tenth of a layer per call at batch 1 on a CPU. Returns a drop-in for
+    ``runner.layer``, or None where the backbone is not one this reproduces. ``ExitPolicyModel``
+    installs it only after checking that it gives the very same bits as the backbone's own layers."""
+    import torch.nn.functional as F
+
+    config = runner.backbone.config
+    if (runner.kind != "bert" or getattr(config, "is_decoder", False) or getattr(config, "add_cross_attention", False)
+            or getattr(config, "_attn_implementation", None) != "sdpa" or getattr(config, "chunk_size_feed_forward", 0)
+            or getattr(config, "position_embedding_type", "absolute") != "absolute"):
+        return None
+    layers = runner.backbone.encoder.layer
+    try:
+        parts = [(layer.attention.self, layer.attention.output, layer.intermediate, layer.output) for layer in layers]
+    except AttributeError:
+        return None
+
+    def layer(index: int, hidden, mask):
+        attention, attention_out, intermediate, output = parts[index]
+        shape = (*hidden.shape[:-1], -1, attention.attention_head_size)
+        query = attention.query(hidden).view(shape).transpose(1, 2)
+        key = attention.key(hidden).view(shape).transpose(1, 2)
+        value = attention.value(hidden).view(shape).transpose(1, 2)
+        mixed = F.scaled_dot_product_attention(query, key, value, attn_mask=mask, dropout_p=0.0,
+                                               scale=attention.scaling, is_causal=False)
+        mixed = mixed.transpose(1, 2).contiguous().reshape(*hidden.shape[:-1], -1).contiguous()
+        attended = attention_out.LayerNorm(attention_out.dense(mixed) + hidden)
+        return output.LayerNorm(output.dense(intermediate.intermediate_act_fn(intermediate.dense(attended))) + attended)
+
+    return layer
+
+
+def lean_bert_embed(runner):
+    """The word + token type + position embeddings and their LayerNorm (eval mode), without the
+    module's bookkeeping: a drop-in for ``runner.embed`` of a BERT-like backbone, or None."""
+    embeddings = getattr(runner.backbone, "embeddings", None)
+    names = ("word_embeddings", "token_type_embeddings", "position_embeddings", "LayerNorm")
+    if runner.kind != "bert" or embeddings is None or not all(hasattr(embeddings, n) for n in names) \
+            or getattr(runner.backbone.config, "position_embedding_type", "absolute") != "absolute":
+        return None
+    word, kind, position, norm = (getattr(embeddings, n) for n in names)
+
+    def embed(input_ids, token_type_ids):
+        types = kind.weight[0] if token_type_ids is None else kind(token_type_ids)  # no ids: all type 0
+        return norm(word(input_ids) + types + position.weight[:input_ids.shape[1]])
+
+    return embed
+
+
+def lean_exit_head(head):
+    """An exit head's dense, tanh and classifier (eval mode: dropout is the identity) as one call."""
+    import torch
+    import torch.nn.functional as F
+
+    dense, classifier = head.dense, head.classifier
+    return lambda pooled: F.linear(torch.tanh(F.linear(pooled, dense.weight, dense.bias)), classifier.weight,
+                                   classifier.bias)
+
+
+def install_lean_paths(model) -> list[str]:
+    """Swap in the lean embedding, layers and exit heads of this model instance wherever they give
+    the very same bits as the modules' own forward on probe inputs (with and without padding);
+    returns what was swapped. Training never sees them: they live on the served instance only."""
+    import torch
+
+    runner = model.runner
+    config = runner.backbone.config
+    parameter = next(model.parameters())
+    generator = torch.Generator().manual_seed(0)
+    hidden = torch.randn(3, 9, config.hidden_size, generator=generator).to(parameter)
+    ids = torch.randint(1, min(config.vocab_size, 1000), (3, 9), generator=generator).to(parameter.device)
+    padding = torch.tensor([[1] * 9, [1] * 5 + [0] * 4, [1] * 7 + [0] * 2], device=parameter.device)
+    types = [None, torch.zeros_like(ids)] + ([padding] if getattr(config, "type_vocab_size", 1) > 1 else [])
+    installed = []
+
+    def same(lean, own, probes) -> bool:
+        try:
+            return all(torch.equal(lean(*probe), own(*probe)) for probe in probes)
+        except Exception:  # noqa: BLE001 - a backbone this does not know: keep its own forward
+            return False
+
+    if model.training:
+        return installed
+    with torch.inference_mode():
+        embed = lean_bert_embed(runner)
+        if embed is not None and same(embed, runner.embed, [(ids, t) for t in types]):
+            runner.embed = embed
+            installed.append("embeddings")
+        layer = lean_bert_layer(runner)
+        masks = [None, runner.mask(hidden, padding)]
+        if layer is not None and same(layer, runner.layer, [(i, hidden, m) for m in masks for i in range(runner.num_layers)]):
+            runner.layer = layer
+            installed.append("layers")
+        heads = [lean_exit_head(head) for head in model.exits]
+        if all(same(lean, head, [(hidden[:, 0],)]) for lean, head in zip(heads, model.exits)):
+            for lean, head in zip(heads, model.exits):
+                head.forward = lean
+            installed.append("exit heads")
+    return installed
 
 
 class ExitPolicyModel(mlflow.pyfunc.PythonModel):
@@ -160,6 +277,8 @@ class ExitPolicyModel(mlflow.pyfunc.PythonModel):
         self.max_length = int(self.meta["max_length"])
         pad = self.tokenizer.pad_token_id
         self.pad_id = 0 if pad is None else int(pad)
+        self.encoder = _fast_encoder(self.tokenizer, self.max_length)
+        self.lean = [] if self.device.type == "meta" else install_lean_paths(self.model)
         return self
 
     def to(self, device) -> "ExitPolicyModel":
@@ -177,7 +296,7 @@ class ExitPolicyModel(mlflow.pyfunc.PythonModel):
         expected = f"send a DataFrame with the string column(s) {fields}"
         if not isinstance(model_input, pd.DataFrame):
             _reject(f"expected a DataFrame, got {type(model_input).__name__}; {expected}")
-        columns = [str(c) for c in model_input.columns]
+        columns = [str(c) for c in model_input.columns.tolist()]
         missing = [f for f in fields if f not in columns]
         extra = [c for c in columns if c not in fields]
         if missing or extra or len(set(columns)) != len(columns):
@@ -191,8 +310,10 @@ class ExitPolicyModel(mlflow.pyfunc.PythonModel):
                     f"{INFERENCE_CONFIG_VARIABLE}='{{\"max_rows\": N}}' (scoring in process, e.g. "
                     "`mlflow models predict`, takes any number of rows)")
         texts = []
+        table = model_input.to_numpy(dtype=object, copy=False) if len(fields) == 1 else None
         for field in fields:
-            values = model_input[field].tolist()
+            # one column: the frame's values (cheaper per request than a column lookup); else by name
+            values = table[:, 0].tolist() if table is not None else model_input[field].tolist()
             bad = [i for i, v in enumerate(values) if not isinstance(v, str)]
             if bad:
                 kinds = sorted({_kind(values[i]) for i in bad})
@@ -210,17 +331,26 @@ class ExitPolicyModel(mlflow.pyfunc.PythonModel):
         columns = self.validate(model_input)  # all of it first: a bad last row wastes no compute
         labels, probabilities, layers = self.predict_texts(columns)
         return pd.DataFrame({"label": labels, "probabilities": probabilities, "exit_layer": layers},
-                            index=model_input.index)
+                            index=model_input.index, copy=False)
 
     def tokenize(self, columns: list[list[str]]) -> tuple[list[list[int]], list[list[int]] | None]:
-        """Token ids (and token type ids) of every row, truncated to ``max_length``, unpadded.
+        """Token ids (and token type ids, for pairs) of every row, truncated to ``max_length``, unpadded.
 
-        Warns (and logs) how many rows were truncated.
+        A fast tokenizer's own Rust encoder is called directly (the same ids as calling the
+        tokenizer, without its per-call Python). A single text column has no token type ids:
+        they are all 0, which is what the embeddings assume without them. Warns (and logs) how
+        many rows were truncated.
         """
-        enc = self.tokenizer(*columns, truncation=True, max_length=self.max_length, return_attention_mask=False)
-        ids = enc["input_ids"]
-        types = enc.get("token_type_ids")
-        truncated = self._truncated_rows(enc, columns, ids)
+        if self.encoder is not None:
+            encodings = self.encoder.encode_batch(columns[0] if len(columns) == 1 else list(zip(*columns)))
+            ids = [e.ids for e in encodings]
+            types = [e.type_ids for e in encodings] if len(columns) > 1 else None
+            truncated = [i for i, e in enumerate(encodings) if e.overflowing]
+        else:
+            enc = self.tokenizer(*columns, truncation=True, max_length=self.max_length, return_attention_mask=False)
+            ids = enc["input_ids"]
+            types = enc.get("token_type_ids") if len(columns) > 1 else None
+            truncated = self._truncated_rows(enc, columns, ids)
         if truncated:
             message = (f"{len(truncated)} of {len(ids)} row(s) are longer than this model's {self.max_length} "
                        f"tokens and were truncated (row(s) {_rows_text(truncated)})")
@@ -266,14 +396,14 @@ class ExitPolicyModel(mlflow.pyfunc.PythonModel):
             logits, layers = self.model.early_exit(self.policy, **batch)
             yield rows, logits, layers
 
-    def predict_texts(self, columns: list[list[str]]) -> tuple[list, list[list[float]], list[int]]:
+    def predict_texts(self, columns: list[list[str]]) -> tuple[np.ndarray, list[list[float]], np.ndarray]:
         """(labels, probabilities, exit layers) of validated text columns, in input order, streamed
         through in chunks of ``chunk_rows`` rows."""
         import torch
 
         n = len(columns[0])
         if n == 0:
-            return [], [], []
+            return self.answers(np.empty((0, int(self.meta["num_labels"])), dtype=np.float32), np.empty(0, np.int64))
         logits = np.empty((n, int(self.meta["num_labels"])), dtype=np.float32)
         layers = np.empty(n, dtype=np.int64)
         with torch.inference_mode():
@@ -285,14 +415,17 @@ class ExitPolicyModel(mlflow.pyfunc.PythonModel):
                     layers[index] = exit_layer.cpu().numpy()
         return self.answers(logits, layers)
 
-    def answers(self, logits: np.ndarray, layers: np.ndarray) -> tuple[list, list[list[float]], list[int]]:
-        """(labels, probabilities, exit layers) from the exit logits and layers of every row."""
+    def answers(self, logits: np.ndarray, layers: np.ndarray) -> tuple[np.ndarray, list[list[float]], np.ndarray]:
+        """(labels, probabilities, exit layers) from the exit logits and layers of every row: arrays
+        of the output's dtypes (int64 labels, float64 scores for regression) and lists of floats."""
         n = len(layers)
         if self.meta["is_regression"]:
-            return logits[:, 0].astype(np.float64).tolist(), [[] for _ in range(n)], layers.tolist()
+            return logits[:, 0].astype(np.float64), [[] for _ in range(n)], layers
+        if n == 0:
+            return np.empty(0, np.int64), [], layers
         shifted = np.exp(logits - logits.max(axis=1, keepdims=True), dtype=np.float64)
         probabilities = shifted / shifted.sum(axis=1, keepdims=True)
-        return probabilities.argmax(axis=1).tolist(), probabilities.tolist(), layers.tolist()
+        return probabilities.argmax(axis=1).astype(np.int64), probabilities.tolist(), layers
 
 
 # ---------------------------------------------------------------------- logging helpers

@@ -179,6 +179,42 @@ def test_batched_equals_one_at_a_time_and_keeps_the_input_order(exported, tmp_pa
     assert lengths != sorted(lengths)
 
 
+def test_the_fast_paths_give_the_tokenizers_ids_and_the_backbones_layers(exported, tmp_path):
+    """Tokens straight from the Rust encoder are the tokenizer's own (pairs and truncation too),
+    and the lean layers that the served model installs give the backbone's layers' very bits."""
+    from serving.export import export_model, load_exported
+    from serving.model import ExitPolicyModel
+    from trainers.model import MultiExitEncoder, tiny_backbone
+
+    served = ExitPolicyModel().load(exported, {"policy": "none", "setting": 0})
+    assert served.encoder is not None and served.lean == ["embeddings", "layers", "exit heads"]
+    texts = mr_sentences(80) + ["word " * 100, "x"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ids, types = served.tokenize([texts])
+    expected = served.tokenizer(texts, truncation=True, max_length=MAX_LENGTH)
+    assert ids == expected["input_ids"] and types is None and max(map(len, ids)) == MAX_LENGTH
+    pair = ExitPolicyModel().load(export_model(_tiny(MultiExitEncoder, tiny_backbone, num_labels=1), _cfg("stsb"),
+                                               tmp_path / "pair"), {"policy": "none", "setting": 0})
+    first, second = texts[:40], list(reversed(texts))[:40]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ids, types = pair.tokenize([first, second])
+    expected = pair.tokenizer(first, second, truncation=True, max_length=MAX_LENGTH)
+    assert ids == expected["input_ids"] and types == expected["token_type_ids"]
+    model, _, _ = load_exported(exported)  # the backbone's own layers
+    hidden = torch.randn(4, 11, 32, generator=torch.Generator().manual_seed(3))
+    mask = model.runner.mask(hidden, torch.tensor([[1] * 11, [1] * 6 + [0] * 5, [1] * 9 + [0] * 2, [1] * 11]))
+    ids = torch.randint(1, 1000, (4, 11), generator=torch.Generator().manual_seed(4))
+    with torch.inference_mode():
+        for index in range(NUM_LAYERS):
+            for m in (None, mask):
+                assert torch.equal(served.model.runner.layer(index, hidden, m), model.runner.layer(index, hidden, m))
+            assert torch.equal(served.model.exits[index](hidden[:, 0]), model.exits[index](hidden[:, 0]))
+        for types in (None, torch.zeros_like(ids), (ids % 2)):
+            assert torch.equal(served.model.runner.embed(ids, types), model.runner.embed(ids, types))
+
+
 def test_batches_are_sorted_by_length_and_padded_to_their_own_longest(exported):
     from serving.model import ExitPolicyModel
 
@@ -370,17 +406,14 @@ def _refused(predict, frame, fragment: str):
     (pd.DataFrame({"sentence": ["fine", ""]}), "empty or whitespace-only text at row(s) 1"),
     (pd.DataFrame({"sentence": ["fine", " \t\n"]}), "empty or whitespace-only text at row(s) 1"),
 ])
-def test_bad_values_are_refused_before_tokenizing(full_depth, frame, fragment):
+def test_bad_values_are_refused_before_tokenizing(full_depth, frame, fragment, monkeypatch):
     from mlflow.protos.databricks_pb2 import ErrorCode, INVALID_PARAMETER_VALUE
 
     model = full_depth.unwrap_python_model()
     calls = []
-    original = model.tokenizer.__class__.__call__
-    model.tokenizer.__class__.__call__ = lambda self, *a, **k: calls.append(1) or original(self, *a, **k)
-    try:
-        error = _refused(full_depth.predict, frame, fragment)
-    finally:
-        model.tokenizer.__class__.__call__ = original
+    tokenize = model.tokenize
+    monkeypatch.setattr(model, "tokenize", lambda columns: calls.append(1) or tokenize(columns))
+    error = _refused(full_depth.predict, frame, fragment)
     assert error.error_code == ErrorCode.Name(INVALID_PARAMETER_VALUE)
     assert error.get_http_status_code() == 400
     assert calls == [], "refused before tokenizing"
@@ -417,27 +450,26 @@ def test_in_process_predict_takes_any_number_of_rows_in_bounded_chunks(exported,
     texts = (mr_sentences(200) + SENTENCES) * 15  # 3150 rows of mixed lengths
     frame = pd.DataFrame({"sentence": texts}, index=range(7, 7 + len(texts)))
     tokenized, batch_rows = [], []
-    original = python_model.tokenizer.__class__.__call__
+    tokenize = python_model.tokenize
     early_exit = python_model.model.early_exit
 
-    def count_tokenized(self, *columns, **kwargs):
+    def count_tokenized(columns):
         tokenized.append(len(columns[0]))
-        return original(self, *columns, **kwargs)
+        return tokenize(columns)
 
     def count_batch(policy, **batch):
         batch_rows.append(batch["input_ids"].shape[0])
         return early_exit(policy, **batch)
 
     python_model.chunk_rows = 512
-    python_model.tokenizer.__class__.__call__ = count_tokenized
+    python_model.tokenize = count_tokenized
     python_model.model.early_exit = count_batch
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # a few MR sentences are truncated
             streamed = served.predict(frame)
     finally:
-        python_model.tokenizer.__class__.__call__ = original
-        del python_model.model.early_exit
+        del python_model.tokenize, python_model.model.early_exit
     assert len(streamed) == len(texts) and list(streamed.index) == list(frame.index)
     assert max(tokenized) == 512 and sum(tokenized) == len(texts), tokenized
     assert max(batch_rows) == 64 and sum(batch_rows) == len(texts)

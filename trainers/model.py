@@ -219,12 +219,14 @@ class MultiExitEncoder(nn.Module):
                 stay, longest = int(keep.sum()), seq
             if stay == rows:
                 continue
+            if stay == 0:  # everyone leaves (always, for a single request): no re-indexing
+                out_logits.index_copy_(0, running, logits)
+                out_layer.index_fill_(0, running, index + 1)
+                break
             order = torch.sort(exit_now.to(torch.int32), stable=True).indices  # staying rows first, in order
             leaving, kept = order[stay:], order[:stay]
             out_logits.index_copy_(0, running[leaving], logits[leaving])
             out_layer.index_fill_(0, running[leaving], index + 1)
-            if stay == 0:
-                break
             running, hidden = running[kept], hidden[kept]
             state = policy.select(state, kept)
             if not padded:
