@@ -100,8 +100,11 @@ class _LayerRunner:
     def mask(self, hidden: torch.Tensor, attention_mask: torch.Tensor):
         from transformers.masking_utils import create_bidirectional_mask
 
+        # No "all ones? then no mask" shortcut: that test reads the mask's value (a host sync on
+        # every forward); with dynamic padding a training batch is rarely unpadded anyway.
         return create_bidirectional_mask(
-            config=self.backbone.config, inputs_embeds=hidden, attention_mask=attention_mask
+            config=self.backbone.config, inputs_embeds=hidden, attention_mask=attention_mask,
+            allow_is_bidirectional_skip=False,
         )
 
     def layer(self, index: int, hidden: torch.Tensor, mask) -> torch.Tensor:
