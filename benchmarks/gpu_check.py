@@ -28,7 +28,6 @@ Exit code 0 when every check passes, 1 otherwise, 2 without a working CUDA (``--
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import os
 import sys
@@ -53,7 +52,7 @@ from trainers.model import MultiExitEncoder  # noqa: E402
 from trainers.objective import LossTerms, LossWeights  # noqa: E402
 from trainers.policies import make_policy, simulate  # noqa: E402
 from trainers.train import (History, ProgressLog, StepDraw, rank_seed, restore_rng, rng_state,  # noqa: E402
-                            train_steps, training_step)
+                            train_steps)
 from trainers.weight_strategies import build_strategy, exact_hypergradient, hypergradient  # noqa: E402
 
 GPU_CONFIG = "clusters/deepspeed/gpu_bf16_zero2.json"
