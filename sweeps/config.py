@@ -31,6 +31,7 @@ STATE_FILE = "sweep.json"  # the resolved config of a sweep, written when it sta
 # The final stage's trainer options unless a preset, file or --set says otherwise (merged key by key)
 DEFAULT_FINAL_TRAIN = {"train_subset": None, "eval_subset": None}
 INTERRUPTED = 130  # exit code of an interrupted sweep (as for Ctrl-C)
+MAPPINGS = ("train", "space", "env", "final_train", "diverge_trials")  # keys whose values merge key by key
 
 
 class SweepInterrupted(Exception):
@@ -56,7 +57,8 @@ class SweepConfig:
                                            "epochs fit; null: no compute budget")
     outer_step_cost: float = _f(4.2, "cost of one loss-weight update in θ-steps, for budget_epochs (4.2: measured on CPU, "
                                      "docs/method.md 'Budgets')")
-    max_concurrent: int = _f(2, "trials of one arm running at once")
+    max_concurrent: int = _f(2, "trials running at once in the whole search, every arm together (all arms search at "
+                                "the same time in one Ray Tune experiment)")
     seed: int = _f(0, "seed of the TPE sampler (the same for every arm); the trainer's seed is train.seed")
     tpe_startup_trials: int | None = _f(None, "random trials before TPE starts modelling (Optuna's n_startup_trials); null: "
                                               "half the expected trials, 4 to 10; below 8 trials the sweep runs random search")
@@ -65,14 +67,15 @@ class SweepConfig:
     final_train: dict = _f(dict(DEFAULT_FINAL_TRAIN),
                            "trainer options of the final stage on top of each best configuration (default: the full "
                            "training set, and every model tested on the whole test set, which pairing across arms needs)")
-    final_max_concurrent: int | None = _f(None, "final-stage trainings running at once (default: max_concurrent); more than "
-                                                "max_concurrent shares the same CPUs/GPUs among more trials, e.g. 3 seeds on 2 "
-                                                "cores, so no core idles in a second round")
+    final_max_concurrent: int | None = _f(None, "final-stage trainings (arms x seeds, one experiment) running at once; null: as "
+                                                "many as the cluster holds at cpus_per_trial/gpus_per_trial each; more than "
+                                                "max_concurrent shares the same CPUs/GPUs among more trainings, e.g. 3 on 2 "
+                                                "cores, so no core idles in a last round")
     reference_arm: str = _f("clo", "the arm every other arm is compared with in the final stage (paired differences)")
     bootstrap: int = _f(2000, "bootstrap resamples (over seeds and test examples) of the final comparison's intervals")
-    timing_repeats: int = _f(5, "final stage: timed passes over test per model; the wall-clock speed-up is their median")
-    timing_seeds: int | None = _f(None, "final stage: how many seeds of each arm (the first ones) are timed; null: all "
-                                        "(timing is one model at a time: on a CPU each pass over test takes seconds)")
+    timing_repeats: int = _f(5, "final stage: timed passes over test per model, made by the trial itself on its own device "
+                                "after training; the wall-clock speed-up is their median")
+    timing_seeds: int | None = _f(None, "final stage: how many seeds of each arm (the first ones) time their early exit; null: all")
     objective: str = _f("hypervolume", "what the search maximizes on validation: hypervolume (of the speed-accuracy frontier) or last_exit")
     scheduler: str = _f("asha", "trial scheduler: asha (stops weak trials after each epoch) or none")
     grace_period: int = _f(1, "ASHA: epochs every trial gets before it can be stopped")
@@ -99,6 +102,8 @@ class SweepConfig:
     keep_checkpoints: str = _f("best", "model checkpoints kept after the sweep: best (one per method) or all")
     trial_logs: bool = _f(False, "forward the trainer's step-by-step logs of every trial to this console")
     env: dict = _f({}, "environment variables set in every trial (e.g. HF_HUB_OFFLINE: '1')")
+    diverge_trials: dict = _f({}, "test hook: {<arm>-<trial number>: step} makes the training loss of that search trial NaN "
+                                  "at that (1-based) step, e.g. {fixed-2: 3}")
     space: dict = _f({}, "search-space overrides, e.g. {lr: [1e-5, 1e-4], temperature: null} (see search_spaces/)")
     train: dict = _f({}, "trainer options shared by every trial (any `python -m trainers.train` option; method is set per search)")
 
@@ -141,12 +146,19 @@ class SweepConfig:
         return self.registry_prefix or f"leebert-{self.train.get('task', 'mr')}"
 
     def train_config(self, method: str):
-        """The trainer config of ``method`` before the searched values are filled in."""
+        """The validated trainer config of ``method`` before the searched values are filled in."""
         from trainers.config import TrainConfig
 
-        import search_spaces
+        return TrainConfig.from_dict(self.arm_train_values(method), where="train")
 
-        return TrainConfig.from_dict({**self.train, **search_spaces.arm_train_values(method)}, where="train")
+    def arm_train_values(self, method: str) -> dict[str, Any]:
+        """The trainer options of ``method``'s trials before the searched values are filled in, as
+        validated by ``validate`` (once per sweep, at the edge)."""
+        arms = getattr(self, "_validated_arms", None)
+        if arms is None or method not in arms:
+            self.validate()
+            arms = self._validated_arms
+        return dict(arms[method])
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -209,9 +221,25 @@ class SweepConfig:
                               f"{', '.join(sorted(search_spaces.all_parameters()))}")
         if "method" in self.train:
             raise ConfigError("train.method cannot be set: each method gets its own search; list them in `methods`")
+        for key, value in self.train.items():
+            searching = [m for m in self.methods if key in search_spaces.get_space(m, self.space)]
+            if searching:
+                raise ConfigError(f"train.{key}={value!r} would be replaced by the searched value: {', '.join(searching)} "
+                                  f"search{'es' if len(searching) == 1 else ''} {key}; to pin it, also pass --set "
+                                  f"space.{key}=null (then train.{key} applies to every arm), or search a narrower range "
+                                  f"with --set space.{key}=[low,high] instead")
+        for key, value in self.diverge_trials.items():
+            arm, _, number = str(key).rpartition("-")
+            if arm not in self.methods or not number.isdigit() or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"diverge_trials.{key}={value!r}: use {{<arm>-<trial number>: <step >= 1>}} with an arm "
+                                  f"of methods, e.g. {{{self.methods[0]}-2: 3}}")
+        from trainers.config import TrainConfig
+
+        validated = {}
         for method in self.methods:
             search_spaces.get_space(method, self.space)
-            cfg = self.train_config(method).validate()
+            cfg = TrainConfig.from_dict({**self.train, **search_spaces.arm_train_values(method)}, where="train").validate()
+            validated[method] = cfg.to_dict()
             if cfg.batch_size % (2 * self.workers_per_trial):
                 raise ConfigError(f"train.batch_size {cfg.batch_size} must split evenly over workers_per_trial="
                                   f"{self.workers_per_trial} workers and the two halves D1/D2; use a multiple of "
@@ -225,6 +253,7 @@ class SweepConfig:
                 if get_task(cfg.task).metrics[0] != "accuracy":
                     raise ConfigError(f"the final comparison resamples per-example correctness, which defines accuracy, "
                                       f"not {get_task(cfg.task).metrics[0]} (task {cfg.task}); set final_seeds: [] for this task")
+        self._validated_arms = validated  # not a field: never saved, rebuilt by every validate
         return self
 
 
@@ -289,7 +318,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
 def _merge(base: dict, update: dict) -> dict:
     out = dict(base)
     for key, value in update.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict) and key in ("train", "space", "env", "final_train"):
+        if isinstance(value, dict) and isinstance(out.get(key), dict) and key in MAPPINGS:
             out[key] = {**out[key], **value}
         else:
             out[key] = value
@@ -308,14 +337,14 @@ def build_config(preset: str | None = None, config_file: str | None = None,
     values = _merge(values, flags)
     for text in overrides or []:
         path, value = parse_override(text)
-        if path[0] in ("train", "space", "env", "final_train"):
+        if path[0] in MAPPINGS:
             if len(path) != 2:
                 raise ConfigError(f"--set {'.'.join(path)}: use {path[0]}.<key>=value")
             values[path[0]] = {**values.get(path[0], {}), path[1]: value}
         elif len(path) == 1:
             values[path[0]] = value
         else:
-            raise ConfigError(f"--set {'.'.join(path)}: only train.*, space.*, env.* and final_train.* take a dotted key")
+            raise ConfigError(f"--set {'.'.join(path)}: only {', '.join(k + '.*' for k in MAPPINGS)} take a dotted key")
     return from_dict(values).validate()
 
 
@@ -324,7 +353,7 @@ def from_dict(values: dict[str, Any]) -> SweepConfig:
     unknown = sorted(set(values) - set(known))
     if unknown:
         raise ConfigError(f"unknown sweep config key(s): {', '.join(unknown)}; valid keys: {', '.join(known)}")
-    for key in ("train", "space", "env", "final_train"):
+    for key in MAPPINGS:
         if key in values and values[key] is None:
             values[key] = {}
     return SweepConfig(**values)

@@ -1,16 +1,21 @@
 """The final stage: each arm's best configuration retrained with K seeds, then compared on test.
 
-After the searches, the configuration each arm's search chose on validation is trained again,
-once per seed in ``final_seeds``, with ``final_train`` on top (by default the full training set).
-Every retraining is a Ray Tune trial (same trainer, checkpoints, retries and MLflow logging as a
-search trial), in a Tune experiment ``final-<arm>`` that ``--resume`` restores.
+After the search, the configuration each arm's search chose on validation is trained again, once
+per seed in ``final_seeds``, with ``final_train`` on top (by default the full training set). All
+arms x seeds are one Ray Tune experiment ``final`` (same trainer, checkpoints, retries and MLflow
+logging as a search trial, ``sweeps.experiment``), with as many trainings at once as the cluster
+holds; ``--resume`` restores it.
+
+Each of the first ``timing_seeds`` trainings of an arm also times its own early exit after
+training, in its own process on its own device: ``timing_repeats`` passes over test, full depth
+against early exit at the validation-chosen settings (the trainer's wall-clock evaluation), the
+median ratio reported in its summary. The driver only reads that figure.
 
 Then, on test, per arm (mean ± std over seeds): last-exit accuracy; accuracy at 1.5x, 2x and 3x
 with the exit-policy settings each model's validation curve chose; hypervolume over the settings
-its validation frontier chose; and the wall-clock speed-up at those settings, the median of
-``timing_repeats`` timed passes made one model at a time in the driver, after training, so no
-trial competes for the CPU. The reference arm (CLO) is compared with every other arm by the
-paired bootstrap of ``sweeps.statistics`` (over seeds and test examples) with a verdict.
+its validation frontier chose; and the measured wall-clock speed-up at 2x. The reference arm (CLO)
+is compared with every other arm by the paired bootstrap of ``sweeps.statistics`` (over seeds and
+test examples) with a verdict.
 
 MLflow: a ``final/<arm>`` run per arm (role=final) with one child per seed, and a
 ``final-comparison`` run (role=final_comparison) with the table (markdown, CSV), the overlay of
@@ -19,7 +24,6 @@ mean frontiers with seed bands, each arm's mean frontier as metric history, and 
 
 from __future__ import annotations
 
-import json
 import math
 import statistics as stats
 import time
@@ -29,11 +33,15 @@ from pathlib import Path
 import numpy as np
 
 from sweeps import statistics as bs
-from sweeps.config import SweepConfig, SweepInterrupted
-from sweeps.progress import SweepCallback, say
-from sweeps.records import build_record
-from sweeps.tracking import TrialRecord, Tracker
-from sweeps.trial import MODEL_DIR, TEST_LOGITS_FILE, train_trial, trial_name, trial_number
+from sweeps.config import SweepConfig
+from sweeps.experiment import Stage, run_experiment
+from sweeps.plots import final_frontiers_figure, mean_frontier
+from sweeps.progress import say
+from sweeps.records import TrialRecord
+from sweeps.search import MethodOutcome, runtime, trial_resources
+from sweeps.spec import FINAL
+from sweeps.tracking import Tracker
+from sweeps.trial import TEST_LOGITS_FILE
 
 TARGETS = (1.5, 2.0, 3.0)
 TIMED_TARGET = 2.0  # the wall-clock speed-up is reported (and so timed) at the 2x operating point
@@ -85,89 +93,57 @@ class SeedResult:
 
 
 # ---------------------------------------------------------------------------- retraining
-def final_config(cfg: SweepConfig, best: TrialRecord) -> dict:
-    """The trainer options every seed of an arm trains with: the chosen trial's, then final_train."""
-    values = {k: v for k, v in best.train.items() if k not in ("seed", "output_dir", "resume")}
-    values.update(cfg.final_train)
+def final_config(cfg: SweepConfig, best: TrialRecord, seed: int, timed: bool) -> dict:
+    """The trainer options of one final training: the chosen trial's, then final_train, the seed,
+    and whether it times its early exit after training."""
+    values = {**best.train, **cfg.final_train, "seed": seed, "wallclock_eval": timed}
+    if timed:
+        values["wallclock_repeats"] = cfg.timing_repeats
     return values
 
 
-def run_final_arm(cfg: SweepConfig, tracker: Tracker, arm: str, best: TrialRecord, resume: bool) -> FinalArm:
+def final_stage(cfg: SweepConfig, tracker: Tracker, outcomes: list[MethodOutcome], resume: bool,
+                trainer=None) -> list[FinalArm]:
+    """Every arm's best configuration x every seed, in one experiment."""
     from ray import tune
-    from ray.tune import ExperimentAnalysis
-    from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 
-    from sweeps.search import sweep_settings
-
-    values = final_config(cfg, best)
-    name = f"final-{arm}"
-    parent = tracker.method_run(f"final/{arm}", role=FINAL_ROLE, params={
-        "arm": arm, "seeds": ",".join(map(str, cfg.final_seeds)), "source_trial_id": best.trial_id,
-        "source_trial_number": best.number, **{k: v for k, v in values.items()}}, tags={"sweep": cfg.name, "arm": arm})
-    param_space = {
-        "train": values,
-        "sweep": sweep_settings(cfg, arm),
-        "seed": tune.grid_search(list(cfg.final_seeds)),
-        "trial_number": tune.sample_from(lambda config: config["seed"]),  # run names final/<arm>-<seed>
-    }
-    path = f"{cfg.storage_path.rstrip('/')}/{name}"
-    trainable = tune.with_resources(train_trial, final_resources(cfg))
-    tuner = None
-    if resume and tune.Tuner.can_restore(path):
-        if _all_seeds_done(path, len(cfg.final_seeds)):
-            say(f"final/{arm}: every seed is trained; reusing them")
-        else:
-            say(f"final/{arm}: resuming in {path}")
-            tuner = tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=False,
-                                       restart_errored=False)  # the saved param_space (see sweeps.search)
-    else:
-        say(f"final/{arm}: retraining trial {best.number}'s configuration with seeds "
-            f"{', '.join(map(str, cfg.final_seeds))}" + (f" and {values_text(cfg.final_train)}" if cfg.final_train else ""))
-        callback = SweepCallback(f"final/{arm}", tracker.uri, tracker.experiment, parent, ["seed"],
-                                 len(cfg.final_seeds), int(values.get("epochs", best.train.get("epochs", 1))),
-                                 cfg.storage_path)
-        tuner = tune.Tuner(
-            trainable, param_space=param_space,
-            tune_config=tune.TuneConfig(num_samples=1, max_concurrent_trials=cfg.final_max_concurrent or cfg.max_concurrent,
-                                        trial_name_creator=trial_name, trial_dirname_creator=trial_name),
-            run_config=tune.RunConfig(
-                name=name, storage_path=cfg.storage_path, verbose=0,
-                callbacks=[callback, JsonLoggerCallback(), CSVLoggerCallback()],
-                checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-                failure_config=tune.FailureConfig(max_failures=cfg.max_failures)))
-    if tuner is not None:
-        tuner.fit()
-    analysis = ExperimentAnalysis(path)
-    if any(t.status not in ("TERMINATED", "ERROR") for t in analysis.trials) or len(analysis.trials) < len(cfg.final_seeds):
-        raise SweepInterrupted(f"final/{arm}: not every seed finished")
-    records = []
-    for trial in analysis.trials:
-        frame = analysis.trial_dataframes.get(trial.trial_id)
-        history = frame.to_dict("records") if frame is not None and len(frame) else []
-        record = build_record(f"final/{arm}", trial, history, ["seed"], trial_number(trial, analysis.trials),
-                              storage_path=cfg.storage_path)
-        if not tracker.trial_logged(f"final/{arm}", trial.trial_id):
-            tracker.log_trial(record, parent)
-        records.append(record)
-    records.sort(key=lambda r: cfg.final_seeds.index(int(r.train["seed"])))
-    return FinalArm(arm, parent, best, values, records)
-
-
-def _all_seeds_done(path: str, seeds: int) -> bool:
-    from ray.tune import ExperimentAnalysis
-
-    try:
-        trials = ExperimentAnalysis(path).trials
-    except Exception:  # noqa: BLE001 - unreadable state: let Tune's restore deal with it
-        return False
-    return len(trials) >= seeds and all(t.status in ("TERMINATED", "ERROR") for t in trials)
+    chosen = [o for o in outcomes if o.best is not None]
+    timed_seeds = cfg.final_seeds[:cfg.timing_seeds] if cfg.timing_seeds else cfg.final_seeds
+    parents, parts = {}, []
+    for outcome in chosen:
+        arm, best = outcome.method, outcome.best
+        values = final_config(cfg, best, cfg.final_seeds[0], timed=False)
+        parents[f"final/{arm}"] = tracker.method_run(f"final/{arm}", role=FINAL_ROLE, params={
+            "arm": arm, "seeds": ",".join(map(str, cfg.final_seeds)), "source_trial_id": best.trial_id,
+            "source_trial_number": best.number, **{k: v for k, v in values.items() if k != "seed"}},
+            tags={"sweep": cfg.name, "arm": arm})
+        parts += [{"arm": arm, "stage": FINAL, "number": seed, "sampled": {"seed": seed},
+                   "train": final_config(cfg, best, seed, timed=seed in timed_seeds)} for seed in cfg.final_seeds]
+        if not resume:
+            say(f"final/{arm}: retraining trial {best.number}'s configuration with seeds "
+                f"{', '.join(map(str, cfg.final_seeds))}" + (f" and {values_text(cfg.final_train)}" if cfg.final_train else ""))
+    if not resume:
+        at_once = cfg.final_max_concurrent or "as many as the cluster holds"
+        say(f"final: {len(parts)} trainings in one experiment, {at_once} at a time; the first "
+            f"{len(timed_seeds)} seed(s) of each arm time their early exit ({cfg.timing_repeats} passes)")
+    epochs = max(int(p["train"].get("epochs", 1)) for p in parts)
+    stage = Stage(name=FINAL, runtime=runtime(cfg, FINAL), parents=parents,
+                  totals={group: len(cfg.final_seeds) for group in parents}, epochs=epochs,
+                  resources=final_resources(cfg), finished=lambda trials: len(trials) >= len(parts),
+                  trials=tune.grid_search(parts), max_concurrent=cfg.final_max_concurrent)
+    records = run_experiment(cfg, stage, tracker, resume, trainer)
+    finals = []
+    for outcome in chosen:
+        mine = [r for r in records if r.method == f"final/{outcome.method}"]
+        mine.sort(key=lambda r: cfg.final_seeds.index(int(r.train["seed"])))
+        finals.append(FinalArm(outcome.method, parents[f"final/{outcome.method}"], outcome.best,
+                               final_config(cfg, outcome.best, cfg.final_seeds[0], timed=False), mine))
+    return finals
 
 
 def final_resources(cfg: SweepConfig) -> dict:
     """A search trial's request, shared among more trials when final_max_concurrent > max_concurrent
     (Ray's resources are logical: 3 trials of 2/3 CPU run on 2 cores, one torch thread each)."""
-    from sweeps.search import trial_resources
-
     resources = trial_resources(cfg)
     more = (cfg.final_max_concurrent or cfg.max_concurrent) / cfg.max_concurrent
     if more > 1 and cfg.workers_per_trial == 1:
@@ -180,14 +156,9 @@ def values_text(values: dict) -> str:
 
 
 # ---------------------------------------------------------------------------- reading the models
-def seed_result(record: TrialRecord, timing_repeats: int, timings: dict, eval_batch_size: int = 128,
-                timed: bool = True) -> SeedResult:
-    """What the comparison needs from one retrained model (its checkpoint), its timing included
-    when ``timed``.
-
-    ``timings`` caches the measured speed-ups by trial id, so a resumed comparison does not time
-    a model twice.
-    """
+def seed_result(record: TrialRecord) -> SeedResult:
+    """What the comparison needs from one retrained model: its per-example test results (from its
+    checkpoint) and the wall-clock speed-up it measured itself (from its summary)."""
     import torch
 
     from trainers.policies import make_policy, simulate
@@ -196,12 +167,7 @@ def seed_result(record: TrialRecord, timing_repeats: int, timings: dict, eval_ba
     summary = record.summary
     with record.checkpoint.as_directory() as folder:
         logits, labels, ids = load_exit_logits(Path(folder) / TEST_LOGITS_FILE)
-        ops = {float(op["target_speedup"]): op for op in summary["operating_points"]}
-        cached = timings.get(record.trial_id)
-        if cached is None and timed and TIMED_TARGET in ops:
-            cached = _time_model(Path(folder) / MODEL_DIR, summary, {TIMED_TARGET: ops[TIMED_TARGET]},
-                                 timing_repeats, eval_batch_size)
-            timings[record.trial_id] = cached
+    ops = {float(op["target_speedup"]): op for op in summary["operating_points"]}
     all_logits = torch.from_numpy(logits)
     regression = all_logits.shape[-1] == 1
 
@@ -211,6 +177,7 @@ def seed_result(record: TrialRecord, timing_repeats: int, timings: dict, eval_ba
 
     front = [outcome(p["policy"], p["setting"], p.get("delta")) for p in summary["frontier"]]
     epochs = summary.get("epochs", [])
+    measured = ops.get(TIMED_TARGET, {}).get("wallclock_speedup")
     return SeedResult(
         seed=int(record.train["seed"]), trial_id=record.trial_id, num_layers=int(summary["num_exits"]),
         metric=summary["metric"], reference_metric=float(summary["test"]["reference_metric"]),
@@ -218,25 +185,9 @@ def seed_result(record: TrialRecord, timing_repeats: int, timings: dict, eval_ba
         last_correct=(logits[-1].argmax(-1) == labels).astype(np.float64),
         front_exits=np.stack([e for e, _ in front]), front_correct=np.stack([c for _, c in front]),
         at={t: outcome(op["policy"], op["setting"], op.get("delta")) for t, op in ops.items()},
-        wallclock={float(t): v for t, v in (cached or {}).items()}, weights=summary.get("weights"),
+        wallclock={TIMED_TARGET: float(measured)} if measured is not None else {}, weights=summary.get("weights"),
         train_seconds=float(sum(e.get("train_seconds", 0.0) for e in epochs)),
     )
-
-
-def _time_model(model_dir: Path, summary: dict, ops: dict, repeats: int, batch_size: int) -> dict[float, float]:
-    """Median measured speed-up at every operating point, on the test split the model was tested on."""
-    from serving.export import load_exported
-    from trainers.data import load_task_data
-    from trainers.evaluate import OperatingPoint, wallclock_speedups
-
-    model, tokenizer, meta = load_exported(model_dir)
-    config = summary["config"]
-    data = load_task_data(config["task"], tokenizer, data_dir=config.get("data_dir"), max_length=config["max_length"],
-                          eval_subset=config.get("eval_subset"), seed=config["seed"],
-                          validation_fraction=config.get("validation_fraction", 0.1))
-    points = [OperatingPoint(**op) for op in ops.values()]
-    ratios = wallclock_speedups(model, data.test, points, data.task, batch_size, data.pad_token_id, repeats)
-    return {t: float(np.median(r)) for t, r in zip(ops, ratios)}
 
 
 # ---------------------------------------------------------------------------- the comparison
@@ -305,23 +256,12 @@ def _pairs(a: tuple, b: tuple) -> tuple:
 
 
 def compare_arms(cfg: SweepConfig, tracker: Tracker, finals: list[FinalArm], report_dir: Path) -> Comparison:
-    from sweeps.plots import final_frontiers_figure
-
     out = report_dir / "final"
     out.mkdir(parents=True, exist_ok=True)
-    timing_file = out / "timings.json"
-    timings = json.loads(timing_file.read_text()) if timing_file.is_file() else {}
     results: dict[str, list[SeedResult]] = {}
     for final in finals:
         done = [r for r in final.records if r.status == "completed" and r.checkpoint is not None]
-        timed = done[:cfg.timing_seeds] if cfg.timing_seeds else done
-        say(f"final/{final.arm}: reading {len(done)} model(s)"
-            + (f"; timing early exit of {len(timed)} ({cfg.timing_repeats} passes each)"
-               if any(r.trial_id not in timings for r in timed) else ""))
-        results[final.arm] = []
-        for record in done:
-            results[final.arm].append(seed_result(record, cfg.timing_repeats, timings, timed=record in timed))
-            _write_json(timing_file, timings)
+        results[final.arm] = [seed_result(record) for record in done]
     metric = next((r[0].metric for r in results.values() if r), "accuracy")
     reference = cfg.reference_arm
     rows, lines = [], []
@@ -407,24 +347,6 @@ def _ms(values: list) -> tuple[float | None, float | None]:
     if not values:
         return None, None
     return stats.mean(values), (stats.stdev(values) if len(values) > 1 else 0.0)
-
-
-def _write_json(path: Path, payload: dict) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(payload, indent=2))
-    tmp.replace(path)
-
-
-def mean_frontier(curves: list[list[tuple[float, float]]], grid: np.ndarray) -> np.ndarray:
-    """Per seed, f(s) = best metric among its points with speed-up >= s (NaN past its fastest);
-    rows are seeds, columns the grid."""
-    out = np.full((len(curves), len(grid)), np.nan)
-    for k, points in enumerate(curves):
-        for i, s in enumerate(grid):
-            ok = [m for x, m in points if x >= s - 1e-9]
-            if ok:
-                out[k, i] = max(ok)
-    return out
 
 
 def _log_comparison(tracker: Tracker, cfg: SweepConfig, finals: list[FinalArm], results: dict, rows: list[dict],

@@ -104,11 +104,21 @@ def pareto_overlay(best: dict[str, dict], path: Path, title: str = "") -> Path:
     return path
 
 
+def mean_frontier(curves: list[list[tuple[float, float]]], grid: np.ndarray) -> np.ndarray:
+    """Per seed, f(s) = best metric among its points with speed-up >= s (NaN past its fastest);
+    rows are seeds, columns the grid."""
+    out = np.full((len(curves), len(grid)), np.nan)
+    for k, points in enumerate(curves):
+        for i, s in enumerate(grid):
+            ok = [m for x, m in points if x >= s - 1e-9]
+            if ok:
+                out[k, i] = max(ok)
+    return out
+
+
 def final_frontiers_figure(curves: dict[str, list[list[tuple[float, float]]]], num_layers: int, path: Path,
                            metric: str, reference: float | None, title: str = "") -> Path:
     """Each arm's mean test frontier over its seeds, with the seeds' min-max as a band (log speed-up axis)."""
-    from sweeps.final import mean_frontier
-
     grid = np.exp(np.linspace(0.0, np.log(num_layers), 121))
     fig, ax = plt.subplots(figsize=(7.5, 4.8))
     for index, (arm, arm_curves) in enumerate(curves.items()):

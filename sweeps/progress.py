@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import queue
+import threading
 import time
 from typing import Any
 
 from ray import tune
 
 from sweeps.records import build_record
+from sweeps.spec import TrialSpec
 from sweeps.tracking import Tracker
-from sweeps.trial import trial_number
 
 
 def say(message: str) -> None:
@@ -26,25 +28,33 @@ def fmt_params(values: dict[str, Any]) -> str:
 
 
 class SweepCallback(tune.Callback):
-    """Driver-side: prints progress and logs each trial to MLflow when it ends.
+    """Driver-side: prints progress and logs each trial to MLflow (nested in its group's parent run)
+    when it ends.
+
+    The logging (some 50 MLflow calls and two figures for a completed trial) runs in a background
+    thread, in the order trials end, so Tune's loop never waits for it: the next trial starts in a
+    freed slot at once. The experiment's end waits for the thread; what a stopped driver did not
+    log is logged by ``sweeps.experiment`` afterwards (every write is idempotent).
 
     Tune pickles callbacks with the experiment, so only plain settings are kept across a restore;
-    the MLflow client and the per-trial histories are rebuilt.
+    the MLflow client, the logging thread and the per-trial histories are rebuilt.
     """
 
-    def __init__(self, method: str, tracking_uri: str, experiment: str, parent_run_id: str,
-                 space_keys: list[str], trials: int, epochs: int, storage_path: str, heartbeat_s: float = 60.0):
-        self.method, self.tracking_uri, self.experiment = method, tracking_uri, experiment
-        self.parent_run_id, self.space_keys = parent_run_id, list(space_keys)
-        self.trials, self.epochs, self.storage_path, self.heartbeat_s = trials, epochs, storage_path, heartbeat_s
+    def __init__(self, stage: str, tracking_uri: str, experiment: str, parents: dict[str, str],
+                 totals: dict[str, Any], epochs: int, storage_path: str, heartbeat_s: float = 60.0):
+        self.stage, self.tracking_uri, self.experiment = stage, tracking_uri, experiment
+        self.parents, self.totals = dict(parents), dict(totals)
+        self.epochs, self.storage_path, self.heartbeat_s = epochs, storage_path, heartbeat_s
         self._init_runtime()
 
     def _init_runtime(self) -> None:
         self._tracker: Tracker | None = None
         self._history: dict[str, list[dict]] = {}
-        self._numbers: dict[str, int] = {}
         self._started = time.time()
         self._last_beat = time.time()
+        self._queue: queue.Queue = queue.Queue()
+        self._logger: threading.Thread | None = None
+        self._abandon = threading.Event()
 
     def __getstate__(self):
         return {k: v for k, v in self.__dict__.items() if not k.startswith("_")}
@@ -59,24 +69,23 @@ class SweepCallback(tune.Callback):
             self._tracker = Tracker(self.tracking_uri, self.experiment)
         return self._tracker
 
-    def _label(self, trial, trials: list | None = None) -> str:
-        if trials is not None:
-            self._numbers[trial.trial_id] = trial_number(trial, trials)
-        return f"{self.method} trial {self._numbers.get(trial.trial_id, '?')}/{self.trials}"
+    def _label(self, trial) -> str:
+        spec = TrialSpec.from_config(trial.config)
+        total = self.totals.get(spec.group, "?")
+        return f"{spec.label}/{total}" if spec.stage == "search" else spec.label
 
     def on_trial_start(self, iteration, trials, trial, **info):
-        sampled = {k: trial.config[k] for k in self.space_keys if k in trial.config}
-        say(f"{self._label(trial, trials)} started: {fmt_params(sampled)}")
+        say(f"{self._label(trial)} started: {fmt_params(TrialSpec.from_config(trial.config).sampled)}")
 
     def on_trial_recover(self, iteration, trials, trial, **info):
         done = max((row.get("epoch", 0) for row in self._history.get(trial.trial_id, [])), default=0)
-        say(f"{self._label(trial, trials)} stopped (an error, or a lost process or node); restarting from its "
+        say(f"{self._label(trial)} stopped (an error, or a lost process or node); restarting from its "
             f"checkpoint of epoch {done}")
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         self._history.setdefault(trial.trial_id, []).append(dict(result))
         try:
-            line = (f"{self._label(trial, trials)} epoch {result['epoch']}/{self.epochs}: validation hypervolume "
+            line = (f"{self._label(trial)} epoch {result['epoch']}/{self.epochs}: validation hypervolume "
                     f"{result['val_hypervolume']:.4f}, last exit {result['val_last_exit']:.4f}")
             if result.get("final_report") is True:
                 line += f" | test hypervolume {result['test_hypervolume']:.4f}, last exit {result['test_last_exit']:.4f}"
@@ -84,29 +93,57 @@ class SweepCallback(tune.Callback):
         except (KeyError, TypeError, ValueError):  # progress lines must never stop a search
             pass
 
-    def _record(self, trial, trials: list, error: bool) -> None:
+    def _record(self, trial, error: bool) -> None:
         history = self._history.pop(trial.trial_id, [])
-        label = self._label(trial, trials)
+        label = self._label(trial)
         try:
-            record = build_record(self.method, trial, history, self.space_keys, trial_number(trial, trials),
-                                  error=error, storage_path=self.storage_path)
-            if record.status == "stopped_early":
-                say(f"{label} stopped by ASHA after epoch {record.epochs[-1]['epoch'] if record.epochs else 0}")
-            elif record.status == "error":
-                say(f"{label} FAILED: {record.reason}")
-            self.tracker.log_trial(record, self.parent_run_id)
-        except Exception as err:  # noqa: BLE001 - MLflow trouble must not kill the search; reconciled after fit
-            say(f"warning: could not log {label} to MLflow now ({type(err).__name__}: {err}); retrying at the end")
+            record = build_record(trial, history, error=error, storage_path=self.storage_path)
+        except Exception as err:  # noqa: BLE001 - reconciled after fit
+            say(f"warning: could not read {label} now ({type(err).__name__}: {err}); retrying at the end")
+            return
+        if record.status == "stopped_early":
+            say(f"{label} stopped by ASHA after epoch {record.epochs[-1]['epoch'] if record.epochs else 0}")
+        elif record.status == "error":
+            say(f"{label} FAILED: {record.reason}")
+        if self._logger is None:
+            self._logger = threading.Thread(target=self._log_trials, name="sweep-mlflow-logger", daemon=True)
+            self._logger.start()
+        self._queue.put((label, record))
+
+    def _log_trials(self) -> None:
+        while not self._abandon.is_set():
+            item = self._queue.get()
+            if item is None:
+                return
+            label, record = item
+            try:
+                self.tracker.log_trial(record, self.parents[record.method])
+            except Exception as err:  # noqa: BLE001 - MLflow trouble must not kill the search; reconciled after fit
+                say(f"warning: could not log {label} to MLflow now ({type(err).__name__}: {err}); retrying at the end")
+
+    def on_experiment_end(self, trials, **info):
+        self.stop_logging(drain=True)
+
+    def stop_logging(self, drain: bool) -> None:
+        """Wait for the logging thread: after every queued trial (``drain``), or after the one it is
+        writing (a stopped sweep: the rest is logged on ``--resume``)."""
+        if self._logger is None:
+            return
+        if not drain:
+            self._abandon.set()
+        self._queue.put(None)
+        self._logger.join()
+        self._logger = None
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        self._record(trial, trials, error=False)
+        self._record(trial, error=False)
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        self._record(trial, trials, error=True)
+        self._record(trial, error=True)
 
     def on_step_end(self, iteration, trials, **info):
         if time.time() - self._last_beat >= self.heartbeat_s:
             self._last_beat = time.time()
             running = sum(t.status == "RUNNING" for t in trials)
             done = sum(t.status in ("TERMINATED", "ERROR") for t in trials)
-            say(f"{self.method}: {running} running, {done}/{self.trials} done [{fmt_time(time.time() - self._started)}]")
+            say(f"{self.stage}: {running} running, {done} done [{fmt_time(time.time() - self._started)}]")

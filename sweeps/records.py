@@ -1,4 +1,4 @@
-"""What the driver knows about a trial, rebuilt from Ray Tune's view of it.
+"""What the driver knows about a trial (``TrialRecord``), rebuilt from Ray Tune's view of it.
 
 A trial's epochs come from its reported results; its trained model and the trainer's summary from
 its final checkpoint. Single-worker trials report that checkpoint to Tune; multi-worker trials
@@ -10,10 +10,37 @@ from __future__ import annotations
 import json
 import math
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from sweeps.tracking import TrialRecord
-from sweeps.trial import CHECKPOINT_PATH_KEY, DIVERGED, SUMMARY_FILE, trial_train_values
+from sweeps.spec import TrialSpec
+from sweeps.trial import CHECKPOINT_PATH_KEY, DIVERGED, SUMMARY_FILE
+
+
+@dataclass
+class TrialRecord:
+    """What the driver knows about one finished (or stopped, or failed) trial."""
+
+    method: str                          # its MLflow group: the arm ("clo"), or "final/<arm>"
+    trial_id: str
+    number: int                          # search: its number in the arm; final: the seed
+    status: str                          # completed | stopped_early | error
+    sampled: dict[str, Any]              # the values the searcher drew (final: the seed)
+    train: dict[str, Any]                # the trainer options (shared + sampled)
+    epochs: list[dict[str, Any]] = field(default_factory=list)  # Tune results, one per reported epoch
+    summary: dict[str, Any] | None = None  # the trainer's summary (completed trials)
+    error: str | None = None
+    reason: str | None = None            # one line: "diverged at step N (...)" or the error's last line
+    start_ms: int | None = None
+    end_ms: int | None = None
+    checkpoint: Any = None               # ray.tune.Checkpoint of the exported model (completed trials)
+    resume_checkpoint: Any = None        # the last epoch checkpoint of a trial that did not complete
+    arm: str = ""
+
+    @property
+    def objective(self) -> float:
+        return self.epochs[-1]["objective"] if self.epochs else float("nan")
 
 
 def final_checkpoint(trial, history: list[dict], storage_path: str | None):
@@ -63,8 +90,8 @@ def failure_reason(message: str | None) -> str | None:
     return lines[-1][:500] if lines else None
 
 
-def build_record(method: str, trial, history: list[dict], space_keys: list[str], number: int,
-                 error: bool = False, storage_path: str | None = None) -> TrialRecord:
+def build_record(trial, history: list[dict], error: bool = False, storage_path: str | None = None) -> TrialRecord:
+    spec = TrialSpec.from_config(trial.config)
     by_epoch: dict[int, dict] = {}
     for row in history:  # a restarted trial may report an epoch again: keep the latest
         epoch = row.get("epoch")
@@ -83,9 +110,8 @@ def build_record(method: str, trial, history: list[dict], space_keys: list[str],
     start = trial.run_metadata.start_time or (min(stamps) if stamps else None)
     end = epochs[-1]["timestamp"] if epochs and "timestamp" in epochs[-1] else time.time()
     return TrialRecord(
-        method=method, trial_id=trial.trial_id, number=number, status=status,
-        sampled={k: trial.config[k] for k in space_keys if k in trial.config},
-        train=trial_train_values(trial.config), epochs=epochs, summary=summary, error=message,
+        method=spec.group, arm=spec.arm, trial_id=trial.trial_id, number=spec.number, status=status,
+        sampled=dict(spec.sampled), train=dict(spec.train), epochs=epochs, summary=summary, error=message,
         reason=failure_reason(message) if failed else None,
         start_ms=int(start * 1000) if start else None, end_ms=int(end * 1000),
         checkpoint=checkpoint if summary else None,

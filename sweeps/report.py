@@ -8,7 +8,9 @@ import shutil
 
 import pandas as pd
 
-from sweeps.tracking import TrialRecord
+from sweeps.budget import used_compute
+from sweeps.plots import pareto_overlay
+from sweeps.records import TrialRecord
 
 
 def trials_table(records: list[TrialRecord]) -> pd.DataFrame:
@@ -31,10 +33,7 @@ def trials_table(records: list[TrialRecord]) -> pd.DataFrame:
 def compute_used(cfg, outcome) -> tuple[float, float]:
     """(fixed-epochs, training seconds) an arm's search used: every epoch its trials ran, each at
     the arm's cost per epoch (sweeps.budget), and the training time the trials measured."""
-    from sweeps.budget import used_compute
-    from sweeps.search import trial_cost
-
-    cost = trial_cost(cfg, cfg.train_config(outcome.method))
+    cost = outcome.cost
     epochs = [(len(r.epochs), r.train) for r in outcome.records]
     seconds = sum(float(e["train_seconds"]) for r in outcome.records for e in r.epochs
                   if isinstance(e.get("train_seconds"), (int, float)) and math.isfinite(e["train_seconds"]))
@@ -98,8 +97,6 @@ def to_markdown(frame: pd.DataFrame, metric: str) -> str:
 
 
 def write_report(result, tracker) -> None:
-    from sweeps.plots import pareto_overlay
-
     cfg, out = result.cfg, result.report_dir
     best = {o.method: o.best.summary for o in result.outcomes if o.best is not None and o.best.summary}
     metric = next(iter(best.values()))["metric"] if best else "metric"

@@ -1,14 +1,20 @@
-"""Run a sweep: one Ray Tune search per method, tracked in MLflow, then the best models registered.
+"""Run a sweep: every arm's search in one Ray Tune experiment, tracked in MLflow, the best models
+registered, then every arm's best configuration retrained with every seed in a second experiment.
 
     cfg = build_config(preset="smoke")          # sweeps.config
     result = run_sweep(start_config(cfg))       # or run_sweep(resume_config(cfg), resume=True)
 
-The pieces, one module each: ``ray_cluster`` (start or join Ray), ``search`` (one method's Tune
-experiment: Optuna, ASHA, checkpoints, retries), ``trial`` (what runs in a trial), ``progress``
+The pieces, one module each: ``ray_cluster`` (start or join Ray), ``search`` (the search stage:
+each arm's searcher, budget and ASHA), ``final`` (the final stage and the comparison),
+``experiment`` (the Tune experiment both stages run), ``searchers`` (the per-arm searcher and
+scheduler wrappers), ``spec`` (what a trial is), ``trial`` (what runs in a trial), ``progress``
 (console lines, MLflow logging as trials end), ``records`` (trial records from Tune's view),
 ``tracking`` (the MLflow layout), ``report`` (tables, plots). Registration is its own step,
-``serving.register.register_sweep`` (also ``python platform/register.py``), run here once every
-method is finished.
+``serving.register.register_sweep`` (also ``python platform/register.py``), run here once the
+search stage is finished.
+
+``trainer`` replaces ``trainers.train.run`` in every trial (same signature): the scheduling
+simulator (benchmarks/cluster_sim.py) passes a stand-in.
 """
 
 from __future__ import annotations
@@ -27,7 +33,8 @@ from sweeps.budget import budget_text
 from sweeps.config import SweepConfig, SweepInterrupted, preflight, save_state
 from sweeps.progress import say
 from sweeps.ray_cluster import init_ray
-from sweeps.search import MethodOutcome, search_method
+from sweeps.search import MethodOutcome, search_stage
+from sweeps.spec import SEARCH
 from sweeps.tracking import Tracker
 
 
@@ -45,7 +52,7 @@ class SweepResult:
     final: object | None = None     # sweeps.final.Comparison (None: no final stage)
 
 
-def run_sweep(cfg: SweepConfig, resume: bool = False) -> SweepResult:
+def run_sweep(cfg: SweepConfig, resume: bool = False, trainer=None) -> SweepResult:
     import ray
 
     from sweeps.report import write_report
@@ -70,18 +77,16 @@ def run_sweep(cfg: SweepConfig, resume: bool = False) -> SweepResult:
             f"{cfg.workers_per_trial} worker(s) per trial, objective {cfg.metric}; MLflow {cfg.resolved_tracking_uri}")
         report_dir = cfg.sweep_dir / "report"
         report_dir.mkdir(parents=True, exist_ok=True)
-        outcomes = []
-        for method in cfg.methods:
-            outcome = search_method(cfg, method, tracker, resume=resume)
+        outcomes = search_stage(cfg, tracker, resume, trainer)
+        for outcome in outcomes:
             finish_method(cfg, tracker, outcome, report_dir)
-            outcomes.append(outcome)
         result = SweepResult(cfg, outcomes, time.time() - started, cfg.resolved_tracking_uri, report_dir,
                              experiment_id=tracker.experiment_id)
         write_report(result, tracker)
         if cfg.register and any(o.best is not None for o in outcomes):
             result.registered = register_models(cfg)
         if cfg.final_seeds:
-            result.final = final_stage(cfg, tracker, outcomes, report_dir, resume)
+            result.final = final_stage(cfg, tracker, outcomes, report_dir, resume, trainer)
         result.wall_time_s = time.time() - started
         return result
     except KeyboardInterrupt:
@@ -116,12 +121,13 @@ def finish_method(cfg: SweepConfig, tracker: Tracker, outcome: MethodOutcome, re
     tracker.finish(outcome.parent_run_id, "FINISHED" if outcome.best else "FAILED")
 
 
-def final_stage(cfg: SweepConfig, tracker: Tracker, outcomes: list[MethodOutcome], report_dir: Path, resume: bool):
+def final_stage(cfg: SweepConfig, tracker: Tracker, outcomes: list[MethodOutcome], report_dir: Path, resume: bool,
+                trainer=None):
     """Each arm's best configuration retrained with every seed of final_seeds, then compared on test."""
-    from sweeps.final import compare_arms, run_final_arm
+    from sweeps import final
 
-    finals = [run_final_arm(cfg, tracker, o.method, o.best, resume) for o in outcomes if o.best is not None]
-    comparison = compare_arms(cfg, tracker, finals, report_dir)
+    finals = final.final_stage(cfg, tracker, outcomes, resume, trainer)
+    comparison = final.compare_arms(cfg, tracker, finals, report_dir)
     for line in comparison.verdicts.values():
         say(line)
     return comparison
@@ -161,7 +167,7 @@ def delete_other_checkpoints(outcome: MethodOutcome, storage_path: str) -> None:
             except Exception:  # noqa: BLE001 - already gone
                 pass
         if record is not outcome.best:
-            folder = f"{storage_path.rstrip('/')}/{outcome.method}/_train/{record.trial_id}"
+            folder = f"{storage_path.rstrip('/')}/{SEARCH}/_train/{record.trial_id}"
             filesystem, path = (pyarrow.fs.FileSystem.from_uri(folder) if "://" in folder
                                 else (pyarrow.fs.LocalFileSystem(), folder))
             try:

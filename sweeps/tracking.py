@@ -25,39 +25,16 @@ import os
 import socket
 import tempfile
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sweeps.plots import frontier_figure, weights_figure
+from sweeps.records import TrialRecord
 from trainers.errors import ConfigError
 
 PARENT_TAG = "mlflow.parentRunId"
 SWEEP_EXPERIMENT_TAG = "leebert.sweep"  # marks the experiments this platform writes (orphan search)
 BATCH = 500  # MLflow accepts at most 1000 metrics per log_batch
-
-
-@dataclass
-class TrialRecord:
-    """What the driver knows about one finished (or stopped, or failed) trial."""
-
-    method: str
-    trial_id: str
-    number: int
-    status: str                          # completed | stopped_early | error
-    sampled: dict[str, Any]              # the values Optuna drew
-    train: dict[str, Any]                # the trainer options (shared + sampled)
-    epochs: list[dict[str, Any]] = field(default_factory=list)  # Tune results, one per reported epoch
-    summary: dict[str, Any] | None = None  # the trainer's summary (completed trials)
-    error: str | None = None
-    reason: str | None = None            # one line: "diverged at step N (...)" or the error's last line
-    start_ms: int | None = None
-    end_ms: int | None = None
-    checkpoint: Any = None               # ray.tune.Checkpoint of the exported model (completed trials)
-    resume_checkpoint: Any = None        # the last epoch checkpoint of a trial that did not complete
-
-    @property
-    def objective(self) -> float:
-        return self.epochs[-1]["objective"] if self.epochs else float("nan")
 
 
 def metric_name(name: str) -> str:
@@ -133,8 +110,6 @@ class Tracker:
         existing = self.find_run(role="trial", method=record.method, trial_id=record.trial_id)
         if existing is not None and existing.data.tags.get("logged") == "true":
             return None
-        from sweeps.plots import frontier_figure, weights_figure
-
         tags = {PARENT_TAG: parent_run_id, "role": "trial", "method": record.method, "trial_id": record.trial_id,
                 "trial_status": record.status, "searched": ",".join(sorted(record.sampled)), **self.driver}
         if record.error:
@@ -186,8 +161,6 @@ class Tracker:
     # ------------------------------------------------------------------ finishing
     def finalize_method(self, parent_run_id: str, best: TrialRecord | None, records: list[TrialRecord],
                         trials_csv: Path, extra_tags: dict[str, str]) -> None:
-        from sweeps.plots import frontier_figure, weights_figure
-
         counts = {s: sum(r.status == s for r in records) for s in ("completed", "stopped_early", "error")}
         metrics = [(f"trials_{k}", float(v), 0, int(time.time() * 1000)) for k, v in counts.items()]
         tags = dict(extra_tags)

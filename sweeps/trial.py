@@ -1,7 +1,7 @@
-"""One Ray Tune trial: the real trainer (``trainers.train.run``, DeepSpeed included) on one config.
+"""One Ray Tune trial: the trainer (``trainers.train.run``, DeepSpeed included) on one ``TrialSpec``.
 
-The Tune config holds ``train`` (the options every trial shares, with the method), ``sweep``
-(objective, workers, environment, logging) and, at the top level, the values Optuna drew.
+The Tune config of a trial is its spec (``sweeps.spec``): the trainer options, the sampled values
+and the runtime settings.
 
 - **One worker** (``workers_per_trial: 1``): the Tune function trains in its own process.
 - **N workers**: the Tune function runs a Ray Train ``TorchTrainer``: N processes in one
@@ -14,10 +14,15 @@ checkpoint of that epoch (θ, optimizer, scheduler, φ and its optimizer, RNG, h
 restarted after a lost process or node (``FailureConfig(max_failures)``) starts from exactly that
 epoch; whatever a killed attempt left in its local folder is discarded. The last epoch is reported
 after the final evaluation with the test metrics and a checkpoint of the exported model and the
-trainer's summary. The test split only ever appears in that report: nothing selects on it.
+trainer's summary. The test split only ever appears in that report: nothing selects on it. A final
+stage trial also times its own early exit there, on its own device (the trainer's wall-clock
+evaluation, ``wallclock_eval``), and reports the median speed-up with its summary.
 
 A trial that diverges (non-finite loss, hypergradient or weights) fails at once with the reason
 "diverged at step N (...)"; a marker in the sweep's storage makes its retries fail without training.
+
+``train_trial(config, trainer=...)`` takes the trainer as an argument: ``trainers.train.run`` by
+default, a stand-in with the same signature in the scheduling simulator (benchmarks/cluster_sim.py).
 """
 
 from __future__ import annotations
@@ -29,14 +34,14 @@ import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
+
+from sweeps.spec import TrialSpec
 
 SUMMARY_FILE = "summary.json"
 TEST_LOGITS_FILE = "test_exit_logits.npz"  # written by trainers.train.run next to summary.json
 MODEL_DIR = "model"
-RESERVED = ("train", "sweep", "trial_number")
 CHECKPOINT_PATH_KEY = "checkpoint_path"  # where Ray's TuneReportCallback puts a Train checkpoint's path
-FAULT_TRIAL_ENV = "LEEBERT_FAULT_TRIAL"  # test hook: "<method>-<trial number>[:step]" makes that trial diverge
 FAULT_STEP_ENV = "LEEBERT_FAULT_NONFINITE_STEP"  # read by the trainer: the loss at that step becomes NaN
 DIVERGED = re.compile(r"diverged at step \d+ \([^\n]*?\)")
 
@@ -70,13 +75,6 @@ def final_metrics(summary: dict, objective: str) -> dict[str, Any]:
         "final_report": True,  # ("done" is a Ray Tune result key)
     })
     return metrics
-
-
-def trial_train_values(config: dict) -> dict[str, Any]:
-    """The trainer options of this trial: shared options plus the sampled ones."""
-    values = dict(config["train"])
-    values.update({k: v for k, v in config.items() if k not in RESERVED})
-    return values
 
 
 # ---------------------------------------------------------------------------- where a worker reports
@@ -137,22 +135,22 @@ class TrainSession(TuneSession):
 
 
 # ---------------------------------------------------------------------------- the trial
-def train_trial(config: dict) -> None:
+def train_trial(config: dict, trainer: Callable | None = None) -> None:
     """The Tune function trainable."""
-    sweep = config["sweep"]
-    _apply_env(sweep)
+    spec = TrialSpec.from_config(config)
+    _apply_env(spec.runtime.env)
     from ray import tune
 
     trial_id = tune.get_context().get_trial_id()
-    marker = _DivergenceMarker(sweep["storage_path"], sweep["method"], trial_id)
+    marker = _DivergenceMarker(spec.runtime.storage_path, spec.runtime.experiment, trial_id)
     reason = marker.read()
     if reason:  # a retry of a diverged trial: the same data and seed would diverge again
         raise TrialDiverged(reason)
     try:
-        if sweep.get("workers_per_trial", 1) == 1:
-            train_worker(config, TuneSession(), trial_id)
+        if spec.runtime.workers_per_trial == 1:
+            train_worker(spec, TuneSession(), trial_id, trainer)
         else:
-            fit_data_parallel(config, trial_id)
+            fit_data_parallel(spec, trial_id, trainer)
     except Exception as err:
         reason = diverged_reason(err)
         if reason is None:
@@ -161,40 +159,38 @@ def train_trial(config: dict) -> None:
         raise TrialDiverged(reason) from None
 
 
-def fit_data_parallel(config: dict, trial_id: str) -> None:
+def fit_data_parallel(spec: TrialSpec, trial_id: str, trainer: Callable | None) -> None:
     """N workers as one DeepSpeed group. A retried trial reuses the Train run's name and storage, so
     Ray Train restores its latest checkpoint and ``ray.train.get_checkpoint()`` returns it."""
     import ray.train
     from ray.train.torch import TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    sweep = config["sweep"]
-    gpus = float(sweep.get("gpus_per_trial", 0))
-    resources = {"CPU": float(sweep.get("cpus_per_trial", 1)), **({"GPU": gpus} if gpus else {})}
-    trainer = TorchTrainer(
+    runtime = spec.runtime
+    gpus = float(runtime.gpus_per_trial)
+    resources = {"CPU": float(runtime.cpus_per_trial), **({"GPU": gpus} if gpus else {})}
+    group = TorchTrainer(
         _train_worker_entry,
-        train_loop_config={**config, "trial_id": trial_id},
-        scaling_config=ray.train.ScalingConfig(num_workers=int(sweep["workers_per_trial"]), use_gpu=gpus > 0,
+        train_loop_config={"spec": spec.to_config(), "trial_id": trial_id, "trainer": trainer},
+        scaling_config=ray.train.ScalingConfig(num_workers=int(runtime.workers_per_trial), use_gpu=gpus > 0,
                                                resources_per_worker=resources),
         run_config=ray.train.RunConfig(
-            name=trial_id, storage_path=_join(sweep["storage_path"], sweep["method"], "_train"),
+            name=trial_id, storage_path=_join(runtime.storage_path, runtime.experiment, "_train"),
             callbacks=[TuneReportCallback()], checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1),
             failure_config=ray.train.FailureConfig(max_failures=0)),  # Tune retries the whole trial
     )
-    trainer.fit()
+    group.fit()
 
 
 def _train_worker_entry(config: dict) -> None:
-    config = dict(config)
-    trial_id = config.pop("trial_id")
-    train_worker(config, TrainSession(), trial_id)
+    train_worker(TrialSpec.from_config(config["spec"]), TrainSession(), config["trial_id"], config["trainer"])
 
 
-def train_worker(config: dict, session: TuneSession, trial_id: str) -> None:
+def train_worker(spec: TrialSpec, session: TuneSession, trial_id: str, trainer: Callable | None = None) -> None:
     """One training process of a trial: restore, train with per-epoch checkpoints, export."""
-    sweep = config["sweep"]
-    _apply_env(sweep)
-    objective = sweep["metric"]
+    runtime = spec.runtime
+    _apply_env(runtime.env)
+    objective = runtime.metric
     restored = session.restored()
     finished = _final_summary(restored) if restored is not None else None
     if finished is not None:  # finished before the driver stopped: report again, do not retrain
@@ -204,21 +200,14 @@ def train_worker(config: dict, session: TuneSession, trial_id: str) -> None:
             session.report(final_metrics(finished, objective), Path(folder) if session.rank == 0 else None)
         return
 
-    from trainers.config import TrainConfig
-    from trainers.train import run
-
-    from serving.export import export_model
-
+    if trainer is None:
+        trainer = _trainer_with_fault_env
     output = session.local_dir(trial_id)
-    values = trial_train_values(config)
-    values.update(output_dir=str(output), save_checkpoints=True, resume=True)
-    if values.get("threads") is None:
-        values["threads"] = max(1, int(sweep.get("cpus_per_trial", 1)))
-    fault_step = _injected_fault_step(sweep, config)
-    workers = int(sweep.get("workers_per_trial", 1))
-    if workers > 1:
-        values["deepspeed_config"] = _node_local_deepspeed_config(values.get("deepspeed_config"), output, session.rank)
-    cfg = TrainConfig.from_dict(values)
+    where: dict[str, Any] = {"output_dir": str(output), "save_checkpoints": True, "resume": True}
+    if runtime.workers_per_trial > 1:
+        where["deepspeed_config"] = _node_local_deepspeed_config(spec.train.get("deepspeed_config"), output,
+                                                                 session.rank)
+    cfg = spec.to_train_config(**where)
 
     # Start from exactly the last reported epoch: local leftovers of a killed attempt go.
     if session.local_rank == 0:
@@ -234,16 +223,14 @@ def train_worker(config: dict, session: TuneSession, trial_id: str) -> None:
                 session.report({**epoch_metrics(record, objective), **_placement()}, folder)
             _prune_local_epochs(output, keep=record["epoch"], session=session)
 
-    try:
-        if fault_step is not None:
-            os.environ[FAULT_STEP_ENV] = str(fault_step)
-        summary = run(cfg, on_epoch=on_epoch, quiet=not sweep.get("trial_logs", False))
-    finally:
-        os.environ.pop(FAULT_STEP_ENV, None)  # a reused worker process runs other trials next
+    summary = trainer(cfg, on_epoch=on_epoch, quiet=not runtime.trial_logs, fault_step=spec.fault_step())
     model = summary.pop("model_object")
     with tempfile.TemporaryDirectory(prefix="leebert-trial-") as folder:
         if session.rank == 0:
-            export_model(model, cfg, Path(folder) / MODEL_DIR)
+            if model is not None:  # a stand-in trainer trains no model
+                from serving.export import export_model
+
+                export_model(model, cfg, Path(folder) / MODEL_DIR)
             (Path(folder) / SUMMARY_FILE).write_text(json.dumps(summary, default=float))
             if (output / TEST_LOGITS_FILE).is_file():  # per-example test results: the final comparison's bootstrap
                 shutil.copy2(output / TEST_LOGITS_FILE, Path(folder) / TEST_LOGITS_FILE)
@@ -251,6 +238,17 @@ def train_worker(config: dict, session: TuneSession, trial_id: str) -> None:
     session.barrier()
     if session.local_rank == 0:  # the final checkpoint holds what is kept; the working folder goes
         shutil.rmtree(output, ignore_errors=True)
+
+
+def _trainer_with_fault_env(cfg, on_epoch=None, quiet=False, fault_step=None):
+    from trainers.train import run
+
+    try:
+        if fault_step is not None:
+            os.environ[FAULT_STEP_ENV] = str(fault_step)
+        return run(cfg, on_epoch=on_epoch, quiet=quiet)
+    finally:
+        os.environ.pop(FAULT_STEP_ENV, None)  # a reused worker process runs other trials next
 
 
 def _placement() -> dict[str, Any]:
@@ -347,20 +345,10 @@ class _DivergenceMarker:
             stream.write(reason.encode())
 
 
-def _injected_fault_step(sweep: dict, config: dict) -> int | None:
-    """Test hook: ``LEEBERT_FAULT_TRIAL=clo-2`` (or ``clo-2:5``) makes trial 2 of clo diverge at step 3 (5)."""
-    target = str(sweep.get("env", {}).get(FAULT_TRIAL_ENV) or os.environ.get(FAULT_TRIAL_ENV) or "")
-    name, _, step = target.partition(":")
-    if not name or name != f"{sweep['method']}-{config.get('trial_number')}":
-        return None
-    return int(step) if step else 3
-
-
 # ---------------------------------------------------------------------------- helpers
-def _apply_env(sweep: dict) -> None:
-    for key, value in sweep.get("env", {}).items():
-        if key != FAULT_TRIAL_ENV:
-            os.environ.setdefault(key, str(value))
+def _apply_env(env: dict) -> None:
+    for key, value in env.items():
+        os.environ.setdefault(key, str(value))
 
 
 def _join(base: str, *parts: str) -> str:
@@ -368,21 +356,6 @@ def _join(base: str, *parts: str) -> str:
 
 
 def trial_name(trial) -> str:
-    """``clo_3e9972a7``: the arm and the trial id (OptunaSearch draws the ids)."""
-    method = trial.config.get("sweep", {}).get("method") or trial.config.get("train", {}).get("method", "trial")
-    return f"{method}_{trial.trial_id}"
-
-
-def trial_number(trial, trials: list) -> int:
-    """1-based number of ``trial`` in its search: its Optuna trial number + 1 (set by the searcher,
-    so it survives a restore and matches optuna-dashboard), else its position in start order."""
-    number = trial.config.get("trial_number")
-    if isinstance(number, int):
-        return number
-
-    def key(t):
-        started = t.run_metadata.start_time
-        return (started if started is not None else float("inf"), t.trial_id)
-
-    ordered = [t.trial_id for t in sorted(trials, key=key)]
-    return ordered.index(trial.trial_id) + 1 if trial.trial_id in ordered else 0
+    """``clo_3e9972a7``: the arm and the trial id (``final-clo_...`` in the final stage)."""
+    part = trial.config.get("trial", {})
+    return f"{'final-' if part.get('stage') == 'final' else ''}{part.get('arm', 'trial')}_{trial.trial_id}"

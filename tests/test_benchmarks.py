@@ -83,3 +83,26 @@ def test_study_writes_results_and_resumes(tmp_path):
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     assert "continuing the study" in again.stdout and " started" not in again.stdout
     assert "over 2 invocation(s)" in results.read_text()
+
+
+@pytest.mark.integration
+def test_cluster_sim_quick_keeps_its_small_cluster_busy(tmp_path):
+    """SIMULATION (benchmarks/cluster_sim.py --quick): the real run_sweep on two Ray nodes that declare
+    4 GPUs each, with the stand-in trainer. Both stages end within 15 % of the ideal, and with one
+    arm uniformly worse its trials are still promoted by ASHA within their own arm."""
+    figures = tmp_path / "sim.json"
+    proc = subprocess.run([sys.executable, "benchmarks/cluster_sim.py", "--quick", "--worse-arm", "fixed-uniform",
+                           "--json", str(figures)], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "SIMULATION" in proc.stdout
+    last = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert set(last) == {"search_makespan_over_ideal", "final_makespan_over_ideal", "utilization"}
+    assert last["search_makespan_over_ideal"] <= 1.15, proc.stdout[-2000:]
+    assert last["final_makespan_over_ideal"] <= 1.15, proc.stdout[-2000:]
+    data = json.loads(figures.read_text())
+    assert data["search"]["trials"] == 3 * 16 and data["final"]["trials"] == 3
+    epochs = {arm: {int(k): v for k, v in counts.items()} for arm, counts in data["search"]["epochs_by_arm"].items()}
+    worse, others = epochs["fixed-uniform"], [epochs["bilevel"], epochs["clo"]]
+    # one ASHA over all arms would stop every trial of the worse arm at its first rung
+    assert worse.get(2, 0) >= 2, epochs
+    assert abs(worse.get(2, 0) - sum(o.get(2, 0) for o in others) / 2) <= 3, epochs

@@ -1,6 +1,7 @@
 """The final stage end to end (real local Ray, DeepSpeed trainings and sqlite MLflow): each arm's
-configuration chosen on validation is retrained with every seed, exactly as chosen; the comparison
-lands in the report and in MLflow; a resumed sweep retrains and re-times nothing."""
+configuration chosen on validation is retrained with every seed, exactly as chosen, all arms x seeds
+at once in one experiment; each training times its own early exit; the comparison lands in the
+report and in MLflow; a resumed sweep retrains and re-times nothing."""
 
 from __future__ import annotations
 
@@ -16,9 +17,10 @@ pytestmark = pytest.mark.integration
 ARMS = ["fixed-pabee", "clo"]
 SEEDS = [1, 2]
 # no ASHA: both trials of an arm complete, so which one is best is decided by validation alone
+# final_max_concurrent 4: the 4 trainings share the 2 CPUs, so all arms x seeds run at once
 ARGS = ["--set", "methods=[fixed-pabee,clo]", "--set", "trials=2", "--set", "scheduler=none", "--set", "final_seeds=[1,2]",
         "--set", "register=false", "--set", "final_train.train_subset=384", "--set", "final_train.epochs=2",
-        "--set", "bootstrap=300", "--set", "timing_repeats=2"]
+        "--set", "bootstrap=300", "--set", "timing_repeats=2", "--set", "timing_seeds=1", "--set", "final_max_concurrent=4"]
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +53,8 @@ def test_final_stage_retrains_exactly_the_configurations_chosen_on_validation(fi
             assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id
             retrained, chosen = _params(run), _params(best)
             # final_train: ours, and the default's whole test set
-            overridden = {"seed": None, "train_subset": "384", "epochs": "2", "eval_subset": None}
+            overridden = {"seed": None, "train_subset": "384", "epochs": "2", "eval_subset": None, "wallclock_eval": None,
+                          "wallclock_repeats": None}
             for key, value in chosen.items():
                 if key in overridden:
                     continue
@@ -60,6 +63,24 @@ def test_final_stage_retrains_exactly_the_configurations_chosen_on_validation(fi
             assert retrained["eval_subset"] == "None" and chosen["eval_subset"] == "128"
             assert retrained["method"] == best.data.params["method"]
             assert math.isfinite(run.data.metrics["test/hypervolume"])
+
+
+def test_all_arms_and_seeds_train_at_once_and_time_themselves(final):
+    seeds = [r for r in final["runs"]["trial"] if r.data.tags["method"].startswith("final/")]
+    assert len(seeds) == len(ARMS) * len(SEEDS)
+    latest_start, earliest_end = max(r.info.start_time for r in seeds), min(r.info.end_time for r in seeds)
+    assert latest_start < earliest_end, "every final training should overlap every other (one experiment)"
+    # timing_seeds=1: seed 1 of each arm timed its early exit in its own trial, after training; seed 2 did not
+    for run in seeds:
+        timed = run.data.params["seed"] == "1"
+        assert run.data.params["wallclock_eval"] == str(timed)
+        assert ("op_2x/wallclock_speedup" in run.data.metrics) == timed, run.info.run_name
+        if timed:
+            assert 0.5 < run.data.metrics["op_2x/wallclock_speedup"] < 10
+    table = pd.read_csv(final["dir"] / "report" / "final" / "final_table.csv").set_index("arm")
+    for arm in ARMS:  # the driver reads the figure the trial measured
+        timed_run = next(r for r in seeds if r.data.tags["method"] == f"final/{arm}" and r.data.params["seed"] == "1")
+        assert table.loc[arm, "wallclock_2x_median_mean"] == pytest.approx(timed_run.data.metrics["op_2x/wallclock_speedup"])
 
 
 def test_comparison_report_and_mlflow(final):
@@ -97,12 +118,12 @@ def test_comparison_report_and_mlflow(final):
 
 
 def test_resume_retrains_and_retimes_nothing(final):
-    timings = (final["dir"] / "report" / "final" / "timings.json").read_text()
+    table = (final["dir"] / "report" / "final" / "final_table.csv").read_text()
     proc = run_sweep_cli(final["root"], "final-test", "--resume")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert "started" not in proc.stdout  # no search trial, no seed trained again
-    assert "timing early exit" not in proc.stdout
-    assert (final["dir"] / "report" / "final" / "timings.json").read_text() == timings
+    assert "started" not in proc.stdout  # no search trial, no seed trained (or timed) again
+    assert "final: the experiment in" in proc.stdout and "is finished; reusing its trials" in proc.stdout
+    assert (final["dir"] / "report" / "final" / "final_table.csv").read_text() == table
     mlflow_client, _ = client(final["root"], "final-test")
     runs = runs_by_role(mlflow_client, "final-test")
     assert len([r for r in runs["trial"] if r.data.tags["method"].startswith("final/")]) == len(ARMS) * len(SEEDS)

@@ -52,7 +52,7 @@ def two_nodes():
 def test_trials_spread_over_two_nodes_and_survive_losing_one(two_nodes, tmp_path):
     cluster, second = two_nodes
     root = tmp_path / "sweeps"
-    results = root / "nodes" / "ray" / "clo"
+    results = root / "nodes" / "ray" / "search"
     cmd = sweep_cmd(root, "nodes", "--ray-address", cluster.address, "--set", "methods=[clo]", "--set", "trials=3",
                     "--set", "max_concurrent=2", "--set", "scheduler=none", "--set", "train.epochs=8")
     removed: dict = {}
@@ -111,9 +111,9 @@ def test_two_workers_per_trial_match_one_worker(tmp_path):
     for workers in (1, 2):
         proc = run_sweep_cli(root, f"w{workers}", *common, "--set", f"workers_per_trial={workers}")
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-        (rows,) = rows_by_trial(root / f"w{workers}" / "ray" / "clo").values()
-        # the final checkpoint: Tune's for one worker, Ray Train's for two (under clo/_train)
-        (summary_path,) = [p for p in (root / f"w{workers}" / "ray" / "clo").rglob("summary.json")
+        (rows,) = rows_by_trial(root / f"w{workers}" / "ray" / "search").values()
+        # the final checkpoint: Tune's for one worker, Ray Train's for two (under search/_train)
+        (summary_path,) = [p for p in (root / f"w{workers}" / "ray" / "search").rglob("summary.json")
                            if p.parent.name.startswith("checkpoint_")]
         runs[workers] = (rows, json.loads(summary_path.read_text()))
     (one, one_summary), (two, two_summary) = runs[1], runs[2]

@@ -77,6 +77,36 @@ def test_gpu_presets_are_paper_scale(preset, model):
     assert train.train_subset is None and train.max_length == 128
 
 
+def test_the_paper_preset_is_albert_on_glue_with_the_five_arms():
+    cfg = build_config(preset="leebert-paper")
+    train = cfg.train_config("clo")
+    assert cfg.methods == ["fixed-uniform", "fixed-pabee", "fixed-last", "bilevel", "clo"]
+    assert train.model == "albert-base-v2" and train.task == "mnli" and train.precision == "bf16"
+    assert (train.batch_size, train.max_length, train.epochs) == (32, 128, 5)  # docs/method.md's settings
+    assert cfg.space["lr"][0] <= 2e-5 <= cfg.space["lr"][1]
+    assert cfg.final_seeds == [1, 2, 3] and cfg.reference_arm == "clo" and cfg.gpus_per_trial >= 1
+    for name in ("glue-bert", "glue-albert"):
+        glue = build_config(preset=name)
+        assert glue.methods == cfg.methods and glue.trials * len(glue.methods) >= 4 * glue.max_concurrent
+
+
+def test_a_searched_option_in_train_is_refused_with_how_to_pin_it():
+    """No silent override: the searched value would replace train.lr_outer in every learned arm."""
+    import search_spaces
+
+    with pytest.raises(ConfigError, match=r"train\.lr_outer=0\.2 would be replaced by the searched value: bilevel, "
+                                          r"clo search lr_outer; to pin it, also pass --set space\.lr_outer=null"):
+        build_config(preset="smoke", overrides=["train.lr_outer=0.2"])
+    pinned = build_config(preset="smoke", overrides=["train.lr_outer=0.2", "space.lr_outer=null"])
+    assert pinned.arm_train_values("clo")["lr_outer"] == 0.2
+    assert "lr_outer" not in search_spaces.get_space("clo", pinned.space)
+    # an option no listed arm searches is a plain shared option
+    fixed = build_config(preset="smoke", overrides=["train.lr_outer=0.2", "methods=[fixed]"])
+    assert fixed.arm_train_values("fixed")["lr_outer"] == 0.2
+    with pytest.raises(ConfigError, match="diverge_trials.clo-x"):
+        build_config(preset="smoke", overrides=["diverge_trials.clo-x=3"])
+
+
 def test_layering_file_then_overrides_then_flags(tmp_path):
     file = tmp_path / "sweep.yaml"
     file.write_text("preset: smoke\ntrials: 5\ntrain:\n  epochs: 2\nspace:\n  lr: [1.0e-4, 1.0e-3]\n")
@@ -151,6 +181,7 @@ def run_cli(*args, tmp_path, env_extra=None):
     (["--tracking-uri", "sqlite:////proc/leebert/mlflow.db"], "cannot create folder"),
     (["--ray-address", "127.0.0.1:{port}"], "cannot reach the Ray cluster at 127.0.0.1:{port}"),
     (["--resume", "--preset", "smoke"], "--resume: no 'smoke' sweep found"),
+    (["--set", "train.lr_outer=0.2"], "train.lr_outer=0.2 would be replaced by the searched value"),
 ])
 def test_command_line_bad_input_exits_2_before_anything_starts(tmp_path, args, message):
     port = str(free_port())

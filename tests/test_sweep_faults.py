@@ -26,8 +26,8 @@ def result_rows(folder: Path) -> list[dict]:
     return rows
 
 
-def final_weights(root: Path, name: str, method: str) -> dict[str, torch.Tensor]:
-    (path,) = (root / name / "ray" / method).glob("*/checkpoint_*/model/weights.pt")
+def final_weights(root: Path, name: str, arm: str) -> dict[str, torch.Tensor]:
+    (path,) = (root / name / "ray" / "search").glob(f"{arm}_*/checkpoint_*/model/weights.pt")
     return torch.load(path, map_location="cpu")
 
 
@@ -41,7 +41,7 @@ def test_killed_trial_process_resumes_from_its_checkpoint(tmp_path):
     def kill_after_first_epoch():
         deadline = time.time() + 300
         while time.time() < deadline and not killed:
-            rows = [r for r in result_rows(root / "killed" / "ray" / "clo") if r.get("epoch") == 1]
+            rows = [r for r in result_rows(root / "killed" / "ray" / "search") if r.get("epoch") == 1]
             if rows:
                 killed["pid"] = rows[0]["pid"]
                 os.kill(rows[0]["pid"], signal.SIGKILL)
@@ -56,7 +56,7 @@ def test_killed_trial_process_resumes_from_its_checkpoint(tmp_path):
     assert killed, "the trial never reported epoch 1"
     assert "restarting from its checkpoint of epoch 1" in interrupted.stdout
 
-    rows = result_rows(root / "killed" / "ray" / "clo")
+    rows = result_rows(root / "killed" / "ray" / "search")
     assert [r["epoch"] for r in rows] == [1, 2, 3]  # no epoch repeated or skipped
     assert rows[0]["pid"] == killed["pid"] and {r["pid"] for r in rows[1:]} != {killed["pid"]}
 
@@ -67,7 +67,7 @@ def test_killed_trial_process_resumes_from_its_checkpoint(tmp_path):
     worst = max(float((resumed[k] - reference[k]).abs().max()) for k in reference)
     assert worst <= 1e-6, f"weights after the restart differ from an uninterrupted run by {worst:.2e}"
     # the learned loss weights too (summary of the final checkpoint)
-    summaries = [json.loads(next((root / n / "ray" / "clo").glob("*/checkpoint_*/summary.json")).read_text())
+    summaries = [json.loads(next((root / n / "ray" / "search").glob("clo_*/checkpoint_*/summary.json")).read_text())
                  for n in ("killed", "straight")]
     assert summaries[0]["weights"]["final"] == pytest.approx(summaries[1]["weights"]["final"], abs=1e-6)
     assert [e["epoch"] for e in summaries[0]["epochs"]] == [1, 2, 3]
@@ -78,11 +78,12 @@ def test_killed_trial_process_resumes_from_its_checkpoint(tmp_path):
 
 
 def test_a_diverging_trial_fails_and_the_sweep_goes_on(tmp_path):
-    """Trial 2 of fixed is made to diverge at step 3 (fault injection): it ends FAILED in Tune,
-    MLflow and Optuna with the reason, is not retried into training, and the other trials finish."""
+    """Trial 2 of fixed is made to diverge at step 3 (the diverge_trials test hook, an argument of the
+    trainer): it ends FAILED in Tune, MLflow and Optuna with the reason, is not retried into
+    training, and the other trials finish."""
     root = tmp_path / "sweeps"
     proc = run_sweep_cli(root, "nan", "--set", "methods=[fixed]", "--set", "trials=3", "--set", "scheduler=none",
-                         "--set", "max_concurrent=1", "--set", "env.LEEBERT_FAULT_TRIAL=fixed-2")
+                         "--set", "max_concurrent=1", "--set", "diverge_trials.fixed-2=3")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "fixed trial 2/3 FAILED: diverged at step 3 (" in proc.stdout
 
@@ -101,13 +102,13 @@ def test_a_diverging_trial_fails_and_the_sweep_goes_on(tmp_path):
 
     from ray.tune import ExperimentAnalysis
 
-    analysis = ExperimentAnalysis(str(root / "nan" / "ray" / "fixed"))
-    statuses = {t.config["trial_number"]: t.status for t in analysis.trials}
+    analysis = ExperimentAnalysis(str(root / "nan" / "ray" / "search"))
+    statuses = {t.config["trial"]["number"]: t.status for t in analysis.trials}
     assert statuses == {1: "TERMINATED", 2: "ERROR", 3: "TERMINATED"}
-    failed_trial = next(t for t in analysis.trials if t.config["trial_number"] == 2)
+    failed_trial = next(t for t in analysis.trials if t.config["trial"]["number"] == 2)
     assert "diverged at step 3 (" in str(failed_trial.get_error())
     # retries (max_failures=2) found the divergence marker and did not train again: no epoch reported
-    assert not [r for r in result_rows(root / "nan" / "ray" / "fixed") if r.get("trial_id") == failed_trial.trial_id
+    assert not [r for r in result_rows(root / "nan" / "ray" / "search") if r.get("trial_id") == failed_trial.trial_id
                 and "epoch" in r]
 
     import optuna

@@ -98,6 +98,6 @@ def test_ray_job_submit_runs_the_smoke_sweep(ray_head, tmp_path):
         assert 0 <= run.data.metrics["test/hypervolume"] <= 1
     assert str(mlflow_client.get_model_version_by_alias("leebert-mr", "champion").version) == "1"
     assert str(mlflow_client.get_model_version_by_alias("leebert-mr", "clo-best").version) == "1"
-    pids = {json.loads(line)["pid"] for path in (root / "job" / "ray" / "clo").rglob("result.json")
+    pids = {json.loads(line)["pid"] for path in (root / "job" / "ray" / "search").rglob("result.json")
             for line in path.read_text().splitlines() if line.strip()}
     assert len(pids) == 1, f"both trials should have run in one reused worker process, got pids {pids}"

@@ -57,6 +57,20 @@ def test_trial_numbers_agree_between_console_and_mlflow(smoke):
             {k: float(run.data.params[k]) for k in printed}, rel=5e-3)
 
 
+def test_every_arm_searches_at_the_same_time_within_its_budget(smoke):
+    """One Tune experiment for all arms: trials of different arms overlap in time (MLflow start and
+    end times), and each arm runs exactly its budget of trials."""
+    by_arm: dict[str, list] = {}
+    for run in smoke["runs"]["trial"]:
+        by_arm.setdefault(run.data.tags["method"], []).append((run.info.start_time, run.info.end_time))
+    assert {arm: len(spans) for arm, spans in by_arm.items()} == {m: TRIALS for m in METHODS}
+    overlapping = {tuple(sorted((a, b))) for a in by_arm for b in by_arm if a != b
+                   for (s1, e1) in by_arm[a] for (s2, e2) in by_arm[b] if s1 < e2 and s2 < e1}
+    assert len(overlapping) >= 2, f"trials of different arms should run at once; overlapping arm pairs: {overlapping}"
+    # one experiment (<storage>/search), not one per arm
+    assert sorted(p.name for p in (smoke["dir"] / "ray").iterdir() if p.is_dir()) == ["search"]
+
+
 def test_experiment_layout(smoke):
     runs, mlflow_client = smoke["runs"], smoke["client"]
     experiment = mlflow_client.get_experiment_by_name("smoke-test")

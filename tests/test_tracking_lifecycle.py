@@ -8,7 +8,8 @@ import sys
 
 import pytest
 
-from sweeps.tracking import PARENT_TAG, TrialRecord, Tracker
+from sweeps.records import TrialRecord
+from sweeps.tracking import PARENT_TAG, Tracker
 
 
 def record(trial_id: str = "abc123") -> TrialRecord:

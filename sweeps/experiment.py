@@ -1,0 +1,134 @@
+"""The one trial procedure both stages use: a Ray Tune experiment, from start (or restore) to records.
+
+``run_experiment(cfg, stage, tracker, resume, trainer)`` starts the experiment ``stage.name``
+under the sweep's storage (or restores it with ``Tuner.restore``: finished trials are kept,
+interrupted ones continue from their last epoch checkpoint; a finished one is read without Tune),
+logs every trial to MLflow as it ends (``sweeps.progress``), and returns one ``TrialRecord`` per
+trial, every record logged, even those a restarted driver's callback never saw.
+
+The stages differ only in what ``Stage`` holds: the search stage brings every arm's searcher and
+scheduler (``sweeps.searchers``), the final stage a grid over arms x seeds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from sweeps.config import SweepConfig, SweepInterrupted
+from sweeps.progress import SweepCallback, say
+from sweeps.records import TrialRecord, build_record
+from sweeps.spec import Runtime
+from sweeps.tracking import Tracker
+from sweeps.trial import train_trial, trial_name
+
+MAX_TRIALS = 100_000  # Tune's num_samples when only budgets decide how many trials there are
+
+
+@dataclass
+class Stage:
+    """What one Tune experiment of a sweep runs."""
+
+    name: str                                  # the experiment's folder under the sweep's storage
+    runtime: Runtime                           # the settings every trial shares
+    parents: dict[str, str]                    # MLflow parent run id per group ("clo", "final/clo")
+    totals: dict[str, Any]                     # trials per group, for the progress lines ("?" if unknown)
+    epochs: int                                # epochs of a full trial, for the progress lines
+    resources: dict                            # per trial (tune.with_resources)
+    finished: Callable[[list], bool]           # given the experiment's trials: is the stage done?
+    trials: dict = field(default_factory=dict)  # the "trial" part of the param space (final: a grid)
+    search_alg: Any = None
+    scheduler: Any = None
+    num_samples: int = 1
+    max_concurrent: int | None = None          # None: as many as the cluster's resources hold
+
+    @property
+    def param_space(self) -> dict:
+        return {"runtime": self.runtime.to_dict(), **({"trial": self.trials} if self.trials else {})}
+
+
+def experiment_path(cfg: SweepConfig, name: str) -> str:
+    return f"{cfg.storage_path.rstrip('/')}/{name}"
+
+
+def trainable(trainer: Callable | None, resources: dict):
+    """The trial function with its resources; ``trainer`` replaces ``trainers.train.run`` (a stand-in
+    trainer: benchmarks/cluster_sim.py)."""
+    from ray import tune
+
+    function = train_trial if trainer is None else tune.with_parameters(train_trial, trainer=trainer)
+    return tune.with_resources(function, resources)
+
+
+def read_trials(path: str) -> list:
+    """The trials of a saved experiment, or [] if it cannot be read."""
+    from ray.tune import ExperimentAnalysis
+
+    try:
+        return ExperimentAnalysis(path).trials
+    except Exception:  # noqa: BLE001 - unreadable state: let Tune's restore deal with it
+        return []
+
+
+def is_done(trials: list) -> bool:
+    return bool(trials) and all(t.status in ("TERMINATED", "ERROR") for t in trials)
+
+
+def run_experiment(cfg: SweepConfig, stage: Stage, tracker: Tracker, resume: bool,
+                   trainer: Callable | None = None) -> list[TrialRecord]:
+    from ray import tune
+    from ray.tune import ExperimentAnalysis
+    from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
+
+    path = experiment_path(cfg, stage.name)
+    function = trainable(trainer, stage.resources)
+    tuner, callback = None, None
+    if resume and tune.Tuner.can_restore(path):
+        trials = read_trials(path)
+        if is_done(trials) and stage.finished(trials):
+            say(f"{stage.name}: the experiment in {path} is finished; reusing its trials")
+        else:
+            say(f"{stage.name}: resuming the experiment in {path}")
+            # no param_space: the saved one is reused as is, so a resume still works after an upgrade
+            # added trainer options (Tune refuses a param_space whose keys differ from the saved one)
+            tuner = tune.Tuner.restore(path, function, resume_unfinished=True, resume_errored=False,
+                                       restart_errored=False)
+    else:
+        callback = SweepCallback(stage.name, tracker.uri, tracker.experiment, stage.parents, stage.totals,
+                                 stage.epochs, cfg.storage_path)
+        tuner = tune.Tuner(
+            function,
+            param_space=stage.param_space,
+            tune_config=tune.TuneConfig(
+                search_alg=stage.search_alg, scheduler=stage.scheduler, num_samples=stage.num_samples,
+                max_concurrent_trials=stage.max_concurrent, reuse_actors=cfg.reuse_actors,
+                trial_name_creator=trial_name, trial_dirname_creator=trial_name),
+            run_config=tune.RunConfig(
+                name=stage.name, storage_path=cfg.storage_path, verbose=0,
+                callbacks=[callback, JsonLoggerCallback(), CSVLoggerCallback()],  # no TensorBoard files
+                # the last epoch checkpoint is enough to resume; the final one holds the model
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+                failure_config=tune.FailureConfig(max_failures=cfg.max_failures)),
+        )
+    if tuner is not None:
+        try:
+            tuner.fit()
+        except BaseException:
+            if callback is not None:
+                callback.stop_logging(drain=False)
+            raise
+        if callback is not None:
+            callback.stop_logging(drain=True)
+    analysis = ExperimentAnalysis(path)
+    if not is_done(analysis.trials) or not stage.finished(analysis.trials):
+        done = sum(t.status in ("TERMINATED", "ERROR") for t in analysis.trials)
+        raise SweepInterrupted(f"{stage.name}: {done} of {len(analysis.trials)} trials finished, the stage is not done")
+    records = []
+    for trial in analysis.trials:
+        frame = analysis.trial_dataframes.get(trial.trial_id)
+        history = frame.to_dict("records") if frame is not None and len(frame) else []
+        record = build_record(trial, history, storage_path=cfg.storage_path)
+        if not tracker.trial_logged(record.method, trial.trial_id):  # the callback missed it (driver restarted)
+            tracker.log_trial(record, stage.parents[record.method])
+        records.append(record)
+    return records
