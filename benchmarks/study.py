@@ -118,6 +118,7 @@ def results_markdown(result, timing: dict, args) -> str:
     sizes = final_sizes(result)
     arms = "\n".join(f"  - `{arm}`: {ARM_TEXT.get(arm, arm)}" for arm in cfg.methods)
     pace = epoch_pace(result)
+    costs = ", ".join(f"{o.method} {o.cost.outer_step_cost:g}" for o in result.outcomes if o.cost and o.cost.learned) or "no learned arm"
     return f"""# CLO against every baseline on MR: tuned, {len(cfg.final_seeds)} seeds, paired intervals
 
 Regenerate: `{command.strip()}` (resumable: run it again after an interruption).
@@ -140,7 +141,7 @@ Measured on {time.strftime('%Y-%m-%d')}; machine: {machine}. The whole study too
 {arms}
 - **Search**, per arm: {train.get('train_subset') or 'all'} training sentences (a stratified sample), {train['epochs']} epoch(s)
   per trial, objective: validation hypervolume. Budget: **{cfg.budget_epochs:g} fixed-epochs of training
-  compute per arm**; an epoch of bilevel or clo costs 1 + {cfg.outer_step_cost:g}/outer_every fixed-epochs
+  compute per arm**; an epoch of a learned arm costs 1 + outer_step_cost/outer_every fixed-epochs ({costs})
   (docs/method.md "Budgets"), so the learned arms pay for their outer updates and get fewer
   trials. The fixed arms search 2 learning rates; the learned arms also lr_outer and outer_every.
 - **Final stage**, per arm: the configuration chosen on validation, retrained with seeds

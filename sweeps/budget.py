@@ -6,9 +6,11 @@ its loss-weight updates too, so one of its epochs costs
     1 + outer_step_cost / outer_every
 
 where ``outer_step_cost`` is the price of one update in θ-steps (bilevel: one hypergradient, 4
-passes over a batch of the θ-batch's size; clo: two on half-size batches; both ≈ 4.2 θ-steps
-measured on CPU, ``benchmarks/compare_methods.py``: 1.42x fixed at outer_every 10). So a search
-that samples ``outer_every`` pays for what it samples, and an arm cannot buy accuracy with
+passes over a batch of the θ-batch's size; clo: two on half-size batches). It is measured, per arm
+and per device and precision, by ``benchmarks/step_cost.py`` (CPU) and ``benchmarks/gpu_check.py``
+(GPU), and kept in ``MEASURED_OUTER_STEP_COST``; ``outer_step_cost: auto`` (the default) charges
+each arm the figure of the device its trials train on and the sweep's ``train.precision``. So a
+search that samples ``outer_every`` pays for what it samples, and an arm cannot buy accuracy with
 compute the others did not get.
 
 A trial is only started when its whole cost (all epochs, at its sampled ``outer_every``) fits in
@@ -24,6 +26,18 @@ from dataclasses import dataclass, field
 from typing import Any
 
 EPSILON = 1e-9
+
+# One outer update in fixed θ-steps, per (device, precision) and learned arm: the figures the compute
+# budget charges with ``outer_step_cost: auto``.
+MEASURED_OUTER_STEP_COST: dict[tuple[str, str], dict[str, float]] = {
+    # PLACEHOLDER until the lead writes in what `python benchmarks/step_cost.py` measures on an idle machine
+    ("cpu", "fp32"): {"bilevel": 2.9, "clo": 2.9},
+    # ESTIMATES from the pass count (4 passes, against a θ-step's forward + backward) until
+    # `python benchmarks/gpu_check.py` measures them on a GPU
+    ("cuda", "fp32"): {"bilevel": 2.7, "clo": 2.7},
+    ("cuda", "bf16"): {"bilevel": 2.7, "clo": 2.7},
+}
+LEARNED_ARMS = ("bilevel", "clo")
 RANDOM_SEARCH_BELOW = 8  # fewer trials than this: TPE would model from fewer than 4 trials; random search
 TPE_MAX_STARTUP = 10     # Optuna's default n_startup_trials
 
@@ -82,6 +96,27 @@ class BudgetLedger:
 
     def finish(self, trial_id: str) -> None:
         self.finished.add(trial_id)
+
+
+def resolve_outer_step_cost(setting: Any, method: str, device: str, precision: str) -> float:
+    """The cost of one outer update of ``method``'s trials: ``setting`` as a number (every learned
+    arm), a mapping per arm ({bilevel: 3.1, clo: 2.8}: an arm it does not name gets the measured
+    figure), or "auto": the measured figure for ``device`` ("cpu" or "cuda") and ``precision``.
+    Fixed-weight arms never pay for outer steps (0)."""
+    from trainers.errors import ConfigError
+
+    if method not in LEARNED_ARMS:
+        return 0.0
+    if isinstance(setting, (int, float)) and not isinstance(setting, bool):
+        return float(setting)
+    if isinstance(setting, dict) and method in setting:
+        return float(setting[method])
+    measured = MEASURED_OUTER_STEP_COST.get((device, precision))
+    if measured is None:
+        known = ", ".join(f"{d}/{p}" for d, p in MEASURED_OUTER_STEP_COST)
+        raise ConfigError(f"outer_step_cost: auto has no measured figure for {device}/{precision} (known: {known}); set "
+                          f"outer_step_cost to a number, e.g. what `python benchmarks/step_cost.py` measures there")
+    return float(measured[method])
 
 
 def used_compute(epochs_run: int, config: dict[str, Any], cost: TrialCost) -> float:

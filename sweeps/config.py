@@ -55,8 +55,10 @@ class SweepConfig:
     budget_epochs: float | None = _f(None, "training compute per arm, in fixed-epochs (one epoch of fixed-weight training; an epoch "
                                            "of bilevel/clo costs 1 + outer_step_cost/outer_every); a trial starts only if all its "
                                            "epochs fit; null: no compute budget")
-    outer_step_cost: float = _f(4.2, "cost of one loss-weight update in θ-steps, for budget_epochs (4.2: measured on CPU, "
-                                     "docs/method.md 'Budgets')")
+    outer_step_cost: object = _f("auto", "cost of one loss-weight update of bilevel/clo in θ-steps, for budget_epochs: auto (the "
+                                         "figure measured for the trials' device, cuda when gpus_per_trial > 0, and "
+                                         "train.precision: sweeps/budget.py's table), a number, or one per arm, e.g. "
+                                         "{bilevel: 3.0, clo: 2.8}")
     max_concurrent: int = _f(2, "trials running at once in the whole search, every arm together (all arms search at "
                                 "the same time in one Ray Tune experiment)")
     seed: int = _f(0, "seed of the TPE sampler (the same for every arm); the trainer's seed is train.seed")
@@ -178,7 +180,7 @@ class SweepConfig:
         if len(set(self.methods)) != len(self.methods):
             raise ConfigError(f"methods lists a method twice: {self.methods}")
         for name in ("trials", "max_concurrent", "tpe_startup_trials", "grace_period", "workers_per_trial",
-                     "budget_epochs", "outer_step_cost", "timing_repeats", "final_max_concurrent", "timing_seeds"):
+                     "budget_epochs", "timing_repeats", "final_max_concurrent", "timing_seeds"):
             if getattr(self, name) is not None and getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be > 0 (got {getattr(self, name)})")
         if self.trials is None and self.budget_epochs is None:
@@ -197,6 +199,7 @@ class SweepConfig:
             if key in self.final_train:
                 raise ConfigError(f"final_train.{key} cannot be set: the final stage takes it from the arm, the seed list "
                                   "or the sweep")
+        _check_outer_step_cost(self.outer_step_cost)
         if self.max_failures < 0:
             raise ConfigError(f"max_failures must be >= 0 (got {self.max_failures})")
         if self.reduction_factor < 2:
@@ -254,12 +257,47 @@ class SweepConfig:
                     raise ConfigError(f"the final comparison resamples per-example correctness, which defines accuracy, "
                                       f"not {get_task(cfg.task).metrics[0]} (task {cfg.task}); set final_seeds: [] for this task")
         self._validated_arms = validated  # not a field: never saved, rebuilt by every validate
+        for method in self.methods:  # a compute budget needs a cost for the trials' device and precision
+            self.arm_outer_step_cost(method)
         return self
+
+    def trial_device(self) -> str:
+        """Where the trials train: cuda when Ray gives them GPUs (or train.device asks for it), else cpu."""
+        return "cuda" if self.gpus_per_trial > 0 or self.train.get("device") == "cuda" else "cpu"
+
+    def arm_outer_step_cost(self, method: str) -> float:
+        """What one outer update of ``method``'s trials costs in θ-steps (0 for fixed weights):
+        ``outer_step_cost``, or with ``auto`` the figure measured for the trials' device and
+        precision (sweeps/budget.py). Without a compute budget the figure only orders the arms'
+        turns, so a device/precision nobody measured falls back to that device's fp32 figure."""
+        from sweeps.budget import resolve_outer_step_cost
+
+        values = self.arm_train_values(method)
+        try:
+            return resolve_outer_step_cost(self.outer_step_cost, values["method"], self.trial_device(), values["precision"])
+        except ConfigError:
+            if self.budget_epochs is not None:
+                raise
+            return resolve_outer_step_cost(self.outer_step_cost, values["method"], self.trial_device(), "fp32")
 
 
 def _choose(name: str, value: str, choices) -> None:
     if value not in choices:
         raise ConfigError(f"unknown {name} '{value}'; choose one of: {', '.join(choices)}")
+
+
+def _check_outer_step_cost(value: Any) -> None:
+    from sweeps.budget import LEARNED_ARMS
+
+    def positive(x: Any) -> bool:
+        return isinstance(x, (int, float)) and not isinstance(x, bool) and x > 0
+
+    if value == "auto" or positive(value):
+        return
+    if isinstance(value, dict) and value and set(value) <= set(LEARNED_ARMS) and all(positive(v) for v in value.values()):
+        return
+    raise ConfigError(f"outer_step_cost must be auto (the measured figure for the trials' device and precision), a number "
+                      f"> 0, or one per learned arm such as {{bilevel: 3.0, clo: 2.8}}; got {value!r}")
 
 
 def _check_types(cfg: SweepConfig) -> None:
@@ -275,10 +313,11 @@ def _check_types(cfg: SweepConfig) -> None:
             "bool": isinstance(value, bool),
             "list": isinstance(value, list),
             "dict": isinstance(value, dict),
+            "object": True,  # checked by validate
         }[kind]
         if not ok:
             raise ConfigError(f"{f.name} must be {'a' if kind != 'int' else 'an'} {kind}, got {value!r}")
-    for name in ("cpus_per_trial", "budget_epochs", "outer_step_cost"):
+    for name in ("cpus_per_trial", "budget_epochs"):
         if isinstance(getattr(cfg, name), int):
             setattr(cfg, name, float(getattr(cfg, name)))
 

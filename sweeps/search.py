@@ -67,7 +67,7 @@ def arms(cfg: SweepConfig) -> list[Arm]:
         space = search_spaces.get_space(name, cfg.space)
         base = cfg.arm_train_values(name)  # validated once, with the whole config
         cost = TrialCost(epochs=int(base["epochs"]), learned=base["method"] != "fixed",
-                         outer_step_cost=cfg.outer_step_cost, default_outer_every=int(base["outer_every"]))
+                         outer_step_cost=cfg.arm_outer_step_cost(name), default_outer_every=int(base["outer_every"]))
         out.append(Arm(name, space, {k: v for k, v in base.items() if k not in space}, cost))
     return out
 
@@ -135,7 +135,7 @@ def search_stage(cfg: SweepConfig, tracker: Tracker, resume: bool, trainer=None)
     parents, searchers, schedulers, algorithms = {}, {}, {}, {}
     for arm in the_arms:
         parents[arm.name] = tracker.method_run(arm.name, params={
-            "trials": cfg.trials, "budget_epochs": cfg.budget_epochs, "outer_step_cost": cfg.outer_step_cost,
+            "trials": cfg.trials, "budget_epochs": cfg.budget_epochs, "outer_step_cost": arm.cost.outer_step_cost,
             "seed": cfg.seed, "objective": cfg.metric, "scheduler": cfg.scheduler,
             "max_concurrent": cfg.max_concurrent, "cpus_per_trial": cfg.cpus_per_trial,
             "gpus_per_trial": cfg.gpus_per_trial, "workers_per_trial": cfg.workers_per_trial,

@@ -8,7 +8,10 @@ import re
 import pytest
 
 from search_spaces import IntRange, LogUniform
-from sweeps.budget import BudgetLedger, TrialCost, expected_trials, search_algorithm, used_compute
+from sweeps.budget import (MEASURED_OUTER_STEP_COST, BudgetLedger, TrialCost, expected_trials, resolve_outer_step_cost,
+                           search_algorithm, used_compute)
+from sweeps.config import build_config
+from trainers.errors import ConfigError
 from test_sweep_helpers import client, history, run_sweep_cli, runs_by_role
 
 FIXED = TrialCost(epochs=3, learned=False, outer_step_cost=4.2, default_outer_every=10)
@@ -54,6 +57,42 @@ def test_expected_trials_and_the_search_algorithm():
     assert search_algorithm(30, 10) == ("tpe", 10)
 
 
+def test_outer_step_cost_auto_charges_the_figure_measured_for_the_trials_device_and_precision():
+    cpu = build_config(preset="smoke", overrides=["methods=[fixed-pabee,bilevel,clo]"])
+    assert cpu.outer_step_cost == "auto" and cpu.trial_device() == "cpu"
+    assert {m: cpu.arm_outer_step_cost(m) for m in cpu.methods} == {
+        "fixed-pabee": 0.0, **MEASURED_OUTER_STEP_COST[("cpu", "fp32")]}
+    # gpus_per_trial > 0: the trials train on CUDA, at train.precision
+    gpu = build_config(preset="glue-bert")
+    assert gpu.trial_device() == "cuda" and gpu.train_config("clo").precision == "bf16"
+    assert gpu.arm_outer_step_cost("bilevel") == MEASURED_OUTER_STEP_COST[("cuda", "bf16")]["bilevel"]
+    fp32 = build_config(preset="smoke", overrides=["gpus_per_trial=1", "train.device=cuda"])
+    assert fp32.arm_outer_step_cost("clo") == MEASURED_OUTER_STEP_COST[("cuda", "fp32")]["clo"]
+    # an explicit number, or one per arm, overrides the table (an arm it does not name keeps the table's)
+    assert build_config(preset="smoke", overrides=["outer_step_cost=4.2"]).arm_outer_step_cost("clo") == 4.2
+    per_arm = build_config(preset="smoke", overrides=["methods=[bilevel,clo]", "outer_step_cost={clo: 3.5}"])
+    assert (per_arm.arm_outer_step_cost("clo"), per_arm.arm_outer_step_cost("bilevel")) == (
+        3.5, MEASURED_OUTER_STEP_COST[("cpu", "fp32")]["bilevel"])
+    assert resolve_outer_step_cost("auto", "fixed", "cuda", "bf16") == 0.0
+
+
+@pytest.mark.parametrize("override, message", [
+    ("outer_step_cost=-1", "outer_step_cost must be auto"),
+    ("outer_step_cost=cheap", "outer_step_cost must be auto"),
+    ("outer_step_cost={fixed: 2}", "one per learned arm such as"),
+])
+def test_a_bad_outer_step_cost_is_refused(override, message):
+    with pytest.raises(ConfigError, match=message):
+        build_config(preset="smoke", overrides=[override])
+
+
+def test_a_compute_budget_on_an_unmeasured_setting_asks_for_a_figure():
+    # bf16 on the CPU: nobody measured it; with a compute budget the sweep will not guess
+    with pytest.raises(ConfigError, match=r"no measured figure for cpu/bf16 .* set outer_step_cost to a number"):
+        build_config(preset="smoke", overrides=["train.precision=bf16", "trials=null", "budget_epochs=6"])
+    build_config(preset="smoke", overrides=["train.precision=bf16", "trials=null", "budget_epochs=6", "outer_step_cost=3"])
+
+
 @pytest.mark.integration
 def test_a_sweep_keeps_its_compute_budget(tmp_path):
     budget = 7.0
@@ -63,7 +102,9 @@ def test_a_sweep_keeps_its_compute_budget(tmp_path):
     assert proc.stdout.count("random search: about") == 2  # said plainly, once per arm
     mlflow_client, _ = client(tmp_path, "budget-test")
     trials = runs_by_role(mlflow_client, "budget-test")["trial"]
-    for arm, cost in (("fixed-pabee", FIXED), ("clo", CLO)):
+    measured = TrialCost(epochs=3, learned=True, outer_step_cost=MEASURED_OUTER_STEP_COST[("cpu", "fp32")]["clo"],
+                         default_outer_every=10)  # outer_step_cost: auto on a CPU in fp32
+    for arm, cost in (("fixed-pabee", FIXED), ("clo", measured)):
         mine = [r for r in trials if r.data.tags["method"] == arm]
         assert mine
         used = sum(used_compute(len(history(mlflow_client, r.info.run_id, "objective")),
