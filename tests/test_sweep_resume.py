@@ -36,22 +36,28 @@ def wait_for_line(proc: subprocess.Popen, needle: str, timeout: float, seen: lis
     raise AssertionError(f"'{needle}' not seen within {timeout}s:\n" + "".join(seen[-40:]))
 
 
-def result_mtimes(folder) -> dict[str, float]:
-    return {str(p.relative_to(folder)): p.stat().st_mtime for p in folder.rglob("result.json")}
-
-
-def finished_trials(experiment) -> set[str]:
-    """Trials whose final report is in their result file."""
-    found = set()
+def result_rows(experiment) -> dict[str, list[dict]]:
+    """Every trial's reported results (its result file), by trial id."""
+    rows: dict[str, list[dict]] = {}
     for path in experiment.rglob("result.json"):
         for line in path.read_text().splitlines():
             try:
                 row = json.loads(line)
             except json.JSONDecodeError:  # a line being written
                 continue
-            if row.get("final_report") is True:
-                found.add(row["trial_id"])
-    return found
+            rows.setdefault(row["trial_id"], []).append(row)
+    return rows
+
+
+def finished_trials(experiment) -> set[str]:
+    """Trials whose final report is in their result file."""
+    return {trial for trial, rows in result_rows(experiment).items() if any(r.get("final_report") is True for r in rows)}
+
+
+def epochs_trained(rows: list[dict]) -> list[tuple[int, int]]:
+    """(epoch, pid) of every epoch a trial trained and reported; a finished trial that Tune restored
+    only reports its final checkpoint again (a row with final_report and no training before it)."""
+    return [(r["epoch"], r["pid"]) for r in rows if r.get("final_report") is not True]
 
 
 def test_kill_driver_then_resume(tmp_path):
@@ -81,7 +87,7 @@ def test_kill_driver_then_resume(tmp_path):
     experiment = root / NAME / "ray" / "search"
     finished = finished_trials(experiment)
     assert finished, "a trial finished before the kill"
-    finished_results = {k: v for k, v in result_mtimes(experiment).items() if any(t in k for t in finished)}
+    trained_before = {t: epochs_trained(rows) for t, rows in result_rows(experiment).items() if t in finished}
 
     resumed = run_sweep_cli(root, NAME, "--resume")
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
@@ -91,8 +97,10 @@ def test_kill_driver_then_resume(tmp_path):
     assert not alive, [p.pid for p in alive]
     out = resumed.stdout
     assert re.search(r"\[sweep\] search: resuming the experiment in \S+", out), out[-3000:]
-    # finished trials are not redone: same MLflow run, results untouched
-    assert {k: v for k, v in result_mtimes(experiment).items() if k in finished_results} == finished_results
+    # finished trials are not trained again (a trial whose end the killed driver had not saved yet
+    # reports its final checkpoint once more) and keep their MLflow run
+    after_rows = result_rows(experiment)
+    assert {t: epochs_trained(after_rows[t]) for t in trained_before} == trained_before
 
     after = runs_by_role(mlflow_client, NAME)
     assert len(after["method"]) == len(METHODS) and len(after["comparison"]) == 1
