@@ -179,13 +179,18 @@ class StandInTrainer:
         points = [{"target_speedup": target, **min(frontier, key=lambda p: abs(p["validation_speedup"] - target)),
                    "wallclock_speedup": 0.9 * target if cfg.wallclock_eval else None} for target in (1.5, 2.0, 3.0)]
         names = [f"ce/{m}" for m in range(1, self.exits + 1)]
-        return {"task": cfg.task, "method": cfg.method, "scheme": cfg.scheme, "model": cfg.model,
+        summary = {"task": cfg.task, "method": cfg.method, "scheme": cfg.scheme, "model": cfg.model,
                 "num_exits": self.exits, "steps": cfg.epochs * steps, "train_examples": 60614,
                 "wall_time_s": round(self.plan.trial_seconds(train, cfg.epochs - start, True), 1),
                 "hypervolume_axis": "log", "metric": "accuracy", "validation": split, "test": split,
                 "frontier": frontier, "operating_points": points, "validation_curve": [],
                 "weights": {"names": names, "final": [1.0] * len(names), "trajectory": []},
-                "epochs": epochs, "config": train, "model_object": None}
+                "epochs": epochs, "config": train}
+        try:
+            from trainers.results import RunResult, Summary
+        except ImportError:  # the code before typed results (the baseline measurement) reads a dict
+            return {**summary, "model_object": None}
+        return RunResult(model=None, summary=Summary.from_dict(summary))
 
 
 # ---------------------------------------------------------------------------- the cluster

@@ -36,6 +36,7 @@ sys.path.insert(0, str(REPO))
 import torch  # noqa: E402
 
 from trainers.config import TrainConfig  # noqa: E402
+from trainers.results import Summary  # noqa: E402
 from trainers.train import run  # noqa: E402
 
 METHODS = {
@@ -46,12 +47,12 @@ METHODS = {
 }
 
 
-def run_one(name: str, seed: int, args) -> dict:
+def run_one(name: str, seed: int, args) -> Summary:
     out = Path(args.work_dir) / f"{name}-seed{seed}"
     done = out / "summary.json"
     if done.is_file():
         print(f"[compare] {name} seed {seed}: already done, reusing {done}", flush=True)
-        return json.loads(done.read_text())
+        return Summary.from_dict(json.loads(done.read_text()))
     if out.exists():  # an interrupted run: start it again from scratch, same seed
         import shutil
 
@@ -62,13 +63,7 @@ def run_one(name: str, seed: int, args) -> dict:
                       **METHODS[name], **({"lr_outer": args.lr_outer} if args.lr_outer else {}),
                       **({"outer_every": args.outer_every} if args.outer_every else {}))
     print(f"[compare] {name} seed {seed}: training", flush=True)
-    summary = run(cfg, quiet=not args.verbose)
-    summary.pop("model_object", None)
-    return summary
-
-
-def point(summary: dict, target: float) -> dict | None:
-    return next((op for op in summary["operating_points"] if op["target_speedup"] == target), None)
+    return run(cfg, quiet=not args.verbose).summary
 
 
 def mean_std(values: list[float], scale: float = 1.0, fmt: str = "{:.1f}") -> str:
@@ -80,39 +75,39 @@ def mean_std(values: list[float], scale: float = 1.0, fmt: str = "{:.1f}") -> st
     return f"{fmt.format(statistics.mean(values))} ± {fmt.format(statistics.stdev(values))}"
 
 
-def table(results: dict[str, list[dict]]) -> str:
+def table(results: dict[str, list[Summary]]) -> str:
     header = ("| method | last-exit test acc. (%) | acc. @1.5x (%) | speed-up @1.5x | acc. @2x (%) | speed-up @2x "
               "| wall-clock speed-up @2x | test hypervolume | s / epoch | epoch time / fixed |")
     lines = [header, "|" + "---|" * 10]
-    fixed_epoch = {s["config"]["seed"]: epoch_seconds(s) for s in results["fixed-uniform"]}
+    fixed_epoch = {s.config["seed"]: epoch_seconds(s) for s in results["fixed-uniform"]}
     for name, runs in results.items():
-        at15 = [point(s, 1.5) for s in runs]
-        at2 = [point(s, 2.0) for s in runs]
+        at15 = [s.operating_point(1.5) for s in runs]
+        at2 = [s.operating_point(2.0) for s in runs]
         lines.append("| " + " | ".join([
             name,
-            mean_std([s["test"]["last_exit"] for s in runs], 100),
-            mean_std([p and p["test_metric"] for p in at15], 100),
-            mean_std([p and p["test_speedup"] for p in at15], 1, "{:.2f}x"),
-            mean_std([p and p["test_metric"] for p in at2], 100),
-            mean_std([p and p["test_speedup"] for p in at2], 1, "{:.2f}x"),
-            mean_std([p and p.get("wallclock_speedup") for p in at2], 1, "{:.2f}x"),
-            mean_std([s["test"]["hypervolume"] for s in runs], 1, "{:.3f}"),
+            mean_std([s.test.last_exit for s in runs], 100),
+            mean_std([p and p.test_metric for p in at15], 100),
+            mean_std([p and p.test_speedup for p in at15], 1, "{:.2f}x"),
+            mean_std([p and p.test_metric for p in at2], 100),
+            mean_std([p and p.test_speedup for p in at2], 1, "{:.2f}x"),
+            mean_std([p and p.wallclock_speedup for p in at2], 1, "{:.2f}x"),
+            mean_std([s.test.hypervolume for s in runs], 1, "{:.3f}"),
             mean_std([epoch_seconds(s) for s in runs], 1, "{:.0f}"),
-            mean_std([epoch_seconds(s) / fixed_epoch[s["config"]["seed"]] for s in runs], 1, "{:.2f}x"),
+            mean_std([epoch_seconds(s) / fixed_epoch[s.config["seed"]] for s in runs], 1, "{:.2f}x"),
         ]) + " |")
     return "\n".join(lines)
 
 
-def epoch_seconds(summary: dict) -> float:
-    return statistics.mean(e["train_seconds"] for e in summary["epochs"])
+def epoch_seconds(summary: Summary) -> float:
+    return statistics.mean(e["train_seconds"] for e in summary.epochs)
 
 
-def weights_note(results: dict[str, list[dict]]) -> str:
+def weights_note(results: dict[str, list[Summary]]) -> str:
     lines = []
     for name in ("bilevel", "clo"):
         for s in results.get(name, [])[:1]:
-            pairs = sorted(zip(s["weights"]["final"], s["weights"]["names"]))
-            lines.append(f"- {name} (seed {s['config']['seed']}): lowest weights "
+            pairs = sorted(zip(s.weights.final, s.weights.names))
+            lines.append(f"- {name} (seed {s.config['seed']}): lowest weights "
                          + ", ".join(f"{n} {w:.2f}" for w, n in pairs[:3]) + "; highest "
                          + ", ".join(f"{n} {w:.2f}" for w, n in pairs[-3:]))
     return "\n".join(lines)
@@ -138,7 +133,7 @@ def main() -> None:
         parser.error("--methods must include fixed-uniform: it is the reference for the time ratio")
 
     started = time.perf_counter()
-    results: dict[str, list[dict]] = {name: [] for name in args.methods}
+    results: dict[str, list[Summary]] = {name: [] for name in args.methods}
     for seed in args.seeds:
         for name in args.methods:
             results[name].append(run_one(name, seed, args))

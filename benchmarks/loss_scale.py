@@ -109,9 +109,8 @@ def main() -> None:
                               threads=args.threads, loss_reduction=reduction, save_checkpoints=False, wallclock_eval=False,
                               output_dir=f"/tmp/leebert-loss-scale-{reduction}-{os.getpid()}",
                               deepspeed_config="clusters/deepspeed/cpu_zero0.json")
-            summary = run(cfg, quiet=True)
-            print(f"| {reduction} | {100 * summary['validation']['last_exit']:.1f} % | "
-                  f"{summary['validation']['hypervolume']:.3f} |", flush=True)
+            validation = run(cfg, quiet=True).summary.validation
+            print(f"| {reduction} | {100 * validation.last_exit:.1f} % | {validation.hypervolume:.3f} |", flush=True)
     print(f"\n(took {(time.perf_counter() - started) / 60:.1f} min)")
 
 

@@ -196,7 +196,7 @@ def trial_timings(cfg, result) -> list[dict]:
         start = start if start else (record.start_ms / 1000 if record.start_ms else None)
         if not end or end == float("-inf"):
             end = record.end_ms / 1000 if record.end_ms else None
-        trainer = last.get("train_wall_time_s") or (record.summary or {}).get("wall_time_s")
+        trainer = last.get("train_wall_time_s") or (record.summary.wall_time_s if record.summary else None)
         row = {"trial": record.number, "trial_id": trial_id, "status": record.status, "start": start, "end": end,
                "trial_wall_s": round(end - start, 2) if start and end else None,
                "tune_time_total_s": round(float(last["time_total_s"]), 2) if "time_total_s" in last else None,
@@ -278,7 +278,7 @@ def checkpoint_cost(preset: str, work: Path, repeats: int) -> dict:
     warm = TrainConfig.from_dict({**base, "output_dir": str(work / "warm-up"), "save_checkpoints": False, "epochs": 1,
                                   "train_subset": 2 * int(base["batch_size"]), "eval_subset": 64})
     say(f"checkpoint cost: untimed warm-up training ({warm.model}, 1 epoch of 2 steps)")
-    run(warm, quiet=True).pop("model_object", None)
+    run(warm, quiet=True)
     engine.save_checkpoint = timed_save
     try:
         for index, save in enumerate(order):
@@ -287,9 +287,8 @@ def checkpoint_cost(preset: str, work: Path, repeats: int) -> dict:
             say(f"checkpoint cost: training {preset}-sized ({cfg.model}, {cfg.epochs} epochs) with "
                 f"save_checkpoints={save} ({index + 1}/{len(order)})")
             start = time.perf_counter()
-            summary = run(cfg, quiet=True)
+            run(cfg, quiet=True)
             walls[save].append(time.perf_counter() - start)
-            summary.pop("model_object", None)
             if save and size_mb is None:
                 last = out / "checkpoints" / f"epoch-{cfg.epochs}"
                 size_mb = sum(f.stat().st_size for f in last.rglob("*") if f.is_file()) / 1e6

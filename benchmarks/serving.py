@@ -5,7 +5,8 @@
     python benchmarks/serving.py --exported DIR --policy policy.json
 
 Three ways to answer the same requests, tokenization included in all three, side by side in one
-run (they take turns, median of --repeats passes):
+run (they take turns request by request, so load from other processes falls on all three alike;
+each request's latency is the median of its --repeats runs, a pass the sum of those):
 
   (a) the pyfunc with its exit policy (real early exit);
   (b) the same pyfunc forced to full depth (policy 'none');
@@ -54,7 +55,8 @@ def quick_model(work: Path, target: float) -> tuple[Path, dict]:
     """Train (or reuse) a quick MiniLM, export it, and pick its exit policy on validation."""
     from serving.export import export_model
     from trainers.config import TrainConfig
-    from trainers.frontier import CurvePoint, operating_point
+    from trainers.frontier import operating_point
+    from trainers.results import Summary
 
     exported, policy_file = work / "exported", work / "policy.json"
     if not (exported / "exit_model.json").is_file():
@@ -65,12 +67,11 @@ def quick_model(work: Path, target: float) -> tuple[Path, dict]:
                           resume=True).validate()
         print("training a quick MiniLM (fixed uniform, 800 MR sentences, 1 epoch) ...", flush=True)
         started = time.perf_counter()
-        summary = run(cfg, quiet=True)
+        result = run(cfg, quiet=True)
         print(f"trained in {time.perf_counter() - started:.0f} s", flush=True)
-        export_model(summary.pop("model_object"), cfg, exported)
-        (work / "summary.json").write_text(json.dumps(summary, default=float))
-    summary = json.loads((work / "summary.json").read_text())
-    points = [CurvePoint(**{**p, "exit_histogram": tuple(p["exit_histogram"])}) for p in summary["validation_curve"]]
+        export_model(result.model, cfg, exported)
+        (work / "summary.json").write_text(json.dumps(result.summary.to_dict(), default=float))
+    points = Summary.from_dict(json.loads((work / "summary.json").read_text())).validation_curve
     chosen = operating_point(points, target)
     if chosen is None:
         chosen = max(points, key=lambda p: p.speedup)
@@ -138,25 +139,26 @@ def requests(texts: list[str], field: str, size: int) -> list[pd.DataFrame]:
 
 
 def time_side_by_side(predictors: dict, reqs: list[pd.DataFrame], repeats: int) -> tuple[dict, dict]:
-    """Median seconds per pass over ``reqs`` of each predictor (taking turns), and per-request latencies."""
+    """Seconds per pass over ``reqs`` of each predictor, and each request's latency per predictor.
+
+    The predictors take turns request by request (who goes first rotates), so a burst of load from
+    another process on the machine falls on all three alike rather than on one predictor's pass.
+    A request's latency is the median of its ``repeats`` runs; a pass is the sum of those medians.
+    """
     for predict in predictors.values():  # warm-up: first calls pay for allocation and kernel selection
         for frame in reqs[:3]:
             predict(frame)
-    passes = {key: [] for key in predictors}
-    latencies = {key: [] for key in predictors}
+    keys = list(predictors)
+    runs = {key: [[] for _ in reqs] for key in keys}
     for repeat in range(repeats):
-        keys = list(predictors)
-        keys = keys[repeat % len(keys):] + keys[:repeat % len(keys)]  # rotate who goes first
-        for key in keys:
-            predict, total = predictors[key], 0.0
-            for frame in reqs:
+        for i, frame in enumerate(reqs):
+            turn = (repeat + i) % len(keys)
+            for key in keys[turn:] + keys[:turn]:
                 start = time.perf_counter()
-                predict(frame)
-                took = time.perf_counter() - start
-                total += took
-                latencies[key].append(took)
-            passes[key].append(total)
-    return {key: statistics.median(v) for key, v in passes.items()}, latencies
+                predictors[key](frame)
+                runs[key][i].append(time.perf_counter() - start)
+    latencies = {key: [statistics.median(r) for r in per_request] for key, per_request in runs.items()}
+    return {key: sum(values) for key, values in latencies.items()}, latencies
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -164,11 +166,14 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
 
 
+STAGES = ("validate", "tokenize", "pad", "early_exit", "to_host", "output")
+
+
 def breakdown(served, reqs: list[pd.DataFrame], repeats: int) -> dict:
-    """Where (a)'s time goes, per pass (median), stage by stage of the pyfunc's own methods:
-    validation, tokenization, padding into tensors, early_exit (of which the encoder layers and
-    the exit heads; the rest is embedding, mask, policy, host syncs, indexing), copying back to
-    the host, and the answers (softmax, DataFrame)."""
+    """Where (a)'s time goes in a pass, stage by stage of the pyfunc's own methods: validation,
+    tokenization, padding into tensors, early_exit (of which the encoder layers and the exit heads;
+    the rest is embedding, mask, policy, host syncs, indexing), copying back to the host, and the
+    answers (softmax, DataFrame). Each stage of each request: the median of ``repeats`` runs."""
     import numpy as np
 
     model = served.model
@@ -186,13 +191,11 @@ def breakdown(served, reqs: list[pd.DataFrame], repeats: int) -> dict:
     model.runner.layer = timed(runner_layer, "layers")
     for head in model.exits:
         head.forward = timed(head.forward, "heads")
-    stages = ("validate", "tokenize", "pad", "early_exit", "to_host", "output")
-    results = []
+    runs = [{key: [] for key in (*STAGES, "layers", "heads")} for _ in reqs]
     try:
         for _ in range(repeats):
-            timers.update(layers=0.0, heads=0.0)
-            parts = dict.fromkeys(stages, 0.0)
-            for frame in reqs:
+            for frame, run in zip(reqs, runs):
+                timers.update(layers=0.0, heads=0.0)
                 t0 = time.perf_counter()
                 columns = served.validate(frame)
                 t1 = time.perf_counter()
@@ -210,17 +213,17 @@ def breakdown(served, reqs: list[pd.DataFrame], repeats: int) -> dict:
                 t5 = time.perf_counter()
                 labels, probabilities, exit_layers = served.answers(logits, layers)
                 pd.DataFrame({"label": labels, "probabilities": probabilities, "exit_layer": exit_layers},
-                             index=frame.index)
+                             index=frame.index, copy=False)
                 t6 = time.perf_counter()
-                for key, value in zip(stages, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4, t6 - t5)):
-                    parts[key] += value
-            parts["layers"], parts["heads"] = timers["layers"], timers["heads"]
-            results.append(parts)
+                for key, value in zip(STAGES, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4, t6 - t5)):
+                    run[key].append(value)
+                run["layers"].append(timers["layers"])
+                run["heads"].append(timers["heads"])
     finally:
         model.runner.layer = runner_layer
         for head in model.exits:
             del head.forward
-    return {key: statistics.median(r[key] for r in results) for key in results[0]}
+    return {key: sum(statistics.median(run[key]) for run in runs) for key in runs[0]}
 
 
 # ------------------------------------------------------------------------------ main
@@ -236,9 +239,13 @@ def main() -> None:
     parser.add_argument("--sentences", type=int, default=512, help="MR test sentences answered per pass")
     parser.add_argument("--batch1-sentences", type=int, default=None,
                         help="sentences for the batch-1 passes (default: --sentences)")
-    parser.add_argument("--repeats", type=int, default=5, help="timed passes per predictor (median reported)")
+    parser.add_argument("--repeats", type=int, default=5,
+                        help="runs of every request per predictor (each request's median counts)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own choice)")
+    parser.add_argument("--json", help="also write the figures to this file")
     args = parser.parse_args()
+    if args.sentences < 1 or args.repeats < 1 or (args.batch1_sentences is not None and args.batch1_sentences < 1):
+        parser.error("--sentences, --batch1-sentences and --repeats must be >= 1")
     if args.threads:
         torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore", message=r".*longer than this model's.*")
@@ -258,8 +265,10 @@ def main() -> None:
     plain_out = pd.concat([predictors["c"](r) for r in requests(texts, field, 64)])
     lengths = [len(r) for r in served.tokenizer(texts, truncation=True, max_length=served.max_length)["input_ids"]]
 
+    load_at_start = os.getloadavg()
     print(f"machine: {std_platform.processor() or std_platform.machine()}, {os.cpu_count()} CPUs, "
-          f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+          f"torch {torch.__version__}, {torch.get_num_threads()} threads; load average {load_at_start[0]:.2f} "
+          f"(1 min), {load_at_start[1]:.2f} (5 min) at the start")
     print(f"model: {source}; {served.meta['source_model']}, {num_layers} layers, policy "
           f"{served.policy_spec['policy']} {served.policy_spec['setting']:g}"
           + (f" (validation speed-up {served.policy_spec['validation_speedup']:.2f}x)"
@@ -273,10 +282,14 @@ def main() -> None:
     print(f"layer speed-up of (a): {layer_speedup:.2f}x (L / mean exit layer = {num_layers} / "
           f"{all_out['exit_layer'].mean():.2f})")
 
+    figures = {"source": str(source), "threads": torch.get_num_threads(), "sentences": len(texts),
+               "mean_exit_layer": float(all_out["exit_layer"].mean()), "layer_speedup": float(layer_speedup),
+               "target": TARGET, "load_average_start": load_at_start[0], "batches": {}}
     for size, n in ((64, len(texts)), (1, args.batch1_sentences or len(texts))):
         reqs = requests(texts[:n], field, size)
         seconds, latencies = time_side_by_side(predictors, reqs, args.repeats)
-        print(f"\nbatch {size} ({len(reqs)} requests of {n} sentences, median of {args.repeats} passes):")
+        print(f"\nbatch {size} ({len(reqs)} requests of {n} sentences; predictors take turns request by request, "
+              f"each request's median of {args.repeats} runs):")
         for key in predictors:
             line = f"  {names[key]:<22} {n / seconds[key]:8.1f} sentences/s  ({seconds[key]:.3f} s per pass)"
             line += (f"  latency p50 {1000 * percentile(latencies[key], 0.5):.1f} ms, "
@@ -284,6 +297,11 @@ def main() -> None:
             print(line)
         over_c, over_b = seconds["c"] / seconds["a"], seconds["b"] / seconds["a"]
         ratio = over_c / layer_speedup
+        figures["batches"][str(size)] = {
+            "requests": len(reqs), "speedup_over_plain": over_c, "speedup_over_full_depth": over_b,
+            "fraction_of_layer_speedup": ratio, "target_met": bool(ratio >= TARGET),
+            **{names[key]: {"sentences_per_s": n / seconds[key], "p50_ms": 1000 * percentile(latencies[key], 0.5),
+                            "p95_ms": 1000 * percentile(latencies[key], 0.95)} for key in predictors}}
         print(f"  wall-clock speed-up (a) over (c): {over_c:.2f}x, over (b): {over_b:.2f}x; "
               f"layer speed-up {layer_speedup:.2f}x; (a)/(c) is {ratio:.2f} of the layer speed-up  "
               f"[target >= {TARGET:.2f}: {'met' if ratio >= TARGET else 'MISSED'}]")
@@ -292,13 +310,18 @@ def main() -> None:
         print(f"  tokenization: {1000 * token_a:.0f} ms per pass in (a)/(b) ({token_a / seconds['a']:.0%} of (a)), "
               f"{1000 * token_c:.0f} ms in (c) (tokenize + pad to tensors)")
         parts = breakdown(served, reqs, args.repeats)
-        total = sum(parts[k] for k in ("validate", "tokenize", "pad", "early_exit", "to_host", "output"))
+        total = sum(parts[k] for k in STAGES)
         other = parts["early_exit"] - parts["layers"] - parts["heads"]
         print(f"  where (a)'s time goes ({1000 * total:.0f} ms per pass): "
               f"validate {1000 * parts['validate']:.0f} ms, tokenize {1000 * parts['tokenize']:.0f}, "
               f"pad {1000 * parts['pad']:.0f}, encoder layers {1000 * parts['layers']:.0f}, "
               f"exit heads {1000 * parts['heads']:.0f}, rest of early_exit (embedding, mask, policy, host syncs) "
               f"{1000 * other:.0f}, copy to host {1000 * parts['to_host']:.0f}, output {1000 * parts['output']:.0f}")
+        figures["batches"][str(size)]["breakdown_ms"] = {key: 1000 * value for key, value in parts.items()}
+    figures["load_average_end"] = os.getloadavg()[0]
+    print(f"\nload average {figures['load_average_end']:.2f} (1 min) at the end")
+    if args.json:
+        Path(args.json).write_text(json.dumps(figures, indent=2))
 
 
 def _time_tokenize(served, reqs) -> float:

@@ -197,7 +197,7 @@ ARM_TEXT = {
 
 def final_sizes(result) -> str:
     """'8483 training sentences in the final stage, 1060 test sentences', from the final runs themselves."""
-    examples = {r.summary["train_examples"] for arm in result.final.finals for r in arm.records if r.summary}
+    examples = {r.summary.train_examples for arm in result.final.finals for r in arm.records if r.summary}
     tested = {len(r.labels) for seeds in result.final.results.values() for r in seeds}
     return (f"{'/'.join(str(e) for e in sorted(examples))} training sentences in the final stage, "
             f"{'/'.join(str(n) for n in sorted(tested))} test sentences")
@@ -205,7 +205,7 @@ def final_sizes(result) -> str:
 
 def epoch_pace(result) -> str:
     """One sentence on the measured cost of a final-stage epoch, per arm."""
-    per_arm = {arm.arm: [e["train_seconds"] for r in arm.records if r.summary for e in r.summary["epochs"]]
+    per_arm = {arm.arm: [e["train_seconds"] for r in arm.records if r.summary for e in r.summary.epochs]
                for arm in result.final.finals}
     parts = [f"{arm} {statistics.mean(v) / 60:.1f}" for arm, v in per_arm.items() if v]
     if not parts:
@@ -233,8 +233,9 @@ def where_clo_loses(final, reference: str) -> str:
     return "\n".join(lines)
 
 
-def _trajectory(weights: dict) -> list[tuple[int, list[float]]]:
-    return [(0, [1.0] * len(weights["names"]))] + [(int(e["step"]), e["weights"]) for e in weights["trajectory"]]
+def _trajectory(weights) -> list[tuple[int, list[float]]]:
+    """(step, weights) from a ``trainers.results.WeightsSummary``, starting at the initial 1.0s."""
+    return [(0, [1.0] * len(weights.names))] + [(int(e["step"]), e["weights"]) for e in weights.trajectory]
 
 
 def weights_text(results: dict) -> str:
@@ -243,7 +244,7 @@ def weights_text(results: dict) -> str:
         seeds = [r for r in results.get(arm, []) if r.weights]
         if not seeds:
             continue
-        names = seeds[0].weights["names"]
+        names = seeds[0].weights.names
         ce = [i for i, n in enumerate(names) if n.startswith("ce/")]
         kd = [i for i, n in enumerate(names) if n.startswith("kd/")]
         lines.append(f"**{arm}** (mean over seeds {', '.join(str(r.seed) for r in seeds)}; weights start at 1.0):\n")
@@ -276,7 +277,7 @@ def weights_plot(results: dict, path: Path) -> Path:
         for r in results.get(arm, []):
             if not r.weights:
                 continue
-            names = r.weights["names"]
+            names = r.weights.names
             traj = _trajectory(r.weights)
             steps = [s for s, _ in traj]
             for prefix, style in (("ce/", "-"), ("kd/", "--")):

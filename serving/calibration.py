@@ -3,9 +3,10 @@
     policy = for_target_speedup(summary, 2.0)   # the most accurate setting at least 2x faster
     policy = for_max_drop(summary, 1.0)         # the fastest setting at most 1 point below full depth
 
-``summary`` is the trainer's summary (``trainers.evaluate.FinalReport.summary``): its
-``validation_curve`` holds every exit-policy setting with its validation speed-up and metric, and
-its ``frontier`` the validation Pareto front with the test values at those settings. The target
+``summary`` is the trainer's summary (``trainers.results.Summary``; a summary.json read with
+``Summary.from_dict``): its ``validation_curve`` holds every exit-policy setting with its
+validation speed-up and metric, and its ``frontier`` the validation Pareto front with the test
+values at those settings. The target
 selects on validation only; the test values are reported at the setting validation chose.
 
 The result is the policy dict that ``policy.json`` of a served model holds::
@@ -24,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from trainers.errors import ConfigError
+from trainers.results import FrontierSetting, Summary
 
 # Speed-ups and metrics are ratios of floats that went through JSON: a target of exactly 2.0 must
 # accept a computed 1.9999999999 (the same tolerance as trainers.frontier.operating_point).
@@ -46,22 +48,21 @@ class Setting:
         return (self.policy, self.setting, self.delta or 0.0)
 
 
-def validation_curve(summary: dict) -> list[Setting]:
+def validation_curve(summary: Summary) -> list[Setting]:
     """Every setting of the validation curve (NaN metrics dropped), the full model always included."""
-    if "validation_curve" in summary:
-        raw = [(p["policy"], p["setting"], p.get("delta"), p["speedup"], p["metric"]) for p in summary["validation_curve"]]
+    if summary.validation_curve is not None:
+        raw = [(p.policy, p.setting, p.delta, p.speedup, p.metric) for p in summary.validation_curve]
     else:  # an older summary: the frontier alone gives the same choice (see _on_front below)
-        raw = [(p["policy"], p["setting"], p.get("delta"), p["validation_speedup"], p["validation_metric"])
-               for p in summary.get("frontier", [])]
+        raw = [(p.policy, p.setting, p.delta, p.validation_speedup, p.validation_metric) for p in summary.frontier]
     points = [Setting(str(policy), float(setting), None if delta is None else float(delta), float(speedup), float(metric))
               for policy, setting, delta, speedup, metric in raw
               if not math.isnan(float(metric)) and not math.isnan(float(speedup))]
     if not any(p.policy == FULL_MODEL for p in points):
-        points.append(Setting(FULL_MODEL, 0.0, None, 1.0, float(summary["validation"]["last_exit"])))
+        points.append(Setting(FULL_MODEL, 0.0, None, 1.0, float(summary.validation.last_exit)))
     return points
 
 
-def for_target_speedup(summary: dict, target_speedup: float) -> dict[str, Any]:
+def for_target_speedup(summary: Summary, target_speedup: float) -> dict[str, Any]:
     """The most accurate setting whose validation speed-up is >= ``target_speedup`` (ties: the faster)."""
     x = float(target_speedup)
     if not math.isfinite(x) or x < 1:
@@ -76,15 +77,15 @@ def for_target_speedup(summary: dict, target_speedup: float) -> dict[str, Any]:
     return _policy(summary, chosen, {"target_speedup": x})
 
 
-def for_max_drop(summary: dict, max_drop: float) -> dict[str, Any]:
+def for_max_drop(summary: Summary, max_drop: float) -> dict[str, Any]:
     """The fastest setting whose validation metric is within ``max_drop`` percentage points of the
-    full-depth model's (``summary['validation']['last_exit']``); ties: the more accurate.
+    full-depth model's (``summary.validation.last_exit``); ties: the more accurate.
 
     A negative ``max_drop`` asks for a setting that beats the full model by that much."""
     d = float(max_drop)
     if not math.isfinite(d):
         raise ConfigError(f"max drop must be a number of percentage points (e.g. 1 for 1 point), got {max_drop!r}")
-    reference = float(summary["validation"]["last_exit"])
+    reference = float(summary.validation.last_exit)
     points = validation_curve(summary)
     floor = reference - d / 100.0
     eligible = [p for p in points if p.metric >= floor - TOL]
@@ -92,14 +93,14 @@ def for_max_drop(summary: dict, max_drop: float) -> dict[str, Any]:
         best = min(points, key=lambda p: (-p.metric, -p.speedup, *p.order()))
         smallest = 100.0 * (reference - best.metric)
         raise ConfigError(f"no exit-policy setting is within {d:g} points of the full model's validation "
-                          f"{summary.get('metric', 'metric')} ({100 * reference:.2f}); the smallest possible drop is "
+                          f"{summary.metric or 'metric'} ({100 * reference:.2f}); the smallest possible drop is "
                           f"{smallest:.2f} points ({_describe(best)}), and the largest reachable validation speed-up "
                           f"is {_fastest(points).speedup:.2f}x")
     chosen = min(eligible, key=lambda p: (-p.speedup, -p.metric, *p.order()))
     return _policy(summary, chosen, {"max_drop": d})
 
 
-def largest_speedup(summary: dict) -> float:
+def largest_speedup(summary: Summary) -> float:
     """The largest validation speed-up any setting reaches."""
     return _fastest(validation_curve(summary)).speedup
 
@@ -115,8 +116,8 @@ def _describe(p: Setting) -> str:
     return text if p.delta is None else f"{text}, delta {p.delta:g}"
 
 
-def _policy(summary: dict, chosen: Setting, target: dict[str, float]) -> dict[str, Any]:
-    # Why the chosen setting is always on the validation Pareto front (summary['frontier']), so its
+def _policy(summary: Summary, chosen: Setting, target: dict[str, float]) -> dict[str, Any]:
+    # Why the chosen setting is always on the validation Pareto front (summary.frontier), so its
     # test values are there: the front drops a point only when another is at least as fast AND at
     # least as accurate (of exact duplicates it keeps the first in (policy, setting, delta) order).
     # - Target speed-up: any q dominating the chosen p is at least as fast, so it meets the target
@@ -133,21 +134,21 @@ def _policy(summary: dict, chosen: Setting, target: dict[str, float]) -> dict[st
             "(its 'frontier' and 'validation_curve' come from different evaluations, or it was edited)")
     return {"policy": chosen.policy, "setting": chosen.setting, "delta": chosen.delta, "target": dict(target),
             "validation_speedup": chosen.speedup, "validation_metric": chosen.metric,
-            "test_speedup": float(entry["test_speedup"]), "test_metric": float(entry["test_metric"])}
+            "test_speedup": float(entry.test_speedup), "test_metric": float(entry.test_metric)}
 
 
-def _on_front(summary: dict, chosen: Setting) -> dict | None:
-    for entry in summary.get("frontier", []):
-        delta = entry.get("delta")
-        if (entry["policy"] == chosen.policy and _close(entry["setting"], chosen.setting)
+def _on_front(summary: Summary, chosen: Setting) -> FrontierSetting | None:
+    for entry in summary.frontier:
+        delta = entry.delta
+        if (entry.policy == chosen.policy and _close(entry.setting, chosen.setting)
                 and (delta is None) == (chosen.delta is None) and (delta is None or _close(delta, chosen.delta))
-                and _close(entry["validation_speedup"], chosen.speedup)
-                and _close(entry["validation_metric"], chosen.metric)):
+                and _close(entry.validation_speedup, chosen.speedup)
+                and _close(entry.validation_metric, chosen.metric)):
             return entry
-    if chosen.policy == FULL_MODEL and not any(e["policy"] == FULL_MODEL for e in summary.get("frontier", [])) \
-            and not any(p.get("policy") == FULL_MODEL for p in summary.get("validation_curve", [])):
+    if chosen.policy == FULL_MODEL and not any(e.policy == FULL_MODEL for e in summary.frontier) \
+            and not any(p.policy == FULL_MODEL for p in summary.validation_curve or []):
         # a summary whose curve lacks the full model (validation_curve added it): test at full depth
-        return {"test_speedup": 1.0, "test_metric": summary["test"]["last_exit"]}
+        return FrontierSetting(FULL_MODEL, 0.0, None, 1.0, chosen.metric, 1.0, summary.test.last_exit)
     return None
 
 

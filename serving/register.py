@@ -32,6 +32,7 @@ from typing import Any, Iterator
 
 from serving.calibration import for_max_drop, for_target_speedup
 from trainers.errors import ConfigError
+from trainers.results import FrontierSetting, Summary
 
 DEFAULT_TARGET_SPEEDUP = 2.0  # the sweep config's register_speedup default
 CHAMPION = "champion"
@@ -58,7 +59,7 @@ class MethodPlan:
     task: str
     objective: str
     objective_value: float
-    summary: dict
+    summary: Summary
     policy: dict
     checkpoint: str
     hyperparameters: dict[str, Any] = field(default_factory=dict)
@@ -169,8 +170,9 @@ def _plan_method(client, experiment_id: str, run, target_speedup, max_drop, tmp:
     try:
         folder = tmp / trial_run_id
         folder.mkdir(parents=True, exist_ok=True)
-        summary = json.loads(Path(client.download_artifacts(trial_run_id, SUMMARY_FILE, str(folder))).read_text())
-    except (MlflowException, OSError, json.JSONDecodeError) as err:
+        summary = Summary.from_dict(json.loads(Path(client.download_artifacts(trial_run_id, SUMMARY_FILE,
+                                                                             str(folder))).read_text()))
+    except (MlflowException, OSError, json.JSONDecodeError, KeyError, TypeError) as err:
         raise ConfigError(f"cannot read {SUMMARY_FILE} of trial {trial_id} (run {trial_run_id}): "
                           f"{str(err).splitlines()[0] if str(err) else type(err).__name__}") from None
     policy = for_max_drop(summary, max_drop) if max_drop is not None else for_target_speedup(summary, target_speedup)
@@ -274,7 +276,7 @@ def _register_one(client, name: str, experiment: str, plan: MethodPlan, versions
     return {"version": version, "uri": f"models:/{name}@{plan.method}-best", "policy": plan.policy,
             "created": created, "note": note, "trial_id": plan.trial_id, "trial_run_id": plan.trial_run_id,
             "objective": plan.objective, "validation_objective": plan.objective_value,
-            "metric": plan.summary.get("metric", "metric"), "hyperparameters": plan.hyperparameters}
+            "metric": plan.summary.metric or "metric", "hyperparameters": plan.hyperparameters}
 
 
 def _log_and_register(client, name: str, plan: MethodPlan, work: Path) -> str:
@@ -323,8 +325,8 @@ def version_tags(experiment: str, plan: MethodPlan) -> dict[str, str]:
         "method": plan.method, "sweep": experiment, "trial_id": plan.trial_id, "trial_run_id": plan.trial_run_id,
         "objective": plan.objective, "validation_objective": _fmt(plan.objective_value),
         "searched": plan.searched, "hyperparameters": json.dumps(plan.hyperparameters, sort_keys=True),
-        "metric": str(plan.summary.get("metric", "")),
-        "frontier_columns": FRONTIER_COLUMNS, "frontier": frontier_tag(plan.summary.get("frontier", [])),
+        "metric": str(plan.summary.metric or ""),
+        "frontier_columns": FRONTIER_COLUMNS, "frontier": frontier_tag(plan.summary.frontier),
         **identity(plan),
         "target": json.dumps(policy["target"], sort_keys=True),
         **{key: _fmt(policy[key]) for key in ("validation_speedup", "validation_metric", "test_speedup", "test_metric")},
@@ -333,11 +335,11 @@ def version_tags(experiment: str, plan: MethodPlan) -> dict[str, str]:
     return {k: v[:TAG_LIMIT] for k, v in tags.items() if v != ""}
 
 
-def frontier_tag(frontier: list[dict], limit: int = TAG_LIMIT) -> str:
+def frontier_tag(frontier: list[FrontierSetting], limit: int = TAG_LIMIT) -> str:
     """The validation frontier with test values at its settings, as compact JSON rows
     ``[val_speedup, val_metric, test_speedup, test_metric]``, short enough for a tag."""
     keys = FRONTIER_COLUMNS.split(",")
-    rows = [[float(point[k]) for k in keys] for point in frontier]
+    rows = [[float(getattr(point, k)) for k in keys] for point in frontier]
     for digits in (4, 3):
         text = json.dumps([[round(v, digits) for v in row] for row in rows], separators=(",", ":"))
         if len(text) <= limit:

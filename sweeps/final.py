@@ -42,6 +42,7 @@ from sweeps.search import MethodOutcome, runtime, trial_resources
 from sweeps.spec import FINAL
 from sweeps.tracking import Tracker
 from sweeps.trial import TEST_LOGITS_FILE
+from trainers.results import WeightsSummary
 
 TARGETS = (1.5, 2.0, 3.0)
 TIMED_TARGET = 2.0  # the wall-clock speed-up is reported (and so timed) at the 2x operating point
@@ -74,7 +75,7 @@ class SeedResult:
     front_correct: np.ndarray                # [S, N]
     at: dict[float, tuple[np.ndarray, np.ndarray]]  # target -> (exit layers [N], correct [N])
     wallclock: dict[float, float] = field(default_factory=dict)  # target -> median measured speed-up
-    weights: dict | None = None              # learned weight trajectory (summary["weights"])
+    weights: WeightsSummary | None = None    # the learned weights and their trajectory
     train_seconds: float = 0.0
 
     def accuracy_at(self, target: float) -> float | None:
@@ -167,7 +168,7 @@ def seed_result(record: TrialRecord) -> SeedResult:
     summary = record.summary
     with record.checkpoint.as_directory() as folder:
         logits, labels, ids = load_exit_logits(Path(folder) / TEST_LOGITS_FILE)
-    ops = {float(op["target_speedup"]): op for op in summary["operating_points"]}
+    ops = {float(op.target_speedup): op for op in summary.operating_points}
     all_logits = torch.from_numpy(logits)
     regression = all_logits.shape[-1] == 1
 
@@ -175,18 +176,18 @@ def seed_result(record: TrialRecord) -> SeedResult:
         exit_layer, exit_logits = simulate(make_policy(kind, setting, is_regression=regression, delta=delta), all_logits)
         return exit_layer.numpy(), (exit_logits.argmax(-1).numpy() == labels).astype(np.float64)
 
-    front = [outcome(p["policy"], p["setting"], p.get("delta")) for p in summary["frontier"]]
-    epochs = summary.get("epochs", [])
-    measured = ops.get(TIMED_TARGET, {}).get("wallclock_speedup")
+    front = [outcome(p.policy, p.setting, p.delta) for p in summary.frontier]
+    timed = summary.operating_point(TIMED_TARGET)
+    measured = timed.wallclock_speedup if timed is not None else None
     return SeedResult(
-        seed=int(record.train["seed"]), trial_id=record.trial_id, num_layers=int(summary["num_exits"]),
-        metric=summary["metric"], reference_metric=float(summary["test"]["reference_metric"]),
-        axis=summary.get("hypervolume_axis", "linear"), labels=labels, ids=ids,
+        seed=int(record.train["seed"]), trial_id=record.trial_id, num_layers=int(summary.num_exits),
+        metric=summary.metric, reference_metric=float(summary.test.reference_metric),
+        axis=summary.hypervolume_axis, labels=labels, ids=ids,
         last_correct=(logits[-1].argmax(-1) == labels).astype(np.float64),
         front_exits=np.stack([e for e, _ in front]), front_correct=np.stack([c for _, c in front]),
-        at={t: outcome(op["policy"], op["setting"], op.get("delta")) for t, op in ops.items()},
-        wallclock={TIMED_TARGET: float(measured)} if measured is not None else {}, weights=summary.get("weights"),
-        train_seconds=float(sum(e.get("train_seconds", 0.0) for e in epochs)),
+        at={t: outcome(op.policy, op.setting, op.delta) for t, op in ops.items()},
+        wallclock={TIMED_TARGET: float(measured)} if measured is not None else {}, weights=summary.weights,
+        train_seconds=summary.train_seconds(),
     )
 
 

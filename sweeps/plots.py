@@ -11,6 +11,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from trainers.results import FrontierSetting, Summary  # noqa: E402
+
 METHOD_COLORS = {"fixed": "#7f7f7f", "fixed-uniform": "#7f7f7f", "fixed-pabee": "#2ca02c", "fixed-last": "#bcbd22",
                  "bilevel": "#1f77b4", "clo": "#d62728"}
 
@@ -56,19 +58,20 @@ def weights_figure(names: list[str], final: list[float], num_exits: int, path: P
     return path
 
 
-def _frontier_xy(frontier: list[dict], split: str) -> tuple[list[float], list[float]]:
-    points = sorted(((p[f"{split}_speedup"], p[f"{split}_metric"]) for p in frontier), key=lambda xy: xy[0])
+def _frontier_xy(frontier: list[FrontierSetting], split: str) -> tuple[list[float], list[float]]:
+    points = sorted(((p.validation_speedup, p.validation_metric) if split == "validation" else (p.test_speedup, p.test_metric)
+                     for p in frontier), key=lambda xy: xy[0])
     return [x for x, _ in points], [100 * y for _, y in points]
 
 
-def frontier_figure(summary: dict, path: Path, title: str = "") -> Path:
+def frontier_figure(summary: Summary, path: Path, title: str = "") -> Path:
     """One trial's speed-accuracy frontier: settings chosen on validation, shown on validation and test."""
-    metric = summary["metric"]
+    metric = summary.metric
     fig, ax = plt.subplots(figsize=(6, 4))
     for split, style in (("validation", "o-"), ("test", "s--")):
-        x, y = _frontier_xy(summary["frontier"], split)
-        ax.plot(x, y, style, drawstyle="default", label=f"{split} (hypervolume {summary[split]['hypervolume']:.3f})")
-    ax.axhline(100 * summary["validation"]["reference_metric"], color="k", lw=0.8, ls=":", label="majority class (validation)")
+        x, y = _frontier_xy(summary.frontier, split)
+        ax.plot(x, y, style, drawstyle="default", label=f"{split} (hypervolume {getattr(summary, split).hypervolume:.3f})")
+    ax.axhline(100 * summary.validation.reference_metric, color="k", lw=0.8, ls=":", label="majority class (validation)")
     ax.set_xlabel("speed-up (L / mean exit layer)")
     ax.set_ylabel(f"{metric} (%)")
     ax.set_title(title or "speed-accuracy frontier")
@@ -80,17 +83,18 @@ def frontier_figure(summary: dict, path: Path, title: str = "") -> Path:
     return path
 
 
-def pareto_overlay(best: dict[str, dict], path: Path, title: str = "") -> Path:
+def pareto_overlay(best: dict[str, Summary], path: Path, title: str = "") -> Path:
     """The best trial of each method, overlaid: validation frontier left, test (same settings) right."""
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.6), sharey=True)
-    metric = next(iter(best.values()))["metric"] if best else "metric"
+    metric = next(iter(best.values())).metric if best else "metric"
     for ax, split in zip(axes, ("validation", "test")):
         for index, (method, summary) in enumerate(best.items()):
-            x, y = _frontier_xy(summary["frontier"], split)
+            x, y = _frontier_xy(summary.frontier, split)
+            on = getattr(summary, split)
             ax.plot(x, y, "o-", color=_color(method, index), ms=4,
-                    label=f"{method} (HV {summary[split]['hypervolume']:.3f}, last exit {100 * summary[split]['last_exit']:.1f})")
+                    label=f"{method} (HV {on.hypervolume:.3f}, last exit {100 * on.last_exit:.1f})")
         if best:
-            ref = next(iter(best.values()))[split]["reference_metric"]
+            ref = getattr(next(iter(best.values())), split).reference_metric
             ax.axhline(100 * ref, color="k", lw=0.8, ls=":", label="majority class")
         ax.set_title(f"{split}" + (" (settings chosen on validation)" if split == "test" else " (Pareto front)"))
         ax.set_xlabel("speed-up (L / mean exit layer)")

@@ -7,7 +7,6 @@ its final checkpoint. Single-worker trials report that checkpoint to Tune; multi
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from dataclasses import dataclass, field
@@ -15,7 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from sweeps.spec import TrialSpec
-from sweeps.trial import CHECKPOINT_PATH_KEY, DIVERGED, SUMMARY_FILE
+from sweeps.trial import CHECKPOINT_PATH_KEY, DIVERGED, read_summary
+from trainers.results import Summary
 
 
 @dataclass
@@ -29,7 +29,7 @@ class TrialRecord:
     sampled: dict[str, Any]              # the values the searcher drew (final: the seed)
     train: dict[str, Any]                # the trainer options (shared + sampled)
     epochs: list[dict[str, Any]] = field(default_factory=list)  # Tune results, one per reported epoch
-    summary: dict[str, Any] | None = None  # the trainer's summary (completed trials)
+    summary: Summary | None = None       # the trainer's summary (completed trials)
     error: str | None = None
     reason: str | None = None            # one line: "diverged at step N (...)" or the error's last line
     start_ms: int | None = None
@@ -55,17 +55,6 @@ def final_checkpoint(trial, history: list[dict], storage_path: str | None):
 
     filesystem = pyarrow.fs.FileSystem.from_uri(storage_path)[0] if "://" in storage_path else pyarrow.fs.LocalFileSystem()
     return Checkpoint(path, filesystem=filesystem)
-
-
-def read_summary(checkpoint) -> dict | None:
-    if checkpoint is None:
-        return None
-    try:
-        with checkpoint.as_directory() as folder:
-            path = Path(folder) / SUMMARY_FILE
-            return json.loads(path.read_text()) if path.is_file() else None
-    except Exception:  # noqa: BLE001 - a missing checkpoint makes the trial a partial one
-        return None
 
 
 def trial_error(trial) -> str:

@@ -23,9 +23,8 @@ def trials_table(records: list[TrialRecord]) -> pd.DataFrame:
                "objective": last.get("objective"), "val_hypervolume": last.get("val_hypervolume"),
                "val_last_exit": last.get("val_last_exit")}
         if r.summary:
-            row.update({"test_hypervolume": r.summary["test"]["hypervolume"],
-                        "test_last_exit": r.summary["test"]["last_exit"],
-                        "wall_time_s": r.summary["wall_time_s"]})
+            row.update({"test_hypervolume": r.summary.test.hypervolume, "test_last_exit": r.summary.test.last_exit,
+                        "wall_time_s": r.summary.wall_time_s})
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -57,17 +56,16 @@ def summary_table(result) -> pd.DataFrame:
         best = outcome.best
         if best is not None and best.summary:
             s = best.summary
-            ops = {op["target_speedup"]: op for op in s.get("operating_points", [])}
             row.update({
                 "best trial": f"#{best.number}",
                 "searched": ", ".join(f"{k}={v:.2g}" if isinstance(v, float) else f"{k}={v}" for k, v in sorted(best.sampled.items())),
-                "val HV": s["validation"]["hypervolume"], "test HV": s["test"]["hypervolume"],
-                "val last exit": s["validation"]["last_exit"], "test last exit": s["test"]["last_exit"],
+                "val HV": s.validation.hypervolume, "test HV": s.test.hypervolume,
+                "val last exit": s.validation.last_exit, "test last exit": s.test.last_exit,
             })
             for target in (1.5, 2.0):
-                op = ops.get(target)
-                row[f"test @{target:g}x"] = op["test_metric"] if op else None
-                row[f"speed-up @{target:g}x"] = op["test_speedup"] if op else None
+                op = s.operating_point(target)
+                row[f"test @{target:g}x"] = op.test_metric if op else None
+                row[f"speed-up @{target:g}x"] = op.test_speedup if op else None
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -99,7 +97,7 @@ def to_markdown(frame: pd.DataFrame, metric: str) -> str:
 def write_report(result, tracker) -> None:
     cfg, out = result.cfg, result.report_dir
     best = {o.method: o.best.summary for o in result.outcomes if o.best is not None and o.best.summary}
-    metric = next(iter(best.values()))["metric"] if best else "metric"
+    metric = next(iter(best.values())).metric if best else "metric"
     frame = summary_table(result)
     frame.to_csv(out / "summary.csv", index=False)
     markdown = to_markdown(frame, metric)
@@ -116,10 +114,10 @@ def write_report(result, tracker) -> None:
         files["optuna_db"] = optuna_db
     metrics = {}
     for method, summary in best.items():
-        metrics[f"val_hypervolume/{method}"] = summary["validation"]["hypervolume"]
-        metrics[f"test_hypervolume/{method}"] = summary["test"]["hypervolume"]
-        metrics[f"val_last_exit/{method}"] = summary["validation"]["last_exit"]
-        metrics[f"test_last_exit/{method}"] = summary["test"]["last_exit"]
+        metrics[f"val_hypervolume/{method}"] = summary.validation.hypervolume
+        metrics[f"test_hypervolume/{method}"] = summary.test.hypervolume
+        metrics[f"val_last_exit/{method}"] = summary.validation.last_exit
+        metrics[f"test_last_exit/{method}"] = summary.test.last_exit
     metrics["wall_time_s"] = result.wall_time_s
     upload = [out / "summary.csv", out / "summary.md", out / "trials.csv", cfg.sweep_dir / "sweep.json"]
     if "frontiers_png" in files:

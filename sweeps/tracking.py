@@ -31,6 +31,7 @@ from typing import Any
 from sweeps.plots import frontier_figure, weights_figure
 from sweeps.records import TrialRecord
 from trainers.errors import ConfigError
+from trainers.results import Summary
 
 PARENT_TAG = "mlflow.parentRunId"
 SWEEP_EXPERIMENT_TAG = "leebert.sweep"  # marks the experiments this platform writes (orphan search)
@@ -143,11 +144,11 @@ class Tracker:
             (folder / "config.json").write_text(json.dumps(record.train, indent=2, default=str))
             files = [folder / "config.json"]
             if summary:
-                (folder / "summary.json").write_text(json.dumps(summary, indent=2, default=float))
+                (folder / "summary.json").write_text(json.dumps(summary.to_dict(), indent=2, default=float))
                 title = f"{record.method} trial {record.number}"
                 files += [
                     (folder / "summary.json"),
-                    weights_figure(summary["weights"]["names"], summary["weights"]["final"], summary["num_exits"],
+                    weights_figure(summary.weights.names, summary.weights.final, summary.num_exits,
                                    folder / "weights.png", title=f"{title}: learned loss weights"),
                     frontier_figure(summary, folder / "frontier.png", title=f"{title}: speed-accuracy frontier"),
                 ]
@@ -176,9 +177,9 @@ class Tracker:
                     tags["best_run_id"] = child.info.run_id
                     self.client.set_tag(child.info.run_id, "best", "true")
                 folder = Path(tmp)
-                (folder / "best_summary.json").write_text(json.dumps(summary, indent=2, default=float))
+                (folder / "best_summary.json").write_text(json.dumps(summary.to_dict(), indent=2, default=float))
                 files += [folder / "best_summary.json",
-                          weights_figure(summary["weights"]["names"], summary["weights"]["final"], summary["num_exits"],
+                          weights_figure(summary.weights.names, summary.weights.final, summary.num_exits,
                                          folder / "best_weights.png", title=f"{best.method}: learned loss weights (best trial)"),
                           frontier_figure(summary, folder / "best_frontier.png",
                                           title=f"{best.method}: frontier of the best trial ({best.trial_id})")]
@@ -276,40 +277,39 @@ def _epoch_key(key: str) -> str:
     return f"{split}/{rest}"
 
 
-def summary_metrics(summary: dict, stamp: int) -> list[tuple[str, float, int, int]]:
+def summary_metrics(summary: Summary, stamp: int) -> list[tuple[str, float, int, int]]:
     """Final metrics of a trained model: test, operating points, learned weights, frontier curves."""
     out: list[tuple[str, float, int, int]] = []
-    metric = summary["metric"]
-    last_step = int(summary["steps"])
-    for split in ("validation", "test"):
-        short = "val" if split == "validation" else "test"
-        block = summary[split]
-        out.append((f"{short}/hypervolume", block["hypervolume"], last_step, stamp))
-        out.append((f"{short}/last_exit", block["last_exit"], last_step, stamp))
-        out.append((f"{short}/reference_{metric}", block["reference_metric"], 0, stamp))
-        for index, exit_metrics in enumerate(block["per_exit"], start=1):
+    metric = summary.metric
+    last_step = int(summary.steps)
+    for short, block in (("val", summary.validation), ("test", summary.test)):
+        out.append((f"{short}/hypervolume", block.hypervolume, last_step, stamp))
+        out.append((f"{short}/last_exit", block.last_exit, last_step, stamp))
+        out.append((f"{short}/reference_{metric}", block.reference_metric, 0, stamp))
+        for index, exit_metrics in enumerate(block.per_exit, start=1):
             out.append((f"{short}/exit_{index}", exit_metrics[metric], last_step, stamp))
-    for op in summary.get("operating_points", []):
-        prefix = f"op_{op['target_speedup']:g}x"
+    for op in summary.operating_points:
+        prefix = f"op_{op.target_speedup:g}x"
         for key in ("validation_speedup", "validation_metric", "test_speedup", "test_metric", "wallclock_speedup"):
-            if _finite(op.get(key)):
-                out.append((f"{prefix}/{key}", float(op[key]), 0, stamp))
-    weights = summary["weights"]
-    for name, value in zip(weights["names"], weights["final"]):
+            if _finite(getattr(op, key)):
+                out.append((f"{prefix}/{key}", float(getattr(op, key)), 0, stamp))
+    weights = summary.weights
+    for name, value in zip(weights.names, weights.final):
         out.append((f"weight/{metric_name(name)}", float(value), last_step, stamp))
-    for entry in weights.get("trajectory", []):
+    for entry in weights.trajectory:
         if int(entry["step"]) == last_step:
             continue  # the final values above
-        for name, value in zip(weights["names"], entry["weights"]):
+        for name, value in zip(weights.names, entry["weights"]):
             out.append((f"weight/{metric_name(name)}", float(value), int(entry["step"]), stamp))
     # The curve as metric history: step = speed-up × 100, so MLflow's chart of this metric over
     # "step" draws the speed-accuracy curve. One value per step (the most accurate).
     for split, key in (("validation", f"frontier/{metric}"), ("test", f"frontier_test/{metric}")):
         by_step: dict[int, float] = {}
-        short = "validation" if split == "validation" else "test"
-        for point in summary["frontier"]:
-            step = int(round(100 * point[f"{short}_speedup"]))
-            by_step[step] = max(by_step.get(step, -math.inf), point[f"{short}_metric"])
+        for point in summary.frontier:
+            speedup, value = ((point.validation_speedup, point.validation_metric) if split == "validation"
+                              else (point.test_speedup, point.test_metric))
+            step = int(round(100 * speedup))
+            by_step[step] = max(by_step.get(step, -math.inf), value)
         out += [(key, value, step, stamp) for step, value in sorted(by_step.items())]
-    out.append(("wall_time_s", float(summary["wall_time_s"]), 0, stamp))
+    out.append(("wall_time_s", float(summary.wall_time_s), 0, stamp))
     return [(k, float(v), s, t) for k, v, s, t in out if _finite(v)]

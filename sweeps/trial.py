@@ -21,8 +21,13 @@ evaluation, ``wallclock_eval``), and reports the median speed-up with its summar
 A trial that diverges (non-finite loss, hypergradient or weights) fails at once with the reason
 "diverged at step N (...)"; a marker in the sweep's storage makes its retries fail without training.
 
+A trial that Ray gave GPUs trains with ``device: cuda`` (unless ``train.device`` says otherwise):
+on a broken CUDA it fails at once with the trainer's reason, never trains on the CPU instead.
+
 ``train_trial(config, trainer=...)`` takes the trainer as an argument: ``trainers.train.run`` by
-default, a stand-in with the same signature in the scheduling simulator (benchmarks/cluster_sim.py).
+default, a stand-in with the same signature (returning a ``trainers.results.RunResult``) in the
+scheduling simulator (benchmarks/cluster_sim.py). Test hooks reach the trainer as arguments too
+(``fault_step``).
 """
 
 from __future__ import annotations
@@ -37,12 +42,12 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from sweeps.spec import TrialSpec
+from trainers.results import Summary
 
 SUMMARY_FILE = "summary.json"
 TEST_LOGITS_FILE = "test_exit_logits.npz"  # written by trainers.train.run next to summary.json
 MODEL_DIR = "model"
 CHECKPOINT_PATH_KEY = "checkpoint_path"  # where Ray's TuneReportCallback puts a Train checkpoint's path
-FAULT_STEP_ENV = "LEEBERT_FAULT_NONFINITE_STEP"  # read by the trainer: the loss at that step becomes NaN
 DIVERGED = re.compile(r"diverged at step \d+ \([^\n]*?\)")
 
 
@@ -66,12 +71,12 @@ def epoch_metrics(record: dict, objective: str) -> dict[str, Any]:
     return metrics
 
 
-def final_metrics(summary: dict, objective: str) -> dict[str, Any]:
-    metrics = epoch_metrics(summary["epochs"][-1], objective)
+def final_metrics(summary: Summary, objective: str) -> dict[str, Any]:
+    metrics = epoch_metrics(summary.epochs[-1], objective)
     metrics.update({
-        "test_hypervolume": summary["test"]["hypervolume"],
-        "test_last_exit": summary["test"]["last_exit"],
-        "train_wall_time_s": summary["wall_time_s"],
+        "test_hypervolume": summary.test.hypervolume,
+        "test_last_exit": summary.test.last_exit,
+        "train_wall_time_s": summary.wall_time_s,
         "final_report": True,  # ("done" is a Ray Tune result key)
     })
     return metrics
@@ -192,7 +197,7 @@ def train_worker(spec: TrialSpec, session: TuneSession, trial_id: str, trainer: 
     _apply_env(runtime.env)
     objective = runtime.metric
     restored = session.restored()
-    finished = _final_summary(restored) if restored is not None else None
+    finished = read_summary(restored)
     if finished is not None:  # finished before the driver stopped: report again, do not retrain
         with tempfile.TemporaryDirectory(prefix="leebert-final-") as folder:
             if session.rank == 0:
@@ -201,9 +206,11 @@ def train_worker(spec: TrialSpec, session: TuneSession, trial_id: str, trainer: 
         return
 
     if trainer is None:
-        trainer = _trainer_with_fault_env
+        from trainers.train import run as trainer
     output = session.local_dir(trial_id)
     where: dict[str, Any] = {"output_dir": str(output), "save_checkpoints": True, "resume": True}
+    if spec.train.get("device", "auto") == "auto" and _given_gpus():
+        where["device"] = "cuda"  # train on the GPUs Ray reserved, or fail at once: never on the CPU instead
     if runtime.workers_per_trial > 1:
         where["deepspeed_config"] = _node_local_deepspeed_config(spec.train.get("deepspeed_config"), output,
                                                                  session.rank)
@@ -223,15 +230,15 @@ def train_worker(spec: TrialSpec, session: TuneSession, trial_id: str, trainer: 
                 session.report({**epoch_metrics(record, objective), **_placement()}, folder)
             _prune_local_epochs(output, keep=record["epoch"], session=session)
 
-    summary = trainer(cfg, on_epoch=on_epoch, quiet=not runtime.trial_logs, fault_step=spec.fault_step())
-    model = summary.pop("model_object")
+    result = trainer(cfg, on_epoch=on_epoch, quiet=not runtime.trial_logs, fault_step=spec.fault_step())
+    summary = result.summary
     with tempfile.TemporaryDirectory(prefix="leebert-trial-") as folder:
         if session.rank == 0:
-            if model is not None:  # a stand-in trainer trains no model
+            if result.model is not None:  # a stand-in trainer trains no model
                 from serving.export import export_model
 
-                export_model(model, cfg, Path(folder) / MODEL_DIR)
-            (Path(folder) / SUMMARY_FILE).write_text(json.dumps(summary, default=float))
+                export_model(result.model, cfg, Path(folder) / MODEL_DIR)
+            (Path(folder) / SUMMARY_FILE).write_text(json.dumps(summary.to_dict(), default=float))
             if (output / TEST_LOGITS_FILE).is_file():  # per-example test results: the final comparison's bootstrap
                 shutil.copy2(output / TEST_LOGITS_FILE, Path(folder) / TEST_LOGITS_FILE)
         session.report({**final_metrics(summary, objective), **_placement()}, Path(folder) if session.rank == 0 else None)
@@ -240,15 +247,11 @@ def train_worker(spec: TrialSpec, session: TuneSession, trial_id: str, trainer: 
         shutil.rmtree(output, ignore_errors=True)
 
 
-def _trainer_with_fault_env(cfg, on_epoch=None, quiet=False, fault_step=None):
-    from trainers.train import run
+def _given_gpus() -> bool:
+    """Whether Ray reserved GPUs for this process (a single-worker trial, or a Ray Train worker)."""
+    import ray
 
-    try:
-        if fault_step is not None:
-            os.environ[FAULT_STEP_ENV] = str(fault_step)
-        return run(cfg, on_epoch=on_epoch, quiet=quiet)
-    finally:
-        os.environ.pop(FAULT_STEP_ENV, None)  # a reused worker process runs other trials next
+    return bool(ray.get_gpu_ids())
 
 
 def _placement() -> dict[str, Any]:
@@ -284,10 +287,16 @@ def _prune_local_epochs(output: Path, keep: int, session: TuneSession) -> None:
                 shutil.rmtree(folder, ignore_errors=True)
 
 
-def _final_summary(checkpoint) -> dict | None:
-    with checkpoint.as_directory() as folder:
-        path = Path(folder) / SUMMARY_FILE
-        return json.loads(path.read_text()) if path.is_file() else None
+def read_summary(checkpoint) -> Summary | None:
+    """The trainer's summary in a trial's final checkpoint; None for an epoch checkpoint (or none)."""
+    if checkpoint is None:
+        return None
+    try:
+        with checkpoint.as_directory() as folder:
+            path = Path(folder) / SUMMARY_FILE
+            return Summary.from_dict(json.loads(path.read_text())) if path.is_file() else None
+    except Exception:  # noqa: BLE001 - a missing checkpoint makes the trial a partial one
+        return None
 
 
 def _node_local_deepspeed_config(path: str | None, output: Path, rank: int) -> str:

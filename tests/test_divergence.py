@@ -9,7 +9,7 @@ import torch
 from trainers import train as train_module
 from trainers import weight_strategies
 from trainers.config import TrainConfig
-from trainers.errors import EXIT_DIVERGED, FAULT_NONFINITE_STEP_ENV, TrainingDiverged
+from trainers.errors import ConfigError, EXIT_DIVERGED, TrainingDiverged
 from trainers.train import main, run
 
 TINY = dict(model="tiny-random", task="mr", train_subset=64, eval_subset=40, max_length=32, epochs=1,
@@ -45,10 +45,9 @@ def test_the_error_carries_step_and_reason_and_survives_pickling():
 
 @pytest.mark.parametrize("method", ["fixed", "clo"])
 def test_the_fault_hook_diverges_at_the_step_it_names(tmp_path, monkeypatch, method):
-    monkeypatch.setenv(FAULT_NONFINITE_STEP_ENV, "3")
     built = capture_strategy(monkeypatch)
     with pytest.raises(TrainingDiverged) as caught:
-        run(tiny_config(tmp_path, method=method, outer_every=1), quiet=True)
+        run(tiny_config(tmp_path, method=method, outer_every=1), quiet=True, fault_step=3)
     assert caught.value.step == 3 and str(caught.value) == "diverged at step 3 (loss is nan)"
     assert not (tmp_path / "run" / "summary.json").exists()
     assert torch.isfinite(built[0].weights()).all(), "the NaN loss must not reach the weights"
@@ -90,10 +89,10 @@ def test_non_finite_validation_logits_stop_the_run(tmp_path, monkeypatch):
     assert not (tmp_path / "run" / "summary.json").exists()
 
 
-def test_the_command_line_reports_divergence_in_one_line_and_exits_3(tmp_path, monkeypatch, capsys):
-    monkeypatch.setenv(FAULT_NONFINITE_STEP_ENV, "2")
+def test_the_command_line_reports_divergence_in_one_line_and_exits_3(tmp_path, capsys):
     code = main(["--model", "tiny-random", "--train-subset", "64", "--eval-subset", "40", "--max-length", "32",
-                 "--epochs", "1", "--batch-size", "16", "--threads", "1", "--output-dir", str(tmp_path / "run")])
+                 "--epochs", "1", "--batch-size", "16", "--threads", "1", "--output-dir", str(tmp_path / "run"),
+                 "--fault-step", "2"])
     captured = capsys.readouterr()
     errors = [line for line in captured.err.splitlines() if line.startswith("error:")]
     assert code == EXIT_DIVERGED == 3
@@ -103,7 +102,11 @@ def test_the_command_line_reports_divergence_in_one_line_and_exits_3(tmp_path, m
     assert not (tmp_path / "run" / "summary.json").exists()
 
 
-def test_a_malformed_fault_step_is_a_config_error(tmp_path, monkeypatch, capsys):
-    monkeypatch.setenv(FAULT_NONFINITE_STEP_ENV, "three")
-    assert main(["--model", "tiny-random", "--train-subset", "64", "--output-dir", str(tmp_path / "run")]) == 2
-    assert FAULT_NONFINITE_STEP_ENV in capsys.readouterr().err
+def test_a_malformed_fault_step_is_bad_input(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exited:  # argparse: usage and one error line, exit 2
+        main(["--model", "tiny-random", "--train-subset", "64", "--output-dir", str(tmp_path / "run"), "--fault-step", "three"])
+    assert exited.value.code == 2
+    assert "argument --fault-step: must be a (1-based) step number, not 'three'" in capsys.readouterr().err
+    with pytest.raises(ConfigError, match="fault_step must be a"):
+        run(tiny_config(tmp_path), quiet=True, fault_step=0)
+    assert not (tmp_path / "run").exists()

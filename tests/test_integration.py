@@ -14,15 +14,15 @@ def test_minilm_learns_mr_and_its_exits_form_a_frontier(tmp_path):
     cfg = TrainConfig(task="mr", model="minilm", train_subset=512, eval_subset=300, max_length=48, epochs=1,
                       batch_size=32, threads=2, log_every=1000, output_dir=str(tmp_path / "run"),
                       save_checkpoints=False)
-    summary = run(cfg, quiet=True)
-    per_exit = [e["accuracy"] for e in summary["test"]["per_exit"]]
-    assert summary["num_exits"] == 6
+    summary = run(cfg, quiet=True).summary
+    per_exit = [e["accuracy"] for e in summary.test.per_exit]
+    assert summary.num_exits == 6
     # 16 steps are enough for the pretrained sentence encoder to beat the majority class (50 %) clearly
-    assert summary["test"]["last_exit"] > 0.62, per_exit
+    assert summary.test.last_exit > 0.62, per_exit
     assert max(per_exit) > 0.62
-    assert 0.0 < summary["test"]["hypervolume"] <= 1.0
-    assert summary["frontier"], "a trained model has a non-empty speed-accuracy frontier"
-    assert summary["operating_points"] and summary["operating_points"][0]["wallclock_speedup"] > 1.0
+    assert 0.0 < summary.test.hypervolume <= 1.0
+    assert summary.frontier, "a trained model has a non-empty speed-accuracy frontier"
+    assert summary.operating_points and summary.operating_points[0].wallclock_speedup > 1.0
 
 
 @pytest.mark.integration
@@ -30,8 +30,7 @@ def test_clo_on_minilm_moves_the_weights(tmp_path):
     cfg = TrainConfig(task="mr", model="minilm", method="clo", train_subset=128, eval_subset=64, max_length=32,
                       epochs=1, batch_size=16, outer_every=2, lr_outer=0.1, threads=2, log_every=1000,
                       wallclock_eval=False, save_checkpoints=False, output_dir=str(tmp_path / "run"))
-    summary = run(cfg, quiet=True)
-    final = torch.tensor(summary["weights"]["final"])
+    final = torch.tensor(run(cfg, quiet=True).summary.weights.final)
     assert final.sum().item() == pytest.approx(len(final), rel=1e-5)
     assert (final - 1).abs().max() > 0.05, "four outer steps at lr 0.1 must move some weight"
 

@@ -26,11 +26,11 @@ def test_of_two_trainings_in_one_process_the_first_ones_engine_and_model_are_fre
         cfg = TrainConfig(model="tiny-random", task="mr", train_subset=48, eval_subset=24, max_length=24,
                           batch_size=8, epochs=1, method="clo", zero_stage=zero_stage, wallclock_eval=False,
                           save_checkpoints=False, output_dir=str(tmp_path / str(attempt)))
-        summary = train_module.run(cfg, quiet=True)
+        result = train_module.run(cfg, quiet=True)
         first = built[0]
         # the engine and its optimizer go when run returns; the model lives while the caller holds it
         assert first["engine"]() is None and first["optimizer"]() is None
-        assert summary["model_object"] is built[attempt]["model"]()
-        del summary
+        assert result.model is built[attempt]["model"]()
+        del result
         assert first["model"]() is None, "nothing but the caller may keep the trained model alive"
     assert len(built) == 2

@@ -44,8 +44,7 @@ def train_rank(rank: int, world: int, folder: str, output: str, epochs_before_ki
 
     import trainers.train as train_module
     train_module.build_components = build_and_hook
-    summary = run(cfg, on_epoch=on_epoch, quiet=True)
-    model = summary["model_object"]
+    model = run(cfg, on_epoch=on_epoch, quiet=True).model
     torch.save({"state": model.state_dict(), "mask": masks[0] if masks else None},
                os.path.join(folder, f"{os.path.basename(output)}-{int(resume)}-rank{rank}.pt"))
     torch.distributed.barrier()  # nobody tears the group down while a peer still uses it

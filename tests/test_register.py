@@ -19,6 +19,7 @@ import pytest
 from serving.calibration import for_max_drop, for_target_speedup, largest_speedup
 from trainers.errors import ConfigError
 from trainers.frontier import CurvePoint, pareto_front
+from trainers.results import FrontierSetting, SplitSummary, Summary, WeightsSummary
 
 from test_sweep_helpers import ROOT, client, run_sweep_cli, runs_by_role, sweep_env, use_mlflow_uri
 
@@ -26,22 +27,20 @@ REGISTER = ROOT / "platform" / "register.py"
 
 
 # ---------------------------------------------------------------------------- synthetic summaries
-def make_summary(points: list[tuple[str, float, float, float]], last_exit: float) -> dict:
+def make_summary(points: list[tuple[str, float, float, float]], last_exit: float) -> Summary:
     """A trainer summary from (policy, setting, validation speed-up, validation metric) points, built
     the way trainers.evaluate does: the frontier is trainers.frontier.pareto_front of the curve, with
     test values at those settings (here test speed-up = 0.98 × validation, metric − 0.01)."""
     curve = [CurvePoint(policy, float(setting), speedup, metric, (0, 0, 0, 1)) for policy, setting, speedup, metric in points]
     front = pareto_front(curve)
-    return {
-        "metric": "accuracy",
-        "validation": {"last_exit": last_exit},
-        "test": {"last_exit": last_exit - 0.01},
-        "validation_curve": [{"policy": p.policy, "setting": p.setting, "speedup": p.speedup, "metric": p.metric,
-                              "exit_histogram": list(p.exit_histogram), "delta": p.delta} for p in curve],
-        "frontier": [{"policy": p.policy, "setting": p.setting, "delta": p.delta, "validation_speedup": p.speedup,
-                      "validation_metric": p.metric, "test_speedup": 0.98 * p.speedup, "test_metric": p.metric - 0.01}
-                     for p in front],
-    }
+    return Summary(
+        task="mr", method="fixed", scheme="uniform", model="tiny-random", num_exits=4, steps=1, train_examples=1,
+        wall_time_s=0.0, hypervolume_axis="log", metric="accuracy",
+        validation=SplitSummary(last_exit, 0.0, [], 0.5), test=SplitSummary(last_exit - 0.01, 0.0, [], 0.5),
+        validation_curve=curve,
+        frontier=[FrontierSetting(p.policy, p.setting, p.delta, p.speedup, p.metric, 0.98 * p.speedup, p.metric - 0.01)
+                  for p in front],
+        operating_points=[], weights=WeightsSummary([], []), epochs=[], config={})
 
 
 # A 4-layer model. "none" is the full model; patience 3 beats it slightly; entropy 0.3 and
@@ -62,7 +61,7 @@ CURVE = [
 
 
 @pytest.fixture
-def summary() -> dict:
+def summary() -> Summary:
     return make_summary(CURVE, last_exit=0.80)
 
 
@@ -123,15 +122,15 @@ def test_unreachable_targets_name_what_is_reachable(summary):
 
 def test_full_model_is_a_point_of_every_curve():
     summary = make_summary([("patience", 1, 2.0, 0.70), ("patience", 2, 1.4, 0.75)], last_exit=0.80)
-    summary["validation_curve"] = [p for p in summary["validation_curve"] if p["policy"] != "none"]
+    summary.validation_curve = [p for p in summary.validation_curve if p.policy != "none"]
     chosen = for_target_speedup(summary, 1.0)  # the curve lacks "none": the full model still counts
     assert (chosen["policy"], chosen["validation_speedup"], chosen["validation_metric"]) == ("none", 1.0, 0.80)
-    assert chosen["test_metric"] == summary["test"]["last_exit"]
+    assert chosen["test_metric"] == summary.test.last_exit
     assert for_max_drop(summary, 0)["policy"] == "none"
 
 
 def test_a_setting_missing_from_the_frontier_fails_clearly(summary):
-    summary["frontier"] = [p for p in summary["frontier"] if p["policy"] != "confidence"]
+    summary.frontier = [p for p in summary.frontier if p.policy != "confidence"]
     with pytest.raises(ConfigError, match="not on the summary's validation frontier"):
         for_target_speedup(summary, 2.0)
 
@@ -175,15 +174,15 @@ def test_register_refuses_two_targets_before_touching_mlflow(tmp_path):
 def test_frontier_tag_fits_a_tag():
     from serving.register import frontier_tag
 
-    frontier = [{"validation_speedup": 1 + i / 7, "validation_metric": 0.5 + i / 1000, "test_speedup": 1 + i / 9,
-                 "test_metric": 0.4 + i / 999} for i in range(400)]
+    frontier = [FrontierSetting("patience", i, None, validation_speedup=1 + i / 7, validation_metric=0.5 + i / 1000,
+                                test_speedup=1 + i / 9, test_metric=0.4 + i / 999) for i in range(400)]
     text = frontier_tag(frontier)
     rows = json.loads(text)
     assert len(text) <= 5000 and len(rows) >= 2 and all(len(r) == 4 for r in rows)
     assert rows[0] == [1.0, 0.5, 1.0, 0.4] and rows[-1][0] == pytest.approx(1 + 399 / 7, abs=1e-3)
     short = json.loads(frontier_tag(frontier[:3]))
-    assert short == [[round(v, 4) for v in (p["validation_speedup"], p["validation_metric"], p["test_speedup"],
-                                            p["test_metric"])] for p in frontier[:3]]
+    assert short == [[round(v, 4) for v in (p.validation_speedup, p.validation_metric, p.test_speedup, p.test_metric)]
+                     for p in frontier[:3]]
 
 
 # ---------------------------------------------------------------------------- a real sweep
@@ -208,7 +207,7 @@ def sweep(tmp_path_factory):
     for method, run in method_runs.items():
         folder = mlflow_client.download_artifacts(run.data.tags["best_run_id"], "summary.json",
                                                   str(root / "download" / method))
-        summaries[method] = json.loads(open(folder).read())
+        summaries[method] = Summary.from_dict(json.loads(open(folder).read()))
     speedup = json.loads((root / NAME / "sweep.json").read_text())["register_speedup"]  # the default target
     return {"root": root, "dir": root / NAME, "proc": proc, "client": mlflow_client, "uri": uri, "runs": runs,
             "method_runs": method_runs, "summaries": summaries, "speedup": float(speedup)}
@@ -282,10 +281,10 @@ def test_version_tags_hold_trial_hyperparameters_frontier_and_policy(sweep, regi
         assert set(hyper) == set(trial.data.tags["searched"].split(","))
         assert all(hyper[k] == pytest.approx(float(trial.data.params[k])) for k in hyper)
         frontier = json.loads(tags["frontier"])
-        assert len(frontier) == len(summary["frontier"]) and len(tags["frontier"]) <= 5000
-        assert frontier[0] == pytest.approx([summary["frontier"][0][k] for k in
-                                             ("validation_speedup", "validation_metric", "test_speedup", "test_metric")],
-                                            abs=1e-4)
+        assert len(frontier) == len(summary.frontier) and len(tags["frontier"]) <= 5000
+        first = summary.frontier[0]
+        assert frontier[0] == pytest.approx([first.validation_speedup, first.validation_metric, first.test_speedup,
+                                             first.test_metric], abs=1e-4)
         policy = for_target_speedup(summary, sweep["speedup"])  # the sweep's register_speedup (smoke: 1.5)
         assert tags["policy"] == policy["policy"] and float(tags["policy_setting"]) == policy["setting"]
         assert json.loads(tags["target"]) == {"target_speedup": sweep["speedup"]}

@@ -129,3 +129,33 @@ def test_two_workers_per_trial_match_one_worker(tmp_path):
     (trial_run,) = logged["trial"]
     assert trial_run.info.status == "FINISHED"
     assert logged["method"][0].data.params["workers_per_trial"] == "2"
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks a machine whose CUDA is broken or absent")
+def test_a_trial_given_a_gpu_trains_on_it_or_fails_at_once(tmp_path):
+    """Ray gives the trial a GPU (a node that declares one; this machine has none, as a GPU node
+    whose CUDA is broken): the trial asks the trainer for device cuda, fails at once with the
+    trainer's reason in the sweep's output and MLflow, and never trains on the CPU instead."""
+    import ray
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "num_gpus": 1, "include_dashboard": False})
+    try:
+        cluster.wait_for_nodes()
+        proc = run_sweep_cli(tmp_path, "gpu", "--ray-address", cluster.address, "--set", "methods=[fixed]",
+                             "--set", "trials=1", "--set", "gpus_per_trial=1", "--set", "max_failures=0",
+                             "--set", "final_seeds=[]", "--set", "register=false")
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+        marker = Path("/tmp/ray/ray_current_cluster")
+        if marker.is_file() and cluster.address in marker.read_text():
+            marker.unlink(missing_ok=True)
+    assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-3000:]  # no arm finished a trial
+    assert "fixed trial 1/1 FAILED: " in proc.stdout and "device 'cuda' was asked for, but" in proc.stdout, proc.stdout[-3000:]
+    reported = [r for rows in rows_by_trial(tmp_path / "gpu" / "ray" / "search").values() for r in rows]
+    assert not [r for r in reported if "epoch" in r], "the trial must not train (on the CPU)"
+    mlflow_client, _ = client(tmp_path, "gpu")
+    (trial,) = runs_by_role(mlflow_client, "gpu")["trial"]
+    assert trial.info.status == "FAILED"
+    assert "device 'cuda' was asked for, but" in trial.data.tags["failure_reason"], trial.data.tags["failure_reason"]

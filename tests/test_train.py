@@ -10,7 +10,8 @@ import torch
 
 from trainers import engine as ds
 from trainers.config import TrainConfig
-from trainers.train import main, run
+from trainers.results import Summary
+from trainers.train import TEST_LOGITS_FILE, load_exit_logits, main, run
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -38,16 +39,16 @@ def test_resume_gives_the_same_weights_as_a_straight_run(tmp_path, method):
         run(tiny_config(tmp_path / "b", method=method, outer_every=3), on_epoch=stop_after_first_epoch, quiet=True)
     assert ds.latest_checkpoint(str(tmp_path / "b" / "run")) == "epoch-1"
     resumed = run(tiny_config(tmp_path / "b", method=method, outer_every=3, resume=True), quiet=True)
-    a = straight["model_object"].state_dict()
-    b = resumed["model_object"].state_dict()
+    a = straight.model.state_dict()
+    b = resumed.model.state_dict()
     assert a.keys() == b.keys()
     worst = max((a[k].float() - b[k].float()).abs().max().item() for k in a)
     assert worst <= 1e-6, worst
-    assert straight["weights"]["final"] == pytest.approx(resumed["weights"]["final"], abs=1e-6)
-    assert [e["epoch"] for e in resumed["epochs"]] == [1, 2]
+    assert straight.summary.weights.final == pytest.approx(resumed.summary.weights.final, abs=1e-6)
+    assert [e["epoch"] for e in resumed.summary.epochs] == [1, 2]
     # the run actually trained: the weights moved away from their initial values
     fresh = run(tiny_config(tmp_path / "c", method=method, epochs=1, train_subset=16, eval_subset=20,
-                            save_checkpoints=False), quiet=True)["model_object"].state_dict()
+                            save_checkpoints=False), quiet=True).model.state_dict()
     assert any(not torch.equal(fresh[k], a[k]) for k in a)
 
 
@@ -85,8 +86,8 @@ def test_a_fresh_run_refuses_to_overwrite_a_previous_one(tmp_path, capsys):
 
 
 def test_summary_is_complete_and_consistent(tmp_path):
-    summary = run(tiny_config(tmp_path, method="bilevel", outer_every=2, weight_log_every=4,
-                              wallclock_eval=True), quiet=True)
+    result = run(tiny_config(tmp_path, method="bilevel", outer_every=2, weight_log_every=4,
+                             wallclock_eval=True), quiet=True)
     on_disk = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert on_disk["method"] == "bilevel" and on_disk["num_exits"] == 3
     assert len(on_disk["test"]["per_exit"]) == 3
@@ -100,7 +101,14 @@ def test_summary_is_complete_and_consistent(tmp_path):
     for op in on_disk["operating_points"]:
         assert op["validation_speedup"] >= op["target_speedup"] - 1e-9
         assert op["wallclock_speedup"] > 0
-    assert summary["model_object"].num_layers == 3
+    assert result.model.num_layers == 3
+    # the typed result is what summary.json holds, and reads back from it
+    assert json.loads(json.dumps(result.summary.to_dict(), default=float)) == on_disk
+    assert Summary.from_dict(on_disk) == result.summary
+    assert result.summary.operating_point(2.0) == next(op for op in result.summary.operating_points
+                                                       if op.target_speedup == 2.0)
+    logits, _, _ = load_exit_logits(tmp_path / "run" / TEST_LOGITS_FILE)  # what the final comparison reads
+    assert result.test_logits.shape[0] == 3 and torch.equal(result.test_logits, torch.from_numpy(logits))
 
 
 BAD_INPUTS = [
@@ -168,11 +176,11 @@ def _write_glue_folder(folder: Path, rows: int, regression: bool) -> None:
 def test_glue_pair_tasks_from_local_files_train_end_to_end(tmp_path, task, metric):
     _write_glue_folder(tmp_path / task, 120, regression=task == "stsb")
     summary = run(tiny_config(tmp_path, task=task, data_dir=str(tmp_path / task), method="clo", outer_every=2,
-                              train_subset=None, eval_subset=None, epochs=1), quiet=True)
-    assert summary["metric"] == metric
-    assert set(summary["test"]["per_exit"][0]) == ({"pearson", "spearman"} if task == "stsb" else {"f1", "accuracy"})
-    assert summary["train_examples"] == 108 and summary["num_exits"] == 3  # 10 % of train held out as validation
-    assert all(p["policy"] in ("none", "patience") for p in summary["validation_curve"]) or task != "stsb"
+                              train_subset=None, eval_subset=None, epochs=1), quiet=True).summary
+    assert summary.metric == metric
+    assert set(summary.test.per_exit[0]) == ({"pearson", "spearman"} if task == "stsb" else {"f1", "accuracy"})
+    assert summary.train_examples == 108 and summary.num_exits == 3  # 10 % of train held out as validation
+    assert all(p.policy in ("none", "patience") for p in summary.validation_curve) or task != "stsb"
 
 
 @pytest.mark.parametrize("argv,kd", [([], "all"), (["--kd", "none"], "none"), (["--scheme", "pabee"], "none"),

@@ -75,7 +75,3 @@ class DivergenceMonitor:
 
 EXIT_BAD_INPUT = 2
 EXIT_DIVERGED = 3
-
-# Test hook: with LEEBERT_FAULT_NONFINITE_STEP=N in the environment, the trainer multiplies the
-# training loss of (1-based) step N by NaN, so that a run (or a sweep trial) diverges on cue.
-FAULT_NONFINITE_STEP_ENV = "LEEBERT_FAULT_NONFINITE_STEP"

@@ -17,6 +17,7 @@ from trainers import frontier as fr
 from trainers.data import Split, TaskSpec, eval_batches
 from trainers.metrics import compute_metrics, majority_baseline, predictions_from_logits
 from trainers.policies import default_grid, make_policy
+from trainers.results import OperatingPoint  # re-exported here
 
 POLICY_KINDS = ("none", "patience", "entropy", "confidence")  # "none": the full model, speed-up 1
 OPERATING_SPEEDUPS = (1.5, 2.0, 3.0)
@@ -79,19 +80,6 @@ def report_split(logits: torch.Tensor, labels: torch.Tensor, task: TaskSpec, pol
     reference = majority_baseline(primary, labels, task.is_regression)
     hv = fr.hypervolume(front, logits.shape[0], reference, axis=axis)
     return SplitReport(per_exit, curve, front, hv, reference, primary)
-
-
-@dataclass
-class OperatingPoint:
-    target_speedup: float
-    policy: str
-    setting: float
-    delta: float | None
-    validation_speedup: float
-    validation_metric: float
-    test_speedup: float
-    test_metric: float
-    wallclock_speedup: float | None = None
 
 
 @dataclass

@@ -8,7 +8,6 @@ a frontier into one number in [0, 1] so that training methods can be compared.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import Iterable, Sequence
 
 import torch
@@ -17,6 +16,7 @@ from torch import Tensor
 from trainers.errors import ConfigError
 from trainers.metrics import compute_metrics, predictions_from_logits
 from trainers.policies import ExitPolicy, PatiencePolicy, simulate
+from trainers.results import CurvePoint  # the curve's points (re-exported here)
 
 # Speed-ups are ratios of floats; a threshold of exactly 2.0 must accept a computed 1.9999999999.
 _SPEEDUP_TOL = 1e-9
@@ -30,16 +30,6 @@ def speedup(exit_layers: Tensor, num_layers: int) -> float:
         raise ConfigError(f"exit layers must lie in 1..{num_layers} (1-based), got "
                           f"{int(exit_layers.min())}..{int(exit_layers.max())}")
     return num_layers / exit_layers.double().mean().item()
-
-
-@dataclass(frozen=True)
-class CurvePoint:
-    policy: str                        # policy kind
-    setting: float                     # t, S or gamma
-    speedup: float
-    metric: float                      # a fraction, e.g. 0.823
-    exit_histogram: tuple[int, ...]    # N_m for m = 1..L
-    delta: float | None = None         # regression patience tolerance, needed to rebuild that policy
 
 
 def speed_accuracy_curve(all_logits: Tensor, labels: Tensor, metric_name: str, is_regression: bool,

@@ -11,12 +11,14 @@
 5. After each epoch: evaluate on validation, save a checkpoint (complete or absent, never half).
 6. At the end: choose exit-policy settings on validation, report them on test, print a summary.
 
-``run(cfg)`` is what Ray Tune trials call too; its ``on_epoch`` callback receives each epoch's
-validation metrics.
+``run(cfg)`` is what Ray Tune trials call too. It returns a ``RunResult`` (``trainers.results``):
+the trained model, its typed ``Summary`` (also written as summary.json) and every exit's test
+logits. Its ``on_epoch`` callback receives each epoch's validation metrics.
 
 A non-finite loss, hypergradient, loss weight or evaluation logit stops the run with
 ``TrainingDiverged`` (the command line: one ``error: diverged at step N (...)`` line, exit code 3,
-no summary). Test hook: ``LEEBERT_FAULT_NONFINITE_STEP=N`` makes the loss of (1-based) step N NaN.
+no summary). Test hook: ``run(cfg, fault_step=N)`` (``--fault-step N`` on the command line) makes
+the loss of (1-based) step N NaN, so a run diverges on cue.
 """
 
 from __future__ import annotations
@@ -38,13 +40,13 @@ import torch
 from trainers import engine as ds
 from trainers.config import TrainConfig, add_config_arguments, config_from_args
 from trainers.data import TaskData, batch_indices, collate, derive_seed, load_task_data
-from trainers.errors import (EXIT_BAD_INPUT, EXIT_DIVERGED, FAULT_NONFINITE_STEP_ENV, ConfigError,
-                             DivergenceMonitor, TrainingDiverged, check_finite)
+from trainers.errors import EXIT_BAD_INPUT, EXIT_DIVERGED, ConfigError, DivergenceMonitor, TrainingDiverged, check_finite
 from trainers.evaluate import (collect_logits, final_report, point_key, policy_grid, report_split,
                                wallclock_speedups)
 from trainers.frontier import curve_table
 from trainers.model import ModelSpec, MultiExitEncoder, build_model, resolve_model_source, tiny_backbone
 from trainers.objective import LossTerms, inner_loss, term_losses
+from trainers.results import RunResult, Summary
 from trainers.weight_strategies import all_reduce_mean, build_strategy
 
 TINY_MODEL = "tiny-random"  # a 3-layer randomly initialized BERT with MiniLM's vocabulary (smoke runs)
@@ -139,7 +141,7 @@ def training_step(engine, strategy, terms: LossTerms, draw: StepDraw, step: int,
     outer = strategy.outer_step(engine.module, draw.b1, draw.b2, step, xi, monitor)
     batch = strategy.theta_batch(draw.b1, draw.b2)
     loss = inner_loss(terms, strategy.weights(), term_losses(terms, engine(**batch), batch["labels"]))
-    if step + 1 == fault_step:  # test hook (LEEBERT_FAULT_NONFINITE_STEP): diverge on cue
+    if step + 1 == fault_step:  # test hook (run's fault_step): diverge on cue
         loss = loss * float("nan")
     # The mean over processes: every rank sees any rank's NaN, so all skip the update together.
     ok = monitor.record_loss(step, all_reduce_mean([loss.detach()])[0])
@@ -149,14 +151,13 @@ def training_step(engine, strategy, terms: LossTerms, draw: StepDraw, step: int,
     return loss, outer
 
 
-def fault_step_from_env() -> int | None:
-    """The step the test hook LEEBERT_FAULT_NONFINITE_STEP names, or None."""
-    value = os.environ.get(FAULT_NONFINITE_STEP_ENV, "").strip()
-    if not value:
+def check_fault_step(fault_step) -> int | None:
+    """The test hook's step: None, or a (1-based) step number."""
+    if fault_step is None:
         return None
-    if not value.isdigit():
-        raise ConfigError(f"{FAULT_NONFINITE_STEP_ENV} must be a step number (1-based), not '{value}'")
-    return int(value)
+    if isinstance(fault_step, bool) or not isinstance(fault_step, int) or fault_step < 1:
+        raise ConfigError(f"fault_step must be a (1-based) step number, not {fault_step!r}")
+    return fault_step
 
 
 @dataclass
@@ -236,9 +237,12 @@ class ProgressLog:
 
 
 # ---------------------------------------------------------------------------- the recipe
-def run(cfg: TrainConfig, on_epoch: Callable[[dict], None] | None = None, quiet: bool = False) -> dict:
+def run(cfg: TrainConfig, on_epoch: Callable[[dict], None] | None = None, quiet: bool = False,
+        fault_step: int | None = None) -> RunResult:
+    """Train and evaluate one model. ``on_epoch(record)`` after every epoch's validation;
+    ``quiet`` silences the progress lines; ``fault_step`` (a test hook) makes that step's loss NaN."""
     cfg.validate()
-    fault_step = fault_step_from_env()  # the test hook LEEBERT_FAULT_NONFINITE_STEP, read once
+    fault_step = check_fault_step(fault_step)
     started = time.perf_counter()
     device = ds.select_device(cfg.device, cfg.precision)  # fails at once on a broken GPU setup
     ds.ensure_process_group(device)
@@ -339,7 +343,7 @@ def run(cfg: TrainConfig, on_epoch: Callable[[dict], None] | None = None, quiet:
                                      data.pad_token_id, cfg.wallclock_repeats)
         for op, ratios in zip(report.operating_points, timings):
             op.wallclock_speedup = float(np.median(ratios))
-    summary = {
+    summary = Summary.from_dict({
         "task": task.name, "method": cfg.method, "scheme": cfg.scheme if cfg.method == "fixed" else None,
         "model": cfg.model, "num_exits": model.num_layers, "steps": total_steps,
         "train_examples": len(data.train), "wall_time_s": round(time.perf_counter() - started, 1),
@@ -348,18 +352,17 @@ def run(cfg: TrainConfig, on_epoch: Callable[[dict], None] | None = None, quiet:
         "weights": {"names": terms.names, "final": strategy.weights().tolist(), "trajectory": history.weights},
         "epochs": history.epochs,
         "config": cfg.to_dict(),
-    }
+    })
     if is_main:
         output.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(output / "summary.json", summary)
+        write_json_atomic(output / "summary.json", summary.to_dict())
         # Every exit's test logits: the final comparison's bootstrap resamples test examples from them
         save_exit_logits(output / TEST_LOGITS_FILE, test_logits, data.test.labels, data.test.ids)
         log("per-exit test " + report.test.primary + ": " +
             " ".join(f"{e[report.test.primary] * 100:.1f}" for e in report.test.per_exit))
         log("speed-accuracy frontier (settings chosen on validation; test values):\n"
             + curve_table([report.test.point(point_key(p)) for p in report.validation.front], report.test.primary))
-    summary["model_object"] = model  # for in-process callers (sweeps register it); never serialized
-    return summary
+    return RunResult(model=model, summary=summary, test_logits=test_logits)
 
 
 # ---------------------------------------------------------------------------- state helpers
@@ -428,25 +431,33 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="YAML or JSON file with any of the options below")
     p.add_argument("--local_rank", "--local-rank", type=int, help=argparse.SUPPRESS)  # passed by the deepspeed launcher
     add_config_arguments(p)
+    p.add_argument("--fault-step", type=_step_number, metavar="N",
+                   help="test hook: the training loss of (1-based) step N is NaN, so the run diverges on cue (exit code 3)")
     return p
+
+
+def _step_number(text: str) -> int:
+    if not text.strip().isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"must be a (1-based) step number, not '{text}'")
+    return int(text)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         cfg = config_from_args(args)
-        summary = run(cfg)
+        result = run(cfg, fault_step=args.fault_step)
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except TrainingDiverged as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_DIVERGED
-    summary.pop("model_object", None)
     if ds.world()[0] != 0:
         return 0
-    printable = {k: v for k, v in summary.items() if k not in ("config", "epochs")}
-    printable["weights"] = {"final": summary["weights"]["final"]}
+    summary = result.summary
+    printable = {k: v for k, v in summary.to_dict().items() if k not in ("config", "epochs", "weights")}
+    printable["weights"] = {"final": summary.weights.final}
     print(json.dumps(printable, indent=2, default=float))
     return 0
 
