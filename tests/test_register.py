@@ -353,7 +353,7 @@ def test_max_drop_registers_its_own_policy(sweep, registered):
         policy = for_max_drop(sweep["summaries"][method], 5)
         assert json.loads(tags["target"]) == {"max_drop": 5.0}
         assert tags["policy"] == policy["policy"] and float(tags["policy_setting"]) == policy["setting"]
-        assert float(tags["validation_metric"]) >= sweep["summaries"][method]["validation"]["last_exit"] - 0.05 - 1e-6
+        assert float(tags["validation_metric"]) >= sweep["summaries"][method].validation.last_exit - 0.05 - 1e-6
     # and back: the sweep's target finds its versions again
     proc = register_cli(sweep["root"])
     assert proc.returncode == 0 and len(versions(sweep["client"])) == len(after)
