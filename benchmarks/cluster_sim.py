@@ -42,12 +42,11 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-for _key, _value in (("RAY_AUTH_MODE", "disabled"), ("RAY_USAGE_STATS_ENABLED", "0"), ("HF_HUB_OFFLINE", "1"),
-                     ("TOKENIZERS_PARALLELISM", "false")):
-    os.environ.setdefault(_key, _value)
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
+from benchmarks.local_ray import prepare_environment  # noqa: E402
+
+prepare_environment()  # before Ray is imported
 
 ARMS = ["fixed-uniform", "fixed-pabee", "fixed-last", "bilevel", "clo"]
 

@@ -62,13 +62,11 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-for _key, _value in (("RAY_AUTH_MODE", "disabled"), ("RAY_USAGE_STATS_ENABLED", "0"), ("HF_HUB_OFFLINE", "1"),
-                     ("TOKENIZERS_PARALLELISM", "false")):
-    os.environ.setdefault(_key, _value)
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-# The Ray nodes are started by this process; their workers inherit its environment.
-os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
+from benchmarks.local_ray import prepare_environment  # noqa: E402
+
+prepare_environment()  # before Ray is imported
 
 DEFAULT_ADDRESS_FILE = Path("/tmp/ray/ray_current_cluster")
 SETUPS = {"A": ("1 node", [2]), "B": ("2 nodes", [1, 1])}  # CPUs of the head, then of each added node

@@ -33,6 +33,17 @@ from ray.tune.search import Searcher
 from sweeps.budget import BudgetLedger
 
 
+def save_state(self, checkpoint_path: str) -> None:
+    """Tune's ``save`` of a wrapper: a pickle of it and of what it wraps (samplers, studies, rungs)."""
+    with open(checkpoint_path, "wb") as file:
+        pickle.dump(self.__dict__, file)
+
+
+def restore_state(self, checkpoint_path: str) -> None:
+    with open(checkpoint_path, "rb") as file:
+        self.__dict__.update(pickle.load(file))
+
+
 class ArmBudget(Searcher):
     """One arm's searcher, numbered and held to the arm's budget in trials and/or compute."""
 
@@ -148,13 +159,7 @@ class ArmSearch(Searcher):
     def set_search_properties(self, metric, mode, config, **spec) -> bool:
         return True  # every arm's searcher has its own space; the param space only holds constants
 
-    def save(self, checkpoint_path: str) -> None:
-        with open(checkpoint_path, "wb") as file:
-            pickle.dump(self.__dict__, file)
-
-    def restore(self, checkpoint_path: str) -> None:
-        with open(checkpoint_path, "rb") as file:
-            self.__dict__.update(pickle.load(file))
+    save, restore = save_state, restore_state
 
 
 def trial_arm(trial) -> str:
@@ -195,10 +200,4 @@ class PerArmScheduler(TrialScheduler):
     def debug_string(self) -> str:
         return "\n".join(f"{arm}: {s.debug_string()}" for arm, s in self.schedulers.items())
 
-    def save(self, checkpoint_path: str) -> None:
-        with open(checkpoint_path, "wb") as file:
-            pickle.dump(self.__dict__, file)
-
-    def restore(self, checkpoint_path: str) -> None:
-        with open(checkpoint_path, "rb") as file:
-            self.__dict__.update(pickle.load(file))
+    save, restore = save_state, restore_state

@@ -119,7 +119,9 @@ def final_report(val_logits, val_labels, test_logits, test_labels, task: TaskSpe
         if v is None:
             continue
         t = test.point(point_key(v))
-        points.append(OperatingPoint(target, v.policy, v.setting, v.delta, v.speedup, v.metric, t.speedup, t.metric))
+        points.append(OperatingPoint(policy=v.policy, setting=v.setting, delta=v.delta, validation_speedup=v.speedup,
+                                     validation_metric=v.metric, test_speedup=t.speedup, test_metric=t.metric,
+                                     target_speedup=target))
     return FinalReport(validation, test, points)
 
 

@@ -26,21 +26,6 @@ class CurvePoint:
 
 
 @dataclass
-class OperatingPoint:
-    """The setting validation chose for a target speed-up, with its test values."""
-
-    target_speedup: float
-    policy: str
-    setting: float
-    delta: float | None
-    validation_speedup: float
-    validation_metric: float
-    test_speedup: float
-    test_metric: float
-    wallclock_speedup: float | None = None  # measured by the run itself (wallclock_eval), median of its passes
-
-
-@dataclass(frozen=True)
 class FrontierSetting:
     """A setting of the validation Pareto front, with what it gives on validation and on test."""
 
@@ -51,6 +36,14 @@ class FrontierSetting:
     validation_metric: float
     test_speedup: float
     test_metric: float
+
+
+@dataclass
+class OperatingPoint(FrontierSetting):
+    """The setting validation chose for a target speed-up, with its test values."""
+
+    target_speedup: float
+    wallclock_speedup: float | None = None  # measured by the run itself (wallclock_eval), median of its passes
 
 
 @dataclass(frozen=True)
