@@ -303,7 +303,8 @@ def main() -> int:
 
     takes_trainer = "trainer" in inspect.signature(run_sweep).parameters
     if not takes_trainer:  # the code before the one-experiment sweeps: its trials pick the stand-in up themselves
-        os.environ["LEEBERT_SIM_STANDIN"] = json.dumps({"time_scale": scale})  # (inherited by the nodes' workers)
+        os.environ["LEEBERT_SIM_STANDIN"] = json.dumps({"time_scale": scale, "final_time_scale": final_scale,
+                                                        "plan": asdict(plan)})  # (inherited by the nodes' workers)
     cluster = fake_gpu_cluster(args.nodes, gpus_per_node, cpus_per_node=max(2, slots // args.nodes + 1))
     try:
         cfg = build_config(preset="glue-bert", overrides=[
