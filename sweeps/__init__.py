@@ -5,12 +5,17 @@
 - ``sweeps.config``   the typed sweep config, presets (``sweeps/presets/*.yaml``), validation
 - ``sweeps.runner``   ``run_sweep``: the whole sweep, top to bottom
 - ``sweeps.ray_cluster`` start a private loopback-only Ray, or join a cluster
-- ``sweeps.search``   one method's Ray Tune experiment (OptunaSearch + ASHA, checkpoints, retries)
+- ``sweeps.search``   the search stage: every arm's search at once, in one Ray Tune experiment
+- ``sweeps.searchers`` per-arm Searcher/TrialScheduler wrappers: each arm's Optuna sampler, budget
+                      (``sweeps.budget``) and ASHA rungs
+- ``sweeps.final``    the final stage (all arms x seeds in one experiment) and the comparison
+- ``sweeps.experiment`` ``run_experiment``: the one Tune procedure both stages run
+- ``sweeps.spec``     ``TrialSpec``: what a trial is, and its ``to_train_config``
 - ``sweeps.trial``    the Ray Tune trial: ``trainers.train.run`` with DeepSpeed, one worker or a
                       Ray Train group, per-epoch checkpoints, divergence markers
 - ``sweeps.progress`` console lines; each trial logged to MLflow as it ends
 - ``sweeps.records``  trial records from Ray Tune's view of a trial
-- ``sweeps.tracking`` the MLflow layout (experiment, method runs, trial runs) and run lifecycle
+- ``sweeps.tracking`` the MLflow layout (experiment, arm runs, trial runs) and run lifecycle
 - ``sweeps.report``   summary table, Pareto overlay, Optuna storage
 The served model lives in its own package, ``serving`` (export, pyfunc, calibration,
 registration), so a registered model loads with the trainer's model code alone.
