@@ -176,6 +176,8 @@ def breakdown(served, reqs: list[pd.DataFrame], repeats: int) -> dict:
     answers (softmax, DataFrame). Each stage of each request: the median of ``repeats`` runs."""
     import numpy as np
 
+    from serving.model import output_frame
+
     model = served.model
     timers = {"layers": 0.0, "heads": 0.0}
 
@@ -211,9 +213,7 @@ def breakdown(served, reqs: list[pd.DataFrame], repeats: int) -> dict:
                 for rows, out, layer in outs:
                     logits[rows], layers[rows] = out.float().cpu().numpy(), layer.cpu().numpy()
                 t5 = time.perf_counter()
-                labels, probabilities, exit_layers = served.answers(logits, layers)
-                pd.DataFrame({"label": labels, "probabilities": probabilities, "exit_layer": exit_layers},
-                             index=frame.index, copy=False)
+                output_frame(*served.answers(logits, layers), index=frame.index)
                 t6 = time.perf_counter()
                 for key, value in zip(STAGES, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4, t6 - t5)):
                     run[key].append(value)
@@ -300,8 +300,9 @@ def main() -> None:
         figures["batches"][str(size)] = {
             "requests": len(reqs), "speedup_over_plain": over_c, "speedup_over_full_depth": over_b,
             "fraction_of_layer_speedup": ratio, "target_met": bool(ratio >= TARGET),
-            **{names[key]: {"sentences_per_s": n / seconds[key], "p50_ms": 1000 * percentile(latencies[key], 0.5),
-                            "p95_ms": 1000 * percentile(latencies[key], 0.95)} for key in predictors}}
+            **{key: {"name": names[key], "sentences_per_s": n / seconds[key],
+                     "p50_ms": 1000 * percentile(latencies[key], 0.5),
+                     "p95_ms": 1000 * percentile(latencies[key], 0.95)} for key in predictors}}
         print(f"  wall-clock speed-up (a) over (c): {over_c:.2f}x, over (b): {over_b:.2f}x; "
               f"layer speed-up {layer_speedup:.2f}x; (a)/(c) is {ratio:.2f} of the layer speed-up  "
               f"[target >= {TARGET:.2f}: {'met' if ratio >= TARGET else 'MISSED'}]")

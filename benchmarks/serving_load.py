@@ -54,11 +54,12 @@ RSS_TARGET = 0.10  # the server's RSS may grow by less than this over the run
 
 # ------------------------------------------------------------------------------ the model
 def quick_pyfunc(work: Path, serving_work: Path, target: float) -> str:
-    """The quick MiniLM of benchmarks/serving.py (trained there if needed), saved as a pyfunc."""
-    folder = work / "pyfunc"
-    if (folder / "MLmodel").is_file():
-        return str(folder)
+    """The quick MiniLM of benchmarks/serving.py (trained there if needed), saved as a pyfunc.
+
+    Saved again on every run: a pyfunc ships copies of serving/ and trainers/ (code_paths), and an
+    old copy would measure old code."""
     import runpy
+    import shutil
     import warnings
 
     import mlflow
@@ -66,6 +67,9 @@ def quick_pyfunc(work: Path, serving_work: Path, target: float) -> str:
     from serving.register import pyfunc_arguments
 
     exported, policy = runpy.run_path(str(REPO / "benchmarks" / "serving.py"))["quick_model"](serving_work, target)
+    folder = work / "pyfunc"
+    for stale in (folder, work / "staging"):
+        shutil.rmtree(stale, ignore_errors=True)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # MLflow's advice on type hints
         mlflow.pyfunc.save_model(str(folder), **pyfunc_arguments(exported, policy, work / "staging"))

@@ -202,6 +202,18 @@ def test_the_fast_paths_give_the_tokenizers_ids_and_the_backbones_layers(exporte
         ids, types = pair.tokenize([first, second])
     expected = pair.tokenizer(first, second, truncation=True, max_length=MAX_LENGTH)
     assert ids == expected["input_ids"] and types == expected["token_type_ids"]
+    # one row (a request of one) takes the encoder's single-text call: the same ids, truncation noticed
+    for text in (texts[0], "x", "word " * 100):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            ids, types = served.tokenize([[text]])
+        assert ids == served.tokenizer([text], truncation=True, max_length=MAX_LENGTH)["input_ids"] and types is None
+        assert any("were truncated" in str(w.message) for w in caught) == (text == "word " * 100)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ids, types = pair.tokenize([[first[5]], [second[5]]])
+    expected = pair.tokenizer([first[5]], [second[5]], truncation=True, max_length=MAX_LENGTH)
+    assert ids == expected["input_ids"] and types == expected["token_type_ids"]
     model, _, _ = load_exported(exported)  # the backbone's own layers
     hidden = torch.randn(4, 11, 32, generator=torch.Generator().manual_seed(3))
     mask = model.runner.mask(hidden, torch.tensor([[1] * 11, [1] * 6 + [0] * 5, [1] * 9 + [0] * 2, [1] * 11]))
@@ -213,6 +225,29 @@ def test_the_fast_paths_give_the_tokenizers_ids_and_the_backbones_layers(exporte
             assert torch.equal(served.model.exits[index](hidden[:, 0]), model.exits[index](hidden[:, 0]))
         for types in (None, torch.zeros_like(ids), (ids % 2)):
             assert torch.equal(served.model.runner.embed(ids, types), model.runner.embed(ids, types))
+
+
+@pytest.mark.parametrize("rows", [0, 1, 3])
+@pytest.mark.parametrize("regression", [False, True])
+def test_the_output_frame_is_the_public_constructors(rows, regression, monkeypatch):
+    """The answer built from its column arrays equals pd.DataFrame(dict) cell for cell, dtypes and
+    index included, and the public constructor is what a pandas without the array one gets."""
+    import numpy as np
+
+    from serving.model import output_frame
+
+    labels = np.arange(rows, dtype=np.float64 if regression else np.int64) * (0.5 if regression else 1)
+    probabilities = [[] for _ in range(rows)] if regression else [[0.25 * i, 1 - 0.25 * i] for i in range(rows)]
+    layers = np.arange(1, rows + 1, dtype=np.int64)
+    index = pd.RangeIndex(10, 10 + rows) if rows != 3 else pd.Index([7, 3, 5])
+    expected = pd.DataFrame({"label": labels, "probabilities": pd.Series(probabilities, index=index, dtype=object),
+                             "exit_layer": layers}, index=index)  # an object column even with no rows
+    built = output_frame(labels, probabilities, layers, index=index)
+    monkeypatch.delattr(pd.DataFrame, "_from_arrays")
+    public = output_frame(labels, probabilities, layers, index=index)
+    for frame in (built, public):
+        pd.testing.assert_frame_equal(frame, expected)
+        assert frame["probabilities"].tolist() == probabilities and list(frame.columns) == list(expected.columns)
 
 
 def test_batches_are_sorted_by_length_and_padded_to_their_own_longest(exported):
@@ -327,7 +362,10 @@ def test_early_exit_syncs_with_the_host_at_most_once_per_layer(policy):
     assert torch.equal(layer, expected_layer)
     assert torch.allclose(logits, full[layer - 1, torch.arange(len(lengths))], atol=1e-5)
     assert syncs.data_sized == []
-    assert len(syncs.reads) <= (0 if kind == "none" else int(layer.max()) - (int(layer.max()) == 4))
+    # one read per layer that decides: from the first layer where a row can leave (patience p: p + 1)
+    # to the last one some row reached, the last layer excluded (everyone still running answers there)
+    first = {"patience": setting + 1, "none": 5}.get(kind, 1)
+    assert len(syncs.reads) == max(0, min(int(layer.max()), 3) - first + 1), (len(syncs.reads), layer.tolist())
     if kind != "none":
         assert len(set(layer.tolist())) >= 2, "the setting must spread exits over layers"
 

@@ -182,10 +182,11 @@ class MultiExitEncoder(nn.Module):
         tensors are only re-indexed at a layer where some sample leaves, and then also cut to the
         longest running row (the positions after it are padding for every row left).
 
-        Host syncs: at most one per layer (none for a policy that never exits). The policy decides on
-        the device; one integer comes back to the host per layer (how many rows stay, and how long the
-        longest of them is), and every re-indexing uses index tensors of that known size, never a
-        boolean mask (whose result size only the device knows: a sync each on a GPU).
+        Host syncs: at most one per layer; none for a policy that never exits, and none at a layer
+        before the policy's ``first_exit_layer``, where no row can leave yet (patience p: layer p + 1).
+        The policy decides on the device; one integer comes back to the host per layer (how many rows
+        stay, and how long the longest of them is), and every re-indexing uses index tensors of that
+        known size, never a boolean mask (whose result size only the device knows: a sync each on a GPU).
 
         ``attention_mask=None`` says that no row is padded (a single request, rows of one length):
         no mask is built and nothing is cut, for the same logits and exits as an all-ones mask.
@@ -201,6 +202,7 @@ class MultiExitEncoder(nn.Module):
         hidden = self.runner.embed(input_ids, token_type_ids)
         mask = self.runner.mask(hidden, attention_mask) if padded else None
         decides = getattr(policy, "kind", None) != "none"  # the full model needs no decision
+        first_exit = getattr(policy, "first_exit_layer", 1)  # nor a layer where no row can leave yet
         state = policy.start(batch, device)
         for index, head in enumerate(self.exits):
             hidden = self.runner.layer(index, hidden, mask)
@@ -213,6 +215,8 @@ class MultiExitEncoder(nn.Module):
             if not decides:
                 continue
             state, exit_now = policy.step(state, index + 1, logits)
+            if index + 1 < first_exit:
+                continue
             rows, seq = running.shape[0], hidden.shape[1]
             keep = ~exit_now
             # the layer's one host sync: rows that stay and their longest length, packed in one integer

@@ -64,6 +64,11 @@ class PatiencePolicy:
     def setting(self) -> float:
         return float(self.patience)
 
+    @property
+    def first_exit_layer(self) -> int:
+        """The counter is at most m - 1 at layer m: nobody can leave before layer patience + 1."""
+        return self.patience + 1
+
     def start(self, n: int, device: Any) -> _PatienceState:
         return _PatienceState(None, torch.zeros(n, dtype=torch.long, device=device))
 
