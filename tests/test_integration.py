@@ -51,6 +51,11 @@ def test_models_load_from_a_local_folder(tmp_path, kind):
     assert model.num_layers == 4 and model.pooling == "cls"
     batch = tokenizer(["good movie", "bad"], padding=True, return_tensors="pt")
     assert model(**batch).shape == (4, 2, 3)
+    # built for training: every module, the pretrained backbone's too, so dropout acts from the first
+    # step (from_pretrained alone returns the backbone in eval mode); ALBERT's config has no dropout
+    assert [name for name, module in model.named_modules() if not module.training] == []
+    torch.manual_seed(0)
+    assert torch.equal(model(**batch), model(**batch)) == (kind == "albert")
     # every exit's pooler starts from the checkpoint's pretrained pooler, as in ordinary fine-tuning
     if kind == "bert":
         pretrained = BertModel.from_pretrained(folder).pooler.dense.weight

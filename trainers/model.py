@@ -290,7 +290,11 @@ def build_model(spec: ModelSpec) -> tuple[MultiExitEncoder, object]:
             f"local folder (--model path/to/model) or the embedded '{EMBEDDED_MODEL}'"
         ) from None
     pooling = default_pooling(backbone.config) if spec.pooling == "auto" else spec.pooling
-    return MultiExitEncoder(backbone, spec.num_labels, pooling, dropout=spec.dropout), tokenizer
+    model = MultiExitEncoder(backbone, spec.num_labels, pooling, dropout=spec.dropout)
+    # from_pretrained hands the backbone back in eval mode while the new exits are in train mode:
+    # without this the θ-steps would run without the backbone's dropout until the first
+    # evaluation (or, for bilevel and clo, the first outer step) switched it on.
+    return model.train(), tokenizer
 
 
 # Families whose position ids start after the padding index (position = padding_idx + 1 + token index).
