@@ -30,8 +30,9 @@ EPSILON = 1e-9
 # One outer update in fixed θ-steps, per (device, precision) and learned arm: the figures the compute
 # budget charges with ``outer_step_cost: auto``.
 MEASURED_OUTER_STEP_COST: dict[tuple[str, str], dict[str, float]] = {
-    # PLACEHOLDER until the lead writes in what `python benchmarks/step_cost.py` measures on an idle machine
-    ("cpu", "fp32"): {"bilevel": 2.9, "clo": 2.9},
+    # `python benchmarks/step_cost.py`, 2026-12-02, MiniLM on MR, batch 32, idle 2-core x86_64: per step
+    # bilevel 2.37 / 2.39, clo 2.43 / 2.49 fixed steps with 1 / 2 threads; the larger, rounded up
+    ("cpu", "fp32"): {"bilevel": 2.4, "clo": 2.5},
     # ESTIMATES from the pass count (4 passes, against a θ-step's forward + backward) until
     # `python benchmarks/gpu_check.py` measures them on a GPU
     ("cuda", "fp32"): {"bilevel": 2.7, "clo": 2.7},
