@@ -11,6 +11,7 @@ CPU wait for every queued kernel. Two detectors stand in for ``torch.cuda.set_sy
 """
 
 import collections
+import traceback
 
 import pytest
 import torch
@@ -30,13 +31,18 @@ VALUE_READS = {torch.ops.aten._local_scalar_dense.default, torch.ops.aten.is_non
 
 
 class ValueReads(TorchDispatchMode):
+    """Counts value reads by op, and by where they come from: DeepSpeed's ZeRO optimizer or elsewhere."""
+
     def __init__(self):
         super().__init__()
         self.count = collections.Counter()
+        self.source = collections.Counter()
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         if func in VALUE_READS:
             self.count[str(func)] += 1
+            files = [frame.filename.replace("\\", "/") for frame in traceback.extract_stack()]
+            self.source["deepspeed zero" if any("deepspeed/runtime/zero/" in f for f in files) else "elsewhere"] += 1
         return func(*args, **(kwargs or {}))
 
 
@@ -126,22 +132,6 @@ def test_a_non_finite_step_is_skipped_on_the_device_and_reported_at_the_next_che
         monitor.check()
 
 
-class ValueReadSources(ValueReads):
-    """ValueReads that also notes, per read, whether DeepSpeed's ZeRO optimizer code is on the stack."""
-
-    def __init__(self):
-        super().__init__()
-        self.from_zero = collections.Counter()
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if func in VALUE_READS:
-            import traceback
-
-            files = [frame.filename.replace("\\", "/") for frame in traceback.extract_stack()]
-            self.from_zero["deepspeed zero" if any("deepspeed/runtime/zero/" in f for f in files) else "elsewhere"] += 1
-        return super().__torch_dispatch__(func, types, args, kwargs)
-
-
 def test_under_zero2_the_only_value_reads_are_deepspeeds_own(tmp_path):
     """ZeRO-2 (the GPU presets' stage) reads values inside DeepSpeed's optimizer step (gradient-norm
     and overflow checks, docs/gpu.md): counted here, so the figure is known and no read of ours
@@ -153,8 +143,8 @@ def test_under_zero2_the_only_value_reads_are_deepspeeds_own(tmp_path):
     monitor = DivergenceMonitor(engine.device)
     progress = ProgressLog(History(), print, 12, cfg.weight_log_every)
     train_steps(engine, strategy, strategy.terms, data, cfg, 0, 2, progress, monitor)
-    with ValueReadSources() as reads:
+    with ValueReads() as reads:
         train_steps(engine, strategy, strategy.terms, data, cfg, 2, 10, progress, monitor)
     print(f"ZeRO-2: {sum(reads.count.values()) / 8:.1f} value reads per step, all in DeepSpeed: {dict(reads.count)}")
-    assert reads.from_zero["elsewhere"] == 0, dict(reads.from_zero)
-    assert reads.from_zero["deepspeed zero"] > 0, "DeepSpeed's ZeRO-2 step no longer reads values: update docs/gpu.md"
+    assert reads.source["elsewhere"] == 0, dict(reads.source)
+    assert reads.source["deepspeed zero"] > 0, "DeepSpeed's ZeRO-2 step no longer reads values: update docs/gpu.md"
