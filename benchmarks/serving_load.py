@@ -291,9 +291,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=1, help="uvicorn workers of the server")
     p.add_argument("--warmup", type=int, default=1000,
                    help="requests of the same mix sent before the RSS baseline (not counted in the figures). "
-                        "glibc's heap climbs to its high-water mark over the first ~1000 requests of mixed "
-                        "shapes (an increment that shrinks every few hundred requests: no leak); a "
-                        "baseline taken earlier measures that climb, not a leak")
+                        "The heap climbs to a high-water mark over the first requests of mixed shapes; with "
+                        "--warmup 200 the run measured that climb (+21 %%), with 1000 it grew 4.9 %% "
+                        "(docs/serving.md)")
     p.add_argument("--timeout", type=float, default=120.0, help="seconds a client waits for one answer")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", help="also write the figures to this file")

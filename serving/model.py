@@ -435,9 +435,9 @@ _OUTPUT_INDEX = pd.Index(OUTPUT_COLUMNS)
 def output_frame(labels: np.ndarray, probabilities: list[list[float]], layers: np.ndarray, index) -> pd.DataFrame:
     """The answer: ``label``, ``probabilities`` (one list per row) and ``exit_layer`` on ``index``.
 
-    Built from the three column arrays with pandas' array constructor where this pandas has it: a
-    quarter of the Python calls of ``pd.DataFrame(dict)``, about 0.3 ms of a 4 ms request of one row
-    on a CPU (benchmarks/serving.py). Elsewhere the public constructor, for the same frame.
+    Built from the three column arrays with pandas' array constructor where this pandas has it
+    (fewer Python calls than ``pd.DataFrame(dict)``, which weighs at batch 1: benchmarks/serving.py's
+    "output" stage). Elsewhere the public constructor, for the same frame (tests/test_serving.py).
     """
     column = np.fromiter(probabilities, dtype=object, count=len(layers))  # a list per cell, not a 2-D array
     build = getattr(pd.DataFrame, "_from_arrays", None)
