@@ -1,6 +1,8 @@
 """What one loss-weight update costs, in fixed θ-steps: the figure the compute budget charges.
 
     python benchmarks/step_cost.py                                   # MiniLM on MR, batch 32, 1 and 2 threads, CPU fp32
+                                                                     # (and bf16 where the CPU has avx512_bf16/amx_bf16)
+    python benchmarks/step_cost.py --precision fp32 bf16 --threads 2 # CPU bf16 against fp32, 2 threads
     python benchmarks/step_cost.py --device cuda --precision bf16    # on a GPU
     python benchmarks/step_cost.py --quick                           # tiny random model: does it run?
 
@@ -21,6 +23,12 @@ in machine load hits every figure alike:
 4. **Breakdown**: where an outer step's time goes, phase by phase (the four passes, the parameter
    backup and copies, the mode switches, φ's update, θ's own step), from the profiler.
 
+Precisions run one after the other (each with its own engines); within a precision and thread
+count the figures are interleaved as above. After the last one the output names the entries for
+``sweeps/budget.py``'s ``MEASURED_OUTER_STEP_COST``: per (device, precision), c per step, the larger
+over the thread counts, rounded up to 0.1 (how the table's figures were made); with two precisions
+it also gives each step's fp32 / bf16 time ratio (above 1: bf16 is faster).
+
 The last line is JSON with every figure. On a GPU, clocks are read after a synchronize.
 """
 
@@ -29,6 +37,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import math
 import os
 import platform as std_platform
 import statistics
@@ -42,7 +51,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from trainers import engine as ds  # noqa: E402
-from trainers.config import TrainConfig  # noqa: E402
+from trainers.config import TrainConfig, resolve_precision  # noqa: E402
 from trainers.errors import DivergenceMonitor  # noqa: E402
 from trainers.objective import LossTerms, inner_loss, term_losses  # noqa: E402
 from trainers.train import History, ProgressLog, StepDraw, build_components, seed_everything, train_steps, training_step  # noqa: E402
@@ -208,8 +217,10 @@ def main() -> None:
     parser.add_argument("--model", default="minilm")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--precision", nargs="+", default=None, choices=["fp32", "bf16"],
-                        help="default: fp32 on the CPU, fp32 and bf16 on a GPU")
-    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="torch CPU threads, one run each")
+                        help="default: fp32, and bf16 too where the device has bf16 units (a GPU with bf16; a CPU "
+                             "with avx512_bf16 or amx_bf16); fp32 only with --quick")
+    parser.add_argument("--threads", type=int, nargs="+", default=None,
+                        help="torch CPU threads, one run each (default: 1 and 2; 1 with --quick)")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--max-length", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=8, help="timed rounds of the per-step comparison")
@@ -222,9 +233,13 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="tiny random model, few rounds: a smoke run")
     args = parser.parse_args()
     if args.quick:
-        args.model, args.rounds, args.warmup, args.chunks, args.sync_steps, args.threads = "tiny-random", 2, 1, 2, 3, [1]
+        args.model, args.rounds, args.warmup, args.chunks, args.sync_steps = "tiny-random", 2, 1, 2, 3
+        args.threads = args.threads or [1]
         args.breakdown = min(args.breakdown, 2)
-    precisions = args.precision or (["fp32", "bf16"] if args.device == "cuda" else ["fp32"])
+    args.threads = args.threads or [1, 2]
+    device = ds.select_device(args.device, "fp32")  # fails at once without CUDA
+    bf16_units = resolve_precision("auto", device) == "bf16"
+    precisions = args.precision or (["fp32"] + (["bf16"] if bf16_units and not args.quick else []))
     print(f"machine: {std_platform.processor() or std_platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}"
           + (f", {torch.cuda.get_device_name()}" if args.device == "cuda" else ""))
     results = {}
@@ -279,7 +294,38 @@ def main() -> None:
             }
         for arm in arms.values():
             ds.release_engine(arm.engine)
+    print_budget_entries(results, precisions, args.threads)
     print(json.dumps(results))
+
+
+def budget_entry(results: dict, device: str, precision: str, threads: list[int]) -> dict[str, float]:
+    """The MEASURED_OUTER_STEP_COST entry of (device, precision): per learned arm, c per step, the
+    larger over the thread counts measured, rounded up to 0.1."""
+    costs = [results[f"{device}/{precision}/threads={t}"]["outer_step_cost"] for t in threads]
+    return {arm: math.ceil(round(max(c[arm] for c in costs), 2) * 10 - 1e-9) / 10 for arm in ("bilevel", "clo")}
+
+
+def print_budget_entries(results: dict, precisions: list[str], threads: list[int]) -> None:
+    """What to put into sweeps/budget.py, and (with fp32 and bf16 measured) how much faster bf16 is.
+    Both land in ``results`` (the JSON line) too."""
+    device = next(iter(results)).split("/")[0]
+    entries = {p: budget_entry(results, device, p, threads) for p in precisions}
+    results["budget_entries"] = {f"{device}/{p}": entry for p, entry in entries.items()}
+    print(f"\nsweeps/budget.py MEASURED_OUTER_STEP_COST entries (c per step, the larger of threads "
+          f"{', '.join(map(str, threads))}, rounded up to 0.1):")
+    for precision, entry in entries.items():
+        print(f'    ("{device}", "{precision}"): {json.dumps(entry)},')
+    if {"fp32", "bf16"} <= set(precisions):
+        ratios = {}
+        print("\nfp32 / bf16 time per step (above 1: bf16 is faster; the precisions ran one after the other):")
+        print("| step | " + " | ".join(f"{t} thread(s)" for t in threads) + " |")
+        print("|---|" + "---|" * len(threads))
+        for key in ("plain/step", "fixed/step", "bilevel/step", "bilevel/outer", "clo/step", "clo/outer"):
+            row = [results[f"{device}/fp32/threads={t}"]["seconds_per_step"][key]
+                   / results[f"{device}/bf16/threads={t}"]["seconds_per_step"][key] for t in threads]
+            ratios[key] = {f"threads={t}": round(r, 3) for t, r in zip(threads, row)}
+            print(f"| {key} | " + " | ".join(f"{r:.2f}x" for r in row) + " |")
+        results["fp32_over_bf16"] = ratios
 
 
 if __name__ == "__main__":

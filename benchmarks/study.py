@@ -1,16 +1,25 @@
-"""The study behind docs/results.md: CLO against every baseline on full MR, tuned and seed-replicated.
+"""The studies behind docs/results.md: CLO against every baseline, tuned and seed-replicated, on MR and on SNLI.
 
-    python benchmarks/study.py                  # start the study, or continue it where it stopped
+    python benchmarks/study.py                          # the MR study (preset mr-study): start it, or continue it
+    python benchmarks/study.py --preset snli-study      # the SNLI study, beside it
     python benchmarks/study.py --results /tmp/results.md --set budget_epochs=2 --name small   # a smaller one
 
-It runs ``platform/sweep.py``'s whole pipeline with the ``mr-study`` preset (sweeps/presets/mr-study.yaml):
-a search per arm under one compute budget, then each arm's best configuration (chosen on validation)
-retrained with 3 seeds on the full training set and compared on test with paired bootstrap
-intervals. Every finished trial and seed is kept, so an interrupted study (Ctrl-C, a closed
-session) continues from there when the command is run again; the time of every invocation is
-added up and reported. It ends by writing docs/results.md from the sweep's results: the budget,
-what each arm's search used and chose, the final table, the intervals and verdicts, and the
-learned weights of bilevel and clo over training.
+Each study runs ``platform/sweep.py``'s whole pipeline with its preset (sweeps/presets/mr-study.yaml,
+sweeps/presets/snli-study.yaml): a search per arm under one compute budget, then each arm's best
+configuration (chosen on validation) retrained with 3 seeds and compared on the same test examples
+with paired bootstrap intervals. Every finished trial and seed is kept, so an interrupted study
+(Ctrl-C, a closed session) continues from there when the command is run again; the wall time of
+every invocation, its command line and the commit it ran from are added to the study's time file
+(``<root>/<name>/study_time.json``) and reported.
+
+It ends by writing the study's own section of docs/results.md, between ``<!-- study:<name> ... -->``
+and ``<!-- /study:<name> -->``: the budget, what each arm's search used and chose, the final table,
+the intervals and verdicts, the learned weights of bilevel and clo over training, and the study's
+wall time and invocations; its plots are ``results-<name>-frontiers.png`` and
+``results-<name>-weights.png`` beside the document. Other studies' sections stay as they are, byte
+for byte; a missing section is appended; the document's head (title, newest date, what the studies
+are) is rewritten. A paragraph between ``<!-- keep:KEY -->`` and ``<!-- /keep:KEY -->`` that no
+longer holds the word PLACEHOLDER was written by hand, and is kept when the section is rewritten.
 """
 
 from __future__ import annotations
@@ -19,9 +28,11 @@ import argparse
 import json
 import os
 import platform as std_platform
+import re
 import shlex
 import shutil
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -36,12 +47,16 @@ from sweeps.config import (STATE_FILE, SweepInterrupted, build_config, resume_co
 from trainers.errors import ConfigError  # noqa: E402
 
 TIME_FILE = "study_time.json"
+STUDIES = ("mr-study", "snli-study")  # the study presets (sweeps/presets/<name>.yaml)
+PLACEHOLDER = "PLACEHOLDER"
 
 
 def parse_args():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--name", default="mr-study", help="the study's sweep name (default: mr-study)")
-    p.add_argument("--root", default=str(REPO / "runs" / "study"), help="folder of the study's sweep")
+    p.add_argument("--preset", default="mr-study", choices=STUDIES, help="the study to run (default: mr-study)")
+    p.add_argument("--name", default=None, help="the study's sweep name, also its section of the results "
+                                                "(default: the preset's name)")
+    p.add_argument("--root", default=str(REPO / "runs" / "study"), help="folder of the studies' sweeps")
     p.add_argument("--results", default=str(REPO / "docs" / "results.md"), help="the markdown file to write")
     p.add_argument("--set", metavar="KEY=VALUE", action="append", default=[],
                    help="sweep config override for a new study (ignored when continuing one)")
@@ -50,55 +65,217 @@ def parse_args():
 
 def main() -> int:
     args = parse_args()
-    cfg = build_config(preset="mr-study", overrides=args.set, flags={"name": args.name, "root": args.root})
+    invocation = {"command": command_line(), "commit": checkout_commit()}
+    cfg = build_config(preset=args.preset, overrides=args.set,
+                       flags={"name": args.name or args.preset, "root": args.root})
     resume = (cfg.sweep_dir / STATE_FILE).is_file()
     cfg = resume_config(cfg) if resume else start_config(cfg)
-    print(f"[study] {'continuing' if resume else 'starting'} the study '{cfg.name}' in {cfg.sweep_dir}", flush=True)
+    print(f"[study] {'continuing' if resume else 'starting'} the study '{cfg.name}' ({cfg.preset}) in {cfg.sweep_dir}",
+          flush=True)
     from sweeps.runner import run_sweep
 
     started = time.time()
     try:
         result = run_sweep(cfg, resume=resume)
     except (SweepInterrupted, KeyboardInterrupt) as err:
-        add_time(cfg.sweep_dir, started, finished=False)
+        add_time(cfg.sweep_dir, started, finished=False, **invocation)
         print(f"[study] stopped ({err or 'Ctrl-C'}); run the same command again to continue", file=sys.stderr)
         return 130
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    total = add_time(cfg.sweep_dir, started, finished=True)
+    total = add_time(cfg.sweep_dir, started, finished=True, **invocation)
     if result.final is None:
         print("error: the study has no final stage (final_seeds is empty); nothing to write", file=sys.stderr)
         return 2
-    Path(args.results).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.results).write_text(results_markdown(result, total, args))
-    print(f"[study] wrote {args.results}", flush=True)
+    path = Path(args.results)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    body = section_markdown(result, total, path)
+    write_section(path, cfg.name, body, measured=time.strftime("%Y-%m-%d"))
+    print(f"[study] wrote the section '{cfg.name}' of {args.results}", flush=True)
     return 0
 
 
-def add_time(folder: Path, started: float, finished: bool) -> dict:
-    """Append this invocation's wall time to the study's record; returns the record."""
+def command_line() -> str:
+    return "python benchmarks/study.py" + "".join(f" {shlex.quote(a)}" for a in sys.argv[1:])
+
+
+def checkout_commit() -> dict:
+    """The commit of the checkout this runs from (``git rev-parse --short HEAD``), and whether
+    tracked files differ from it."""
+    def git(*argv) -> str | None:
+        try:
+            out = subprocess.run(["git", *argv], cwd=REPO, capture_output=True, text=True, timeout=30)
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return out.stdout.strip() if out.returncode == 0 else None
+
+    status = git("status", "--porcelain", "--untracked-files=no")
+    return {"hash": git("rev-parse", "--short", "HEAD") or "unknown", "dirty": bool(status) if status is not None else None}
+
+
+def add_time(folder: Path, started: float, finished: bool, command: str | None = None,
+             commit: dict | None = None) -> dict:
+    """Append this invocation (wall time, command line, commit) to the study's record; returns the record."""
     path = folder / TIME_FILE
     record = json.loads(path.read_text()) if path.is_file() else {"invocations": []}
     record["invocations"].append({"started": time.strftime("%Y-%m-%d %H:%M", time.gmtime(started)),
-                                  "seconds": round(time.time() - started, 1), "finished": finished})
+                                  "seconds": round(time.time() - started, 1), "finished": finished,
+                                  "command": command, "commit": commit})
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(record, indent=2))
     tmp.replace(path)
     return record
 
 
-# ---------------------------------------------------------------------------- the document
-def results_markdown(result, timing: dict, args) -> str:
+# ---------------------------------------------------------------------------- the document's sections
+SECTION_RE = re.compile(r"<!-- study:(?P<name>[A-Za-z0-9][A-Za-z0-9._-]*)(?P<attrs>(?: [a-z]+=\S+)*) -->\n"
+                        r".*?<!-- /study:(?P=name) -->\n?", re.S)
+KEEP_RE = re.compile(r"<!-- keep:(?P<key>[a-z-]+) -->\n.*?<!-- /keep:(?P=key) -->", re.S)
+
+
+def sections(text: str) -> list[re.Match]:
+    return list(SECTION_RE.finditer(text))
+
+
+def section_attrs(match: re.Match) -> dict[str, str]:
+    return dict(a.split("=", 1) for a in match["attrs"].split())
+
+
+def section_block(name: str, body: str, measured: str | None = None) -> str:
+    opening = f"<!-- study:{name}" + (f" measured={measured}" if measured else "") + " -->"
+    return f"{opening}\n{body.strip()}\n<!-- /study:{name} -->\n"
+
+
+def write_section(path: Path, name: str, body: str, measured: str | None = None) -> str:
+    """Put study ``name``'s section into the document at ``path``: in place of its old one, or
+    appended; every other section and the text between sections stay byte for byte; the head
+    (everything before the first section) is rewritten. Returns the new text."""
+    text = path.read_text() if path.is_file() else ""
+    found = sections(text)
+    mine = next((m for m in found if m["name"] == name), None)
+    block = section_block(name, body, measured)
+    if mine is not None:
+        block = keep_filled(mine.group(0), block)
+        rest = text[found[0].start():mine.start()] + block + text[mine.end():]
+    elif found:
+        rest = text[found[0].start():].rstrip("\n") + "\n\n" + block
+    else:
+        rest = block
+    new_text = document_head(sections(rest)) + "\n" + rest
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(new_text)
+    tmp.replace(path)
+    return new_text
+
+
+def keep_filled(old: str, new: str) -> str:
+    """The hand-filled ``keep`` paragraphs of the old section (no PLACEHOLDER left) in the new one."""
+    filled = {m["key"]: m.group(0) for m in KEEP_RE.finditer(old) if PLACEHOLDER not in m.group(0)}
+    return KEEP_RE.sub(lambda m: filled.get(m["key"], m.group(0)), new)
+
+
+def document_head(found: list[re.Match]) -> str:
+    dated = sorted((section_attrs(m).get("measured", ""), m["name"]) for m in found)
+    dated = [(date, name) for date, name in dated if date]
+    newest = (f"Newest section: **{dated[-1][0]}** (`{dated[-1][1]}`)." if dated
+              else "No study has run on this code yet.")
+    listing = "; ".join(f"`{m['name']}` ({'measured ' + section_attrs(m)['measured'] if 'measured' in section_attrs(m) else 'not run yet'})"
+                        for m in found)
+    return f"""# Results: does CLO beat bi-level and fixed loss weights, and at what early-exit speed?
+
+{newest} Studies: {listing}.
+
+Each section below is one study on one task, written by `python benchmarks/study.py --preset <study>`
+and rewritten only by that study: the five arms (three fixed loss weightings, bi-level, CLO), each
+tuned on validation under the same training compute, then each arm's best configuration retrained
+with seeds 1, 2, 3 and compared on the same test examples with paired bootstrap intervals. Each
+section says what it cost, which commands made it and from which commit.
+"""
+
+
+# ---------------------------------------------------------------------------- what the sections say
+TASK_TEXT = {
+    "mr": ("MR", "MR sentence polarity (the corpus SST-2 was built from; embedded in the package)", "sentences"),
+    "snli": ("SNLI", "SNLI natural-language inference: premise/hypothesis pairs, 3 classes (entailment, neutral, "
+                     "contradiction), from the official SNLI release (embedded in the package)", "pairs"),
+}
+ABOUT = {  # what a study that has not run yet takes
+    "mr-study": "about 2.5 hours on 2 idle cores",
+    "snli-study": "about 3 hours on 2 cores, sized in the preset's header",
+}
+CHANGES = {  # per preset: a paragraph whoever runs the study fills in (kept across reruns once filled)
+    "mr-study": f"""<!-- keep:changes -->
+**What changed since the superseded 2026-11 verdicts:** … *({PLACEHOLDER}: the MR study fills this
+in after its rerun: which of the 2026-11 verdicts, `git show 8fdfaa4:docs/results.md`, still hold
+and which changed. Replace this parenthesis with that account; once it is gone, study.py keeps the
+paragraph whenever it rewrites the section.)*
+The 2026-11 run was superseded because its conditions differed between the arms, and this code
+changes them: (1) the dropout defect: `build_model` left the backbone in eval mode, so the fixed
+arms trained without the backbone's dropout while bilevel and clo trained with it (fixed in
+`trainers/model.py::build_model`); (2) the budget charged a loss-weight update 4.2 fixed steps,
+measured it costs 2.4 (bilevel) and 2.5 (clo) on this CPU (docs/method.md, "What an outer step
+costs"), so the learned arms had got fewer trials than the same compute buys; (3) the comparison
+fixes: trials ASHA stops are told to Optuna as PRUNED, ASHA's state is kept across `--resume`,
+speed-ups are timed in a timing phase of their own on a quiet device after all training, and every
+preset that compares arms gives them a compute budget, with no budget left unspent.
+<!-- /keep:changes -->""",
+}
+
+
+def task_text(task: str) -> tuple[str, str, str]:
+    """(short name, description, what one example is) of a task."""
+    return TASK_TEXT.get(task, (task.upper(), f"the task `{task}`", "examples"))
+
+
+def study_title(task: str) -> str:
+    return f"## {task_text(task)[0]}: CLO against every baseline"
+
+
+def pending_section(preset: str, task: str) -> str:
+    """The section of a study that has not run yet on this code."""
+    return f"""{study_title(task)}
+
+Not run yet on this code; run `python benchmarks/study.py --preset {preset}`
+({ABOUT.get(preset, 'hours')}; resumable: run it again after an interruption).
+
+{CHANGES.get(preset, '')}
+"""
+
+
+def shown_path(path: Path) -> Path:
+    """``path`` relative to the repository when it lies inside it."""
+    return path.relative_to(REPO) if path.is_relative_to(REPO) else path
+
+
+def duration(seconds: float) -> str:
+    return f"{seconds / 3600:.1f} hours" if seconds >= 3600 else f"{seconds / 60:.0f} min"
+
+
+def invocations_table(timing: dict) -> str:
+    rows = ["| # | started (UTC) | wall time | ended | command | commit |", "|---|---|---|---|---|---|"]
+    for number, inv in enumerate(timing["invocations"], 1):
+        commit = inv.get("commit") or {}
+        commit_text = (f"`{commit.get('hash', 'unknown')}`" + (" + uncommitted changes" if commit.get("dirty") else "")
+                       if commit else "not recorded")
+        command = f"`{inv['command']}`".replace("|", "\\|") if inv.get("command") else "not recorded"
+        rows.append(f"| {number} | {inv['started']} | {duration(inv['seconds'])} | "
+                    f"{'finished' if inv['finished'] else 'interrupted'} | {command} | {commit_text} |")
+    return "\n".join(rows)
+
+
+def section_markdown(result, timing: dict, results_path: Path) -> str:
+    """The study's section of the results document (without its markers); writes its two plots
+    beside the document."""
     from sweeps.report import compute_used
 
     cfg, final = result.cfg, result.final
+    short, about_task, unit = task_text(cfg.train.get("task", "mr"))
     seconds = sum(i["seconds"] for i in timing["invocations"])
-    command = "python benchmarks/study.py" + "".join(f" {shlex.quote(a)}" for a in sys.argv[1:])
-    docs = Path(args.results).parent
-    frontiers = docs / "results-frontiers.png"
+    docs = results_path.parent
+    frontiers = docs / f"results-{cfg.name}-frontiers.png"
     shutil.copy2(final.files["frontiers_png"], frontiers)
-    weights_png = docs / "results-weights.png"
+    weights_png = docs / f"results-{cfg.name}-weights.png"
     weights_plot(final.results, weights_png)
     train = cfg.train
     final_train = {**train, **cfg.final_train}
@@ -115,60 +292,72 @@ def results_markdown(result, timing: dict, args) -> str:
     invocations = len(timing["invocations"])
     verdicts = "\n".join(f"- {line}" for line in final.verdicts.values())
     some = next(r for seeds in final.results.values() for r in seeds)
-    sizes = final_sizes(result)
+    sizes = final_sizes(result, unit)
     arms = "\n".join(f"  - `{arm}`: {ARM_TEXT.get(arm, arm)}" for arm in cfg.methods)
     pace = epoch_pace(result)
     costs = ", ".join(f"{o.method} {o.cost.outer_step_cost:g}" for o in result.outcomes if o.cost and o.cost.learned) or "no learned arm"
-    return f"""# CLO against every baseline on MR: tuned, {len(cfg.final_seeds)} seeds, paired intervals
+    algorithms = {o.search_algorithm for o in result.outcomes}
+    search_kind = ("so every search here is **random search**, and says so" if algorithms == {"random"} else
+                   "so each arm's search says which it was (random search below 8 trials, TPE above)")
+    validated = (f"validated on {train['eval_subset']} validation {unit} (a stratified sample, the same for every trial)"
+                 if train.get("eval_subset") else f"validated on all validation {unit}")
+    final_examples = ("all" if final_train.get("train_subset") is None else
+                      f"{final_train['train_subset']} (a stratified sample per seed, the same for every arm at a seed)")
+    changes = CHANGES[cfg.preset] + "\n\n" if cfg.preset in CHANGES else ""
+    return f"""{study_title(cfg.train.get('task', 'mr'))}, tuned, {len(cfg.final_seeds)} seeds, paired intervals
 
-Regenerate: `{command.strip()}` (resumable: run it again after an interruption).
+Regenerate: `{command_line()}` (resumable: run it again after an interruption).
 Measured on {time.strftime('%Y-%m-%d')}; machine: {machine}. The whole study took
-**{seconds / 3600:.1f} hours** of wall time over {invocations} invocation(s), search and final stage together.
+**{duration(seconds)}** of wall time over {invocations} invocation(s), search and final stage together
+(`{shown_path(cfg.sweep_dir / TIME_FILE)}`):
 
-## Summary
+{invocations_table(timing)}
+
+{changes}### Summary
 
 {verdicts}
 
 {where_clo_loses(final, cfg.reference_arm)}
 
-## Setup, and why this size
-- **Task and model.** MR sentence polarity (the corpus SST-2 was built from; embedded in the
-  package): {sizes}. Model `{train['model']}` with {some.num_layers} exits. Max length {train['max_length']},
-  batch {train['batch_size']}, fp32 on CPU, DeepSpeed ZeRO-0. One loss-scale convention for every arm (the
-  weighted mean of the loss terms, docs/method.md "Loss scale"); hypervolume on the
+### Setup, and why this size
+- **Task and model.** {about_task}: {sizes}. Model `{train['model']}` with {some.num_layers} exits. Max length
+  {train['max_length']}, batch {train['batch_size']}, {train.get('precision', 'fp32')} on CPU, DeepSpeed ZeRO-0. One loss-scale convention
+  for every arm (the weighted mean of the loss terms, docs/method.md "Loss scale"); hypervolume on the
   {some.axis} speed-up axis (docs/method.md "Hypervolume").
 - **Arms:**
 {arms}
-- **Search**, per arm: {train.get('train_subset') or 'all'} training sentences (a stratified sample), {train['epochs']} epoch(s)
-  per trial, objective: validation hypervolume. Budget: **{cfg.budget_epochs:g} fixed-epochs of training
-  compute per arm**; an epoch of a learned arm costs 1 + outer_step_cost/outer_every fixed-epochs ({costs})
-  (docs/method.md "Budgets"), so the learned arms pay for their outer updates and get fewer
-  trials. The fixed arms search 2 learning rates; the learned arms also lr_outer and outer_every.
+- **Search**, per arm: {train.get('train_subset') or 'all'} training {unit} (a stratified sample, the same for every
+  trial), {train['epochs']} epoch(s) per trial, {validated}; objective: validation hypervolume.
+  Budget: **{cfg.budget_epochs:g} fixed-epochs of training compute per arm**; an epoch of a learned arm
+  costs 1 + outer_step_cost/outer_every fixed-epochs ({costs}) (docs/method.md "Budgets"), so the
+  learned arms pay for their outer updates and get fewer trials. The fixed arms search 2 learning
+  rates; the learned arms also lr_outer and outer_every.
 - **Final stage**, per arm: the configuration chosen on validation, retrained with seeds
-  {', '.join(map(str, cfg.final_seeds))} on {'all' if final_train.get('train_subset') is None else final_train['train_subset']} training sentences for {final_train['epochs']} epoch(s); every model
-  tested on the whole test set. Exit-policy settings (patience, entropy, confidence) are chosen on
-  each model's validation curve; test only reports.
-- **Why this size.** {pace} On 2 cores that makes each final training minutes to a quarter of
-  an hour, and the searches about as much again. A search TPE could model (8+ trials per arm)
-  or more seeds would take a day, so every search here is **random search**, and says so.
+  {', '.join(map(str, cfg.final_seeds))} on {final_examples} training {unit} for {final_train['epochs']} epoch(s); every model
+  validated on the whole validation set and tested on the whole test set, the same examples for
+  every model. Exit-policy settings (patience, entropy, confidence) are chosen on each model's
+  validation curve; test only reports.
+- **Why this size.** {pace} The sizing arithmetic is in the header of `sweeps/presets/{cfg.preset}.yaml`.
+  A search TPE could model (8+ trials per arm) or more seeds would multiply the hours, {search_kind}.
 
-## What each arm's search used and chose
+### What each arm's search used and chose
 
 {chr(10).join(search_rows)}
 
-## Final stage: test, mean ± std over seeds
+### Final stage: test, mean ± std over seeds
 
 {final.table}
 
 Accuracy @Nx: test accuracy at the exit-policy setting each model's validation curve chose as the
 most accurate with at least N-times speed-up, with the test speed-up it reached in brackets.
 Wall-clock speed-up: full forward time over early-exit time at the 2x setting on the whole test
-set (batch 128), the median of {cfg.timing_repeats} timed passes per model, one model at a time after all
-training, for {'every model' if not cfg.timing_seeds else f'the first {cfg.timing_seeds} seed(s) of each arm'}.
+set (batch 128), the median of {cfg.timing_repeats} ratios per model, timed after all training on a device
+held for the timing alone, the models' passes interleaved round by round (`report/final/timing.json`),
+for {'every model' if not cfg.timing_seeds else f'the first {cfg.timing_seeds} seed(s) of each arm'}.
 
-![mean test frontiers](results-frontiers.png)
+![{short}: mean test frontiers]({frontiers.name})
 
-## Is CLO better? Paired differences, {cfg.reference_arm} minus each arm
+### Is CLO better? Paired differences, {cfg.reference_arm} minus each arm
 
 Points of accuracy (hypervolume × 100), with 95 % intervals from {cfg.bootstrap} bootstrap replicates
 that resample seeds and test examples together, paired by seed and by example.
@@ -178,11 +367,11 @@ that resample seeds and test examples together, paired by seed and by example.
 
 {verdicts}
 
-## What the learned weights did
+### What the learned weights did
 
 {weights_text(final.results)}
 
-![learned weights over training](results-weights.png)
+![{short}: learned weights over training]({weights_png.name})
 """
 
 
@@ -195,12 +384,12 @@ ARM_TEXT = {
 }
 
 
-def final_sizes(result) -> str:
+def final_sizes(result, unit: str = "sentences") -> str:
     """'8483 training sentences in the final stage, 1060 test sentences', from the final runs themselves."""
     examples = {r.summary.train_examples for arm in result.final.finals for r in arm.records if r.summary}
     tested = {len(r.labels) for seeds in result.final.results.values() for r in seeds}
-    return (f"{'/'.join(str(e) for e in sorted(examples))} training sentences in the final stage, "
-            f"{'/'.join(str(n) for n in sorted(tested))} test sentences")
+    return (f"{'/'.join(str(e) for e in sorted(examples))} training {unit} in the final stage, "
+            f"{'/'.join(str(n) for n in sorted(tested))} test {unit}")
 
 
 def epoch_pace(result) -> str:

@@ -4,6 +4,7 @@ time of DeepSpeed ZeRO-0 against ZeRO-2, measured side by side in one run.
     python benchmarks/throughput.py                     # MiniLM on MR, batch 32
     python benchmarks/throughput.py --steps 10 --model tiny-random
     python benchmarks/throughput.py --device cuda --precision bf16
+    python benchmarks/throughput.py --task snli --threads 1 --steps 4 --warmup 1   # SNLI pairs
 
 Both engines train copies of the same model from the same initial weights on the same batches,
 taking turns step by step; warm-up steps are not timed (first calls pay for allocation).
@@ -77,6 +78,7 @@ def time_evaluation(model, split, batch_size: int, pad_id: int, policy=None) -> 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="minilm")
+    parser.add_argument("--task", default="mr", help="the task whose batches are timed: mr or snli (embedded), or a GLUE task")
     parser.add_argument("--steps", type=int, default=20, help="timed training steps per engine")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=32)
@@ -88,7 +90,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    cfg = TrainConfig(model=args.model, task="mr", max_length=args.max_length, batch_size=args.batch_size,
+    cfg = TrainConfig(model=args.model, task=args.task, max_length=args.max_length, batch_size=args.batch_size,
                       eval_subset=args.eval_examples, output_dir="/tmp/leebert-throughput", device=args.device,
                       precision=args.precision).validate()
     device = ds.select_device(cfg.device, cfg.precision)
@@ -102,7 +104,8 @@ def main() -> None:
     print(f"machine: {std_platform.processor() or std_platform.machine()}, {os.cpu_count()} CPUs, "
           f"torch {torch.__version__}, {args.threads} threads, device {device} {cfg.precision}")
     print(f"model {args.model} ({sum(p.numel() for p in model.parameters()) / 1e6:.1f} M parameters, "
-          f"{model.num_layers} exits), MR batches of {args.batch_size}, mean {tokens:.0f} real tokens per batch")
+          f"{model.num_layers} exits), {args.task} batches of {args.batch_size}, mean {tokens:.0f} real tokens per batch, "
+          f"padded to {sum(b['input_ids'].shape[1] for b in batches) / len(batches):.1f}")
     models = {stage: copy.deepcopy(model) for stage in (0, 2)}  # same initial weights
     cfgs = {stage: TrainConfig(**{**cfg.to_dict(), "zero_stage": stage}).validate() for stage in (0, 2)}
     results = time_training_side_by_side(models, cfgs, batches, args.warmup, terms)
@@ -112,7 +115,7 @@ def main() -> None:
     model.to(device)
     full = time_evaluation(model, data.test, 128, data.pad_token_id)
     early = time_evaluation(model, data.test, 128, data.pad_token_id, make_policy("patience", 2))
-    print(f"evaluation (all exits, batch 128): {full:.1f} samples/s on {len(data.test)} test sentences")
+    print(f"evaluation (all exits, batch 128): {full:.1f} samples/s on {len(data.test)} test examples")
     print(f"early-exit inference (patience 2, batch 128): {early:.1f} samples/s ({early / full:.2f}x the all-exits pass)")
 
 

@@ -16,7 +16,14 @@ compute the others did not get.
 A trial is only started when its whole cost (all epochs, at its sampled ``outer_every``) fits in
 what is left of the budget, counting running trials at their whole cost too; a trial ASHA stops
 early gives back the epochs it did not run. So the budget is never exceeded, and no trial is cut
-short by it.
+short by it. When a drawn trial does not fit and nothing runs that could give budget back, its
+cheapest variant that fits (a larger ``outer_every``) runs instead (``sweeps.searchers.Refit``):
+an arm's search ends only when not even its cheapest trial fits, so no arm leaves a trial's cost
+unspent.
+
+A device or precision without a measured figure is refused (``ConfigError``, exit 2), with or
+without a compute budget: the figure also orders the arms' turns, and a guess would hand one arm
+compute the others did not get.
 """
 
 from __future__ import annotations
@@ -33,6 +40,10 @@ MEASURED_OUTER_STEP_COST: dict[tuple[str, str], dict[str, float]] = {
     # `python benchmarks/step_cost.py`, 2026-12-02, MiniLM on MR, batch 32, idle 2-core x86_64: per step
     # bilevel 2.37 / 2.39, clo 2.43 / 2.49 fixed steps with 1 / 2 threads; the larger, rounded up
     ("cpu", "fp32"): {"bilevel": 2.4, "clo": 2.5},
+    # `python benchmarks/step_cost.py --precision fp32 bf16 --threads 2`, 2026-12-04, same setting, avx512_bf16:
+    # bilevel 3.03, clo 3.35 fixed steps (bf16 speeds a θ-step up 1.36x but an outer step only 1.07-1.09x:
+    # its ℓ± sides stay fp32), rounded up
+    ("cpu", "bf16"): {"bilevel": 3.1, "clo": 3.4},
     # ESTIMATES from the pass count (4 passes, against a θ-step's forward + backward) until
     # `python benchmarks/gpu_check.py` measures them on a GPU
     ("cuda", "fp32"): {"bilevel": 2.7, "clo": 2.7},
@@ -63,6 +74,11 @@ class TrialCost:
     def dearest(self, space: dict) -> float:
         """The cost of the dearest trial the space can draw (the smallest outer_every)."""
         every = getattr(space.get("outer_every"), "low", self.default_outer_every)
+        return self.whole({"outer_every": every})
+
+    def cheapest(self, space: dict) -> float:
+        """The cost of the cheapest trial the space can draw (the largest outer_every)."""
+        every = getattr(space.get("outer_every"), "high", self.default_outer_every)
         return self.whole({"outer_every": every})
 
 
@@ -103,7 +119,14 @@ def resolve_outer_step_cost(setting: Any, method: str, device: str, precision: s
     """The cost of one outer update of ``method``'s trials: ``setting`` as a number (every learned
     arm), a mapping per arm ({bilevel: 3.1, clo: 2.8}: an arm it does not name gets the measured
     figure), or "auto": the measured figure for ``device`` ("cpu" or "cuda") and ``precision``.
-    Fixed-weight arms never pay for outer steps (0)."""
+    Fixed-weight arms never pay for outer steps (0).
+
+    ``precision`` auto is resolved here, on the driver, as the trials will resolve it
+    (``trainers.config.resolve_precision``): for CPU trials from this machine's CPU flags, which
+    assumes the trials' nodes have the same CPUs as the driver's; for CUDA trials from the driver's
+    own GPU, and refused when the driver has none (it cannot tell whether the trials' GPUs have bf16).
+    """
+    from trainers.config import BF16_CPU_FLAGS, cpu_bf16_flag, resolve_precision
     from trainers.errors import ConfigError
 
     if method not in LEARNED_ARMS:
@@ -112,12 +135,37 @@ def resolve_outer_step_cost(setting: Any, method: str, device: str, precision: s
         return float(setting)
     if isinstance(setting, dict) and method in setting:
         return float(setting[method])
+    how = ""
+    if precision == "auto":
+        if device == "cuda":
+            import torch
+
+            if not torch.cuda.is_available():
+                raise ConfigError("train.precision auto: this driver has no GPU, so it cannot tell whether the trials' "
+                                  "GPUs have bf16, which sets the outer_step_cost they are charged; set train.precision "
+                                  "to bf16 or fp32, or outer_step_cost to a number")
+            why = f"the driver's {torch.cuda.get_device_name()}, taken for the trials' GPUs"
+        else:
+            flag = cpu_bf16_flag()
+            why = (f"the driver's CPU has {flag}" if flag else f"the driver's CPU has neither {' nor '.join(BF16_CPU_FLAGS)}"
+                   ) + "; this assumes every node has the same CPUs"
+        precision = resolve_precision("auto", device)
+        how = f" (train.precision auto: {precision}, as {why})"
     measured = MEASURED_OUTER_STEP_COST.get((device, precision))
-    if measured is None:
+    if measured is None:  # never a guess: another precision's figure would give one arm more compute
         known = ", ".join(f"{d}/{p}" for d, p in MEASURED_OUTER_STEP_COST)
-        raise ConfigError(f"outer_step_cost: auto has no measured figure for {device}/{precision} (known: {known}); set "
-                          f"outer_step_cost to a number, e.g. what `python benchmarks/step_cost.py` measures there")
+        raise ConfigError(f"outer_step_cost: auto has no measured figure for {device}/{precision}{how} (sweeps/budget.py "
+                          f"MEASURED_OUTER_STEP_COST has {known}); measure it with `{measure_command(device, precision)}` "
+                          f"and add the entry ({device!r}, {precision!r}) there, or set outer_step_cost to a number "
+                          f"(--set outer_step_cost=2.5, or one per learned arm: --set 'outer_step_cost={{bilevel: 2.4, clo: 2.5}}')")
     return float(measured[method])
+
+
+def measure_command(device: str, precision: str) -> str:
+    """The command that measures one outer update's cost on ``device`` in ``precision``."""
+    if device == "cuda":
+        return f"python benchmarks/gpu_check.py --precision {precision}"
+    return f"python benchmarks/step_cost.py --device {device} --precision {precision}"
 
 
 def used_compute(epochs_run: int, config: dict[str, Any], cost: TrialCost) -> float:

@@ -75,9 +75,10 @@ class SweepConfig:
                                                 "cores, so no core idles in a last round")
     reference_arm: str = _f("clo", "the arm every other arm is compared with in the final stage (paired differences)")
     bootstrap: int = _f(2000, "bootstrap resamples (over seeds and test examples) of the final comparison's intervals")
-    timing_repeats: int = _f(5, "final stage: timed passes over test per model, made by the trial itself on its own device "
-                                "after training; the wall-clock speed-up is their median")
-    timing_seeds: int | None = _f(None, "final stage: how many seeds of each arm (the first ones) time their early exit; null: all")
+    timing_repeats: int = _f(5, "final stage: rounds of one full and one early-exit pass over test per model, made after all "
+                                "training in one task holding a whole device, the models interleaved; the wall-clock speed-up "
+                                "is the median ratio")
+    timing_seeds: int | None = _f(None, "final stage: how many seeds of each arm (the first ones) the timing phase times; null: all")
     objective: str = _f("hypervolume", "what the search maximizes on validation: hypervolume (of the speed-accuracy frontier) or last_exit")
     scheduler: str = _f("asha", "trial scheduler: asha (stops weak trials after each epoch) or none")
     grace_period: int = _f(1, "ASHA: epochs every trial gets before it can be stopped")
@@ -224,13 +225,11 @@ class SweepConfig:
                               f"{', '.join(sorted(search_spaces.all_parameters()))}")
         if "method" in self.train:
             raise ConfigError("train.method cannot be set: each method gets its own search; list them in `methods`")
-        for key, value in self.train.items():
-            searching = [m for m in self.methods if key in search_spaces.get_space(m, self.space)]
-            if searching:
-                raise ConfigError(f"train.{key}={value!r} would be replaced by the searched value: {', '.join(searching)} "
-                                  f"search{'es' if len(searching) == 1 else ''} {key}; to pin it, also pass --set "
-                                  f"space.{key}=null (then train.{key} applies to every arm), or search a narrower range "
-                                  f"with --set space.{key}=[low,high] instead")
+        for section in ("train", "final_train"):  # no silent override of a searched value, in either stage
+            for key, value in getattr(self, section).items():
+                searching = [m for m in self.methods if key in search_spaces.get_space(m, self.space)]
+                if searching:
+                    raise ConfigError(_searched_override(section, key, value, searching))
         for key, value in self.diverge_trials.items():
             arm, _, number = str(key).rpartition("-")
             if arm not in self.methods or not number.isdigit() or not isinstance(value, int) or value < 1:
@@ -268,17 +267,25 @@ class SweepConfig:
     def arm_outer_step_cost(self, method: str) -> float:
         """What one outer update of ``method``'s trials costs in θ-steps (0 for fixed weights):
         ``outer_step_cost``, or with ``auto`` the figure measured for the trials' device and
-        precision (sweeps/budget.py). Without a compute budget the figure only orders the arms'
-        turns, so a device/precision nobody measured falls back to that device's fp32 figure."""
+        precision (sweeps/budget.py); a device/precision nobody measured is refused, never guessed.
+        ``train.precision: auto`` is resolved on this driver as the trials will resolve it (CPU
+        trials: this machine's CPU flags, assuming the cluster's nodes are alike)."""
         from sweeps.budget import resolve_outer_step_cost
 
         values = self.arm_train_values(method)
-        try:
-            return resolve_outer_step_cost(self.outer_step_cost, values["method"], self.trial_device(), values["precision"])
-        except ConfigError:
-            if self.budget_epochs is not None:
-                raise
-            return resolve_outer_step_cost(self.outer_step_cost, values["method"], self.trial_device(), "fp32")
+        return resolve_outer_step_cost(self.outer_step_cost, values["method"], self.trial_device(), values["precision"])
+
+
+def _searched_override(section: str, key: str, value: Any, searching: list[str]) -> str:
+    """Why ``section.key`` cannot be set while arms search ``key``, and how to pin it instead."""
+    arms = f"{', '.join(searching)} search{'es' if len(searching) == 1 else ''} {key}"
+    if section == "train":
+        return (f"train.{key}={value!r} would be replaced by the searched value: {arms}; to pin it, also pass --set "
+                f"space.{key}=null (then train.{key} applies to every arm), or search a narrower range with "
+                f"--set space.{key}=[low,high] instead")
+    return (f"final_train.{key}={value!r} would replace the searched value in the retraining: {arms}, and the final "
+            f"stage retrains each arm's best configuration as searched; to use one value for every arm, pin it for "
+            f"the search too (--set space.{key}=null --set train.{key}={value!r})")
 
 
 def _choose(name: str, value: str, choices) -> None:

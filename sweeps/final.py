@@ -6,20 +6,24 @@ arms x seeds are one Ray Tune experiment ``final`` (same trainer, checkpoints, r
 logging as a search trial, ``sweeps.experiment``), with as many trainings at once as the cluster
 holds; ``--resume`` restores it.
 
-Each of the first ``timing_seeds`` trainings of an arm also times its own early exit after
-training, in its own process on its own device: ``timing_repeats`` passes over test, full depth
-against early exit at the validation-chosen settings (the trainer's wall-clock evaluation), the
-median ratio reported in its summary. The driver only reads that figure.
+No training times anything (``wallclock_eval`` is off in every final trial): a neighbour still
+training would weigh on the figure, and differently for each arm. Once every final training has
+ended, the timing phase (``sweeps.timing``, called by ``sweeps.runner``) times the first
+``timing_seeds`` seeds of each arm in one Ray task that holds a whole device (one GPU, or every CPU
+of a node): ``timing_repeats`` rounds of one full-depth and one early-exit pass over test at the
+validation-chosen 2x setting per model, the models interleaved, written to
+``report/final/timing.json``. The comparison reads each model's median ratio from there.
 
 Then, on test, per arm (mean ± std over seeds): last-exit accuracy; accuracy at 1.5x, 2x and 3x
 with the exit-policy settings each model's validation curve chose; hypervolume over the settings
-its validation frontier chose; and the measured wall-clock speed-up at 2x. The reference arm (CLO)
-is compared with every other arm by the paired bootstrap of ``sweeps.statistics`` (over seeds and
-test examples) with a verdict.
+its validation frontier chose; and the measured wall-clock speed-up at 2x (the mean of the timed
+seeds' medians; the CSV adds the range of their ratios). The reference arm (CLO) is compared with
+every other arm by the paired bootstrap of ``sweeps.statistics`` (over seeds and test examples)
+with a verdict.
 
 MLflow: a ``final/<arm>`` run per arm (role=final) with one child per seed, and a
-``final-comparison`` run (role=final_comparison) with the table (markdown, CSV), the overlay of
-mean frontiers with seed bands, each arm's mean frontier as metric history, and the verdicts.
+``final-comparison`` run (role=final_comparison) with the table (markdown, CSV), timing.json, the
+overlay of mean frontiers with seed bands, each arm's mean frontier as metric history, and the verdicts.
 """
 
 from __future__ import annotations
@@ -40,12 +44,12 @@ from sweeps.progress import say
 from sweeps.records import TrialRecord
 from sweeps.search import MethodOutcome, runtime, trial_resources
 from sweeps.spec import FINAL
+from sweeps.timing import TIMED_TARGET, ModelTiming, TimingReport, timing_file
 from sweeps.tracking import Tracker
 from sweeps.trial import TEST_LOGITS_FILE
 from trainers.results import WeightsSummary
 
 TARGETS = (1.5, 2.0, 3.0)
-TIMED_TARGET = 2.0  # the wall-clock speed-up is reported (and so timed) at the 2x operating point
 FINAL_ROLE, COMPARISON_ROLE = "final", "final_comparison"
 
 
@@ -74,7 +78,8 @@ class SeedResult:
     front_exits: np.ndarray                  # [S, N] exit layer of every validation-frontier setting
     front_correct: np.ndarray                # [S, N]
     at: dict[float, tuple[np.ndarray, np.ndarray]]  # target -> (exit layers [N], correct [N])
-    wallclock: dict[float, float] = field(default_factory=dict)  # target -> median measured speed-up
+    wallclock: dict[float, float] = field(default_factory=dict)  # target -> median speed-up (timing phase)
+    timing: ModelTiming | None = None        # its timing-phase record (ratios, range), if it was timed
     weights: WeightsSummary | None = None    # the learned weights and their trajectory
     train_seconds: float = 0.0
 
@@ -94,13 +99,10 @@ class SeedResult:
 
 
 # ---------------------------------------------------------------------------- retraining
-def final_config(cfg: SweepConfig, best: TrialRecord, seed: int, timed: bool) -> dict:
-    """The trainer options of one final training: the chosen trial's, then final_train, the seed,
-    and whether it times its early exit after training."""
-    values = {**best.train, **cfg.final_train, "seed": seed, "wallclock_eval": timed}
-    if timed:
-        values["wallclock_repeats"] = cfg.timing_repeats
-    return values
+def final_config(cfg: SweepConfig, best: TrialRecord, seed: int) -> dict:
+    """The trainer options of one final training: the chosen trial's, then final_train, the seed.
+    It never times itself (whatever final_train says): the timing phase does, after all training."""
+    return {**best.train, **cfg.final_train, "seed": seed, "wallclock_eval": False}
 
 
 def final_stage(cfg: SweepConfig, tracker: Tracker, outcomes: list[MethodOutcome], resume: bool,
@@ -109,24 +111,24 @@ def final_stage(cfg: SweepConfig, tracker: Tracker, outcomes: list[MethodOutcome
     from ray import tune
 
     chosen = [o for o in outcomes if o.best is not None]
-    timed_seeds = cfg.final_seeds[:cfg.timing_seeds] if cfg.timing_seeds else cfg.final_seeds
     parents, parts = {}, []
     for outcome in chosen:
         arm, best = outcome.method, outcome.best
-        values = final_config(cfg, best, cfg.final_seeds[0], timed=False)
+        values = final_config(cfg, best, cfg.final_seeds[0])
         parents[f"final/{arm}"] = tracker.method_run(f"final/{arm}", role=FINAL_ROLE, params={
             "arm": arm, "seeds": ",".join(map(str, cfg.final_seeds)), "source_trial_id": best.trial_id,
             "source_trial_number": best.number, **{k: v for k, v in values.items() if k != "seed"}},
             tags={"sweep": cfg.name, "arm": arm})
         parts += [{"arm": arm, "stage": FINAL, "number": seed, "sampled": {"seed": seed},
-                   "train": final_config(cfg, best, seed, timed=seed in timed_seeds)} for seed in cfg.final_seeds]
+                   "train": final_config(cfg, best, seed)} for seed in cfg.final_seeds]
         if not resume:
             say(f"final/{arm}: retraining trial {best.number}'s configuration with seeds "
                 f"{', '.join(map(str, cfg.final_seeds))}" + (f" and {values_text(cfg.final_train)}" if cfg.final_train else ""))
     if not resume:
         at_once = cfg.final_max_concurrent or "as many as the cluster holds"
-        say(f"final: {len(parts)} trainings in one experiment, {at_once} at a time; the first "
-            f"{len(timed_seeds)} seed(s) of each arm time their early exit ({cfg.timing_repeats} passes)")
+        timed = f"the first {cfg.timing_seeds} seed(s)" if cfg.timing_seeds else "every seed"
+        say(f"final: {len(parts)} trainings in one experiment, {at_once} at a time; then {timed} of each arm "
+            f"timed on a quiet device ({cfg.timing_repeats} repeats)")
     epochs = max(int(p["train"].get("epochs", 1)) for p in parts)
     stage = Stage(name=FINAL, runtime=runtime(cfg, FINAL), parents=parents,
                   totals={group: len(cfg.final_seeds) for group in parents}, epochs=epochs,
@@ -138,13 +140,15 @@ def final_stage(cfg: SweepConfig, tracker: Tracker, outcomes: list[MethodOutcome
         mine = [r for r in records if r.method == f"final/{outcome.method}"]
         mine.sort(key=lambda r: cfg.final_seeds.index(int(r.train["seed"])))
         finals.append(FinalArm(outcome.method, parents[f"final/{outcome.method}"], outcome.best,
-                               final_config(cfg, outcome.best, cfg.final_seeds[0], timed=False), mine))
+                               final_config(cfg, outcome.best, cfg.final_seeds[0]), mine))
     return finals
 
 
 def final_resources(cfg: SweepConfig) -> dict:
     """A search trial's request, shared among more trials when final_max_concurrent > max_concurrent
-    (Ray's resources are logical: 3 trials of 2/3 CPU run on 2 cores, one torch thread each)."""
+    (Ray's resources are logical: 3 trials of 2/3 CPU run on 2 cores, one torch thread each).
+    Sharing only costs training throughput: no trial times anything here, the timing phase runs
+    after every training has ended, on a device of its own."""
     resources = trial_resources(cfg)
     more = (cfg.final_max_concurrent or cfg.max_concurrent) / cfg.max_concurrent
     if more > 1 and cfg.workers_per_trial == 1:
@@ -157,36 +161,26 @@ def values_text(values: dict) -> str:
 
 
 # ---------------------------------------------------------------------------- reading the models
-def seed_result(record: TrialRecord) -> SeedResult:
+def seed_result(record: TrialRecord, timing: TimingReport | None) -> SeedResult:
     """What the comparison needs from one retrained model: its per-example test results (from its
-    checkpoint) and the wall-clock speed-up it measured itself (from its summary)."""
-    import torch
-
-    from trainers.policies import make_policy, simulate
+    checkpoint) and, if it was timed, its wall-clock speed-up (from the timing phase)."""
+    from trainers.policies import SavedOutcomes
     from trainers.train import load_exit_logits
 
     summary = record.summary
     with record.checkpoint.as_directory() as folder:
         logits, labels, ids = load_exit_logits(Path(folder) / TEST_LOGITS_FILE)
     ops = {float(op.target_speedup): op for op in summary.operating_points}
-    all_logits = torch.from_numpy(logits)
-    regression = all_logits.shape[-1] == 1
-
-    def outcome(kind: str, setting: float, delta) -> tuple[np.ndarray, np.ndarray]:
-        exit_layer, exit_logits = simulate(make_policy(kind, setting, is_regression=regression, delta=delta), all_logits)
-        return exit_layer.numpy(), (exit_logits.argmax(-1).numpy() == labels).astype(np.float64)
-
-    front = [outcome(p.policy, p.setting, p.delta) for p in summary.frontier]
-    timed = summary.operating_point(TIMED_TARGET)
-    measured = timed.wallclock_speedup if timed is not None else None
+    outcomes = SavedOutcomes(logits, labels)
+    front_exits, front_correct = outcomes.frontier(summary.frontier)
+    timed = timing.models.get(record.trial_id) if timing is not None else None
     return SeedResult(
         seed=int(record.train["seed"]), trial_id=record.trial_id, num_layers=int(summary.num_exits),
         metric=summary.metric, reference_metric=float(summary.test.reference_metric),
         axis=summary.hypervolume_axis, labels=labels, ids=ids,
-        last_correct=(logits[-1].argmax(-1) == labels).astype(np.float64),
-        front_exits=np.stack([e for e, _ in front]), front_correct=np.stack([c for _, c in front]),
-        at={t: outcome(op.policy, op.setting, op.delta) for t, op in ops.items()},
-        wallclock={TIMED_TARGET: float(measured)} if measured is not None else {}, weights=summary.weights,
+        last_correct=outcomes.last_correct(), front_exits=front_exits, front_correct=front_correct,
+        at={t: outcomes.at(op.policy, op.setting, op.delta) for t, op in ops.items()},
+        wallclock={TIMED_TARGET: timed.median} if timed is not None else {}, timing=timed, weights=summary.weights,
         train_seconds=summary.train_seconds(),
     )
 
@@ -256,13 +250,14 @@ def _pairs(a: tuple, b: tuple) -> tuple:
     return a[0], b[0], a[1], b[1]
 
 
-def compare_arms(cfg: SweepConfig, tracker: Tracker, finals: list[FinalArm], report_dir: Path) -> Comparison:
+def compare_arms(cfg: SweepConfig, tracker: Tracker, finals: list[FinalArm], report_dir: Path,
+                 timing: TimingReport | None = None) -> Comparison:
     out = report_dir / "final"
     out.mkdir(parents=True, exist_ok=True)
     results: dict[str, list[SeedResult]] = {}
     for final in finals:
         done = [r for r in final.records if r.status == "completed" and r.checkpoint is not None]
-        results[final.arm] = [seed_result(record) for record in done]
+        results[final.arm] = [seed_result(record, timing) for record in done]
     metric = next((r[0].metric for r in results.values() if r), "accuracy")
     reference = cfg.reference_arm
     rows, lines = [], []
@@ -286,6 +281,9 @@ def compare_arms(cfg: SweepConfig, tracker: Tracker, finals: list[FinalArm], rep
         cells.append(mean_std(hvs, 1, 3))
         walls = [r.wallclock.get(TIMED_TARGET) for r in seeds]
         row["wallclock_2x_median_mean"], _ = _ms(walls)
+        timings = [r.timing for r in seeds if r.timing is not None]  # the range of every ratio the arm's seeds measured
+        row["wallclock_2x_min"] = min((t.min for t in timings), default=None)
+        row["wallclock_2x_max"] = max((t.max for t in timings), default=None)
         timed_seeds = [str(r.seed) for r, w in zip(seeds, walls) if w is not None]
         cells.append(mean_std(walls, 1, 2, "x")
                      + (f" (seed {', '.join(timed_seeds)})" if timed_seeds and len(timed_seeds) < len(seeds) else ""))
@@ -327,6 +325,8 @@ def compare_arms(cfg: SweepConfig, tracker: Tracker, finals: list[FinalArm], rep
 
     files = {"table_md": out / "final_table.md", "table_csv": out / "final_table.csv",
              "verdicts_md": out / "verdicts.md", "frontiers_png": out / "final_frontiers.png"}
+    if timing is not None:
+        files["timing_json"] = timing_file(cfg)  # logged with the table: the passes behind its wall-clock column
     files["table_md"].write_text(table + "\n\n" + differences + "\n")
     pd.DataFrame(rows).to_csv(files["table_csv"], index=False)
     files["verdicts_md"].write_text("\n".join(f"- {line}" for line in verdicts.values()) + "\n")

@@ -42,6 +42,26 @@ class TrialRecord:
     def objective(self) -> float:
         return self.epochs[-1]["objective"] if self.epochs else float("nan")
 
+    @property
+    def final_result(self) -> dict[str, Any] | None:
+        """The result reported with the test metrics (completed trials), as Tune recorded it."""
+        return next((row for row in reversed(self.epochs) if row.get("final_report") is True), None)
+
+    @property
+    def trained_from(self) -> float | None:
+        """``time.time()`` when the trainer started (the attempt that completed); None if unknown."""
+        return _stamp(self.final_result, "trained_from")
+
+    @property
+    def trained_until(self) -> float | None:
+        """``time.time()`` when the trainer returned; None if unknown."""
+        return _stamp(self.final_result, "trained_until")
+
+
+def _stamp(result: dict | None, key: str) -> float | None:
+    value = (result or {}).get(key)
+    return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None
+
 
 def final_checkpoint(trial, history: list[dict], storage_path: str | None):
     """The checkpoint holding the exported model and summary, or None."""

@@ -5,7 +5,8 @@ registered, then every arm's best configuration retrained with every seed in a s
     result = run_sweep(start_config(cfg))       # or run_sweep(resume_config(cfg), resume=True)
 
 The pieces, one module each: ``ray_cluster`` (start or join Ray), ``search`` (the search stage:
-each arm's searcher, budget and ASHA), ``final`` (the final stage and the comparison),
+each arm's searcher, budget and ASHA), ``final`` (the final stage and the comparison), ``timing``
+(the final stage's timing phase, after all its training),
 ``experiment`` (the Tune experiment both stages run), ``searchers`` (the per-arm searcher and
 scheduler wrappers), ``spec`` (what a trial is), ``trial`` (what runs in a trial), ``progress``
 (console lines, MLflow logging as trials end), ``records`` (trial records from Tune's view),
@@ -123,11 +124,13 @@ def finish_method(cfg: SweepConfig, tracker: Tracker, outcome: MethodOutcome, re
 
 def final_stage(cfg: SweepConfig, tracker: Tracker, outcomes: list[MethodOutcome], report_dir: Path, resume: bool,
                 trainer=None):
-    """Each arm's best configuration retrained with every seed of final_seeds, then compared on test."""
-    from sweeps import final
+    """Each arm's best configuration retrained with every seed of final_seeds, the models timed on a
+    quiet device once every training has ended, then compared on test."""
+    from sweeps import final, timing
 
-    finals = final.final_stage(cfg, tracker, outcomes, resume, trainer)
-    comparison = final.compare_arms(cfg, tracker, finals, report_dir)
+    finals = final.final_stage(cfg, tracker, outcomes, resume, trainer)  # returns when every trial has ended
+    timed = timing.timing_phase(cfg, tracker, {final.arm: final.records for final in finals})
+    comparison = final.compare_arms(cfg, tracker, finals, report_dir, timed)
     for line in comparison.verdicts.values():
         say(line)
     return comparison

@@ -93,7 +93,7 @@ def arm_searcher(cfg: SweepConfig, arm: Arm):
     from ray.tune.search.optuna import OptunaSearch
 
     import search_spaces
-    from sweeps.searchers import ArmBudget
+    from sweeps.searchers import ArmBudget, Refit
 
     expected = expected_trials(cfg.trials, cfg.budget_epochs, arm.cost, arm.space)
     algorithm, startup = search_algorithm(expected, cfg.tpe_startup_trials)
@@ -108,7 +108,10 @@ def arm_searcher(cfg: SweepConfig, arm: Arm):
     searcher = OptunaSearch(search_spaces.to_optuna(arm.space), metric="objective", mode="max", sampler=sampler,
                             study_name=arm.name, storage=optuna.storages.RDBStorage(cfg.optuna_storage))
     ledger = BudgetLedger(cfg.budget_epochs, arm.cost) if cfg.budget_epochs is not None else None
-    return ArmBudget(searcher, cfg.trials, ledger, typical_cost(arm)), algorithm, note
+    every = arm.space.get("outer_every")
+    refit = Refit(arm.name, cfg.optuna_storage, (int(every.low), int(every.high))) if every is not None else None
+    return (ArmBudget(searcher, cfg.trials, ledger, typical_cost(arm), full_epochs=arm.epochs, refit=refit),
+            algorithm, note)
 
 
 def typical_cost(arm: Arm) -> float:
@@ -152,13 +155,15 @@ def search_stage(cfg: SweepConfig, tracker: Tracker, resume: bool, trainer=None)
         say(f"search: every arm at once in one experiment, {cfg.max_concurrent} trials at a time in all, "
             f"{cfg.workers_per_trial} worker(s) each")
     by_name = {arm.name: arm for arm in the_arms}
+    scheduler = PerArmScheduler(schedulers)  # saved with the search: Tune saves no scheduler
     stage = Stage(
         name=SEARCH, runtime=runtime(cfg, SEARCH), parents=parents,
         totals={arm.name: cfg.trials or "?" for arm in the_arms}, epochs=max(arm.epochs for arm in the_arms),
         resources=trial_resources(cfg), finished=lambda trials: all(budget_spent(cfg, by_name[name], mine)
                                                                      for name, mine in by_arm(trials, by_name).items()),
-        search_alg=ArmSearch(searchers, SearchTrialPart({arm.name: arm.base for arm in the_arms}), "objective", "max"),
-        scheduler=PerArmScheduler(schedulers),
+        search_alg=ArmSearch(searchers, SearchTrialPart({arm.name: arm.base for arm in the_arms}), "objective", "max",
+                             scheduler=scheduler),
+        scheduler=scheduler,
         num_samples=cfg.trials * len(the_arms) if cfg.trials and cfg.budget_epochs is None else MAX_TRIALS,
         max_concurrent=cfg.max_concurrent)
     records = run_experiment(cfg, stage, tracker, resume, trainer)
@@ -181,16 +186,16 @@ def by_arm(trials: list, arms_by_name: dict[str, Arm]) -> dict[str, list]:
 
 def budget_spent(cfg: SweepConfig, arm: Arm, finished: list) -> bool:
     """Every trial the arm's budget allows has run: the trial cap is reached, or what is left of the
-    compute budget cannot pay for the dearest trial the space can draw (the searcher ends the
-    search when a drawn trial does not fit and none runs; with more left than the dearest trial
-    costs, that cannot have happened, so the search was interrupted)."""
+    compute budget cannot pay for the cheapest trial the space can draw (the searcher ends the
+    search only when not even the cheapest variant of a drawn trial fits and none runs; with more
+    left, that cannot have happened, so the search was interrupted)."""
     if cfg.trials is not None and len(finished) >= cfg.trials:
         return True
     if cfg.budget_epochs is None:
         return False
     used = sum(used_compute(int((t.last_result or {}).get("epoch", 0) or 0), t.config["trial"]["train"], arm.cost)
                for t in finished)
-    return cfg.budget_epochs - used < arm.cost.dearest(arm.space) - 1e-9
+    return cfg.budget_epochs - used < arm.cost.cheapest(arm.space) - 1e-9
 
 
 def close_optuna_trials(cfg: SweepConfig, studies: list[str]) -> None:

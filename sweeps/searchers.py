@@ -17,20 +17,29 @@
 - ``PerArmScheduler`` gives every arm its own scheduler (ASHA's rungs), so a trial is only ever
   compared with trials of its own arm; trials start in the order they were created, as Tune's FIFO.
 
-Tune saves the search algorithm with the experiment (``save``/``restore``, a pickle of the
-wrappers and what they wrap) and the scheduler with the Tuner, so ``Tuner.restore`` continues
-every arm where it stopped.
+**One fidelity per study.** A trial is told to its arm's Optuna study as COMPLETE only when it ran
+its full length; one that ASHA stopped early is PRUNED (its last objective reported as an
+intermediate value first, beside the per-epoch ones), one that failed is FAIL. So TPE models
+full-length trials only, as Optuna's own pruning convention has it, and optuna-dashboard agrees.
+
+**State across ``--resume``.** Tune saves the search algorithm with the experiment
+(``TuneController.save_to_dir`` calls the searcher's ``save``), but never the scheduler: a
+restored Tuner gets the scheduler as it was built, with empty rungs. So ``ArmSearch`` carries the
+``PerArmScheduler`` and saves its state with its own, at the same moments as Tune saves the trials,
+and on restore puts it back into the live scheduler: rungs and promotions go on as if the sweep had
+never stopped.
 """
 
 from __future__ import annotations
 
 import pickle
+from dataclasses import dataclass
 from typing import Any, Callable
 
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 from ray.tune.search import Searcher
 
-from sweeps.budget import BudgetLedger
+from sweeps.budget import EPSILON, BudgetLedger
 
 
 def save_state(self, checkpoint_path: str) -> None:
@@ -44,21 +53,51 @@ def restore_state(self, checkpoint_path: str) -> None:
         self.__dict__.update(pickle.load(file))
 
 
+@dataclass(frozen=True)
+class Refit:
+    """Makes a drawn trial that does not fit what is left of an arm's budget cheaper: the same values
+    with the smallest larger ``outer_every`` in the searched range whose whole cost fits. It is handed
+    to the arm's Optuna study (``enqueue_trial``), so the searcher draws exactly it next and the study
+    records what ran. Picklable: it is saved with the search."""
+
+    study_name: str
+    storage: str                     # the Optuna storage URL the arm's study lives in
+    outer_every: tuple[int, int]     # the searched range of outer_every
+
+    def cheaper(self, config: dict, ledger: BudgetLedger) -> dict | None:
+        if "outer_every" not in config:
+            return None
+        left = ledger.limit - ledger.committed()
+        for every in range(max(int(config["outer_every"]) + 1, self.outer_every[0]), self.outer_every[1] + 1):
+            if ledger.cost.whole({**config, "outer_every": every}) <= left + EPSILON:
+                return {**config, "outer_every": every}
+        return None
+
+    def enqueue(self, params: dict) -> None:
+        import optuna
+
+        optuna.load_study(study_name=self.study_name, storage=self.storage).enqueue_trial(params)
+
+
 class ArmBudget(Searcher):
     """One arm's searcher, numbered and held to the arm's budget in trials and/or compute."""
 
     def __init__(self, searcher: Searcher, max_trials: int | None = None, ledger: BudgetLedger | None = None,
-                 typical_cost: float = 1.0):
+                 typical_cost: float = 1.0, full_epochs: int | None = None, refit: Refit | None = None):
         super().__init__(metric=searcher.metric, mode=searcher.mode)
         self.searcher, self.max_trials, self.ledger = searcher, max_trials, ledger
         self.typical_cost = typical_cost                 # fixed-epochs of a typical trial of the arm
+        self.full_epochs = full_epochs                   # a trial's full length: fewer epochs run = PRUNED
+        self.refit = refit                               # makes a drawn trial that does not fit cheaper (see suggest)
         self.drawn = 0                                   # configurations the searcher drew: the next number
         self.started = 0                                 # trials admitted
         self.waiting: tuple[str, dict, int] | None = None  # (id it was drawn under, config, number)
         self.drawn_as: dict[str, str] = {}               # Tune's trial id -> the id the searcher knows it by
         self.finished = False
 
-    def suggest(self, trial_id: str) -> dict | str | None:
+    def suggest(self, trial_id: str, draw_as: str | None = None) -> dict | str | None:
+        """``draw_as``: the id the searcher draws under, if not Tune's (a refitted draw: the searcher
+        knows the first draw's id as a finished trial)."""
         if self.finished:
             return Searcher.FINISHED
         if self.waiting is not None:
@@ -67,20 +106,29 @@ class ArmBudget(Searcher):
             if self.max_trials is not None and self.started >= self.max_trials:
                 self.finished = True
                 return Searcher.FINISHED
-            config = self.searcher.suggest(trial_id)
+            drawn_as = draw_as or trial_id
+            config = self.searcher.suggest(drawn_as)
             if config is None or config == Searcher.FINISHED:
                 self.finished = config == Searcher.FINISHED
                 return config
             self.drawn += 1
-            drawn_as, number = trial_id, self.drawn
+            number = self.drawn
         if self.ledger is not None and not self.ledger.fits(config):
             if self.ledger.running:
                 self.waiting = (drawn_as, config, number)
                 return None
-            # nothing runs that could give budget back: the arm's search is over; the drawn trial never ran
-            self.waiting, self.finished = None, True
+            # Nothing runs that could give budget back. The drawn trial never runs (FAIL); if a cheaper
+            # variant of it fits what is left (a larger outer_every), the searcher is handed that one to
+            # draw next, so the arm never leaves a trial's worth of budget unspent; else the search is over.
+            self.waiting = None
             self.searcher.on_trial_complete(drawn_as, result=None, error=True)
-            return Searcher.FINISHED
+            cheaper = self.refit.cheaper(config, self.ledger) if self.refit is not None else None
+            if cheaper is None:
+                self.finished = True
+                return Searcher.FINISHED
+            self.refit.enqueue(cheaper)
+            self.drawn -= 1  # the number goes to the trial that runs
+            return self.suggest(trial_id, draw_as=f"{drawn_as}-refit")
         self.waiting = None
         self.drawn_as[trial_id] = drawn_as
         self.started += 1
@@ -113,7 +161,25 @@ class ArmBudget(Searcher):
             if result:
                 self.ledger.result(trial_id, result.get("epoch"))
             self.ledger.finish(trial_id)
-        self.searcher.on_trial_complete(self.drawn_as.get(trial_id, trial_id), result=result, error=error)
+        drawn_as = self.drawn_as.get(trial_id, trial_id)
+        if error:  # failed (lost for good, diverged): FAIL, whatever it reported before
+            self.searcher.on_trial_complete(drawn_as, result=None, error=True)
+        elif self.ran_full_length(result):
+            self.searcher.on_trial_complete(drawn_as, result=result)
+        else:
+            # stopped early (ASHA): its last objective becomes an intermediate value (Tune does not
+            # pass a stopping result to on_trial_result), then the study is told PRUNED
+            if result and self.metric in result:
+                self.on_trial_result(trial_id, result)
+            self.searcher.on_trial_complete(drawn_as, result=None, error=False)
+
+    def ran_full_length(self, result: dict | None) -> bool:
+        if not result:
+            return False
+        if self.full_epochs is None:
+            return True
+        epoch = result.get("epoch")
+        return isinstance(epoch, (int, float)) and epoch >= self.full_epochs
 
     def set_search_properties(self, metric, mode, config, **spec) -> bool:
         return True  # the wrapped searcher has its own space, metric and mode
@@ -122,9 +188,11 @@ class ArmBudget(Searcher):
 class ArmSearch(Searcher):
     """Several arms' searchers behind one search algorithm; the arms take turns."""
 
-    def __init__(self, arms: dict[str, Searcher], trial_part: Callable[[str, dict], dict], metric: str, mode: str):
+    def __init__(self, arms: dict[str, Searcher], trial_part: Callable[[str, dict], dict], metric: str, mode: str,
+                 scheduler: TrialScheduler | None = None):
         super().__init__(metric=metric, mode=mode)
         self.arms = dict(arms)
+        self.scheduler = scheduler       # saved and restored with the search (Tune saves no scheduler)
         self.trial_part = trial_part     # (arm, suggestion) -> the trial part of the Tune config
         self.order = list(arms)
         self.turn = 0
@@ -159,7 +227,16 @@ class ArmSearch(Searcher):
     def set_search_properties(self, metric, mode, config, **spec) -> bool:
         return True  # every arm's searcher has its own space; the param space only holds constants
 
-    save, restore = save_state, restore_state
+    save = save_state
+
+    def restore(self, checkpoint_path: str) -> None:
+        """The saved search, and the saved scheduler state put back into the live scheduler (the one
+        Tune restored with the Tuner and drives; the pickle holds a copy of it)."""
+        live = self.scheduler
+        restore_state(self, checkpoint_path)
+        if live is not None and self.scheduler is not None and self.scheduler is not live:
+            live.__dict__.update(self.scheduler.__dict__)
+        self.scheduler = live
 
 
 def trial_arm(trial) -> str:

@@ -14,9 +14,10 @@ checkpoint of that epoch (θ, optimizer, scheduler, φ and its optimizer, RNG, h
 restarted after a lost process or node (``FailureConfig(max_failures)``) starts from exactly that
 epoch; whatever a killed attempt left in its local folder is discarded. The last epoch is reported
 after the final evaluation with the test metrics and a checkpoint of the exported model and the
-trainer's summary. The test split only ever appears in that report: nothing selects on it. A final
-stage trial also times its own early exit there, on its own device (the trainer's wall-clock
-evaluation, ``wallclock_eval``), and reports the median speed-up with its summary.
+trainer's summary. The test split only ever appears in that report: nothing selects on it. That
+report also says when the trial trained (``trained_from``, ``trained_until``: ``time.time()`` when
+the trainer starts and when it returns; kept in the checkpoint too). A final stage trial times
+nothing: the final stage's timing phase (``sweeps.timing``) times every model after all training.
 
 A trial that diverges (non-finite loss, hypergradient or weights) fails at once with the reason
 "diverged at step N (...)"; a marker in the sweep's storage makes its retries fail without training.
@@ -37,6 +38,7 @@ import os
 import re
 import shutil
 import tempfile
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -47,6 +49,7 @@ from trainers.results import Summary
 SUMMARY_FILE = "summary.json"
 TEST_LOGITS_FILE = "test_exit_logits.npz"  # written by trainers.train.run next to summary.json
 MODEL_DIR = "model"
+TRAINING_WINDOW_FILE = "training_window.json"  # {"trained_from", "trained_until"}, next to summary.json
 CHECKPOINT_PATH_KEY = "checkpoint_path"  # where Ray's TuneReportCallback puts a Train checkpoint's path
 DIVERGED = re.compile(r"diverged at step \d+ \([^\n]*?\)")
 
@@ -71,12 +74,15 @@ def epoch_metrics(record: dict, objective: str) -> dict[str, Any]:
     return metrics
 
 
-def final_metrics(summary: Summary, objective: str) -> dict[str, Any]:
+def final_metrics(summary: Summary, objective: str, window: dict[str, float] | None = None) -> dict[str, Any]:
+    """The last report: the last epoch's validation, the test metrics, and the training window
+    (``trained_from``/``trained_until``), which shows that no timing overlapped any training."""
     metrics = epoch_metrics(summary.epochs[-1], objective)
     metrics.update({
         "test_hypervolume": summary.test.hypervolume,
         "test_last_exit": summary.test.last_exit,
         "train_wall_time_s": summary.wall_time_s,
+        **(window or {}),
         "final_report": True,  # ("done" is a Ray Tune result key)
     })
     return metrics
@@ -143,7 +149,7 @@ class TrainSession(TuneSession):
 def train_trial(config: dict, trainer: Callable | None = None) -> None:
     """The Tune function trainable."""
     spec = TrialSpec.from_config(config)
-    _apply_env(spec.runtime.env)
+    apply_env(spec.runtime.env)
     from ray import tune
 
     trial_id = tune.get_context().get_trial_id()
@@ -194,7 +200,7 @@ def _train_worker_entry(config: dict) -> None:
 def train_worker(spec: TrialSpec, session: TuneSession, trial_id: str, trainer: Callable | None = None) -> None:
     """One training process of a trial: restore, train with per-epoch checkpoints, export."""
     runtime = spec.runtime
-    _apply_env(runtime.env)
+    apply_env(runtime.env)
     objective = runtime.metric
     restored = session.restored()
     finished = read_summary(restored)
@@ -202,7 +208,8 @@ def train_worker(spec: TrialSpec, session: TuneSession, trial_id: str, trainer: 
         with tempfile.TemporaryDirectory(prefix="leebert-final-") as folder:
             if session.rank == 0:
                 restored.to_directory(folder)
-            session.report(final_metrics(finished, objective), Path(folder) if session.rank == 0 else None)
+            window = read_checkpoint_json(restored, TRAINING_WINDOW_FILE)
+            session.report(final_metrics(finished, objective, window), Path(folder) if session.rank == 0 else None)
         return
 
     if trainer is None:
@@ -230,7 +237,9 @@ def train_worker(spec: TrialSpec, session: TuneSession, trial_id: str, trainer: 
                 session.report({**epoch_metrics(record, objective), **_placement()}, folder)
             _prune_local_epochs(output, keep=record["epoch"], session=session)
 
+    trained_from = time.time()
     result = trainer(cfg, on_epoch=on_epoch, quiet=not runtime.trial_logs, fault_step=spec.fault_step())
+    window = {"trained_from": trained_from, "trained_until": time.time()}
     summary = result.summary
     with tempfile.TemporaryDirectory(prefix="leebert-trial-") as folder:
         if session.rank == 0:
@@ -239,9 +248,11 @@ def train_worker(spec: TrialSpec, session: TuneSession, trial_id: str, trainer: 
 
                 export_model(result.model, cfg, Path(folder) / MODEL_DIR)
             (Path(folder) / SUMMARY_FILE).write_text(json.dumps(summary.to_dict(), default=float))
+            (Path(folder) / TRAINING_WINDOW_FILE).write_text(json.dumps(window))
             if (output / TEST_LOGITS_FILE).is_file():  # per-example test results: the final comparison's bootstrap
                 shutil.copy2(output / TEST_LOGITS_FILE, Path(folder) / TEST_LOGITS_FILE)
-        session.report({**final_metrics(summary, objective), **_placement()}, Path(folder) if session.rank == 0 else None)
+        session.report({**final_metrics(summary, objective, window), **_placement()},
+                       Path(folder) if session.rank == 0 else None)
     session.barrier()
     if session.local_rank == 0:  # the final checkpoint holds what is kept; the working folder goes
         shutil.rmtree(output, ignore_errors=True)
@@ -289,12 +300,21 @@ def _prune_local_epochs(output: Path, keep: int, session: TuneSession) -> None:
 
 def read_summary(checkpoint) -> Summary | None:
     """The trainer's summary in a trial's final checkpoint; None for an epoch checkpoint (or none)."""
+    values = read_checkpoint_json(checkpoint, SUMMARY_FILE)
+    try:
+        return Summary.from_dict(values) if values is not None else None
+    except (TypeError, KeyError):  # not a summary this code can read: the trial counts as a partial one
+        return None
+
+
+def read_checkpoint_json(checkpoint, name: str) -> dict | None:
+    """A JSON file of a trial's checkpoint; None when the checkpoint (or the file) is missing."""
     if checkpoint is None:
         return None
     try:
         with checkpoint.as_directory() as folder:
-            path = Path(folder) / SUMMARY_FILE
-            return Summary.from_dict(json.loads(path.read_text())) if path.is_file() else None
+            path = Path(folder) / name
+            return json.loads(path.read_text()) if path.is_file() else None
     except Exception:  # noqa: BLE001 - a missing checkpoint makes the trial a partial one
         return None
 
@@ -355,7 +375,8 @@ class _DivergenceMarker:
 
 
 # ---------------------------------------------------------------------------- helpers
-def _apply_env(env: dict) -> None:
+def apply_env(env: dict) -> None:
+    """The sweep's ``env`` in this worker process (what the driver's environment already sets wins)."""
     for key, value in env.items():
         os.environ.setdefault(key, str(value))
 

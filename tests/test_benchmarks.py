@@ -1,6 +1,8 @@
 """The benchmark scripts run end to end (on the tiny model) and write what they promise."""
 
 import json
+import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -59,30 +61,151 @@ def test_scaling_prints_its_figures(tmp_path):
     assert not data["address_file"]["private_left"]
 
 
+def _section(text: str, name: str) -> str:
+    """Study ``name``'s section of the results document, markers included."""
+    match = re.search(rf"<!-- study:{re.escape(name)}( [^>]*)? -->\n.*?<!-- /study:{re.escape(name)} -->\n", text, re.S)
+    assert match, f"no section {name} in:\n{text[:3000]}"
+    return match.group(0)
+
+
 @pytest.mark.integration
-def test_study_writes_results_and_resumes(tmp_path):
-    """benchmarks/study.py on a tiny model: the whole pipeline writes the results document; run
-    again, it trains nothing and writes it again, with the time of both invocations added up."""
+def test_studies_write_their_own_sections_and_resume(tmp_path):
+    """benchmarks/study.py on a tiny model, twice: an MR study and an SNLI study (the snli-study
+    preset, shrunk) write two sections of one results document; the MR one, run again, trains
+    nothing and rewrites its own section only (the time of both invocations added up), leaving the
+    SNLI section byte for byte as it was."""
     results = tmp_path / "docs" / "results.md"
-    command = [sys.executable, "benchmarks/study.py", "--root", str(tmp_path / "study"), "--name", "tiny-study",
-               "--results", str(results)]
-    overrides = ["methods=[bilevel,clo]", "budget_epochs=2", "train.model=tiny-random",
-                 "train.train_subset=256", "train.max_length=24", "train.batch_size=16", "final_train.train_subset=256",
-                 "final_seeds=[1,2]", "bootstrap=200", "timing_repeats=1", "env.RAY_USAGE_STATS_ENABLED=0"]
-    env = {**__import__("os").environ, "RAY_AUTH_MODE": "disabled", "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.run(command + [a for o in overrides for a in ("--set", o)], cwd=REPO, capture_output=True,
-                          text=True, timeout=900, env=env)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    results.parent.mkdir()
+    results.write_text("# an old document without sections\n\nstale numbers\n")
+    base = [sys.executable, "benchmarks/study.py", "--root", str(tmp_path / "study"), "--results", str(results)]
+    mr = base + ["--name", "tiny-mr"]
+    snli = base + ["--preset", "snli-study", "--name", "tiny-snli"]
+    tiny = ["methods=[bilevel,clo]", "budget_epochs=2", "train.model=tiny-random",
+            "train.train_subset=256", "train.max_length=24", "train.batch_size=16", "final_train.train_subset=256",
+            "final_seeds=[1,2]", "bootstrap=200", "timing_repeats=1", "env.RAY_USAGE_STATS_ENABLED=0"]
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "HF_HUB_OFFLINE": "1"}
+
+    def run(command, overrides=()):
+        proc = subprocess.run(command + [a for o in overrides for a in ("--set", o)], cwd=REPO, capture_output=True,
+                              text=True, timeout=900, env=env)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        return proc
+
+    run(mr, tiny)
+    run(snli, tiny + ["train.eval_subset=200"])
     text = results.read_text()
-    for needle in ("## What each arm's search used and chose", "| bilevel | ", "random search",
-                   "## Is CLO better? Paired differences, clo minus each arm",
-                   "clo vs bilevel: ", "**bilevel** (mean over seeds 1, 2", "**clo** (mean over seeds 1, 2"):
-        assert needle in text, needle
-    assert (results.parent / "results-frontiers.png").is_file() and (results.parent / "results-weights.png").is_file()
-    again = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=900, env=env)
-    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert "stale numbers" not in text and text.startswith("# Results: ")
+    assert text.index("<!-- study:tiny-mr ") < text.index("<!-- study:tiny-snli ")  # appended after the first
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
+                            text=True).stdout.strip()
+    for name, task, unit in (("tiny-mr", "MR", "sentences"), ("tiny-snli", "SNLI", "pairs")):
+        section = _section(text, name)
+        for needle in (f"## {task}: CLO against every baseline", f"training {unit} in the final stage",
+                       "### What each arm's search used and chose", "| bilevel | ", "random search",
+                       "### Is CLO better? Paired differences, clo minus each arm",
+                       "clo vs bilevel: ", "**bilevel** (mean over seeds 1, 2", "**clo** (mean over seeds 1, 2",
+                       "of wall time over 1 invocation(s)", f"`{commit}", f"results-{name}-frontiers.png"):
+            assert needle in section, (name, needle)
+        assert (results.parent / f"results-{name}-frontiers.png").is_file()
+        assert (results.parent / f"results-{name}-weights.png").is_file()
+    assert "--preset snli-study --name tiny-snli" in _section(text, "tiny-snli")
+    assert "validated on 200 validation pairs" in _section(text, "tiny-snli")
+    assert "9824 test pairs" in _section(text, "tiny-snli")  # the whole official test set
+
+    again = run(mr)
     assert "continuing the study" in again.stdout and " started" not in again.stdout
-    assert "over 2 invocation(s)" in results.read_text()
+    after = results.read_text()
+    assert _section(after, "tiny-snli") == _section(text, "tiny-snli")  # the other study: untouched
+    assert after.endswith(_section(text, "tiny-snli"))
+    section = _section(after, "tiny-mr")
+    assert "of wall time over 2 invocation(s)" in section and "tiny-mr/study_time.json" in section
+    rows = [line for line in section.splitlines() if line.startswith("| 1 |") or line.startswith("| 2 |")]
+    assert len(rows) == 2 and all("python benchmarks/study.py --root" in r and "--name tiny-mr" in r for r in rows)
+    assert "--set 'methods=[bilevel,clo]'" in rows[0] and "--set" not in rows[1]
+    assert "Newest section: **" in after and "`tiny-mr` (measured " in after and "`tiny-snli` (measured " in after
+
+
+def test_study_sections_replace_only_their_own_text(tmp_path, monkeypatch):
+    """The results document's bookkeeping, without a study: a section is replaced in place or appended,
+    every other section and the text between sections stay byte for byte, the head follows the newest
+    section, and a 'keep' paragraph filled in by hand (no PLACEHOLDER left) survives a rewrite."""
+    import importlib.util
+
+    for key in ("HF_HUB_OFFLINE", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"):  # study.py sets them: restore them after
+        monkeypatch.delenv(key, raising=False)
+    spec = importlib.util.spec_from_file_location("study_under_test", REPO / "benchmarks" / "study.py")
+    study = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(study)
+    path = tmp_path / "results.md"
+    path.write_text("# old\n\nsuperseded numbers\n")
+    study.write_section(path, "mr-study", study.pending_section("mr-study", "mr"))
+    study.write_section(path, "snli-study", study.pending_section("snli-study", "snli"))
+    text = path.read_text()
+    assert "superseded numbers" not in text and "No study has run on this code yet." in text
+    assert "`python benchmarks/study.py --preset snli-study`" in _section(text, "snli-study")
+    assert "What changed since the superseded 2026-11 verdicts:" in _section(text, "mr-study")
+    assert "PLACEHOLDER" in _section(text, "mr-study") and "PLACEHOLDER" not in _section(text, "snli-study")
+    path.write_text(text + "a note between sections\n")
+    mr_block, snli_block = _section(text, "mr-study"), _section(text, "snli-study")
+
+    study.write_section(path, "snli-study", "## SNLI: measured\n\nfigures", measured="2026-12-06")
+    text = path.read_text()
+    assert _section(text, "mr-study") == mr_block and text.endswith("a note between sections\n")
+    assert "<!-- study:snli-study measured=2026-12-06 -->\n## SNLI: measured\n\nfigures\n" in text
+    assert "Newest section: **2026-12-06** (`snli-study`)" in text
+
+    filled = mr_block.replace(mr_block[mr_block.index("… *(PLACEHOLDER"):mr_block.index(")*") + 2], "All hold.")
+    path.write_text(text.replace(mr_block, filled))
+    body = "## MR: measured\n\n" + study.CHANGES["mr-study"] + "\n\nfigures"
+    study.write_section(path, "mr-study", body, measured="2026-12-07")
+    text = path.read_text()
+    assert "verdicts:** All hold." in _section(text, "mr-study") and "PLACEHOLDER" not in text
+    assert "## MR: measured" in _section(text, "mr-study")
+    assert "<!-- study:snli-study measured=2026-12-06 -->\n## SNLI: measured\n\nfigures\n" in text
+    assert "Newest section: **2026-12-07** (`mr-study`)" in text
+    study.write_section(tmp_path / "new.md", "x", "## X")  # a missing document: head and one section
+    assert _section((tmp_path / "new.md").read_text(), "x").startswith("<!-- study:x -->\n## X\n")
+
+
+def test_snli_study_preset_compares_the_five_arms_on_one_test_set():
+    """No Ray, no model: the snli-study preset validates, compares mr-study's five arms under a compute
+    budget with mr-study's statistics, and every final model (every arm, every seed) is tested on the
+    same examples: the whole official SNLI test set."""
+    from sweeps.config import build_config
+    from trainers.data import load_task_data
+
+    cfg, mr = build_config(preset="snli-study"), build_config(preset="mr-study")
+    assert cfg.methods == ["fixed-uniform", "fixed-pabee", "fixed-last", "bilevel", "clo"]
+    assert cfg.trials is None and cfg.budget_epochs > 0
+    for key in ("methods", "trials", "final_seeds", "reference_arm", "bootstrap", "timing_repeats", "timing_seeds",
+                "objective", "scheduler", "max_concurrent", "final_max_concurrent", "cpus_per_trial"):
+        assert getattr(cfg, key) == getattr(mr, key), key
+    assert cfg.final_seeds == [1, 2, 3] and cfg.reference_arm == "clo" and cfg.bootstrap == 2000
+    assert cfg.train["task"] == "snli" and cfg.train["model"] == "minilm" and cfg.train["precision"] == "auto"
+    assert cfg.train["train_subset"] and cfg.final_train["train_subset"] > cfg.train["train_subset"]
+    finals = [{**cfg.arm_train_values(arm), **cfg.final_train, "seed": seed}  # what sweeps.final trains
+              for arm in cfg.methods for seed in cfg.final_seeds]
+    assert all(f["eval_subset"] is None and f["task"] == "snli" for f in finals)
+    assert len({(f["max_length"], f["train_subset"]) for f in finals}) == 1
+
+    class Words:  # a stand-in tokenizer: the splits do not depend on it
+        pad_token_id = 0
+
+        def __call__(self, first, second=None, truncation=True, max_length=64):
+            pairs = zip(first, second or [""] * len(first))
+            return {"input_ids": [[1] * min(max_length, 2 + len(a.split()) + len(b.split())) for a, b in pairs]}
+
+    final = cfg.train_config("clo").to_dict() | cfg.final_train
+    loaded = {seed: load_task_data("snli", Words(), max_length=final["max_length"], train_subset=final["train_subset"],
+                                   eval_subset=final["eval_subset"], seed=seed) for seed in cfg.final_seeds[:2]}
+    one, two = loaded.values()
+    assert len(one.test) == 9824 and one.test.ids.tolist() == two.test.ids.tolist()  # the same test examples
+    assert len(one.validation) == 5000 and len(one.train) == len(two.train) == cfg.final_train["train_subset"]
+    assert one.train.ids.tolist() != two.train.ids.tolist()  # each seed its own sample (every arm the same one)
+    full = load_task_data("snli", Words(), max_length=final["max_length"], seed=1).train.labels.bincount()
+    share = full.double() / full.sum() * len(one.train)
+    for sample in (one, two):  # stratified: every class within one example of its share of the training set
+        assert (sample.train.labels.bincount().double() - share).abs().max() <= 1, (sample.train.labels.bincount(), share)
 
 
 @pytest.mark.integration
@@ -106,3 +229,41 @@ def test_cluster_sim_quick_keeps_its_small_cluster_busy(tmp_path):
     # one ASHA over all arms would stop every trial of the worse arm at its first rung
     assert worse.get(2, 0) >= 2, epochs
     assert abs(worse.get(2, 0) - sum(o.get(2, 0) for o in others) / 2) <= 3, epochs
+
+
+def test_precision_parity_compares_fp32_and_bf16_runs(tmp_path):
+    """benchmarks/precision_parity.py --quick: one seed trained in both precisions on the tiny model,
+    the runs table, the paired bootstrap, and a JSON line of finite figures."""
+    import math
+
+    work = tmp_path / "work"
+    proc = subprocess.run([sys.executable, "benchmarks/precision_parity.py", "--quick", "--seeds", "1",
+                           "--work-dir", str(work)], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    out = proc.stdout
+    rows = [line for line in out.splitlines() if line.startswith("| 1 | ")]
+    assert [row.split(" | ")[1] for row in rows] == ["fp32", "bf16"], out[-3000:]
+    assert "| last-exit test accuracy (%) |" in out and "| test hypervolume (x100) |" in out
+    assert "training time fp32 / bf16:" in out and "\nverdict: bf16 " in out
+    figures = json.loads(out.strip().splitlines()[-1])
+
+    def numbers(value):
+        if isinstance(value, dict):
+            return [n for v in value.values() for n in numbers(v)]
+        if isinstance(value, list):
+            return [n for v in value for n in numbers(v)]
+        return [value] if isinstance(value, (int, float)) and not isinstance(value, bool) else []
+
+    assert all(math.isfinite(n) for n in numbers({k: v for k, v in figures.items() if k != "setting"}))
+    assert [(r["seed"], r["precision"]) for r in figures["runs"]] == [(1, "fp32"), (1, "bf16")]
+    for name in ("last_exit", "hypervolume"):
+        ci = figures[name]
+        assert ci["low"] <= ci["difference"] <= ci["high"], ci
+        assert ci["difference"] == pytest.approx(ci["bf16_mean"] - ci["fp32_mean"])
+    assert figures["time_ratio_fp32_over_bf16"] > 0 and figures["verdict"] in out
+    # each run recorded the precision it trained in
+    recorded = {json.loads(p.read_text())["config"]["precision"] for p in work.glob("*/summary.json")}
+    assert recorded == {"fp32", "bf16"}
+    # a second invocation reuses both finished runs
+    again = subprocess.run(proc.args, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0 and again.stdout.count("already done") == 2

@@ -119,3 +119,40 @@ def test_on_minilm_the_bf16_pass_hypergradient_keeps_cosine_099_to_the_fp32_one(
     cosine = torch.nn.functional.cosine_similarity(exact.double(), mixed.double(), dim=0).item()
     assert cosine >= 0.99, f"cosine {cosine:.4f}"
     assert (mixed - exact).norm() / exact.norm() < 0.1
+
+
+@pytest.mark.parametrize("passes", ["auto", "fp32"])
+def test_under_cpu_bf16_autocast_the_finite_difference_sides_run_in_fp32(tiny_model, monkeypatch, passes):
+    """The CPU path is the GPU's: whatever autocast surrounds an outer step (here CPU bf16, what
+    precision bf16, or auto on a CPU with bf16 units, gives θ's steps), every Linear of the ℓ+ and
+    ℓ− forwards computes in fp32, and h is the one computed with no autocast around it. Without
+    the sides' autocast_off the same check sees bf16 there (the last part)."""
+    import contextlib
+
+    import trainers.weight_strategies as ws
+
+    model, terms = tiny_model(num_labels=3), LossTerms.build(3, "all")
+    cfg = TrainConfig(model="tiny-random", method="clo", precision="bf16", hypergradient_passes=passes).validate()
+    strategy = ws.build_strategy(cfg, terms)
+    computed: list[set] = []  # per call of the model (a pass): the dtypes its Linear layers computed in
+    model.register_forward_pre_hook(lambda module, args: computed.append(set()))
+    for module in model.modules():
+        if isinstance(module, torch.nn.Linear):
+            module.register_forward_hook(lambda module, args, out: computed[-1].add(out.dtype))
+    b1, b2 = make_batch(seed=1), make_batch(seed=2)
+    xi = [1e-3] * sum(1 for p in model.parameters() if p.requires_grad)
+    fp32, grad = {torch.float32}, ({torch.bfloat16} if passes == "auto" else {torch.float32})
+
+    with BF16:
+        inside = strategy.combined_hypergradient(model, b1, b2, xi)
+    assert computed == [grad, grad, fp32, fp32] * 2, computed  # clo: two hypergradients of g, v, ℓ+, ℓ− each
+    outside = strategy.combined_hypergradient(model, b1, b2, xi)
+    assert inside.dtype == torch.float32 and torch.isfinite(inside).all()
+    assert torch.allclose(inside, outside, rtol=1e-4, atol=1e-7), (inside, outside)
+
+    # the check has teeth: with the sides' autocast_off gone, bf16 autocast reaches ℓ±
+    monkeypatch.setattr(ws, "autocast_off", lambda device_type: contextlib.nullcontext())
+    computed.clear()
+    with BF16:
+        strategy.combined_hypergradient(model, b1, b2, xi)
+    assert computed[2] == computed[3] == {torch.bfloat16}

@@ -11,7 +11,7 @@ from search_spaces import IntRange, LogUniform
 from sweeps.budget import (MEASURED_OUTER_STEP_COST, BudgetLedger, TrialCost, expected_trials, resolve_outer_step_cost,
                            search_algorithm, used_compute)
 from sweeps.config import build_config
-from trainers.errors import ConfigError
+from trainers.errors import EXIT_BAD_INPUT, ConfigError
 from test_sweep_helpers import client, history, run_sweep_cli, runs_by_role
 
 FIXED = TrialCost(epochs=3, learned=False, outer_step_cost=4.2, default_outer_every=10)
@@ -25,6 +25,8 @@ def test_cost_of_a_trial_follows_its_outer_update_frequency():
     assert CLO.whole({"outer_every": 2}) == pytest.approx(3 * 3.1)
     assert CLO.whole({}) == pytest.approx(3 * 1.42)  # not searched: the trainer's default
     assert CLO.dearest(LEARNED_SPACE) == pytest.approx(3 * 3.1)
+    assert CLO.cheapest(LEARNED_SPACE) == pytest.approx(3 * 1.21)
+    assert FIXED.cheapest(LEARNED_SPACE) == FIXED.dearest(LEARNED_SPACE) == 3.0
     assert used_compute(2, {"outer_every": 4}, CLO) == pytest.approx(2 * 2.05)
 
 
@@ -86,11 +88,54 @@ def test_a_bad_outer_step_cost_is_refused(override, message):
         build_config(preset="smoke", overrides=[override])
 
 
-def test_a_compute_budget_on_an_unmeasured_setting_asks_for_a_figure():
-    # bf16 on the CPU: nobody measured it; with a compute budget the sweep will not guess
-    with pytest.raises(ConfigError, match=r"no measured figure for cpu/bf16 .* set outer_step_cost to a number"):
-        build_config(preset="smoke", overrides=["train.precision=bf16", "trials=null", "budget_epochs=6"])
-    build_config(preset="smoke", overrides=["train.precision=bf16", "trials=null", "budget_epochs=6", "outer_step_cost=3"])
+@pytest.mark.parametrize("budget", [["trials=null", "budget_epochs=6"], []])
+def test_an_unmeasured_setting_is_refused_never_guessed(monkeypatch, capsys, budget):
+    # a (device, precision) missing from the table: with or without a compute budget the sweep will not
+    # guess (the figure also orders the arms' turns); the message names the entry and how to measure it
+    monkeypatch.delitem(MEASURED_OUTER_STEP_COST, ("cpu", "bf16"))
+    monkeypatch.delitem(MEASURED_OUTER_STEP_COST, ("cuda", "bf16"))
+    for device, command in (("cpu", r"python benchmarks/step_cost.py --device cpu --precision bf16"),
+                            ("cuda", r"python benchmarks/gpu_check.py --precision bf16")):
+        with pytest.raises(ConfigError, match=rf"no measured figure for {device}/bf16 .*`{command}` and add the entry "
+                                              rf"\('{device}', 'bf16'\) there, or set outer_step_cost to a number"):
+            resolve_outer_step_cost("auto", "clo", device, "bf16")
+    with pytest.raises(ConfigError, match=r"no measured figure for cpu/bf16 "):
+        build_config(preset="smoke", overrides=["train.precision=bf16", *budget])
+    # the command line: exit 2, one error line, before anything starts
+    sweep = load_sweep_script()
+    assert sweep.main(["--preset", "smoke", "--set", "train.precision=bf16", *[a for b in budget for a in ("--set", b)],
+                       "--print-config"]) == EXIT_BAD_INPUT
+    err = capsys.readouterr().err
+    assert err.startswith("error: outer_step_cost: auto has no measured figure for cpu/bf16") and err.count("\n") == 1
+    build_config(preset="smoke", overrides=["train.precision=bf16", *budget, "outer_step_cost=3"])
+    assert resolve_outer_step_cost("auto", "fixed", "cuda", "bf16") == 0.0  # fixed weights never pay
+
+
+def test_the_measured_table_covers_every_device_and_precision():
+    from trainers.config import PRECISIONS
+
+    for device in ("cpu", "cuda"):
+        for precision in (p for p in PRECISIONS if p != "auto"):
+            assert set(MEASURED_OUTER_STEP_COST[(device, precision)]) == {"bilevel", "clo"}
+    # bf16 speeds a θ-step up more than an outer step (its ℓ± sides stay fp32): dearer in θ-steps
+    assert MEASURED_OUTER_STEP_COST[("cpu", "bf16")]["clo"] > MEASURED_OUTER_STEP_COST[("cpu", "fp32")]["clo"]
+
+
+def load_sweep_script():
+    """platform/sweep.py as a module (platform/ is no package: it would shadow the standard library's)."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("sweep_script", Path(__file__).resolve().parents[1] / "platform" / "sweep.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def arm_space(arm: str) -> dict:
+    import search_spaces
+
+    return search_spaces.get_space(arm, build_config(preset="smoke").space)
 
 
 @pytest.mark.integration
@@ -111,7 +156,8 @@ def test_a_sweep_keeps_its_compute_budget(tmp_path):
                                 {"outer_every": int(r.data.params["outer_every"])} if "outer_every" in r.data.params else {},
                                 cost) for r in mine)
         assert used <= budget + 1e-9, (arm, used)
-        # and the search did not stop early: what is left cannot pay for the dearest trial it could draw
-        assert budget - used < cost.dearest(LEARNED_SPACE), (arm, used)
+        # and the search did not stop early: what is left cannot pay for the cheapest trial it could draw
+        # (a drawn trial that does not fit is made cheaper when it can be), so no arm leaves a trial unspent
+        assert budget - used < cost.cheapest(arm_space(arm)), (arm, used)
         row = re.search(rf"\| {arm} \| [^|]+\| ([0-9.]+) / 7 \|", proc.stdout)
         assert row and float(row.group(1)) == pytest.approx(used, abs=0.05)  # the report shows what was used

@@ -1,18 +1,22 @@
 """The final stage end to end (real local Ray, DeepSpeed trainings and sqlite MLflow): each arm's
 configuration chosen on validation is retrained with every seed, exactly as chosen, all arms x seeds
-at once in one experiment; each training times its own early exit; the comparison lands in the
-report and in MLflow; a resumed sweep retrains and re-times nothing."""
+at once in one experiment; no training times itself: the timing phase times the models, interleaved,
+after the last training ended; the comparison lands in the report and in MLflow; a resumed sweep
+retrains and re-times nothing. And, without Ray, the interleaved timing of two tiny models."""
 
 from __future__ import annotations
 
+import json
 import math
+import re
+import statistics
+from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 
 from test_sweep_helpers import PNG_MAGIC, client, history, run_sweep_cli, runs_by_role
-
-pytestmark = pytest.mark.integration
 
 ARMS = ["fixed-pabee", "clo"]
 SEEDS = [1, 2]
@@ -37,6 +41,7 @@ def _params(run) -> dict:
     return dict(run.data.params)
 
 
+@pytest.mark.integration
 def test_final_stage_retrains_exactly_the_configurations_chosen_on_validation(final):
     runs = final["runs"]
     search_trials = [r for r in runs["trial"] if not r.data.tags["method"].startswith("final/")]
@@ -53,8 +58,7 @@ def test_final_stage_retrains_exactly_the_configurations_chosen_on_validation(fi
             assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id
             retrained, chosen = _params(run), _params(best)
             # final_train: ours, and the default's whole test set
-            overridden = {"seed": None, "train_subset": "384", "epochs": "2", "eval_subset": None, "wallclock_eval": None,
-                          "wallclock_repeats": None}
+            overridden = {"seed": None, "train_subset": "384", "epochs": "2", "eval_subset": None, "wallclock_eval": None}
             for key, value in chosen.items():
                 if key in overridden:
                     continue
@@ -62,27 +66,116 @@ def test_final_stage_retrains_exactly_the_configurations_chosen_on_validation(fi
             assert retrained["train_subset"] == "384" and retrained["epochs"] == "2"
             assert retrained["eval_subset"] == "None" and chosen["eval_subset"] == "128"
             assert retrained["method"] == best.data.params["method"]
+            assert retrained["wallclock_eval"] == "False"  # no final training times itself
             assert math.isfinite(run.data.metrics["test/hypervolume"])
 
 
-def test_all_arms_and_seeds_train_at_once_and_time_themselves(final):
-    seeds = [r for r in final["runs"]["trial"] if r.data.tags["method"].startswith("final/")]
+def _timing(final) -> dict:
+    return json.loads((final["dir"] / "report" / "final" / "timing.json").read_text())
+
+
+def _training_windows(final) -> dict[str, tuple[float, float]]:
+    """trial id -> (trained_from, trained_until), from the final report in Tune's result.json of each trial."""
+    windows = {}
+    for results in (final["dir"] / "ray" / "final").glob("*/result.json"):
+        rows = [json.loads(line) for line in results.read_text().splitlines() if line.strip()]
+        last = next(r for r in reversed(rows) if r.get("final_report") is True)
+        windows[last["trial_id"]] = (last["trained_from"], last["trained_until"])
+    return windows
+
+
+def _final_trials(final) -> list:
+    return [r for r in final["runs"]["trial"] if r.data.tags["method"].startswith("final/")]
+
+
+@pytest.mark.integration
+def test_all_arms_and_seeds_train_at_once_and_time_nothing_themselves(final):
+    seeds = _final_trials(final)
     assert len(seeds) == len(ARMS) * len(SEEDS)
     latest_start, earliest_end = max(r.info.start_time for r in seeds), min(r.info.end_time for r in seeds)
     assert latest_start < earliest_end, "every final training should overlap every other (one experiment)"
-    # timing_seeds=1: seed 1 of each arm timed its early exit in its own trial, after training; seed 2 did not
+    windows = _training_windows(final)
+    assert set(windows) == {r.data.tags["trial_id"] for r in seeds}
     for run in seeds:
-        timed = run.data.params["seed"] == "1"
-        assert run.data.params["wallclock_eval"] == str(timed)
-        assert ("op_2x/wallclock_speedup" in run.data.metrics) == timed, run.info.run_name
-        if timed:  # a ratio of two timings made while other trainings share the 2 cores: only its kind is certain
-            assert math.isfinite(run.data.metrics["op_2x/wallclock_speedup"]) and run.data.metrics["op_2x/wallclock_speedup"] > 0
+        assert run.data.params["wallclock_eval"] == "False"
+        summary = json.loads(Path(final["client"].download_artifacts(run.info.run_id, "summary.json")).read_text())
+        # the trials' own summaries carry no wall-clock figure: only the timing phase measures one
+        assert all(op["wallclock_speedup"] is None for op in summary["operating_points"]), run.info.run_name
+        started, ended = windows[run.data.tags["trial_id"]]
+        assert started < ended
+
+
+@pytest.mark.integration
+def test_trial_records_carry_the_training_windows(final):
+    """The driver's records (rebuilt from Tune's experiment, as sweeps.experiment does) hold each
+    trial's training window as Tune's result.json has it."""
+    from ray.tune import ExperimentAnalysis
+
+    from sweeps.records import build_record
+
+    storage = final["dir"] / "ray"
+    analysis = ExperimentAnalysis(str(storage / "final"))
+    windows = _training_windows(final)
+    for trial in analysis.trials:
+        record = build_record(trial, analysis.trial_dataframes[trial.trial_id].to_dict("records"),
+                              storage_path=str(storage))
+        assert (record.trained_from, record.trained_until) == pytest.approx(windows[trial.trial_id])
+
+
+@pytest.mark.integration
+def test_timing_runs_after_every_training_and_interleaves_the_arms(final):
+    timing, windows = _timing(final), _training_windows(final)
+    passes = timing["passes"]
+    assert passes and timing["repeats"] == 2 and timing["device"] == "cpu"
+    node_cpus = float(re.search(r"local Ray \((\d+) CPU", final["proc"].stdout).group(1))
+    assert timing["cpus"] == timing["threads"] == node_cpus  # every CPU of the (one) node: nothing else ran beside it
+    for p in passes:
+        assert p["start"] <= p["end"]
+        for trained_from, trained_until in windows.values():  # no timing window overlaps a training window
+            assert p["end"] < trained_from or p["start"] > trained_until
+    last_training = max(until for _, until in windows.values())
+    assert timing["started"] > last_training and min(p["start"] for p in passes) > last_training
+    assert timing["started"] <= min(p["start"] for p in passes) and max(p["end"] for p in passes) <= timing["ended"]
+    # timing_seeds=1: seed 1 of each arm, arms in `methods` order, passes A B A B ... (full, then early exit)
+    seed_one = {r.data.tags["method"].removeprefix("final/"): r.data.tags["trial_id"]
+                for r in _final_trials(final) if r.data.params["seed"] == "1"}
+    order = [seed_one[arm] for arm in ARMS]
+    assert list(timing["models"]) and set(timing["models"]) == set(order)
+    assert [(p["trial_id"], p["kind"], p["repeat"]) for p in passes] == [
+        (trial_id, kind, repeat) for repeat in range(2) for trial_id in order for kind in ("full", "early_exit")]
+    for earlier, later in zip(passes, passes[1:]):  # one pass at a time, in that order
+        assert earlier["end"] <= later["start"]
+
+
+@pytest.mark.integration
+def test_the_table_and_mlflow_show_the_timing_phase_medians(final):
+    timing = _timing(final)
     table = pd.read_csv(final["dir"] / "report" / "final" / "final_table.csv").set_index("arm")
-    for arm in ARMS:  # the driver reads the figure the trial measured
-        timed_run = next(r for r in seeds if r.data.tags["method"] == f"final/{arm}" and r.data.params["seed"] == "1")
-        assert table.loc[arm, "wallclock_2x_median_mean"] == pytest.approx(timed_run.data.metrics["op_2x/wallclock_speedup"])
+    runs = {r.data.tags["trial_id"]: r for r in _final_trials(final)}
+    for trial_id, model in timing["models"].items():
+        seconds = {(p["repeat"], p["kind"]): p["seconds"] for p in timing["passes"] if p["trial_id"] == trial_id}
+        assert model["ratios"] == pytest.approx([seconds[r, "full"] / seconds[r, "early_exit"] for r in range(2)])
+        assert model["median"] == pytest.approx(statistics.median(model["ratios"]))
+        assert model["min"] <= model["q1"] <= model["median"] <= model["q3"] <= model["max"]
+        assert model["min"] == min(model["ratios"]) and model["max"] == max(model["ratios"])
+        arm = model["arm"]
+        assert table.loc[arm, "wallclock_2x_median_mean"] == pytest.approx(model["median"])  # one timed seed per arm
+        assert table.loc[arm, "wallclock_2x_min"] == pytest.approx(model["min"])
+        assert table.loc[arm, "wallclock_2x_max"] == pytest.approx(model["max"])
+        metrics = runs[trial_id].data.metrics  # the timed seed's MLflow run shows the median, as before
+        assert metrics["op_2x/wallclock_speedup"] == pytest.approx(model["median"])
+        assert metrics["op_2x/wallclock_speedup_min"] == pytest.approx(model["min"])
+    untimed = [r for r in runs.values() if r.data.params["seed"] == "2"]
+    assert untimed and all("op_2x/wallclock_speedup" not in r.data.metrics for r in untimed)
+    (comparison,) = final["runs"]["final_comparison"]
+    assert "timing.json" in {a.path for a in final["client"].list_artifacts(comparison.info.run_id)}
+    for arm in ARMS:
+        assert comparison.data.metrics[f"{arm}/wallclock_2x_median_mean"] == pytest.approx(
+            table.loc[arm, "wallclock_2x_median_mean"])
+    assert "final timing: 2 model(s) x 2 repeats" in final["proc"].stdout
 
 
+@pytest.mark.integration
 def test_comparison_report_and_mlflow(final):
     out = final["proc"].stdout
     assert "Final stage: each best configuration retrained with seeds 1, 2" in out
@@ -117,14 +210,47 @@ def test_comparison_report_and_mlflow(final):
         assert parent.info.status == "FINISHED" and parent.data.tags.get("finalized") == "true"
 
 
+@pytest.mark.integration
 def test_resume_retrains_and_retimes_nothing(final):
     table = (final["dir"] / "report" / "final" / "final_table.csv").read_text()
+    timing = (final["dir"] / "report" / "final" / "timing.json").read_text()
     proc = run_sweep_cli(final["root"], "final-test", "--resume")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert "started" not in proc.stdout  # no search trial, no seed trained (or timed) again
+    assert "started" not in proc.stdout  # no search trial, no seed trained again
     assert "final: the experiment in" in proc.stdout and "is finished; reusing its trials" in proc.stdout
+    assert "already times all 2 model(s); reusing it" in proc.stdout and "repeats (full" not in proc.stdout
+    assert (final["dir"] / "report" / "final" / "timing.json").read_text() == timing  # nothing re-timed
     assert (final["dir"] / "report" / "final" / "final_table.csv").read_text() == table
     mlflow_client, _ = client(final["root"], "final-test")
     runs = runs_by_role(mlflow_client, "final-test")
     assert len([r for r in runs["trial"] if r.data.tags["method"].startswith("final/")]) == len(ARMS) * len(SEEDS)
     assert len(runs["final"]) == len(ARMS) and len(runs["final_comparison"]) == 1
+
+
+def test_interleaved_timing_of_two_tiny_models(tiny_model):
+    """No Ray: the timing phase's loop on two tiny random models. Passes run model by model within
+    each repeat (A full, A early exit, B full, B early exit, then again), and each ratio is the
+    full time over the early-exit time of the same model and repeat."""
+    from sweeps.timing import EARLY_EXIT, FULL, LoadedModel, ratios_by_model, time_interleaved
+    from trainers.data import Split
+    from trainers.evaluate import ExitTimer
+    from trainers.policies import make_policy
+
+    gen = torch.Generator().manual_seed(0)
+    lengths = [8, 5, 7, 3, 6, 4, 8, 2, 5]
+    test = Split("test", input_ids=[torch.randint(5, 100, (n,), generator=gen).tolist() for n in lengths],
+                 token_type_ids=[[0] * n for n in lengths], labels=torch.tensor([i % 3 for i in range(9)]),
+                 ids=torch.arange(9))
+    models = [LoadedModel(name, ExitTimer(tiny_model(num_layers=layers, seed=seed).eval(), test, batch_size=4,
+                                          pad_token_id=0), make_policy("patience", 1), test.ids)
+              for name, layers, seed in (("A", 3, 0), ("B", 4, 1))]
+    repeats = 3
+    passes = time_interleaved(models, repeats)
+    assert [(p.trial_id, p.repeat, p.kind) for p in passes] == [
+        (name, repeat, kind) for repeat in range(repeats) for name in ("A", "B") for kind in (FULL, EARLY_EXIT)]
+    for earlier, later in zip(passes, passes[1:]):
+        assert earlier.start <= earlier.end <= later.start and earlier.seconds > 0
+    ratios = ratios_by_model(passes)
+    for name in ("A", "B"):
+        mine = {(p.repeat, p.kind): p.seconds for p in passes if p.trial_id == name}
+        assert ratios[name] == [mine[r, FULL] / mine[r, EARLY_EXIT] for r in range(repeats)]

@@ -2,9 +2,12 @@
 up here rather than in the few minutes a GPU machine is lent."""
 
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 CHECKS = ["engine", "train/fixed", "train/bilevel", "train/clo", "syncs/zero2", "syncs/zero0", "hypergradient",
@@ -32,12 +35,22 @@ def test_gpu_check_without_cuda_fails_at_once_with_exit_2():
 
 
 def test_step_cost_prints_every_figure_and_its_json():
-    proc = subprocess.run([sys.executable, "benchmarks/step_cost.py", "--quick"], cwd=REPO, capture_output=True,
-                          text=True, timeout=600)
+    """Both precisions on the CPU (bf16 autocast runs anywhere; it pays where the CPU has bf16 units),
+    and the entries for sweeps/budget.py's MEASURED_OUTER_STEP_COST named at the end."""
+    proc = subprocess.run([sys.executable, "benchmarks/step_cost.py", "--quick", "--precision", "fp32", "bf16",
+                           "--breakdown", "1"], cwd=REPO, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     for needle in ("plain PyTorch loop (reference)", "fixed step / plain loop step:", "outer_step_cost per step",
-                   "epoch slices at outer_every 6", "host syncs:"):
+                   "epoch slices at outer_every 6", "host syncs:", "cpu bf16\n", "MEASURED_OUTER_STEP_COST entries",
+                   "fp32 / bf16 time per step"):
         assert needle in proc.stdout
-    figures = json.loads(proc.stdout.strip().splitlines()[-1])["cpu/fp32/threads=1"]
-    assert set(figures["outer_step_cost"]) == set(figures["epoch_outer_step_cost"]) == {"bilevel", "clo"}
-    assert figures["seconds_per_step"]["clo/outer"] > figures["seconds_per_step"]["clo/step"] > 0
+    everything = json.loads(proc.stdout.strip().splitlines()[-1])
+    for precision in ("fp32", "bf16"):
+        figures = everything[f"cpu/{precision}/threads=1"]
+        assert set(figures["outer_step_cost"]) == set(figures["epoch_outer_step_cost"]) == {"bilevel", "clo"}
+        assert figures["seconds_per_step"]["clo/outer"] > figures["seconds_per_step"]["clo/step"] > 0
+        entry = everything["budget_entries"][f"cpu/{precision}"]
+        assert f'("cpu", "{precision}"): {json.dumps(entry)},' in proc.stdout
+        for arm in ("bilevel", "clo"):  # the figure rounded up to 0.1, as the table's are
+            assert entry[arm] == pytest.approx(math.ceil(round(figures["outer_step_cost"][arm], 2) * 10 - 1e-9) / 10)
+    assert set(everything["fp32_over_bf16"]["fixed/step"]) == {"threads=1"}

@@ -87,7 +87,8 @@ def test_the_paper_preset_is_albert_on_glue_with_the_five_arms():
     assert cfg.final_seeds == [1, 2, 3] and cfg.reference_arm == "clo" and cfg.gpus_per_trial >= 1
     for name in ("glue-bert", "glue-albert"):
         glue = build_config(preset=name)
-        assert glue.methods == cfg.methods and glue.trials * len(glue.methods) >= 4 * glue.max_concurrent
+        full_trials = glue.budget_epochs / glue.train_config("fixed-uniform").epochs  # of a fixed arm
+        assert glue.methods == cfg.methods and full_trials * len(glue.methods) >= 4 * glue.max_concurrent
 
 
 def test_a_searched_option_in_train_is_refused_with_how_to_pin_it():
@@ -182,6 +183,8 @@ def run_cli(*args, tmp_path, env_extra=None):
     (["--ray-address", "127.0.0.1:{port}"], "cannot reach the Ray cluster at 127.0.0.1:{port}"),
     (["--resume", "--preset", "smoke"], "--resume: no 'smoke' sweep found"),
     (["--set", "train.lr_outer=0.2"], "train.lr_outer=0.2 would be replaced by the searched value"),
+    (["--set", "final_seeds=[1]", "--set", "final_train.lr=0.001"],
+     "final_train.lr=0.001 would replace the searched value in the retraining"),
 ])
 def test_command_line_bad_input_exits_2_before_anything_starts(tmp_path, args, message):
     port = str(free_port())
@@ -222,3 +225,23 @@ def test_existing_sweep_needs_resume(tmp_path):
     (tmp_path / "sweeps" / "taken" / "sweep.json").write_text("{}")
     proc = run_cli("--preset", "smoke", "--name", "taken", tmp_path=tmp_path)
     assert proc.returncode == EXIT_BAD_INPUT and "already exists" in proc.stderr and "--resume" in proc.stderr
+
+
+def test_every_preset_that_compares_arms_gives_them_the_same_compute():
+    """A preset whose final stage compares arms budgets compute, not trials: a learned arm's trial
+    costs 1.1-2.3x a fixed one's, so equal trial counts would hand it more compute."""
+    compared = 0
+    for name in presets():
+        cfg = build_config(preset=name)
+        if cfg.final_seeds and len(cfg.methods) > 1:
+            compared += 1
+            assert cfg.budget_epochs is not None and cfg.trials is None, name
+    assert compared >= 5  # demo, mr-study, glue-bert, glue-albert, leebert-paper
+
+
+def test_final_train_cannot_override_a_searched_value():
+    with pytest.raises(ConfigError, match=r"final_train.lr=0.001 would replace the searched value .* \(--set space.lr=null"):
+        build_config(preset="smoke", overrides=["final_seeds=[1]", "final_train.lr=0.001"])
+    # pinned for the search too: one value for every arm, in the search and in the retraining
+    cfg = build_config(preset="smoke", overrides=["final_seeds=[1]", "space.lr=null", "train.lr=0.001", "final_train.lr=0.001"])
+    assert cfg.final_train["lr"] == 0.001

@@ -170,3 +170,87 @@ def test_sweeps_has_no_import_circle():
     for module in sorted(graph):
         if module not in state:
             visit(module, [module])
+
+
+# ---------------------------------------------------------------------------- one fidelity per study
+def test_only_full_length_trials_are_complete_stopped_ones_are_pruned_with_their_intermediate_values():
+    arm = ArmBudget(optuna_search("fidelity"), max_trials=4, full_epochs=3)
+    ids = ["full", "stopped", "failed", "lost"]
+    for trial_id in ids:
+        arm.suggest(trial_id)
+    for epoch in (1, 2):
+        arm.on_trial_result("full", {"epoch": epoch, "objective": 0.1 * epoch, "training_iteration": epoch})
+    arm.on_trial_complete("full", {"epoch": 3, "objective": 0.3, "training_iteration": 3})
+    # ASHA stopped it at its first rung: Tune passes the stopping result to on_trial_complete only
+    arm.on_trial_complete("stopped", {"epoch": 1, "objective": 0.05, "training_iteration": 1})
+    arm.on_trial_result("failed", {"epoch": 1, "objective": 0.2, "training_iteration": 1})
+    arm.on_trial_complete("failed", error=True)  # reported an epoch, then failed for good
+    arm.on_trial_complete("lost")                # removed before it ever reported
+    trials = optuna.load_study(study_name="fidelity", storage=STORAGE).get_trials(deepcopy=False)
+    assert [t.state.name for t in trials] == ["COMPLETE", "PRUNED", "FAIL", "PRUNED"]
+    assert trials[0].value == 0.3 and trials[0].intermediate_values == {1: 0.1, 2: 0.2}
+    # its one-epoch objective as an intermediate value (Optuna keeps the last one as a pruned trial's value)
+    assert trials[1].intermediate_values == {1: 0.05} and trials[1].value == 0.05
+    assert trials[2].value is None and trials[2].intermediate_values == {1: 0.2}
+
+
+def test_a_drawn_trial_that_does_not_fit_runs_as_its_cheapest_variant_that_does(tmp_path):
+    from sweeps.searchers import Refit
+
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    searcher = OptunaSearch(to_optuna(SPACE), metric="objective", mode="max", study_name="refit",
+                            storage=optuna.storages.RDBStorage(storage),
+                            sampler=optuna.samplers.RandomSampler(seed=0))
+    # 2 epochs at outer_every 2 cost 2 x 3.1 = 6.2; only 2 x 1.42 = 2.84 (outer_every 10) is left after the first
+    ledger = BudgetLedger(limit=6.2 + 3.0, cost=CLO)
+    arm = ArmBudget(searcher, ledger=ledger, refit=Refit("refit", storage, (2, 20)), full_epochs=2)
+    first = arm.suggest("a")
+    ledger.per_epoch["a"] = CLO.per_epoch({"outer_every": 2})  # it drew the dearest: 6.2 committed
+    arm.on_trial_complete("a", {"epoch": 2, "objective": 0.4, "training_iteration": 2})
+    left = ledger.limit - ledger.committed()
+    second = arm.suggest("b")
+    assert second != Searcher.FINISHED and second["trial_number"] == 2 and first["trial_number"] == 1
+    assert CLO.whole(second) <= left + 1e-9  # it fits ...
+    assert CLO.whole({**second, "outer_every": second["outer_every"] - 1}) > left  # ... with the smallest outer_every that does
+    arm.on_trial_complete("b", {"epoch": 2, "objective": 0.5, "training_iteration": 2})
+    trials = optuna.load_study(study_name="refit", storage=storage).get_trials(deepcopy=False)
+    drawn, ran = trials[-2], trials[-1]
+    assert drawn.state.name == "FAIL" and ran.state.name == "COMPLETE"  # the first draw never ran
+    assert ran.params == {k: second[k] for k in ("lr", "outer_every")} and ran.params["lr"] == drawn.params["lr"]
+    assert ledger.limit - ledger.committed() < CLO.cheapest(SPACE)  # nothing left that a trial could use
+    assert arm.suggest("c") == Searcher.FINISHED
+
+
+# ---------------------------------------------------------------------------- ASHA across a resume
+def test_the_search_saves_every_arms_asha_rungs_and_restores_them_into_the_live_scheduler(tmp_path):
+    """Tune saves the search algorithm but never the scheduler; the search carries it. A restored
+    Tuner unpickles search and scheduler together (one pickle, as Tune's tuner.pkl), then restores
+    the search from its last save: the live scheduler must get the rungs back."""
+    import pickle
+
+    asha = ASHAScheduler(time_attr="epoch", metric="objective", mode="max", max_t=4, grace_period=1, reduction_factor=2)
+    scheduler = PerArmScheduler({"clo": asha})
+    search = ArmSearch({"clo": ArmBudget(optuna_search("resume-asha"), max_trials=8)},
+                       SearchTrialPart({"clo": {}}), "objective", "max", scheduler=scheduler)
+    as_built = pickle.dumps({"search_alg": search, "scheduler": scheduler})  # what Tuner.restore starts from
+    trials = [fake_trial(f"t{i}", "clo") for i in range(4)]
+    for i, trial in enumerate(trials):
+        scheduler.on_trial_add(None, trial)
+        scheduler.on_trial_result(None, trial, {"epoch": 1, "objective": 0.5 + 0.1 * i})
+    search.save(str(tmp_path / "searcher.pkl"))
+
+    restored = pickle.loads(as_built)
+    live = restored["scheduler"]
+    assert restored["search_alg"].scheduler is live
+    restored["search_alg"].restore(str(tmp_path / "searcher.pkl"))
+    assert restored["search_alg"].scheduler is live  # Tune keeps driving this one
+    late = fake_trial("t4", "clo")
+    live.on_trial_add(None, late)
+    # below the rung's recorded values: stopped, exactly as the uninterrupted scheduler decides
+    assert live.on_trial_result(None, late, {"epoch": 1, "objective": 0.45}) == TrialScheduler.STOP
+    scheduler.on_trial_add(None, late)
+    assert scheduler.on_trial_result(None, late, {"epoch": 1, "objective": 0.45}) == TrialScheduler.STOP
+    # and a fresh scheduler (the state before this fix) would have promoted it: the first at an empty rung
+    fresh = pickle.loads(as_built)["scheduler"]
+    fresh.on_trial_add(None, late)
+    assert fresh.on_trial_result(None, late, {"epoch": 1, "objective": 0.45}) == TrialScheduler.CONTINUE

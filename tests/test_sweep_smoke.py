@@ -170,7 +170,20 @@ def test_optuna_storage_holds_one_study_per_method(smoke):
         study = optuna.load_study(study_name=method, storage=storage)
         trials = study.get_trials(deepcopy=False)
         assert len(trials) == TRIALS
-        assert all(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
+        # one fidelity per study: exactly the trials Tune stopped early are PRUNED, with their per-epoch
+        # objectives as intermediate values; only full-length trials are COMPLETE
+        runs = {int(r.info.run_name.rsplit("-", 1)[1]): r for r in smoke["runs"]["trial"] if r.data.tags["method"] == method}
+        for trial in trials:
+            run = runs[trial.number + 1]  # trial numbers are the study's + 1 in a fresh study
+            objectives = [v for _, v in history(smoke["client"], run.info.run_id, "objective")]
+            expected = {"completed": "COMPLETE", "stopped_early": "PRUNED"}[run.data.tags["trial_status"]]
+            assert trial.state.name == expected, (method, trial.number, run.data.tags["trial_status"])
+            assert trial.params == pytest.approx({k: float(run.data.params[k]) for k in trial.params}, rel=1e-6)
+            if expected == "PRUNED":
+                assert len(objectives) < EPOCHS
+                assert list(trial.intermediate_values.values()) == pytest.approx(objectives)
+            else:
+                assert len(objectives) == EPOCHS and trial.value == pytest.approx(objectives[-1])
         assert study.direction == optuna.study.StudyDirection.MAXIMIZE
         first[method] = trials[0].params
     # the same sampler seed for every method: the shared parameters start from the same draw

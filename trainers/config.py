@@ -17,7 +17,10 @@ from trainers.errors import ConfigError
 
 METHODS = ("fixed", "bilevel", "clo")
 DEVICES = ("auto", "cpu", "cuda")
-PRECISIONS = ("fp32", "bf16")
+PRECISIONS = ("fp32", "bf16", "auto")
+# x86 instruction sets with native bf16 dot products (Cooper Lake / Zen 4 and later; Sapphire Rapids' AMX).
+# Without one, CPU bf16 autocast is emulated and can be slower than fp32.
+BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
 
 
 def _f(default, help: str, **meta):
@@ -67,7 +70,14 @@ class TrainConfig:
     zero_stage: int = _f(0, "DeepSpeed ZeRO stage (0, 1 or 2)")
     device: str = _f("auto", "where to train: auto (CUDA if torch sees a GPU, else the CPU), cpu, or cuda (fails at once, "
                              "exit 2, if CUDA does not work: never trains on the CPU by accident)")
-    precision: str = _f("fp32", "fp32, or bf16 (autocast with fp32 master weights; for GPUs with bf16, allowed on the CPU when asked for)")
+    precision: str = _f("fp32", "fp32, bf16 (autocast with fp32 master weights; for GPUs with bf16 and CPUs with avx512_bf16 or "
+                                "amx_bf16; allowed on any CPU when asked for, where it may be slower than fp32), or auto: bf16 "
+                                "where the device has bf16 units (a CUDA GPU torch reports bf16 support for; a CPU whose "
+                                "/proc/cpuinfo flags have avx512_bf16 or amx_bf16), else fp32. auto is resolved once, when the "
+                                "device is chosen; the run logs the result in its first line and records it in summary.json's "
+                                "config. A sweep resolves auto on its driver to charge the budget (sweeps/budget.py): for CPU "
+                                "trials from the driver's CPU flags, which assumes every node of the cluster has the same CPUs. "
+                                "The finite-difference sides of the hypergradient are fp32 whatever this says")
     deepspeed_config: str | None = _f(None, "a DeepSpeed JSON config (e.g. clusters/deepspeed/gpu_bf16_zero2.json); the trainer fills batch size, clipping and ZeRO stage when absent")
     threads: int | None = _f(None, "torch CPU threads (default: torch's choice; 1 per trial when trials share a machine)")
     seed: int = _f(42, "random seed (data splits, sampling, init, dropout)")
@@ -168,6 +178,58 @@ class TrainConfig:
 
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+
+# ---------------------------------------------------------------------------- precision: auto
+def cpu_flags(path: str = "/proc/cpuinfo") -> frozenset[str]:
+    """This machine's CPU feature flags (the ``flags`` line of Linux's /proc/cpuinfo); empty where
+    there is none to read (another OS), so ``auto`` stays fp32 there. torch 2.13 exposes no bf16
+    capability of the CPU (``torch.backends.cpu.get_cpu_capability()`` says AVX512 with or without it)."""
+    try:
+        text = Path(path).read_text()
+    except OSError:
+        return frozenset()
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "flags":  # every core lists the same flags: the first line is enough
+            return frozenset(value.split())
+    return frozenset()
+
+
+def cpu_bf16_flag(flags=None) -> str | None:
+    """The flag that gives this CPU (or one with ``flags``) native bf16 units, or None."""
+    flags = cpu_flags() if flags is None else set(flags)
+    return next((flag for flag in BF16_CPU_FLAGS if flag in flags), None)
+
+
+def resolve_precision(requested: str, device: str, flags=None) -> str:
+    """``requested`` as it applies on ``device`` ("cpu" or "cuda"): fp32 and bf16 as they are;
+    ``auto`` is bf16 where the device has bf16 units (a CUDA GPU with ``torch.cuda.is_bf16_supported()``;
+    a CPU whose ``flags``, by default this machine's, have avx512_bf16 or amx_bf16), else fp32.
+    No torch import unless ``device`` is cuda: the sweep driver calls this too."""
+    if requested not in PRECISIONS:
+        raise ConfigError(f"unknown precision '{requested}'; choose one of: {', '.join(PRECISIONS)}")
+    if requested != "auto":
+        return requested
+    if device == "cuda":
+        import torch
+
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    return "bf16" if cpu_bf16_flag(flags) else "fp32"
+
+
+def precision_text(requested: str, resolved: str, device: str, flags=None) -> str:
+    """'bf16 (auto: the CPU has avx512_bf16)': the resolved precision and, for auto, why."""
+    if requested != "auto":
+        return resolved
+    if device == "cuda":
+        import torch
+
+        why = f"{torch.cuda.get_device_name()} {'has' if resolved == 'bf16' else 'has no'} bf16 support"
+    else:
+        flag = cpu_bf16_flag(flags)
+        why = f"the CPU has {flag}" if flag else f"the CPU has neither {' nor '.join(BF16_CPU_FLAGS)}"
+    return f"{resolved} (auto: {why})"
 
 
 def resolve_project_path(path: str, what: str) -> str:

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from trainers.config import DEVICES
+from trainers.config import DEVICES, resolve_precision
 from trainers.errors import ConfigError
 
 if not torch.cuda.is_available():  # before deepspeed is imported anywhere: no accelerator probing
@@ -29,26 +29,36 @@ RANK_STATE_DIR = "rank_state"  # per-rank files in a checkpoint: each rank's own
 # ---------------------------------------------------------------------------- the device
 def select_device(requested: str, precision: str) -> str:
     """``cpu`` or ``cuda``, for ``requested`` in auto | cpu | cuda; fails at once, never falls back.
+    ``select_device_and_precision`` without the precision it resolves."""
+    return select_device_and_precision(requested, precision)[0]
 
-    ``auto`` is CUDA when torch sees a GPU, else the CPU (a laptop). ``cuda`` without a working
-    CUDA, or bf16 on a GPU without bf16, is a ConfigError naming the cause: a broken GPU setup
-    must not train for hours on the CPU, and must not fail late inside a collective (Ray picks
-    NCCL for a trial given GPUs while DeepSpeed, seeing no CUDA, would pick gloo).
+
+def select_device_and_precision(requested: str, precision: str) -> tuple[str, str]:
+    """(device, precision): the device for ``requested`` in auto | cpu | cuda, and ``precision``
+    (fp32 | bf16 | auto) resolved for it, once, here. Fails at once, never falls back.
+
+    ``auto`` device is CUDA when torch sees a GPU, else the CPU (a laptop). ``cuda`` without a
+    working CUDA, or bf16 on a GPU without bf16, is a ConfigError naming the cause: a broken GPU
+    setup must not train for hours on the CPU, and must not fail late inside a collective (Ray
+    picks NCCL for a trial given GPUs while DeepSpeed, seeing no CUDA, would pick gloo).
+    ``auto`` precision is bf16 where the device has bf16 units (``trainers.config.resolve_precision``:
+    a GPU with bf16 support, a CPU with avx512_bf16 or amx_bf16), else fp32. bf16 asked for by
+    name stays allowed on any CPU.
     """
     if requested not in DEVICES:
         raise ConfigError(f"unknown device '{requested}'; choose one of: {', '.join(DEVICES)}")
     device = ("cuda" if torch.cuda.is_available() else "cpu") if requested == "auto" else requested
-    if device == "cuda":
-        if not torch.cuda.is_available():
-            raise ConfigError(f"device 'cuda' was asked for, but {_why_no_cuda()}; fix the GPU setup, or pass "
-                              "--device cpu to train on the CPU on purpose")
-        if precision == "bf16" and not torch.cuda.is_bf16_supported():
-            name = torch.cuda.get_device_name()
-            major, minor = torch.cuda.get_device_capability()
-            raise ConfigError(f"precision bf16 needs a GPU with bf16 support, and {name} (compute capability "
-                              f"{major}.{minor}) has none; pass --precision fp32, or use an Ampere or newer GPU")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device 'cuda' was asked for, but {_why_no_cuda()}; fix the GPU setup, or pass "
+                          "--device cpu to train on the CPU on purpose")
+    resolved = resolve_precision(precision, device)
+    if device == "cuda" and resolved == "bf16" and not torch.cuda.is_bf16_supported():
+        name = torch.cuda.get_device_name()
+        major, minor = torch.cuda.get_device_capability()
+        raise ConfigError(f"precision bf16 needs a GPU with bf16 support, and {name} (compute capability "
+                          f"{major}.{minor}) has none; pass --precision fp32 (or auto), or use an Ampere or newer GPU")
     _pin_deepspeed_accelerator(device)
-    return device
+    return device, resolved
 
 
 def _why_no_cuda() -> str:
@@ -130,6 +140,7 @@ def deepspeed_config(cfg, world_size: int) -> dict[str, Any]:
     # DeepSpeed's throughput timer is on by default: a forward pre-hook that synchronizes the
     # device on every call of the module (hypergradient passes and evaluation included).
     config.setdefault("timers", {"throughput": {"enabled": False}})
+    check_resolved_precision(cfg.precision)
     if cfg.precision == "bf16":
         # Autocast keeps fp32 master parameters: the finite-difference hypergradient perturbs θ by
         # ~1e-6 per entry, which bf16 parameters could not represent.
@@ -148,6 +159,14 @@ def deepspeed_config(cfg, world_size: int) -> dict[str, Any]:
             "drop it from the JSON and set --batch-size"
         )
     return config
+
+
+def check_resolved_precision(precision: str) -> None:
+    """fp32 or bf16; ``auto`` must have been resolved for the device (``select_device_and_precision``,
+    as ``trainers.train.run`` does) before an engine or a strategy is built from the config."""
+    if precision not in ("fp32", "bf16"):
+        raise ConfigError(f"precision '{precision}' reached the engine unresolved; resolve it for the device first "
+                          "(trainers.engine.select_device_and_precision)")
 
 
 def linear_warmup_decay(optimizer, total_steps: int, warmup_ratio: float):

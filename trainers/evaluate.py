@@ -125,6 +125,62 @@ def final_report(val_logits, val_labels, test_logits, test_labels, task: TaskSpe
     return FinalReport(validation, test, points)
 
 
+def exit_policy(op, is_regression: bool):
+    """The streaming exit policy of an operating point (or of any setting with policy/setting/delta)."""
+    return make_policy(op.policy, op.setting, is_regression=is_regression, delta=op.delta)
+
+
+@dataclass(frozen=True)
+class TimedPass:
+    """One timed pass over a split: how long it took (``perf_counter``, what speed-ups divide) and
+    when it ran (``time.time()`` stamps, comparable across processes and with other windows)."""
+
+    seconds: float
+    start: float
+    end: float
+
+
+class ExitTimer:
+    """Times whole passes of one model (in eval mode) over one split: the full forward, or real
+    early-exit inference. The batches are built and moved to the model's device once, so a pass
+    times the model alone; on CUDA the clocks are read only after the device has synchronized."""
+
+    def __init__(self, model, split: Split, batch_size: int, pad_token_id: int):
+        self.model = model
+        self.device = next(model.parameters()).device
+        self.batches = [{key: value.to(self.device) for key, value in batch.items()}
+                        for _, batch in eval_batches(split, batch_size, pad_token_id)]
+
+    @torch.no_grad()
+    def warm_up(self, policies: list) -> None:
+        """First calls pay for allocation and kernel selection: one full and one early-exit call
+        per policy on the first batch, untimed."""
+        self.model(**self.batches[0])
+        for policy in policies:
+            self.model.early_exit(policy, **self.batches[0])
+        self._synchronize()
+
+    def full(self) -> TimedPass:
+        return self._timed(lambda batch: self.model(**batch))
+
+    def early_exit(self, policy) -> TimedPass:
+        return self._timed(lambda batch: self.model.early_exit(policy, **batch))
+
+    @torch.no_grad()
+    def _timed(self, step) -> TimedPass:
+        self._synchronize()  # work queued before this pass is not its time
+        stamp, start = time.time(), time.perf_counter()
+        for batch in self.batches:
+            step(batch)
+        self._synchronize()
+        seconds = time.perf_counter() - start
+        return TimedPass(seconds=seconds, start=stamp, end=time.time())
+
+    def _synchronize(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+
 @torch.no_grad()
 def wallclock_speedups(model, split: Split, ops: list[OperatingPoint], task: TaskSpec,
                        batch_size: int, pad_token_id: int, repeats: int = 1) -> list[list[float]]:
@@ -134,29 +190,15 @@ def wallclock_speedups(model, split: Split, ops: list[OperatingPoint], task: Tas
     compares passes made moments apart (machine load drifts between repeats, not within one).
     Returns, per operating point, the ratio of every repeat; report their median.
     """
-    policies = [make_policy(op.policy, op.setting, is_regression=task.is_regression, delta=op.delta) for op in ops]
+    policies = [exit_policy(op, task.is_regression) for op in ops]
     was_training = model.training
     model.eval()
-    device = next(model.parameters()).device
-    batches = [{key: value.to(device) for key, value in batch.items()}
-               for _, batch in eval_batches(split, batch_size, pad_token_id)]
-
-    def timed(fn) -> float:
-        start = time.perf_counter()
-        for batch in batches:
-            fn(batch)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        return time.perf_counter() - start
-
-    model(**batches[0])  # warm-up: first calls pay for allocation and kernel selection
-    for policy in policies:
-        model.early_exit(policy, **batches[0])
+    timer = ExitTimer(model, split, batch_size, pad_token_id)
+    timer.warm_up(policies)
     ratios: list[list[float]] = [[] for _ in ops]
     for _ in range(repeats):
-        full = timed(lambda b: model(**b))
+        full = timer.full().seconds
         for i, policy in enumerate(policies):
-            ratios[i].append(full / timed(lambda b, p=policy: model.early_exit(p, **b)))
+            ratios[i].append(full / timer.early_exit(policy).seconds)
     model.train(was_training)
     return ratios
-

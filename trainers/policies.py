@@ -242,3 +242,28 @@ def simulate(policy: ExitPolicy, all_logits: Tensor) -> tuple[Tensor, Tensor]:
         exit_logits[running[now]] = out[now]
         running, state = running[~now], policy.select(state, ~now)
     return exit_layer, exit_logits
+
+
+class SavedOutcomes:
+    """Per-example test results of exit policies on one model's saved exit logits: what the final
+    comparison and the precision-parity benchmark resample. ``logits`` [L, N, C], ``labels`` [N]."""
+
+    def __init__(self, logits: np.ndarray, labels: np.ndarray):
+        self.all_logits = torch.from_numpy(logits)
+        self.labels = labels
+        self.regression = self.all_logits.shape[-1] == 1
+
+    def last_correct(self) -> np.ndarray:
+        """[N] 0/1: the last exit's prediction is right."""
+        return (self.all_logits[-1].argmax(-1).numpy() == self.labels).astype(np.float64)
+
+    def at(self, kind: str, setting: float, delta: float | None) -> tuple[np.ndarray, np.ndarray]:
+        """(exit layer [N], 0/1 correct [N]) of one policy setting."""
+        policy = make_policy(kind, setting, is_regression=self.regression, delta=delta)
+        exit_layer, exit_logits = simulate(policy, self.all_logits)
+        return exit_layer.numpy(), (exit_logits.argmax(-1).numpy() == self.labels).astype(np.float64)
+
+    def frontier(self, points) -> tuple[np.ndarray, np.ndarray]:
+        """(exit layers [S, N], correct [S, N]) of every setting in ``points`` (``.policy``, ``.setting``, ``.delta``)."""
+        outcomes = [self.at(p.policy, p.setting, p.delta) for p in points]
+        return np.stack([e for e, _ in outcomes]), np.stack([c for _, c in outcomes])

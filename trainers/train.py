@@ -24,6 +24,7 @@ the loss of (1-based) step N NaN, so a run diverges on cue.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import gc
 import json
 import os
@@ -38,7 +39,7 @@ import numpy as np
 import torch
 
 from trainers import engine as ds
-from trainers.config import TrainConfig, add_config_arguments, config_from_args
+from trainers.config import TrainConfig, add_config_arguments, config_from_args, precision_text
 from trainers.data import TaskData, batch_indices, collate, derive_seed, load_task_data
 from trainers.errors import EXIT_BAD_INPUT, EXIT_DIVERGED, ConfigError, DivergenceMonitor, TrainingDiverged, check_finite
 from trainers.evaluate import (collect_logits, final_report, point_key, policy_grid, report_split,
@@ -74,10 +75,15 @@ def build_components(cfg: TrainConfig):
         model, tokenizer = build_model(spec)
     from trainers.model import check_max_length  # exit 2 naming the limit, not an index error mid-training
     check_max_length(model.backbone.config, cfg.max_length)
-    data = load_task_data(task, tokenizer, data_dir=cfg.data_dir, max_length=cfg.max_length,
+    return model, load_data(cfg, tokenizer)
+
+
+def load_data(cfg: TrainConfig, tokenizer) -> TaskData:
+    """The task's splits as ``cfg`` asks for them; the sweep's timing phase rebuilds a trained
+    model's test split with it."""
+    return load_task_data(cfg.task, tokenizer, data_dir=cfg.data_dir, max_length=cfg.max_length,
                           train_subset=cfg.train_subset, eval_subset=cfg.eval_subset, seed=cfg.seed,
                           validation_fraction=cfg.validation_fraction)
-    return model, data
 
 
 def check_split_sizes(data: TaskData, draw: tuple[int, int], batch_size: int, world_size: int) -> None:
@@ -244,7 +250,10 @@ def run(cfg: TrainConfig, on_epoch: Callable[[dict], None] | None = None, quiet:
     cfg.validate()
     fault_step = check_fault_step(fault_step)
     started = time.perf_counter()
-    device = ds.select_device(cfg.device, cfg.precision)  # fails at once on a broken GPU setup
+    requested_precision = cfg.precision
+    device, precision = ds.select_device_and_precision(cfg.device, cfg.precision)  # fails at once on a broken GPU setup
+    if precision != cfg.precision:  # precision auto, resolved for this device: what the run uses and records
+        cfg = dataclasses.replace(cfg, precision=precision)
     ds.ensure_process_group(device)
     rank, world_size = ds.world()
     is_main = rank == 0  # in a data-parallel group only rank 0 speaks and writes
@@ -261,7 +270,8 @@ def run(cfg: TrainConfig, on_epoch: Callable[[dict], None] | None = None, quiet:
     task = data.task
     log(f"task {task.name}: train {len(data.train)} (D1 {len(data.d1)}, D2 {len(data.d2)}), "
         f"validation {len(data.validation)}, test {len(data.test)}; model {cfg.model} with {model.num_layers} exits; "
-        f"device {device}" + (f" x {world_size} processes" if world_size > 1 else ""))
+        f"device {device}" + (f" x {world_size} processes" if world_size > 1 else "")
+        + f", precision {precision_text(requested_precision, precision, device)}")
 
     # 2. objective and loss-weight strategy
     terms = LossTerms.build(model.num_layers, cfg.kd, cfg.temperature, task.is_regression, cfg.loss_reduction)

@@ -329,5 +329,10 @@ def build_strategy(cfg, terms: LossTerms):
     if cfg.method == "fixed":
         return FixedWeights(terms, cfg.scheme)
     cls = {"bilevel": BilevelWeights, "clo": CrossLevelWeights}[cfg.method]
+    if cfg.precision not in ("fp32", "bf16"):  # auto would silently mean fp32 passes here
+        from trainers.errors import ConfigError
+
+        raise ConfigError(f"precision '{cfg.precision}' reached the loss-weight strategy unresolved; resolve it for "
+                          "the device first (trainers.engine.select_device_and_precision)")
     grad_dtype = torch.bfloat16 if cfg.precision == "bf16" and cfg.hypergradient_passes == "auto" else None
     return cls(terms, cfg.weight_param, cfg.lr_outer, cfg.outer_every, cfg.fd_eps, grad_dtype)
