@@ -201,8 +201,8 @@ TASK_TEXT = {
                      "contradiction), from the official SNLI release (embedded in the package)", "pairs"),
 }
 ABOUT = {  # what a study that has not run yet takes
-    "mr-study": "about 2.5 hours on 2 idle cores",
-    "snli-study": "about 3 hours on 2 cores, sized in the preset's header",
+    "mr-study": "about 2.5 hours on 2 idle cores in fp32, less where bf16 applies",
+    "snli-study": "about 3 hours on 2 cores in fp32, less where bf16 applies, sized in the preset's header",
 }
 CHANGES = {  # per preset: a paragraph whoever runs the study fills in (kept across reruns once filled)
     "mr-study": f"""<!-- keep:changes -->
@@ -292,6 +292,10 @@ def section_markdown(result, timing: dict, results_path: Path) -> str:
     invocations = len(timing["invocations"])
     verdicts = "\n".join(f"- {line}" for line in final.verdicts.values())
     some = next(r for seeds in final.results.values() for r in seeds)
+    trained_in = {r.summary.config.get("precision") for f in final.finals for r in f.records if r.summary is not None}
+    precision = "/".join(sorted(p for p in trained_in if p)) or train.get("precision", "fp32")
+    if train.get("precision") == "auto":  # what auto resolved to on this machine
+        precision += " (precision: auto)"
     sizes = final_sizes(result, unit)
     arms = "\n".join(f"  - `{arm}`: {ARM_TEXT.get(arm, arm)}" for arm in cfg.methods)
     pace = epoch_pace(result)
@@ -321,7 +325,7 @@ Measured on {time.strftime('%Y-%m-%d')}; machine: {machine}. The whole study too
 
 ### Setup, and why this size
 - **Task and model.** {about_task}: {sizes}. Model `{train['model']}` with {some.num_layers} exits. Max length
-  {train['max_length']}, batch {train['batch_size']}, {train.get('precision', 'fp32')} on CPU, DeepSpeed ZeRO-0. One loss-scale convention
+  {train['max_length']}, batch {train['batch_size']}, {precision} on CPU, DeepSpeed ZeRO-0. One loss-scale convention
   for every arm (the weighted mean of the loss terms, docs/method.md "Loss scale"); hypervolume on the
   {some.axis} speed-up axis (docs/method.md "Hypervolume").
 - **Arms:**

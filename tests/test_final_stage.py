@@ -254,3 +254,17 @@ def test_interleaved_timing_of_two_tiny_models(tiny_model):
     for name in ("A", "B"):
         mine = {(p.repeat, p.kind): p.seconds for p in passes if p.trial_id == name}
         assert ratios[name] == [mine[r, FULL] / mine[r, EARLY_EXIT] for r in range(repeats)]
+
+
+def test_timing_holds_a_whole_device_and_never_times_on_the_cpu_instead_of_a_gpu():
+    """With GPUs the timing task holds one whole GPU (and a trial's CPUs); on CPUs every CPU of a
+    node. A GPU plan on a machine whose CUDA does not work fails with the cause, never times on the CPU."""
+    from sweeps.config import build_config
+    from sweeps.timing import _device, timing_plan
+    from trainers.errors import ConfigError
+
+    plan = timing_plan(build_config(preset="smoke", overrides=["gpus_per_trial=1", "cpus_per_trial=4"]), [])
+    assert (plan.device, plan.gpus, plan.cpus, plan.threads) == ("cuda", 1, 4, 4)
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="device 'cuda' was asked for"):
+            _device("cuda")

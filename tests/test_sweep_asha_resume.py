@@ -35,7 +35,7 @@ cfg = build_config(preset="smoke", overrides=[
     "reduction_factor=2", "max_concurrent=1", "final_seeds=[]", "register=false", "reuse_actors=true"],
     flags={"name": name, "root": root})
 cfg = resume_config(cfg) if resume else start_config(cfg)
-plan = Plan(fixed_epoch_s=1.0, startup_s=0.0, finish_s=0.0, checkpoint_s=0.0, jitter=0.0)
+plan = Plan(fixed_epoch_s=0.5, startup_s=0.0, finish_s=0.0, checkpoint_s=0.0, jitter=0.0)
 run_sweep(cfg, resume=resume, trainer=StandInTrainer(plan=plan, exits=3, test_examples=64))
 """ % (TRIALS, EPOCHS)
 DONE = re.compile(r"trial (\d+)/\d+ (stopped by ASHA|epoch \d+/\d+: .*\| test hypervolume)")
