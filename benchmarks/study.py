@@ -74,17 +74,18 @@ def main() -> int:
           flush=True)
     from sweeps.runner import run_sweep
 
-    started = time.time()
+    clock = InvocationClock(cfg.sweep_dir, time.time(), invocation)  # on disk at once, kept current
     try:
         result = run_sweep(cfg, resume=resume)
     except (SweepInterrupted, KeyboardInterrupt) as err:
-        add_time(cfg.sweep_dir, started, finished=False, **invocation)
+        clock.stop(finished=False)
         print(f"[study] stopped ({err or 'Ctrl-C'}); run the same command again to continue", file=sys.stderr)
         return 130
-    except ConfigError as err:
+    except ConfigError as err:  # refused before any work: no trace of this invocation
+        clock.discard()
         print(f"error: {err}", file=sys.stderr)
         return 2
-    total = add_time(cfg.sweep_dir, started, finished=True, **invocation)
+    total = clock.stop(finished=True)
     if result.final is None:
         print("error: the study has no final stage (final_seeds is empty); nothing to write", file=sys.stderr)
         return 2
@@ -114,18 +115,61 @@ def checkout_commit() -> dict:
     return {"hash": git("rev-parse", "--short", "HEAD") or "unknown", "dirty": bool(status) if status is not None else None}
 
 
-def add_time(folder: Path, started: float, finished: bool, command: str | None = None,
-             commit: dict | None = None) -> dict:
-    """Append this invocation (wall time, command line, commit) to the study's record; returns the record."""
-    path = folder / TIME_FILE
-    record = json.loads(path.read_text()) if path.is_file() else {"invocations": []}
-    record["invocations"].append({"started": time.strftime("%Y-%m-%d %H:%M", time.gmtime(started)),
-                                  "seconds": round(time.time() - started, 1), "finished": finished,
-                                  "command": command, "commit": commit})
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(record, indent=2))
-    tmp.replace(path)
-    return record
+class InvocationClock:
+    """This invocation's entry in the study's time file (wall time, command line, commit): written
+    when it starts and rewritten every ``every`` seconds, so an invocation that is killed outright
+    (SIGKILL, a closed session) still counts up to its last minute; ``stop`` writes the end."""
+
+    def __init__(self, folder: Path, started: float, invocation: dict, every: float = 60.0):
+        import threading
+
+        self.path, self.started = folder / TIME_FILE, started
+        folder.mkdir(parents=True, exist_ok=True)
+        record = self._read()
+        record["invocations"].append({"started": time.strftime("%Y-%m-%d %H:%M", time.gmtime(started)),
+                                      "seconds": 0.0, "finished": False, **invocation})
+        self.index = len(record["invocations"]) - 1
+        self._write(record)
+        self._stopped = threading.Event()
+        self._lock = threading.Lock()
+        threading.Thread(target=self._tick, args=(every,), name="study-clock", daemon=True).start()
+
+    def _tick(self, every: float) -> None:
+        while not self._stopped.wait(every):
+            self._update(finished=False)
+
+    def stop(self, finished: bool) -> dict:
+        """Write the invocation's end; returns the whole record."""
+        self._stopped.set()
+        return self._update(finished)
+
+    def discard(self) -> None:
+        """Take this invocation's entry back (a refused command leaves nothing behind)."""
+        self._stopped.set()
+        with self._lock:
+            record = self._read()
+            del record["invocations"][self.index]
+            if record["invocations"]:
+                self._write(record)
+            else:
+                self.path.unlink(missing_ok=True)
+                if not any(self.path.parent.iterdir()):
+                    self.path.parent.rmdir()
+
+    def _update(self, finished: bool) -> dict:
+        with self._lock:
+            record = self._read()
+            record["invocations"][self.index].update(seconds=round(time.time() - self.started, 1), finished=finished)
+            self._write(record)
+            return record
+
+    def _read(self) -> dict:
+        return json.loads(self.path.read_text()) if self.path.is_file() else {"invocations": []}
+
+    def _write(self, record: dict) -> None:
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(record, indent=2))
+        tmp.replace(self.path)
 
 
 # ---------------------------------------------------------------------------- the document's sections

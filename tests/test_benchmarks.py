@@ -267,3 +267,31 @@ def test_precision_parity_compares_fp32_and_bf16_runs(tmp_path):
     # a second invocation reuses both finished runs
     again = subprocess.run(proc.args, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0 and again.stdout.count("already done") == 2
+
+
+def test_a_study_invocation_counts_even_when_killed_outright(tmp_path, monkeypatch):
+    """The study's time file holds each invocation from its start and keeps its wall time current,
+    so a study killed with SIGKILL (a closed session) still reports the time it ran; a refused
+    invocation leaves nothing behind."""
+    import importlib.util
+    import time
+
+    for key in ("HF_HUB_OFFLINE", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"):  # study.py sets them: restore them after
+        monkeypatch.delenv(key, raising=False)
+    spec = importlib.util.spec_from_file_location("study_clock_under_test", REPO / "benchmarks" / "study.py")
+    study = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(study)
+    folder = tmp_path / "sweep"
+    clock = study.InvocationClock(folder, time.time() - 100, {"command": "python benchmarks/study.py"}, every=0.05)
+    time.sleep(0.3)  # never stopped: as if the process had been killed now
+    record = json.loads((folder / study.TIME_FILE).read_text())
+    (entry,) = record["invocations"]
+    assert entry["finished"] is False and 100 <= entry["seconds"] < 110 and entry["command"] == "python benchmarks/study.py"
+    clock.stop(finished=False)
+    refused = study.InvocationClock(folder, time.time(), {"command": "again"})
+    refused.discard()
+    assert [i["command"] for i in json.loads((folder / study.TIME_FILE).read_text())["invocations"]] == [
+        "python benchmarks/study.py"]
+    empty = tmp_path / "refused"
+    study.InvocationClock(empty, time.time(), {}).discard()
+    assert not empty.exists()
