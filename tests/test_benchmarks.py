@@ -125,10 +125,8 @@ def test_studies_write_their_own_sections_and_resume(tmp_path):
     assert "Newest section: **" in after and "`tiny-mr` (measured " in after and "`tiny-snli` (measured " in after
 
 
-def test_study_sections_replace_only_their_own_text(tmp_path, monkeypatch):
-    """The results document's bookkeeping, without a study: a section is replaced in place or appended,
-    every other section and the text between sections stay byte for byte, the head follows the newest
-    section, and a 'keep' paragraph filled in by hand (no PLACEHOLDER left) survives a rewrite."""
+def load_study_script(monkeypatch):
+    """benchmarks/study.py as a module, without the environment variables it sets leaking into other tests."""
     import importlib.util
 
     for key in ("HF_HUB_OFFLINE", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"):  # study.py sets them: restore them after
@@ -136,6 +134,14 @@ def test_study_sections_replace_only_their_own_text(tmp_path, monkeypatch):
     spec = importlib.util.spec_from_file_location("study_under_test", REPO / "benchmarks" / "study.py")
     study = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(study)
+    return study
+
+
+def test_study_sections_replace_only_their_own_text(tmp_path, monkeypatch):
+    """The results document's bookkeeping, without a study: a section is replaced in place or appended,
+    every other section and the text between sections stay byte for byte, the head follows the newest
+    section, and a 'keep' paragraph filled in by hand (no PLACEHOLDER left) survives a rewrite."""
+    study = load_study_script(monkeypatch)
     path = tmp_path / "results.md"
     path.write_text("# old\n\nsuperseded numbers\n")
     study.write_section(path, "mr-study", study.pending_section("mr-study", "mr"))
@@ -273,14 +279,9 @@ def test_a_study_invocation_counts_even_when_killed_outright(tmp_path, monkeypat
     """The study's time file holds each invocation from its start and keeps its wall time current,
     so a study killed with SIGKILL (a closed session) still reports the time it ran; a refused
     invocation leaves nothing behind."""
-    import importlib.util
     import time
 
-    for key in ("HF_HUB_OFFLINE", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"):  # study.py sets them: restore them after
-        monkeypatch.delenv(key, raising=False)
-    spec = importlib.util.spec_from_file_location("study_clock_under_test", REPO / "benchmarks" / "study.py")
-    study = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(study)
+    study = load_study_script(monkeypatch)
     folder = tmp_path / "sweep"
     clock = study.InvocationClock(folder, time.time() - 100, {"command": "python benchmarks/study.py"}, every=0.05)
     time.sleep(0.3)  # never stopped: as if the process had been killed now
