@@ -207,10 +207,13 @@ def fake_gpu_cluster(nodes: int, gpus_per_node: int, cpus_per_node: int):
 
 # ---------------------------------------------------------------------------- the measurement
 def train_values(config: dict) -> dict:
-    """A trial's trainer options from its Tune config (this code's layout, or the layout before
-    the one-experiment sweeps: ``train`` plus the sampled values at the top)."""
-    if "trial" in config:
-        return config["trial"]["train"]
+    """A trial's trainer options from its Tune config (read by this code's ``TrialSpec``, or the
+    layout before the one-experiment sweeps: ``train`` plus the sampled values at the top)."""
+    if "train" not in config:
+        from sweeps.spec import TrialSpec
+
+        train = TrialSpec.from_config(config).train
+        return train if isinstance(train, dict) else train.to_dict()  # a dict before the typed TrialSpec
     return {**config["train"], **{k: v for k, v in config.items() if k not in ("train", "sweep", "trial_number")}}
 
 
@@ -298,7 +301,8 @@ def main() -> int:
         f"time scale {scale:g}x (final stage {final_scale:g}x); load average {os.getloadavg()[0]:.2f}; work dir {work}")
     import ray
 
-    from sweeps.config import build_config, start_config
+    from sweeps.presets import build_config
+    from sweeps.state import start_config
     from sweeps.runner import run_sweep
 
     takes_trainer = "trainer" in inspect.signature(run_sweep).parameters

@@ -137,7 +137,8 @@ def warm_imports() -> None:
 
 def sweep_on_cluster(preset: str, node_cpus: list[int], trials: int, root: Path, name: str) -> dict:
     """One sweep through the library against a fresh local cluster; its wall time and per-trial timings."""
-    from sweeps.config import build_config, start_config
+    from sweeps.presets import build_config
+    from sweeps.state import start_config
     from sweeps.runner import run_sweep
 
     counter = _ErrorCounter()
@@ -252,7 +253,7 @@ def overhead_stats(rows: list[dict]) -> dict:
 def checkpoint_cost(preset: str, work: Path, repeats: int) -> dict:
     """``trainers.train.run`` with save_checkpoints False and True on the same config, taking turns."""
     import trainers.engine as engine
-    from sweeps.config import build_config
+    from sweeps.presets import build_config
     from trainers.config import TrainConfig
     from trainers.train import run
 

@@ -42,8 +42,8 @@ os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # a private loc
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from sweeps.config import (STATE_FILE, SweepInterrupted, build_config, resume_config,  # noqa: E402
-                           start_config)
+from sweeps.presets import build_config  # noqa: E402
+from sweeps.state import STATE_FILE, SweepInterrupted, resume_config, start_config  # noqa: E402
 from trainers.errors import ConfigError  # noqa: E402
 
 TIME_FILE = "study_time.json"

@@ -23,7 +23,9 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from sweeps.config import STATE_FILE, check_tracking_uri, from_dict, read_state  # noqa: E402
+from sweeps.config import SweepConfig  # noqa: E402
+from sweeps.preflight import check_tracking_uri  # noqa: E402
+from sweeps.state import STATE_FILE, read_state  # noqa: E402
 from trainers.errors import EXIT_BAD_INPUT, ConfigError  # noqa: E402
 
 
@@ -87,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         folder, saved = find_sweep(args.sweep, args.root)
-        cfg = from_dict(saved)  # the keys only: the sweep's own settings are not validated again
+        cfg = SweepConfig.from_dict(saved)  # the keys only: the sweep's own settings are not validated again
         uri = tracking_uri(folder, saved, args.tracking_uri)
         target = args.target_speedup
         if target is None and args.max_drop is None:

@@ -23,8 +23,9 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from sweeps.config import (INTERRUPTED, OBJECTIVES, SweepInterrupted, build_config, field_help,  # noqa: E402
-                           preflight, presets, resume_config, start_config)
+from sweeps.config import OBJECTIVES, field_help  # noqa: E402
+from sweeps.presets import build_config, presets  # noqa: E402
+from sweeps.state import INTERRUPTED, SweepInterrupted, resume_config, start_config  # noqa: E402
 from trainers.errors import EXIT_BAD_INPUT, ConfigError  # noqa: E402
 
 
@@ -82,13 +83,12 @@ def main(argv: list[str] | None = None) -> int:
 
             print(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
             return 0
-        preflight(cfg)  # unreachable MLflow / Ray fail here, before Ray is even imported
         if not (cfg.ray_address or os.environ.get("RAY_ADDRESS")):
             # a private local Ray listens on 127.0.0.1 only; read when ray is imported (sweeps.ray_cluster)
             os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
         from sweeps.runner import run_sweep
 
-        result = run_sweep(cfg, resume=args.resume)
+        result = run_sweep(cfg, resume=args.resume)  # unreachable MLflow / Ray fail first (its preflight)
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT

@@ -2,7 +2,10 @@
 
 ``platform/sweep.py`` is the command line; the pieces are:
 
-- ``sweeps.config``   the typed sweep config, presets (``sweeps/presets/*.yaml``), validation
+- ``sweeps.config``   the typed sweep config and its validation (every arm's ``TrainConfig`` included)
+- ``sweeps.presets``  ``build_config``: defaults, presets (``sweeps/presets/*.yaml``), a file, --set
+- ``sweeps.state``    a sweep's folder: its saved config (``sweep.json``), start and ``--resume``
+- ``sweeps.preflight`` reachability of the MLflow store and the Ray cluster, checked once at the start
 - ``sweeps.runner``   ``run_sweep``: the whole sweep, top to bottom
 - ``sweeps.ray_cluster`` start a private loopback-only Ray, or join a cluster
 - ``sweeps.search``   the search stage: every arm's search at once, in one Ray Tune experiment
@@ -10,7 +13,7 @@
                       (``sweeps.budget``) and ASHA rungs
 - ``sweeps.final``    the final stage (all arms x seeds in one experiment) and the comparison
 - ``sweeps.experiment`` ``run_experiment``: the one Tune procedure both stages run
-- ``sweeps.spec``     ``TrialSpec``: what a trial is, and its ``to_train_config``
+- ``sweeps.spec``     ``TrialSpec``: what a trial is; the only writer and reader of a trial's Tune config
 - ``sweeps.trial``    the Ray Tune trial: ``trainers.train.run`` with DeepSpeed, one worker or a
                       Ray Train group, per-epoch checkpoints, divergence markers
 - ``sweeps.progress`` console lines; each trial logged to MLflow as it ends

@@ -1,41 +1,32 @@
-"""The typed sweep config: defaults ← preset YAML ← --config file ← --set key=value / flags.
+"""The typed sweep config and its validation.
 
-Everything is validated here, before Ray, MLflow or a trial starts; a bad value raises
-``trainers.errors.ConfigError`` with what to fix, which the command line turns into one
-``error: ...`` line and exit code 2.
+A config is layered from defaults, a preset, a file and the command line by ``sweeps.presets``
+(``build_config``) and validated here, once, before Ray, MLflow or a trial starts: every field,
+and every arm's trainer config, which the validated ``SweepConfig`` then holds typed
+(``train_config(arm)``). A bad value raises ``trainers.errors.ConfigError`` with what to fix,
+which the command line turns into one ``error: ...`` line and exit code 2. Sweep folders and
+their saved config: ``sweeps.state``; reachability of MLflow and Ray: ``sweeps.preflight``.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
-import json
 import os
 import re
-import socket
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
-import yaml
-
-from trainers.config import PROJECT_ROOT, load_yaml  # noqa: F401 - PROJECT_ROOT re-exported
+from trainers.config import TrainConfig
 from trainers.errors import ConfigError
 
-PRESETS_DIR = Path(__file__).resolve().parent / "presets"
 OBJECTIVES = {"hypervolume": "val_hypervolume", "last_exit": "val_last_exit"}
 SCHEDULERS = ("asha", "none")
 KEEP_CHECKPOINTS = ("best", "all")
-STATE_FILE = "sweep.json"  # the resolved config of a sweep, written when it starts; --resume reads it
 # The final stage's trainer options unless a preset, file or --set says otherwise (merged key by key)
 DEFAULT_FINAL_TRAIN = {"train_subset": None, "eval_subset": None}
-INTERRUPTED = 130  # exit code of an interrupted sweep (as for Ctrl-C)
 MAPPINGS = ("train", "space", "env", "final_train", "diverge_trials")  # keys whose values merge key by key
-
-
-class SweepInterrupted(Exception):
-    """The sweep stopped before every trial finished (Ctrl-C); ``--resume`` continues it."""
 
 
 def _f(default, help: str):
@@ -109,6 +100,8 @@ class SweepConfig:
                                   "at that (1-based) step, e.g. {fixed-2: 3}")
     space: dict = _f({}, "search-space overrides, e.g. {lr: [1e-5, 1e-4], temperature: null} (see search_spaces/)")
     train: dict = _f({}, "trainer options shared by every trial (any `python -m trainers.train` option; method is set per search)")
+    # Not a setting (never saved, not in --help): what ``validate`` made of ``train`` for each arm
+    arm_configs: dict[str, TrainConfig] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     # ------------------------------------------------------------------ derived
     @property
@@ -148,26 +141,39 @@ class SweepConfig:
     def model_prefix(self) -> str:
         return self.registry_prefix or f"leebert-{self.train.get('task', 'mr')}"
 
-    def train_config(self, method: str):
-        """The validated trainer config of ``method`` before the searched values are filled in."""
-        from trainers.config import TrainConfig
+    def train_config(self, method: str) -> TrainConfig:
+        """The trainer config of ``method``'s trials before the searched values are filled in, as
+        ``validate`` built and validated it (a trial applies its values to it: ``TrialSpec.drawn``)."""
+        if method not in self.arm_configs:
+            raise LookupError(f"no trainer config for arm '{method}': the sweep config holds one per arm of "
+                              f"{self.methods} once validated (build it with sweeps.presets.build_config, or "
+                              "call validate())")
+        return self.arm_configs[method]
 
-        return TrainConfig.from_dict(self.arm_train_values(method), where="train")
+    @classmethod
+    def settings(cls) -> list[dataclasses.Field]:
+        """The fields a preset, a file or --set can give (``arm_configs`` is derived, never given)."""
+        return [f for f in dataclasses.fields(cls) if f.init]
 
-    def arm_train_values(self, method: str) -> dict[str, Any]:
-        """The trainer options of ``method``'s trials before the searched values are filled in, as
-        validated by ``validate`` (once per sweep, at the edge)."""
-        arms = getattr(self, "_validated_arms", None)
-        if arms is None or method not in arms:
-            self.validate()
-            arms = self._validated_arms
-        return dict(arms[method])
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "SweepConfig":
+        """A config from its settings, not validated yet."""
+        known = [f.name for f in cls.settings()]
+        unknown = sorted(set(values) - set(known))
+        if unknown:
+            raise ConfigError(f"unknown sweep config key(s): {', '.join(unknown)}; valid keys: {', '.join(known)}")
+        values = {k: ({} if k in MAPPINGS and v is None else v) for k, v in values.items()}
+        return cls(**values)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """The settings (what sweep.json saves and --print-config shows)."""
+        return {f.name: copy.deepcopy(getattr(self, f.name)) for f in self.settings()}
 
     # ------------------------------------------------------------------ validation
     def validate(self) -> "SweepConfig":
+        """Check every setting, and build and validate each arm's trainer config (``train`` with the
+        arm's method and scheme; with ``final_train`` on top too when there is a final stage):
+        the one validation of the sweep's configs. Returns the config, holding ``arm_configs``."""
         import search_spaces
 
         _check_types(self)
@@ -235,13 +241,10 @@ class SweepConfig:
             if arm not in self.methods or not number.isdigit() or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"diverge_trials.{key}={value!r}: use {{<arm>-<trial number>: <step >= 1>}} with an arm "
                                   f"of methods, e.g. {{{self.methods[0]}-2: 3}}")
-        from trainers.config import TrainConfig
-
-        validated = {}
+        arm_configs = {}
         for method in self.methods:
             search_spaces.get_space(method, self.space)
             cfg = TrainConfig.from_dict({**self.train, **search_spaces.arm_train_values(method)}, where="train").validate()
-            validated[method] = cfg.to_dict()
             if cfg.batch_size % (2 * self.workers_per_trial):
                 raise ConfigError(f"train.batch_size {cfg.batch_size} must split evenly over workers_per_trial="
                                   f"{self.workers_per_trial} workers and the two halves D1/D2; use a multiple of "
@@ -251,11 +254,12 @@ class SweepConfig:
             if self.final_seeds:
                 from trainers.data import get_task
 
-                type(cfg).from_dict({**cfg.to_dict(), **self.final_train}, where="final_train").validate()
+                cfg.with_values(self.final_train, where="final_train").validate()
                 if get_task(cfg.task).metrics[0] != "accuracy":
                     raise ConfigError(f"the final comparison resamples per-example correctness, which defines accuracy, "
                                       f"not {get_task(cfg.task).metrics[0]} (task {cfg.task}); set final_seeds: [] for this task")
-        self._validated_arms = validated  # not a field: never saved, rebuilt by every validate
+            arm_configs[method] = cfg
+        self.arm_configs = arm_configs
         for method in self.methods:  # a compute budget needs a cost for the trials' device and precision
             self.arm_outer_step_cost(method)
         return self
@@ -272,8 +276,8 @@ class SweepConfig:
         trials: this machine's CPU flags, assuming the cluster's nodes are alike)."""
         from sweeps.budget import resolve_outer_step_cost
 
-        values = self.arm_train_values(method)
-        return resolve_outer_step_cost(self.outer_step_cost, values["method"], self.trial_device(), values["precision"])
+        train = self.train_config(method)
+        return resolve_outer_step_cost(self.outer_step_cost, train.method, self.trial_device(), train.precision)
 
 
 def _searched_override(section: str, key: str, value: Any, searching: list[str]) -> str:
@@ -308,7 +312,7 @@ def _check_outer_step_cost(value: Any) -> None:
 
 
 def _check_types(cfg: SweepConfig) -> None:
-    for f in dataclasses.fields(cfg):
+    for f in cfg.settings():
         value = getattr(cfg, f.name)
         kind = str(f.type).replace(" | None", "")
         if value is None and "None" in str(f.type):
@@ -329,207 +333,7 @@ def _check_types(cfg: SweepConfig) -> None:
             setattr(cfg, name, float(getattr(cfg, name)))
 
 
-# ---------------------------------------------------------------------------- building
 def field_help() -> list[tuple[str, str, Any]]:
+    """(name, help, default) of every setting, for --help."""
     return [(f.name, f.metadata["help"], f.default if f.default is not dataclasses.MISSING else f.default_factory())
-            for f in dataclasses.fields(SweepConfig)]
-
-
-def presets() -> list[str]:
-    return sorted(p.stem for p in PRESETS_DIR.glob("*.yaml"))
-
-
-def load_preset(name: str) -> dict[str, Any]:
-    path = PRESETS_DIR / f"{name}.yaml"
-    if not isinstance(name, str) or not path.is_file():
-        raise ConfigError(f"unknown preset '{name}'; choose one of: {', '.join(presets())}")
-    return load_yaml(path, "preset")
-
-
-def parse_override(text: str) -> tuple[list[str], Any]:
-    """``a.b=value`` → (["a", "b"], value); the value is read as YAML (numbers, lists, null)."""
-    if "=" not in text:
-        raise ConfigError(f"--set expects key=value, got '{text}'")
-    key, raw = text.split("=", 1)
-    key = key.strip()
-    if not key or any(not part for part in key.split(".")):
-        raise ConfigError(f"--set expects key=value with a key such as trials or train.lr, got '{text}'")
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError:
-        value = raw
-    return key.split("."), value
-
-
-def _merge(base: dict, update: dict) -> dict:
-    out = dict(base)
-    for key, value in update.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict) and key in MAPPINGS:
-            out[key] = {**out[key], **value}
-        else:
-            out[key] = value
-    return out
-
-
-def build_config(preset: str | None = None, config_file: str | None = None,
-                 overrides: list[str] | None = None, flags: dict[str, Any] | None = None) -> SweepConfig:
-    """Layer the sources, then validate. ``flags`` are dedicated command-line options (None = unset)."""
-    file_values = load_yaml(Path(config_file), "config file") if config_file else {}
-    flags = {k: v for k, v in (flags or {}).items() if v is not None}
-    name = preset or flags.pop("preset", None) or file_values.get("preset") or "demo"
-    values = _merge({"final_train": dict(DEFAULT_FINAL_TRAIN)}, load_preset(name))
-    values["preset"] = name
-    values = _merge(values, {k: v for k, v in file_values.items() if k != "preset"})
-    values = _merge(values, flags)
-    for text in overrides or []:
-        path, value = parse_override(text)
-        if path[0] in MAPPINGS:
-            if len(path) != 2:
-                raise ConfigError(f"--set {'.'.join(path)}: use {path[0]}.<key>=value")
-            values[path[0]] = {**values.get(path[0], {}), path[1]: value}
-        elif len(path) == 1:
-            values[path[0]] = value
-        else:
-            raise ConfigError(f"--set {'.'.join(path)}: only {', '.join(k + '.*' for k in MAPPINGS)} take a dotted key")
-    return from_dict(values).validate()
-
-
-def from_dict(values: dict[str, Any]) -> SweepConfig:
-    known = [f.name for f in dataclasses.fields(SweepConfig)]
-    unknown = sorted(set(values) - set(known))
-    if unknown:
-        raise ConfigError(f"unknown sweep config key(s): {', '.join(unknown)}; valid keys: {', '.join(known)}")
-    for key in MAPPINGS:
-        if key in values and values[key] is None:
-            values[key] = {}
-    return SweepConfig(**values)
-
-
-# ---------------------------------------------------------------------------- sweep folders
-def new_sweep_name(cfg: SweepConfig) -> str:
-    return f"{cfg.preset}-{time.strftime('%Y%m%d-%H%M%S')}"
-
-
-def save_state(cfg: SweepConfig) -> None:
-    cfg.sweep_dir.mkdir(parents=True, exist_ok=True)
-    tmp = cfg.sweep_dir / (STATE_FILE + ".tmp")
-    tmp.write_text(json.dumps(cfg.to_dict(), indent=2))
-    os.replace(tmp, cfg.sweep_dir / STATE_FILE)
-
-
-def resume_config(cfg: SweepConfig) -> SweepConfig:
-    """The saved config of the sweep to resume: ``cfg.name``, or the newest sweep of the preset."""
-    root = Path(cfg.root).resolve()
-    if cfg.name is None:
-        candidates = sorted((p for p in root.glob(f"{cfg.preset}-*") if (p / STATE_FILE).is_file()),
-                            key=lambda p: (p / STATE_FILE).stat().st_mtime)
-        if not candidates:
-            raise ConfigError(f"--resume: no '{cfg.preset}' sweep found under {root}; pass --name of the sweep to resume")
-        folder = candidates[-1]
-    else:
-        folder = root / cfg.name
-        if not (folder / STATE_FILE).is_file():
-            raise ConfigError(f"--resume: no sweep named '{cfg.name}' under {root} (missing {STATE_FILE})")
-    return from_dict(read_state(folder, "--resume: ")).validate()
-
-
-def read_state(folder: Path, context: str = "") -> dict[str, Any]:
-    """A sweep folder's saved config (``sweep.json``) as a mapping; ``context`` prefixes errors."""
-    try:
-        return json.loads((folder / STATE_FILE).read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise ConfigError(f"{context}{folder / STATE_FILE} is unreadable: {err}") from None
-
-
-def start_config(cfg: SweepConfig) -> SweepConfig:
-    """A new sweep: pick the name and refuse to overwrite an existing one."""
-    if cfg.name is None:
-        cfg.name = new_sweep_name(cfg)
-    if (cfg.sweep_dir / STATE_FILE).exists():
-        raise ConfigError(f"sweep '{cfg.name}' already exists in {cfg.sweep_dir.parent}; pass --resume to continue it "
-                          "or choose another --name")
-    # saved with the sweep: a --resume from a shell without $MLFLOW_TRACKING_URI logs to the same store
-    cfg.tracking_uri = cfg.resolved_tracking_uri
-    return cfg
-
-
-# ---------------------------------------------------------------------------- reachability
-def check_tracking_uri(uri: str, timeout: float = 3.0) -> None:
-    """An http(s) server must answer /health; a sqlite file's folder must be creatable."""
-    scheme = urlparse(uri).scheme
-    if scheme in ("http", "https"):
-        import requests
-
-        try:
-            response = requests.get(uri.rstrip("/") + "/health", timeout=timeout)
-        except requests.RequestException as err:
-            reason = type(err).__name__.replace("Error", " error").strip()
-            raise ConfigError(f"MLflow tracking server {uri} is not reachable ({reason}); start it (clusters/mlflow/server.sh) "
-                              "or leave tracking_uri unset for a local sqlite store") from None
-        if response.status_code != 200:
-            raise ConfigError(f"MLflow tracking server {uri} answered /health with HTTP {response.status_code}; is it an MLflow server?")
-        # /health answers whatever the Host header and without a login; the API refuses hosts outside
-        # --allowed-hosts, and a server with authentication refuses clients without MLflow's credentials
-        user, password = os.environ.get("MLFLOW_TRACKING_USERNAME"), os.environ.get("MLFLOW_TRACKING_PASSWORD")
-        token = os.environ.get("MLFLOW_TRACKING_TOKEN")
-        try:  # a login costs the server a password hash (~0.2 s): more time than /health
-            api = requests.get(uri.rstrip("/") + "/api/2.0/mlflow/experiments/search", params={"max_results": 1},
-                               timeout=max(timeout, 30.0), auth=(user, password) if user and password else None,
-                               headers={"Authorization": f"Bearer {token}"} if token and not user else None)
-        except requests.RequestException as err:
-            raise ConfigError(f"MLflow tracking server {uri} answers /health but not its API "
-                              f"({type(err).__name__}); see the server's log") from None
-        if api.status_code == 401:
-            raise ConfigError(f"MLflow tracking server {uri} requires a login" + (
-                f" and refused the credentials of user '{user}' (MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD)"
-                if user and password else ": set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (or "
-                "MLFLOW_TRACKING_TOKEN) in the environment; on Kubernetes they come from a Secret (docs/cluster.md)"))
-        if api.status_code == 403:
-            raise ConfigError(f"MLflow tracking server {uri} refuses this host name (HTTP 403); start it with "
-                              f"--allowed-hosts including '{urlparse(uri).netloc}'")
-        return
-    if scheme == "sqlite":
-        path = uri[len("sqlite:///"):] if uri.startswith("sqlite:///") else ""
-        if not path or path == ":memory:":
-            raise ConfigError(f"tracking URI '{uri}' must name a file: sqlite:////absolute/path/mlflow.db")
-        try:
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
-        except OSError as err:
-            raise ConfigError(f"MLflow store {uri}: cannot create folder {Path(path).parent} ({err.strerror})") from None
-        if not os.access(Path(path).parent, os.W_OK):
-            raise ConfigError(f"MLflow store {uri}: folder {Path(path).parent} is not writable")
-        return
-    if scheme in ("", "file"):
-        raise ConfigError(f"tracking URI '{uri}' is a file store, which cannot hold the model registry; "
-                          "use sqlite:///path/mlflow.db or an http(s):// tracking server")
-    if scheme not in ("postgresql", "mysql", "mssql", "databricks") and not scheme.startswith(("postgresql+", "mysql+", "mssql+")):
-        raise ConfigError(f"tracking URI '{uri}' has an unsupported scheme '{scheme}'; use sqlite:///..., http(s)://... "
-                          "or a database URI (postgresql://...)")
-
-
-def preflight(cfg: SweepConfig) -> None:
-    """Reachability checks before anything starts (no Ray, no MLflow import needed)."""
-    address = cfg.ray_address or os.environ.get("RAY_ADDRESS")
-    if address:
-        check_ray_address(address)
-    check_tracking_uri(cfg.resolved_tracking_uri)
-
-
-def check_ray_address(address: str, timeout: float = 3.0) -> None:
-    """A host:port (or ray://host:port) must accept a TCP connection; 'auto' is checked by ray.init."""
-    if address in ("auto", "local"):
-        return
-    if address.startswith(("http://", "https://")):
-        raise ConfigError(f"Ray address '{address}' is the dashboard / job-submission address; the sweep needs the "
-                          "cluster address host:6379 (or none at all inside `ray job submit`)")
-    target = address[len("ray://"):] if address.startswith("ray://") else address
-    host, _, port = target.rpartition(":")
-    if not host or not port.isdigit():
-        raise ConfigError(f"Ray address '{address}' must look like host:port (e.g. 10.0.0.5:6379), ray://host:10001 or auto")
-    try:
-        with socket.create_connection((host, int(port)), timeout=timeout):
-            pass
-    except OSError as err:
-        reason = err.strerror or type(err).__name__
-        raise ConfigError(f"cannot reach the Ray cluster at {address} ({reason}); start one with `ray start --head` "
-                          "or fix ray_address") from None
+            for f in SweepConfig.settings()]

@@ -2,9 +2,10 @@
 
 ``run_experiment(cfg, stage, tracker, resume, trainer)`` starts the experiment ``stage.name``
 under the sweep's storage (or restores it with ``Tuner.restore``: finished trials are kept,
-interrupted ones continue from their last epoch checkpoint; a finished one is read without Tune),
-logs every trial to MLflow as it ends (``sweeps.progress``), and returns one ``TrialRecord`` per
-trial, every record logged, even those a restarted driver's callback never saw.
+interrupted ones continue from their last epoch checkpoint; a finished one is read from its saved
+state without Tune), logs every trial to MLflow as it ends (``sweeps.progress``), and returns one
+``TrialRecord`` per trial, every record logged, even those a restarted driver's callback never saw.
+The records of an experiment just run come from the results ``Tuner.fit`` returns.
 
 The stages differ only in what ``Stage`` holds: the search stage brings every arm's searcher and
 scheduler (``sweeps.searchers``), the final stage a grid over arms x seeds.
@@ -15,10 +16,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from sweeps.config import SweepConfig, SweepInterrupted
+from sweeps.config import SweepConfig
+from sweeps.state import SweepInterrupted
 from sweeps.progress import SweepCallback, say
 from sweeps.records import TrialRecord, build_record
-from sweeps.spec import Runtime
+from sweeps.spec import Runtime, TrialSpec, param_space
 from sweeps.tracking import Tracker
 from sweeps.trial import train_trial, trial_name
 
@@ -36,15 +38,15 @@ class Stage:
     epochs: int                                # epochs of a full trial, for the progress lines
     resources: dict                            # per trial (tune.with_resources)
     finished: Callable[[list], bool]           # given the experiment's trials: is the stage done?
-    trials: dict = field(default_factory=dict)  # the "trial" part of the param space (final: a grid)
-    search_alg: Any = None
+    grid: list[TrialSpec] = field(default_factory=list)  # a stage without a searcher: its trials (final)
+    search_alg: Any = None                     # a stage with one: it suggests the trials (search)
     scheduler: Any = None
     num_samples: int = 1
     max_concurrent: int | None = None          # None: as many as the cluster's resources hold
 
     @property
     def param_space(self) -> dict:
-        return {"runtime": self.runtime.to_dict(), **({"trial": self.trials} if self.trials else {})}
+        return param_space(self.runtime, self.grid)
 
 
 def experiment_path(cfg: SweepConfig, name: str) -> str:
@@ -60,14 +62,23 @@ def trainable(trainer: Callable | None, resources: dict):
     return tune.with_resources(function, resources)
 
 
-def read_trials(path: str) -> list:
-    """The trials of a saved experiment, or [] if it cannot be read."""
+def read_saved(path: str):
+    """A saved experiment as Tune left it (``ExperimentAnalysis``: its trials and their results),
+    or None if it cannot be read."""
     from ray.tune import ExperimentAnalysis
 
     try:
-        return ExperimentAnalysis(path).trials
+        return ExperimentAnalysis(path)
     except Exception:  # noqa: BLE001 - unreadable state: let Tune's restore deal with it
-        return []
+        return None
+
+
+def fitted(results):
+    """The trials and results of the experiment ``Tuner.fit`` just ran, from the ``ResultGrid`` it
+    returned. Its ``Result`` objects drop what a record needs (a trial's status, its error file,
+    the config of a trial that never reported), so the records read the ``ExperimentAnalysis``
+    the grid is made of: the live trials, not a second read of the experiment's state files."""
+    return results._experiment_analysis
 
 
 def is_done(trials: list) -> bool:
@@ -77,16 +88,16 @@ def is_done(trials: list) -> bool:
 def run_experiment(cfg: SweepConfig, stage: Stage, tracker: Tracker, resume: bool,
                    trainer: Callable | None = None) -> list[TrialRecord]:
     from ray import tune
-    from ray.tune import ExperimentAnalysis
     from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 
     path = experiment_path(cfg, stage.name)
     function = trainable(trainer, stage.resources)
-    tuner, callback = None, None
+    tuner, callback, analysis = None, None, None
     if resume and tune.Tuner.can_restore(path):
-        trials = read_trials(path)
-        if is_done(trials) and stage.finished(trials):
+        saved = read_saved(path)
+        if saved is not None and is_done(saved.trials) and stage.finished(saved.trials):
             say(f"{stage.name}: the experiment in {path} is finished; reusing its trials")
+            analysis = saved
         else:
             say(f"{stage.name}: resuming the experiment in {path}")
             # no param_space: the saved one is reused as is, so a resume still works after an upgrade
@@ -112,14 +123,13 @@ def run_experiment(cfg: SweepConfig, stage: Stage, tracker: Tracker, resume: boo
         )
     if tuner is not None:
         try:
-            tuner.fit()
+            analysis = fitted(tuner.fit())
         except BaseException:
             if callback is not None:
                 callback.stop_logging(drain=False)
             raise
         if callback is not None:
             callback.stop_logging(drain=True)
-    analysis = ExperimentAnalysis(path)
     if not is_done(analysis.trials) or not stage.finished(analysis.trials):
         done = sum(t.status in ("TERMINATED", "ERROR") for t in analysis.trials)
         raise SweepInterrupted(f"{stage.name}: {done} of {len(analysis.trials)} trials finished, the stage is not done")

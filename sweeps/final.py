@@ -43,10 +43,11 @@ from sweeps.plots import final_frontiers_figure, mean_frontier
 from sweeps.progress import say
 from sweeps.records import TrialRecord
 from sweeps.search import MethodOutcome, runtime, trial_resources
-from sweeps.spec import FINAL
+from sweeps.spec import FINAL, Runtime, TrialSpec
 from sweeps.timing import TIMED_TARGET, ModelTiming, TimingReport, timing_file
 from sweeps.tracking import Tracker
 from sweeps.trial import TEST_LOGITS_FILE
+from trainers.config import TrainConfig
 from trainers.results import WeightsSummary
 
 TARGETS = (1.5, 2.0, 3.0)
@@ -58,7 +59,7 @@ class FinalArm:
     arm: str
     parent_run_id: str
     source: TrialRecord           # the search trial whose configuration is retrained
-    config: dict                  # the trainer options of every seed (seed aside)
+    config: TrainConfig           # the trainer config of every seed (seed aside: the first seed's)
     records: list[TrialRecord]    # one per seed, in final_seeds order
 
 
@@ -99,48 +100,48 @@ class SeedResult:
 
 
 # ---------------------------------------------------------------------------- retraining
-def final_config(cfg: SweepConfig, best: TrialRecord, seed: int) -> dict:
-    """The trainer options of one final training: the chosen trial's, then final_train, the seed.
-    It never times itself (whatever final_train says): the timing phase does, after all training."""
-    return {**best.train, **cfg.final_train, "seed": seed, "wallclock_eval": False}
+def final_spec(cfg: SweepConfig, arm: str, best: TrialRecord, seed: int, runtime: Runtime) -> TrialSpec:
+    """One final training: the chosen trial's trainer config, then final_train, then the seed. It
+    never times itself (whatever final_train says): the timing phase does, after all training."""
+    return TrialSpec.drawn(arm, FINAL, seed, best.config, {"seed": seed}, runtime,
+                           options={**cfg.final_train, "wallclock_eval": False})
 
 
 def final_stage(cfg: SweepConfig, tracker: Tracker, outcomes: list[MethodOutcome], resume: bool,
                 trainer=None) -> list[FinalArm]:
     """Every arm's best configuration x every seed, in one experiment."""
-    from ray import tune
-
     chosen = [o for o in outcomes if o.best is not None]
-    parents, parts = {}, []
+    the_runtime = runtime(cfg, FINAL)
+    parents, specs, firsts = {}, [], {}
     for outcome in chosen:
         arm, best = outcome.method, outcome.best
-        values = final_config(cfg, best, cfg.final_seeds[0])
+        seeds = [final_spec(cfg, arm, best, seed, the_runtime) for seed in cfg.final_seeds]
         parents[f"final/{arm}"] = tracker.method_run(f"final/{arm}", role=FINAL_ROLE, params={
             "arm": arm, "seeds": ",".join(map(str, cfg.final_seeds)), "source_trial_id": best.trial_id,
-            "source_trial_number": best.number, **{k: v for k, v in values.items() if k != "seed"}},
+            "source_trial_number": best.number, **{k: v for k, v in seeds[0].train.to_dict().items() if k != "seed"}},
             tags={"sweep": cfg.name, "arm": arm})
-        parts += [{"arm": arm, "stage": FINAL, "number": seed, "sampled": {"seed": seed},
-                   "train": final_config(cfg, best, seed)} for seed in cfg.final_seeds]
+        specs += seeds
+        firsts[arm] = seeds[0]
         if not resume:
             say(f"final/{arm}: retraining trial {best.number}'s configuration with seeds "
                 f"{', '.join(map(str, cfg.final_seeds))}" + (f" and {values_text(cfg.final_train)}" if cfg.final_train else ""))
     if not resume:
         at_once = cfg.final_max_concurrent or "as many as the cluster holds"
         timed = f"the first {cfg.timing_seeds} seed(s)" if cfg.timing_seeds else "every seed"
-        say(f"final: {len(parts)} trainings in one experiment, {at_once} at a time; then {timed} of each arm "
+        say(f"final: {len(specs)} trainings in one experiment, {at_once} at a time; then {timed} of each arm "
             f"timed on a quiet device ({cfg.timing_repeats} repeats)")
-    epochs = max(int(p["train"].get("epochs", 1)) for p in parts)
-    stage = Stage(name=FINAL, runtime=runtime(cfg, FINAL), parents=parents,
+    epochs = max(spec.train.epochs for spec in specs)
+    stage = Stage(name=FINAL, runtime=the_runtime, parents=parents,
                   totals={group: len(cfg.final_seeds) for group in parents}, epochs=epochs,
-                  resources=final_resources(cfg), finished=lambda trials: len(trials) >= len(parts),
-                  trials=tune.grid_search(parts), max_concurrent=cfg.final_max_concurrent)
+                  resources=final_resources(cfg), finished=lambda trials: len(trials) >= len(specs),
+                  grid=specs, max_concurrent=cfg.final_max_concurrent)
     records = run_experiment(cfg, stage, tracker, resume, trainer)
     finals = []
     for outcome in chosen:
         mine = [r for r in records if r.method == f"final/{outcome.method}"]
         mine.sort(key=lambda r: cfg.final_seeds.index(int(r.train["seed"])))
         finals.append(FinalArm(outcome.method, parents[f"final/{outcome.method}"], outcome.best,
-                               final_config(cfg, outcome.best, cfg.final_seeds[0]), mine))
+                               firsts[outcome.method].train, mine))
     return finals
 
 

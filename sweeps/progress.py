@@ -10,7 +10,7 @@ from typing import Any
 from ray import tune
 
 from sweeps.records import build_record
-from sweeps.spec import TrialSpec
+from sweeps.spec import SEARCH, TrialSpec
 from sweeps.tracking import Tracker
 
 
@@ -70,12 +70,12 @@ class SweepCallback(tune.Callback):
         return self._tracker
 
     def _label(self, trial) -> str:
-        spec = TrialSpec.from_config(trial.config)
+        spec = TrialSpec.of(trial)
         total = self.totals.get(spec.group, "?")
-        return f"{spec.label}/{total}" if spec.stage == "search" else spec.label
+        return f"{spec.label}/{total}" if spec.stage == SEARCH else spec.label
 
     def on_trial_start(self, iteration, trials, trial, **info):
-        say(f"{self._label(trial)} started: {fmt_params(TrialSpec.from_config(trial.config).sampled)}")
+        say(f"{self._label(trial)} started: {fmt_params(TrialSpec.of(trial).sampled)}")
 
     def on_trial_recover(self, iteration, trials, trial, **info):
         done = max((row.get("epoch", 0) for row in self._history.get(trial.trial_id, [])), default=0)

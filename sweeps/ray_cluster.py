@@ -9,7 +9,9 @@ from __future__ import annotations
 import logging
 import os
 
-from sweeps.config import PROJECT_ROOT, SweepConfig, check_ray_address
+from sweeps.config import SweepConfig
+from sweeps.preflight import check_ray_address
+from trainers.config import PROJECT_ROOT
 from trainers.errors import ConfigError
 
 # Ray rewrites a loopback node address to the machine's address unless this is "0" (read when

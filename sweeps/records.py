@@ -15,6 +15,7 @@ from typing import Any
 
 from sweeps.spec import TrialSpec
 from sweeps.trial import CHECKPOINT_PATH_KEY, DIVERGED, read_summary
+from trainers.config import TrainConfig
 from trainers.results import Summary
 
 
@@ -27,7 +28,7 @@ class TrialRecord:
     number: int                          # search: its number in the arm; final: the seed
     status: str                          # completed | stopped_early | error
     sampled: dict[str, Any]              # the values the searcher drew (final: the seed)
-    train: dict[str, Any]                # the trainer options (shared + sampled)
+    train: dict[str, Any]                # the trainer options (shared + sampled), as MLflow and the reports list them
     epochs: list[dict[str, Any]] = field(default_factory=list)  # Tune results, one per reported epoch
     summary: Summary | None = None       # the trainer's summary (completed trials)
     error: str | None = None
@@ -37,6 +38,7 @@ class TrialRecord:
     checkpoint: Any = None               # ray.tune.Checkpoint of the exported model (completed trials)
     resume_checkpoint: Any = None        # the last epoch checkpoint of a trial that did not complete
     arm: str = ""
+    config: TrainConfig | None = None    # the trial's trainer config (its TrialSpec.train): what a retraining starts from
 
     @property
     def objective(self) -> float:
@@ -100,7 +102,7 @@ def failure_reason(message: str | None) -> str | None:
 
 
 def build_record(trial, history: list[dict], error: bool = False, storage_path: str | None = None) -> TrialRecord:
-    spec = TrialSpec.from_config(trial.config)
+    spec = TrialSpec.of(trial)
     by_epoch: dict[int, dict] = {}
     for row in history:  # a restarted trial may report an epoch again: keep the latest
         epoch = row.get("epoch")
@@ -120,7 +122,7 @@ def build_record(trial, history: list[dict], error: bool = False, storage_path: 
     end = epochs[-1]["timestamp"] if epochs and "timestamp" in epochs[-1] else time.time()
     return TrialRecord(
         method=spec.group, arm=spec.arm, trial_id=trial.trial_id, number=spec.number, status=status,
-        sampled=dict(spec.sampled), train=dict(spec.train), epochs=epochs, summary=summary, error=message,
+        sampled=dict(spec.sampled), train=spec.train.to_dict(), config=spec.train, epochs=epochs, summary=summary, error=message,
         reason=failure_reason(message) if failed else None,
         start_ms=int(start * 1000) if start else None, end_ms=int(end * 1000),
         checkpoint=checkpoint if summary else None,

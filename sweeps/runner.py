@@ -1,8 +1,8 @@
 """Run a sweep: every arm's search in one Ray Tune experiment, tracked in MLflow, the best models
 registered, then every arm's best configuration retrained with every seed in a second experiment.
 
-    cfg = build_config(preset="smoke")          # sweeps.config
-    result = run_sweep(start_config(cfg))       # or run_sweep(resume_config(cfg), resume=True)
+    cfg = build_config(preset="smoke")          # sweeps.presets: layered, then validated once
+    result = run_sweep(start_config(cfg))       # sweeps.state; or run_sweep(resume_config(cfg), resume=True)
 
 The pieces, one module each: ``ray_cluster`` (start or join Ray), ``search`` (the search stage:
 each arm's searcher, budget and ASHA), ``final`` (the final stage and the comparison), ``timing``
@@ -31,7 +31,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sweeps.budget import budget_text
-from sweeps.config import SweepConfig, SweepInterrupted, preflight, save_state
+from sweeps.config import SweepConfig
+from sweeps.preflight import preflight
+from sweeps.state import SweepInterrupted, save_state
 from sweeps.progress import say
 from sweeps.ray_cluster import init_ray
 from sweeps.search import MethodOutcome, search_stage
@@ -54,12 +56,14 @@ class SweepResult:
 
 
 def run_sweep(cfg: SweepConfig, resume: bool = False, trainer=None) -> SweepResult:
+    """The whole sweep on a validated ``cfg`` (``build_config``, ``start_config``/``resume_config``).
+    It checks that MLflow and Ray are reachable first (``sweeps.preflight``), the only such check."""
     import ray
 
     from sweeps.report import write_report
 
     started = time.time()
-    preflight(cfg)
+    preflight(cfg)  # the one reachability check: an unreachable MLflow or Ray is a ConfigError before Ray starts
     quiet_libraries()
     where = init_ray(cfg)
     if threading.current_thread() is threading.main_thread():

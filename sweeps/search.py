@@ -18,8 +18,9 @@ from sweeps.config import SweepConfig
 from sweeps.experiment import MAX_TRIALS, Stage, run_experiment
 from sweeps.progress import fmt_params, say
 from sweeps.records import TrialRecord
-from sweeps.spec import SEARCH, Runtime
+from sweeps.spec import SEARCH, Runtime, TrialSpec
 from sweeps.tracking import Tracker
+from trainers.config import TrainConfig
 
 
 @dataclass
@@ -34,29 +35,36 @@ class MethodOutcome:
 
 @dataclass
 class Arm:
-    """One arm of the search: its space, its trainer options and what a trial of it costs."""
+    """One arm of the search: its space, its trainer config and what a trial of it costs."""
 
     name: str
     space: dict
-    base: dict                      # the trainer options every trial of the arm shares
+    train: TrainConfig              # every trial of the arm trains this, with the searched values applied
     cost: TrialCost
 
     @property
     def epochs(self) -> int:
-        return int(self.base["epochs"])
+        return self.train.epochs
+
+    def shared_options(self) -> dict:
+        """The trainer options every trial of the arm shares (what its MLflow run lists)."""
+        return {k: v for k, v in self.train.to_dict().items() if k not in self.space}
 
 
 @dataclass
-class SearchTrialPart:
-    """Turns an arm's suggestion into the ``trial`` part of the Tune config (picklable: the searcher
-    is saved with the experiment)."""
+class SearchTrials:
+    """Turns an arm's suggestion into the trial's ``TrialSpec``, handed to Tune as its suggestion
+    (picklable: the searcher is saved with the experiment)."""
 
-    bases: dict[str, dict]
+    trains: dict[str, TrainConfig]  # each arm's trainer config (Arm.train)
+    runtime: Runtime
+
+    def spec(self, arm: str, suggestion: dict) -> TrialSpec:
+        sampled = {k: v for k, v in suggestion.items() if k != "trial_number"}
+        return TrialSpec.drawn(arm, SEARCH, suggestion["trial_number"], self.trains[arm], sampled, self.runtime)
 
     def __call__(self, arm: str, suggestion: dict) -> dict:
-        sampled = {k: v for k, v in suggestion.items() if k != "trial_number"}
-        return {"arm": arm, "stage": SEARCH, "number": int(suggestion["trial_number"]),
-                "train": {**self.bases[arm], **sampled}, "sampled": sampled}
+        return self.spec(arm, suggestion).suggestion()
 
 
 def arms(cfg: SweepConfig) -> list[Arm]:
@@ -65,10 +73,10 @@ def arms(cfg: SweepConfig) -> list[Arm]:
     out = []
     for name in cfg.methods:
         space = search_spaces.get_space(name, cfg.space)
-        base = cfg.arm_train_values(name)  # validated once, with the whole config
-        cost = TrialCost(epochs=int(base["epochs"]), learned=base["method"] != "fixed",
-                         outer_step_cost=cfg.arm_outer_step_cost(name), default_outer_every=int(base["outer_every"]))
-        out.append(Arm(name, space, {k: v for k, v in base.items() if k not in space}, cost))
+        train = cfg.train_config(name)  # validated once, with the whole config
+        cost = TrialCost(epochs=train.epochs, learned=train.method != "fixed",
+                         outer_step_cost=cfg.arm_outer_step_cost(name), default_outer_every=train.outer_every)
+        out.append(Arm(name, space, train, cost))
     return out
 
 
@@ -144,7 +152,7 @@ def search_stage(cfg: SweepConfig, tracker: Tracker, resume: bool, trainer=None)
             "gpus_per_trial": cfg.gpus_per_trial, "workers_per_trial": cfg.workers_per_trial,
             "max_failures": cfg.max_failures,
             **{f"space.{k}": v for k, v in search_spaces.describe(arm.space).items()},
-            **{k: v for k, v in arm.base.items() if k not in ("output_dir", "resume")},
+            **{k: v for k, v in arm.shared_options().items() if k not in ("output_dir", "resume")},
         }, tags={"sweep": cfg.name, "preset": cfg.preset})
         searchers[arm.name], algorithms[arm.name], note = arm_searcher(cfg, arm)
         schedulers[arm.name] = arm_scheduler(cfg, arm.epochs)
@@ -156,13 +164,14 @@ def search_stage(cfg: SweepConfig, tracker: Tracker, resume: bool, trainer=None)
             f"{cfg.workers_per_trial} worker(s) each")
     by_name = {arm.name: arm for arm in the_arms}
     scheduler = PerArmScheduler(schedulers)  # saved with the search: Tune saves no scheduler
+    the_runtime = runtime(cfg, SEARCH)
     stage = Stage(
-        name=SEARCH, runtime=runtime(cfg, SEARCH), parents=parents,
+        name=SEARCH, runtime=the_runtime, parents=parents,
         totals={arm.name: cfg.trials or "?" for arm in the_arms}, epochs=max(arm.epochs for arm in the_arms),
         resources=trial_resources(cfg), finished=lambda trials: all(budget_spent(cfg, by_name[name], mine)
                                                                      for name, mine in by_arm(trials, by_name).items()),
-        search_alg=ArmSearch(searchers, SearchTrialPart({arm.name: arm.base for arm in the_arms}), "objective", "max",
-                             scheduler=scheduler),
+        search_alg=ArmSearch(searchers, SearchTrials({arm.name: arm.train for arm in the_arms}, the_runtime),
+                             "objective", "max", scheduler=scheduler),
         scheduler=scheduler,
         num_samples=cfg.trials * len(the_arms) if cfg.trials and cfg.budget_epochs is None else MAX_TRIALS,
         max_concurrent=cfg.max_concurrent)
@@ -180,7 +189,7 @@ def search_stage(cfg: SweepConfig, tracker: Tracker, resume: bool, trainer=None)
 def by_arm(trials: list, arms_by_name: dict[str, Arm]) -> dict[str, list]:
     out: dict[str, list] = {name: [] for name in arms_by_name}
     for trial in trials:
-        out.setdefault(trial.config["trial"]["arm"], []).append(trial)
+        out.setdefault(TrialSpec.of(trial).arm, []).append(trial)
     return out
 
 
@@ -193,7 +202,7 @@ def budget_spent(cfg: SweepConfig, arm: Arm, finished: list) -> bool:
         return True
     if cfg.budget_epochs is None:
         return False
-    used = sum(used_compute(int((t.last_result or {}).get("epoch", 0) or 0), t.config["trial"]["train"], arm.cost)
+    used = sum(used_compute(int((t.last_result or {}).get("epoch", 0) or 0), TrialSpec.of(t).train.to_dict(), arm.cost)
                for t in finished)
     return cfg.budget_epochs - used < arm.cost.cheapest(arm.space) - 1e-9
 

@@ -1,7 +1,7 @@
 """Every arm's search in one Tune experiment: searcher and scheduler wrappers, composed as Ray's
 ``ConcurrencyLimiter`` composes (wrap, delegate, never reach into the wrapped object's state).
 
-    ArmSearch({arm: ArmBudget(OptunaSearch(...), trials, ledger)}, trial_part)   # the Tuner's search_alg
+    ArmSearch({arm: ArmBudget(OptunaSearch(...), trials, ledger)}, suggest_trial)  # the Tuner's search_alg
     PerArmScheduler({arm: ASHAScheduler(...)})                                   # the Tuner's scheduler
 
 - ``ArmBudget`` wraps one arm's searcher: it numbers the arm's trials (1, 2, ... in the order the
@@ -40,6 +40,7 @@ from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 from ray.tune.search import Searcher
 
 from sweeps.budget import EPSILON, BudgetLedger
+from sweeps.spec import TrialSpec
 
 
 def save_state(self, checkpoint_path: str) -> None:
@@ -188,12 +189,13 @@ class ArmBudget(Searcher):
 class ArmSearch(Searcher):
     """Several arms' searchers behind one search algorithm; the arms take turns."""
 
-    def __init__(self, arms: dict[str, Searcher], trial_part: Callable[[str, dict], dict], metric: str, mode: str,
+    def __init__(self, arms: dict[str, Searcher], suggest_trial: Callable[[str, dict], dict], metric: str, mode: str,
                  scheduler: TrialScheduler | None = None):
         super().__init__(metric=metric, mode=mode)
         self.arms = dict(arms)
         self.scheduler = scheduler       # saved and restored with the search (Tune saves no scheduler)
-        self.trial_part = trial_part     # (arm, suggestion) -> the trial part of the Tune config
+        # (arm, suggestion) -> what Tune gets for the trial: its TrialSpec's suggestion (sweeps.search.SearchTrials)
+        self.suggest_trial = suggest_trial
         self.order = list(arms)
         self.turn = 0
         self.owner: dict[str, str] = {}  # trial id -> arm
@@ -213,7 +215,7 @@ class ArmSearch(Searcher):
                 continue
             self.turn = (self.order.index(arm) + 1) % len(self.order)
             self.owner[trial_id] = arm
-            return {"trial": self.trial_part(arm, suggestion)}
+            return self.suggest_trial(arm, suggestion)
         return Searcher.FINISHED if len(self.finished) == len(self.order) else None
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
@@ -240,7 +242,7 @@ class ArmSearch(Searcher):
 
 
 def trial_arm(trial) -> str:
-    return trial.config["trial"]["arm"]
+    return TrialSpec.of(trial).arm
 
 
 class PerArmScheduler(TrialScheduler):

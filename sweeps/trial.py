@@ -1,7 +1,8 @@
 """One Ray Tune trial: the trainer (``trainers.train.run``, DeepSpeed included) on one ``TrialSpec``.
 
-The Tune config of a trial is its spec (``sweeps.spec``): the trainer options, the sampled values
-and the runtime settings.
+The Tune config of a trial is its spec (``sweeps.spec``) serialized: the trainer config, the
+sampled values and the runtime settings. ``TrialSpec.of`` reads it back; the trainer validates the
+trial's config, once.
 
 - **One worker** (``workers_per_trial: 1``): the Tune function trains in its own process.
 - **N workers**: the Tune function runs a Ray Train ``TorchTrainer``: N processes in one
@@ -43,7 +44,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from sweeps.spec import TrialSpec
+from sweeps.spec import FINAL, TrialSpec
 from trainers.results import Summary
 
 SUMMARY_FILE = "summary.json"
@@ -216,11 +217,10 @@ def train_worker(spec: TrialSpec, session: TuneSession, trial_id: str, trainer: 
         from trainers.train import run as trainer
     output = session.local_dir(trial_id)
     where: dict[str, Any] = {"output_dir": str(output), "save_checkpoints": True, "resume": True}
-    if spec.train.get("device", "auto") == "auto" and _given_gpus():
+    if spec.train.device == "auto" and _given_gpus():
         where["device"] = "cuda"  # train on the GPUs Ray reserved, or fail at once: never on the CPU instead
     if runtime.workers_per_trial > 1:
-        where["deepspeed_config"] = _node_local_deepspeed_config(spec.train.get("deepspeed_config"), output,
-                                                                 session.rank)
+        where["deepspeed_config"] = _node_local_deepspeed_config(spec.train.deepspeed_config, output, session.rank)
     cfg = spec.to_train_config(**where)
 
     # Start from exactly the last reported epoch: local leftovers of a killed attempt go.
@@ -387,5 +387,5 @@ def _join(base: str, *parts: str) -> str:
 
 def trial_name(trial) -> str:
     """``clo_3e9972a7``: the arm and the trial id (``final-clo_...`` in the final stage)."""
-    part = trial.config.get("trial", {})
-    return f"{'final-' if part.get('stage') == 'final' else ''}{part.get('arm', 'trial')}_{trial.trial_id}"
+    spec = TrialSpec.of(trial)
+    return f"{'final-' if spec.stage == FINAL else ''}{spec.arm}_{trial.trial_id}"

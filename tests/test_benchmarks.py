@@ -177,7 +177,7 @@ def test_snli_study_preset_compares_the_five_arms_on_one_test_set():
     """No Ray, no model: the snli-study preset validates, compares mr-study's five arms under a compute
     budget with mr-study's statistics, and every final model (every arm, every seed) is tested on the
     same examples: the whole official SNLI test set."""
-    from sweeps.config import build_config
+    from sweeps.presets import build_config
     from trainers.data import load_task_data
 
     cfg, mr = build_config(preset="snli-study"), build_config(preset="mr-study")
@@ -189,7 +189,7 @@ def test_snli_study_preset_compares_the_five_arms_on_one_test_set():
     assert cfg.final_seeds == [1, 2, 3] and cfg.reference_arm == "clo" and cfg.bootstrap == 2000
     assert cfg.train["task"] == "snli" and cfg.train["model"] == "minilm" and cfg.train["precision"] == "auto"
     assert cfg.train["train_subset"] and cfg.final_train["train_subset"] > cfg.train["train_subset"]
-    finals = [{**cfg.arm_train_values(arm), **cfg.final_train, "seed": seed}  # what sweeps.final trains
+    finals = [{**cfg.train_config(arm).to_dict(), **cfg.final_train, "seed": seed}  # what sweeps.final trains
               for arm in cfg.methods for seed in cfg.final_seeds]
     assert all(f["eval_subset"] is None and f["task"] == "snli" for f in finals)
     assert len({(f["max_length"], f["train_subset"]) for f in finals}) == 1

@@ -10,7 +10,7 @@ import pytest
 from search_spaces import IntRange, LogUniform
 from sweeps.budget import (MEASURED_OUTER_STEP_COST, BudgetLedger, TrialCost, expected_trials, resolve_outer_step_cost,
                            search_algorithm, used_compute)
-from sweeps.config import build_config
+from sweeps.presets import build_config
 from trainers.errors import EXIT_BAD_INPUT, ConfigError
 from test_sweep_helpers import client, history, run_sweep_cli, runs_by_role
 

@@ -8,7 +8,6 @@ MLflow's own command line and Host-header check); no mocks.
 """
 
 import contextlib
-import dataclasses
 import functools
 import importlib.util
 import io
@@ -253,9 +252,10 @@ def all_sweep_commands() -> list[tuple[Path, list[str]]]:
 
 
 def test_sweep_commands_pass_the_real_parser_and_config():
-    from sweeps.config import SweepConfig, presets
+    from sweeps.config import SweepConfig
+    from sweeps.presets import presets
 
-    fields = {f.name for f in dataclasses.fields(SweepConfig)}
+    fields = {f.name for f in SweepConfig.settings()}
     commands = all_sweep_commands()
     assert {path for path, _ in commands} >= {RAYJOB, RAYCLUSTER, LAUNCHER, DOC}
     parser = sweep_cli()["parser"]()
@@ -285,7 +285,7 @@ def test_the_rayjob_runs_the_glue_bert_sweep_with_the_new_keys():
 
 
 def test_the_sweep_reads_the_tracking_uri_the_ray_configs_set():
-    from sweeps.config import build_config
+    from sweeps.presets import build_config
 
     for path in (RAYJOB, RAYCLUSTER):
         (doc,) = [d for d in yaml_docs(path) if d["kind"] in ("RayJob", "RayCluster")]
@@ -613,7 +613,7 @@ def test_ray_token_authentication_stays_on():
 
 # ---------------------------------------------------------------------------- presets and DeepSpeed
 def test_presets_name_existing_deepspeed_configs():
-    from sweeps.config import build_config, presets
+    from sweeps.presets import build_config, presets
 
     assert set(presets()) >= {"demo", "smoke", "glue-bert", "glue-albert"}
     for name in presets():

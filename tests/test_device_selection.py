@@ -137,7 +137,7 @@ def test_a_sweep_charges_auto_at_the_precision_its_cpu_trials_will_resolve(monke
     precision without a measured figure stays an error, never a fallback to another figure."""
     import trainers.config
     from sweeps.budget import MEASURED_OUTER_STEP_COST, resolve_outer_step_cost
-    from sweeps.config import build_config
+    from sweeps.presets import build_config
 
     monkeypatch.setattr(trainers.config, "cpu_flags", lambda *a: frozenset(NO_BF16))
     cfg = build_config(preset="smoke", overrides=["methods=[bilevel,clo]", "train.precision=auto"])

@@ -259,7 +259,7 @@ def test_interleaved_timing_of_two_tiny_models(tiny_model):
 def test_timing_holds_a_whole_device_and_never_times_on_the_cpu_instead_of_a_gpu():
     """With GPUs the timing task holds one whole GPU (and a trial's CPUs); on CPUs every CPU of a
     node. A GPU plan on a machine whose CUDA does not work fails with the cause, never times on the CPU."""
-    from sweeps.config import build_config
+    from sweeps.presets import build_config
     from sweeps.timing import _device, timing_plan
     from trainers.errors import ConfigError
 

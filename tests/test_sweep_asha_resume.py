@@ -26,7 +26,8 @@ TRIALS, EPOCHS = 6, 3  # ASHA rungs at epochs 1 and 2 (grace 1, reduction factor
 DRIVER = """
 import sys
 from benchmarks.cluster_sim import Plan, StandInTrainer
-from sweeps.config import build_config, resume_config, start_config
+from sweeps.presets import build_config
+from sweeps.state import resume_config, start_config
 from sweeps.runner import run_sweep
 
 root, name, resume = sys.argv[1], sys.argv[2], sys.argv[3] == "resume"
@@ -50,8 +51,10 @@ def epochs_by_trial(root, name: str) -> dict[int, int]:
     trial the killed driver started after its last save is drawn again under a new id)."""
     from ray.tune import ExperimentAnalysis
 
+    from sweeps.spec import TrialSpec
+
     trials = ExperimentAnalysis(str(root / name / "ray" / "search")).trials
-    return {int(t.config["trial"]["number"]): int(t.last_result["epoch"]) for t in trials}
+    return {TrialSpec.of(t).number: int(t.last_result["epoch"]) for t in trials}
 
 
 def test_asha_promotes_and_stops_the_same_trials_after_a_resume(tmp_path):

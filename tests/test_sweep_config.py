@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from sweeps.config import build_config, check_ray_address, check_tracking_uri, presets
+from sweeps.preflight import check_ray_address, check_tracking_uri
+from sweeps.presets import build_config, presets
 from trainers.errors import EXIT_BAD_INPUT, ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -99,13 +100,47 @@ def test_a_searched_option_in_train_is_refused_with_how_to_pin_it():
                                           r"clo search lr_outer; to pin it, also pass --set space\.lr_outer=null"):
         build_config(preset="smoke", overrides=["train.lr_outer=0.2"])
     pinned = build_config(preset="smoke", overrides=["train.lr_outer=0.2", "space.lr_outer=null"])
-    assert pinned.arm_train_values("clo")["lr_outer"] == 0.2
+    assert pinned.train_config("clo").lr_outer == 0.2
     assert "lr_outer" not in search_spaces.get_space("clo", pinned.space)
     # an option no listed arm searches is a plain shared option
     fixed = build_config(preset="smoke", overrides=["train.lr_outer=0.2", "methods=[fixed]"])
-    assert fixed.arm_train_values("fixed")["lr_outer"] == 0.2
+    assert fixed.train_config("fixed").lr_outer == 0.2
     with pytest.raises(ConfigError, match="diverge_trials.clo-x"):
         build_config(preset="smoke", overrides=["diverge_trials.clo-x=3"])
+
+
+def test_the_sweep_config_and_every_arms_trainer_config_are_validated_once(monkeypatch):
+    """One validation at the edge: the sweep config once, each arm's trainer config once (and its
+    final-stage variant once); building the search's arms afterwards validates nothing again."""
+    from sweeps.config import SweepConfig
+    from sweeps.search import arms
+    from trainers.config import TrainConfig
+
+    calls = {"sweep": 0, "train": []}
+    validate_sweep, validate_train = SweepConfig.validate, TrainConfig.validate
+
+    def count_sweep(self):
+        calls["sweep"] += 1
+        return validate_sweep(self)
+
+    def count_train(self):
+        calls["train"].append(self.method)
+        return validate_train(self)
+
+    monkeypatch.setattr(SweepConfig, "validate", count_sweep)
+    monkeypatch.setattr(TrainConfig, "validate", count_train)
+    cfg = build_config(preset="smoke", overrides=["methods=[fixed-uniform,clo]", "final_seeds=[1]",
+                                                  "train.batch_size=16"])
+    assert calls == {"sweep": 1, "train": ["fixed", "fixed", "clo", "clo"]}  # each arm: its config, then with final_train
+    built = arms(cfg)
+    assert [(a.name, type(a.train).__name__, a.train.batch_size) for a in built] == [
+        ("fixed-uniform", "TrainConfig", 16), ("clo", "TrainConfig", 16)]
+    assert built[1].train is cfg.train_config("clo")  # the validated config itself, not a copy read back from a dict
+    assert cfg.arm_outer_step_cost("clo") > 0 and cfg.train_config("fixed-uniform").scheme == "uniform"
+    assert calls == {"sweep": 1, "train": ["fixed", "fixed", "clo", "clo"]}  # nothing validated again
+    assert "arm_configs" not in cfg.to_dict()  # derived by validate: never saved in sweep.json
+    with pytest.raises(LookupError, match="no trainer config for arm 'bilevel'"):
+        cfg.train_config("bilevel")
 
 
 def test_layering_file_then_overrides_then_flags(tmp_path):
@@ -183,6 +218,9 @@ def run_cli(*args, tmp_path, env_extra=None):
     (["--ray-address", "127.0.0.1:{port}"], "cannot reach the Ray cluster at 127.0.0.1:{port}"),
     (["--resume", "--preset", "smoke"], "--resume: no 'smoke' sweep found"),
     (["--set", "train.lr_outer=0.2"], "train.lr_outer=0.2 would be replaced by the searched value"),
+    (["--set", "train.batch_sise=16"], "unknown train key(s): batch_sise"),
+    (["--set", "train.batch_size=0"], "batch_size must be > 0 (got 0)"),
+    (["--set", "train.batch_size=7"], "train.batch_size 7 must split evenly"),
     (["--set", "final_seeds=[1]", "--set", "final_train.lr=0.001"],
      "final_train.lr=0.001 would replace the searched value in the retraining"),
 ])

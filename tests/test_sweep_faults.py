@@ -102,10 +102,12 @@ def test_a_diverging_trial_fails_and_the_sweep_goes_on(tmp_path):
 
     from ray.tune import ExperimentAnalysis
 
+    from sweeps.spec import TrialSpec
+
     analysis = ExperimentAnalysis(str(root / "nan" / "ray" / "search"))
-    statuses = {t.config["trial"]["number"]: t.status for t in analysis.trials}
+    statuses = {TrialSpec.of(t).number: t.status for t in analysis.trials}
     assert statuses == {1: "TERMINATED", 2: "ERROR", 3: "TERMINATED"}
-    failed_trial = next(t for t in analysis.trials if t.config["trial"]["number"] == 2)
+    failed_trial = next(t for t in analysis.trials if TrialSpec.of(t).number == 2)
     assert "diverged at step 3 (" in str(failed_trial.get_error())
     # retries (max_failures=2) found the divergence marker and did not train again: no epoch reported
     assert not [r for r in result_rows(root / "nan" / "ray" / "search") if r.get("trial_id") == failed_trial.trial_id

@@ -1,5 +1,5 @@
 """The per-arm searcher and scheduler wrappers of the one-experiment search (sweeps.searchers), with
-real Optuna studies and real Ray Tune ASHA schedulers (no Ray cluster needed), the trial spec, and
+real Optuna studies and real Ray Tune ASHA schedulers (no Ray cluster needed), and
 sweeps/'s import graph."""
 
 from __future__ import annotations
@@ -16,9 +16,10 @@ from ray.tune.search.optuna import OptunaSearch
 
 from search_spaces import IntRange, LogUniform, to_optuna
 from sweeps.budget import BudgetLedger, TrialCost
-from sweeps.search import SearchTrialPart
+from sweeps.search import SearchTrials
 from sweeps.searchers import ArmBudget, ArmSearch, PerArmScheduler
-from sweeps.spec import Runtime, TrialSpec
+from sweeps.spec import Runtime, TrialSpec, param_space
+from trainers.config import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 SPACE = {"lr": LogUniform(1e-5, 1e-3), "outer_every": IntRange(2, 20, log=True)}
@@ -27,6 +28,17 @@ FIXED = TrialCost(epochs=2, learned=False, outer_step_cost=4.2, default_outer_ev
 
 
 STORAGE = optuna.storages.InMemoryStorage()
+RUNTIME = Runtime(experiment="search", storage_path="/tmp/s", metric="val_hypervolume")
+
+
+def trials_of(arms: dict[str, dict]) -> SearchTrials:
+    """The search stage's trial builder for arms with these trainer options."""
+    return SearchTrials({arm: TrainConfig(**values) for arm, values in arms.items()}, RUNTIME)
+
+
+def arm_of(suggestion: dict) -> str:
+    """The arm of a suggested trial, read as Tune reads it: the suggestion merged into the param space."""
+    return TrialSpec.from_config({**param_space(RUNTIME), **suggestion}).arm
 
 
 def optuna_search(name: str) -> OptunaSearch:
@@ -76,15 +88,15 @@ def test_a_budget_that_cannot_pay_ends_the_arm_and_the_drawn_trial_is_failed():
 def test_arms_take_turns_dearest_work_first_and_results_go_to_their_arm():
     fixed = ArmBudget(optuna_search("turn-fixed"), max_trials=3, typical_cost=FIXED.whole({}))
     clo = ArmBudget(optuna_search("turn-clo"), max_trials=3, typical_cost=CLO.whole({}))
-    search = ArmSearch({"fixed": fixed, "clo": clo}, SearchTrialPart({"fixed": {"method": "fixed"},
-                                                                     "clo": {"method": "clo"}}), "objective", "max")
-    arms = [search.suggest(f"t{i}")["trial"]["arm"] for i in range(6)]
+    search = ArmSearch({"fixed": fixed, "clo": clo}, trials_of({"fixed": {"method": "fixed"}, "clo": {"method": "clo"}}),
+                       "objective", "max")
+    arms = [arm_of(search.suggest(f"t{i}")) for i in range(6)]
     # clo's remaining work is dearer (3 x 2.84 fixed-epochs against 3 x 2): it starts first; then in turn
     assert arms[0] == "clo" and sorted(arms) == ["clo"] * 3 + ["fixed"] * 3
     assert search.suggest("t6") == Searcher.FINISHED
-    part = search.trial_part("clo", {"lr": 1e-4, "outer_every": 5, "trial_number": 4})
-    assert part == {"arm": "clo", "stage": "search", "number": 4, "sampled": {"lr": 1e-4, "outer_every": 5},
-                    "train": {"method": "clo", "lr": 1e-4, "outer_every": 5}}
+    spec = search.suggest_trial.spec("clo", {"lr": 1e-4, "outer_every": 5, "trial_number": 4})
+    assert (spec.arm, spec.stage, spec.number, spec.sampled) == ("clo", "search", 4, {"lr": 1e-4, "outer_every": 5})
+    assert spec.train == TrainConfig(method="clo", lr=1e-4, outer_every=5)  # the arm's config, the draw applied
     search.on_trial_complete("t0", {"objective": 0.4, "training_iteration": 1, "epoch": 1})  # a clo trial
     assert states("turn-clo").count("COMPLETE") == 1 and "COMPLETE" not in states("turn-fixed")
 
@@ -93,12 +105,14 @@ def test_an_arm_waiting_for_budget_does_not_block_the_others():
     waiting = ArmBudget(optuna_search("w"), ledger=BudgetLedger(limit=3.0, cost=FIXED))
     waiting.suggest("x")  # commits 2 of 3 fixed-epochs; the next trial (2) must wait
     free = ArmBudget(optuna_search("o"), max_trials=5)
-    search = ArmSearch({"w": waiting, "o": free}, SearchTrialPart({"w": {}, "o": {}}), "objective", "max")
-    assert [search.suggest(f"t{i}")["trial"]["arm"] for i in range(3)] == ["o", "o", "o"]
+    search = ArmSearch({"w": waiting, "o": free}, trials_of({"w": {}, "o": {}}), "objective", "max")
+    assert [arm_of(search.suggest(f"t{i}")) for i in range(3)] == ["o", "o", "o"]
 
 
 def fake_trial(trial_id: str, arm: str):
-    return SimpleNamespace(trial_id=trial_id, config={"trial": {"arm": arm}})
+    """What a scheduler sees of a Tune trial: its id and its Tune config (a TrialSpec's)."""
+    spec = TrialSpec(arm=arm, stage="search", number=1, train=TrainConfig(), sampled={}, runtime=RUNTIME)
+    return SimpleNamespace(trial_id=trial_id, config=spec.to_config())
 
 
 def test_asha_compares_trials_within_their_arm_only():
@@ -114,26 +128,13 @@ def test_asha_compares_trials_within_their_arm_only():
             scheduler.on_trial_add(None, trial)
         for trial in trials:
             index = int(trial.trial_id[-1])
-            value = (0.8 if trial.config["trial"]["arm"] == "good" else 0.2) + 0.01 * index  # later ones a bit better
+            value = (0.8 if TrialSpec.of(trial).arm == "good" else 0.2) + 0.01 * index  # later ones a bit better
             decisions[name][trial.trial_id] = scheduler.on_trial_result(None, trial, {"epoch": 1, "objective": value})
     shared_bad = [d for t, d in decisions["shared"].items() if t.startswith("bad")]
     per_arm_bad = [d for t, d in decisions["per_arm"].items() if t.startswith("bad")]
     assert TrialScheduler.CONTINUE not in shared_bad  # the baseline: across arms, the worse arm never goes on
     assert per_arm_bad == [d for t, d in decisions["per_arm"].items() if t.startswith("good")]
     assert per_arm_bad.count(TrialScheduler.CONTINUE) >= 2
-
-
-def test_a_trial_spec_travels_as_its_tune_config_and_builds_the_trainer_config():
-    runtime = Runtime(experiment="search", storage_path="/tmp/s", metric="val_hypervolume", cpus_per_trial=2,
-                      diverge_trials={"clo-3": 5})
-    spec = TrialSpec(arm="clo", stage="search", number=3, train={"method": "clo", "lr_outer": 0.2, "epochs": 1},
-                     sampled={"lr_outer": 0.2}, runtime=runtime)
-    assert TrialSpec.from_config(spec.to_config()) == spec
-    assert (spec.group, spec.label, spec.fault_step()) == ("clo", "clo trial 3", 5)
-    cfg = spec.to_train_config(output_dir="/tmp/x")
-    assert (cfg.method, cfg.lr_outer, cfg.threads, cfg.output_dir) == ("clo", 0.2, 2, "/tmp/x")
-    final = TrialSpec(arm="clo", stage="final", number=2, train={}, sampled={"seed": 2}, runtime=runtime)
-    assert (final.group, final.label, final.fault_step()) == ("final/clo", "final/clo seed 2", None)
 
 
 def import_graph() -> dict[str, set[str]]:
@@ -231,7 +232,7 @@ def test_the_search_saves_every_arms_asha_rungs_and_restores_them_into_the_live_
     asha = ASHAScheduler(time_attr="epoch", metric="objective", mode="max", max_t=4, grace_period=1, reduction_factor=2)
     scheduler = PerArmScheduler({"clo": asha})
     search = ArmSearch({"clo": ArmBudget(optuna_search("resume-asha"), max_trials=8)},
-                       SearchTrialPart({"clo": {}}), "objective", "max", scheduler=scheduler)
+                       trials_of({"clo": {}}), "objective", "max", scheduler=scheduler)
     as_built = pickle.dumps({"search_alg": search, "scheduler": scheduler})  # what Tuner.restore starts from
     trials = [fake_trial(f"t{i}", "clo") for i in range(4)]
     for i, trial in enumerate(trials):

@@ -155,7 +155,8 @@ def test_registered_champion_loads_from_the_server(server, sweep, monkeypatch):
 def test_environment_names_the_server_by_default(server, monkeypatch, tmp_path):
     """MLFLOW_TRACKING_URI set and no --tracking-uri: the sweep config resolves to that server,
     lets it manage artifacts, and the preflight check reaches it."""
-    from sweeps.config import build_config, preflight
+    from sweeps.preflight import preflight
+    from sweeps.presets import build_config
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", server["url"])
     monkeypatch.delenv("RAY_ADDRESS", raising=False)

@@ -176,6 +176,16 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def with_values(self, values: dict[str, Any], where: str = "config") -> "TrainConfig":
+        """A copy with ``values`` applied (a searcher's draw, a stage's options); not validated: the
+        copy is validated once, where it is used. An unknown key is refused, naming ``where``."""
+        unknown = sorted(set(values) - set(self.field_names()))
+        if unknown:
+            raise ConfigError(
+                f"unknown {where} key(s): {', '.join(unknown)}; valid keys: {', '.join(self.field_names())}"
+            )
+        return dataclasses.replace(self, **values)
+
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
