@@ -58,9 +58,11 @@ import torch  # noqa: E402
 
 from sweeps import statistics as bs  # noqa: E402
 from trainers.config import TrainConfig, cpu_bf16_flag  # noqa: E402
+from trainers.layout import TEST_LOGITS_FILE  # noqa: E402
 from trainers.policies import SavedOutcomes  # noqa: E402
 from trainers.results import Summary  # noqa: E402
-from trainers.train import TEST_LOGITS_FILE, load_exit_logits, run  # noqa: E402
+from trainers.run_files import load_exit_logits  # noqa: E402
+from trainers.train import run  # noqa: E402
 
 PRECISIONS = ("fp32", "bf16")
 WITHIN = 0.01  # parity bound: ±1 point of accuracy (or of the normalized hypervolume)

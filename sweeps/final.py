@@ -165,7 +165,7 @@ def seed_result(record: TrialRecord, timing: TimingReport | None) -> SeedResult:
     """What the comparison needs from one retrained model: its per-example test results (from its
     checkpoint) and, if it was timed, its wall-clock speed-up (from the timing phase)."""
     from trainers.policies import SavedOutcomes
-    from trainers.train import load_exit_logits
+    from trainers.run_files import load_exit_logits
 
     summary = record.summary
     with record.checkpoint.as_directory() as folder:

@@ -219,7 +219,7 @@ def read_report(path: Path) -> TimingReport | None:
 
 
 def write_report(path: Path, report: TimingReport) -> None:
-    from trainers.train import write_json_atomic
+    from trainers.run_files import write_json_atomic
 
     path.parent.mkdir(parents=True, exist_ok=True)
     write_json_atomic(path, report.to_dict())  # a reader (or a resumed sweep) never sees half a file
