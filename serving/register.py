@@ -31,12 +31,12 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from serving.calibration import for_max_drop, for_target_speedup
+from serving.checkpoints import check_checkpoint, local_model
+from serving.describe import CHAMPION
 from trainers.errors import ConfigError
 from trainers.results import FrontierSetting, Summary
 
 DEFAULT_TARGET_SPEEDUP = 2.0  # the sweep config's register_speedup default
-CHAMPION = "champion"
-MODEL_DIR = "model"  # sweeps.trial.MODEL_DIR: the exported model inside a trial's final checkpoint
 SUMMARY_FILE = "summary.json"
 CHECKPOINT_TAG = "model_checkpoint"
 MAX_ROWS = 256  # rows per request the HTTP server (`mlflow models serve`) accepts (model_config)
@@ -180,7 +180,7 @@ def _plan_method(client, experiment_id: str, run, target_speedup, max_drop, tmp:
     if not checkpoint:
         raise ConfigError(f"trial {trial_id} (run {trial_run_id}) has no '{CHECKPOINT_TAG}' tag naming its model "
                           "checkpoint (logged by an older platform version?)")
-    _check_checkpoint(checkpoint, trial_id)
+    check_checkpoint(checkpoint, trial_id)
     searched = trial.data.tags.get("searched", "")
     params = trial.data.params
     hyper = {k: _number(params[k]) for k in (s for s in searched.split(",") if s) if k in params}
@@ -191,44 +191,6 @@ def _plan_method(client, experiment_id: str, run, target_speedup, max_drop, tmp:
                       trial_run_id=trial_run_id, trial_id=trial_id, task=params.get("task", "mr"),
                       objective=run.data.params.get("objective", "objective"), objective_value=float(objective_value),
                       summary=summary, policy=policy, checkpoint=checkpoint, hyperparameters=hyper, searched=searched)
-
-
-def _filesystem(checkpoint: str):
-    """(pyarrow filesystem, path) of a checkpoint folder: a URI with '://' or a local path."""
-    import pyarrow.fs
-
-    if "://" in checkpoint:
-        return pyarrow.fs.FileSystem.from_uri(checkpoint)
-    return pyarrow.fs.LocalFileSystem(), str(Path(checkpoint).resolve())
-
-
-def _check_checkpoint(checkpoint: str, trial_id: str) -> None:
-    import pyarrow.fs
-
-    try:
-        fs, path = _filesystem(checkpoint)
-        kind = fs.get_file_info(f"{path.rstrip('/')}/{MODEL_DIR}").type
-    except Exception as err:  # noqa: BLE001 - an unknown scheme, missing credentials, an unreachable store
-        raise ConfigError(f"cannot open the model checkpoint of trial {trial_id} at {checkpoint}: "
-                          f"{str(err).splitlines()[0] if str(err) else type(err).__name__}") from None
-    if kind != pyarrow.fs.FileType.Directory:
-        raise ConfigError(f"the model checkpoint of trial {trial_id} is gone: no folder {checkpoint.rstrip('/')}/{MODEL_DIR}")
-
-
-def _local_model(checkpoint: str, work: Path) -> Path:
-    """The exported model folder on this machine: the checkpoint's own for a local path, else a copy."""
-    import pyarrow.fs
-
-    fs, path = _filesystem(checkpoint)
-    source = f"{path.rstrip('/')}/{MODEL_DIR}"
-    if isinstance(fs, pyarrow.fs.LocalFileSystem):
-        return Path(source)
-    target = work / MODEL_DIR
-    shutil.rmtree(target, ignore_errors=True)
-    target.mkdir(parents=True)
-    pyarrow.fs.copy_files(source, str(target), source_filesystem=fs,
-                          destination_filesystem=pyarrow.fs.LocalFileSystem())
-    return target
 
 
 # ---------------------------------------------------------------------------- registering
@@ -285,7 +247,7 @@ def _log_and_register(client, name: str, plan: MethodPlan, work: Path) -> str:
 
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
-    model_dir = _local_model(plan.checkpoint, work)
+    model_dir = local_model(plan.checkpoint, work)
     try:
         # Reopens the finalized method run and ends it FINISHED again (an error would end it FAILED:
         # its previous status is restored below).
@@ -305,7 +267,9 @@ def pyfunc_arguments(model_dir: Path, policy: dict, work: Path, model_config: di
     exit policy: the pyfunc, its artifacts, the code it ships, requirements, signature, example and
     ``model_config`` (default ``MODEL_CONFIG``). ``work`` receives policy.json and the code copies."""
     from serving.export import META
-    from serving.model import ExitPolicyModel, code_paths, input_example, model_signature, pip_requirements
+    from serving.model import ExitPolicyModel
+    from serving.packaging import code_paths, pip_requirements
+    from serving.schema import input_example, model_signature
 
     meta = json.loads((Path(model_dir) / META).read_text())
     work = Path(work)
@@ -385,43 +349,5 @@ def use_tracking_uri(uri: str) -> Iterator[None]:
                 os.environ[key] = value
 
 
-# ---------------------------------------------------------------------------- printing
-def serve_command(result: dict[str, Any], alias: str = CHAMPION, port: int = 5001) -> str:
-    """The shell command that serves a registered alias (``mlflow models serve`` runs uvicorn by name)."""
-    import shlex
-
-    return (f"MLFLOW_TRACKING_URI={shlex.quote(result['tracking_uri'])} PATH=\"$PWD/.venv/bin:$PATH\" "
-            f".venv/bin/mlflow models serve -m models:/{result['name']}@{alias} --env-manager local -h 127.0.0.1 -p {port}")
-
-
-def describe_policy(policy: dict[str, Any], metric: str = "metric") -> str:
-    target = policy.get("target", {})
-    asked = (f"target speed-up >= {target['target_speedup']:g}x" if "target_speedup" in target
-             else f"max drop {target['max_drop']:g} points" if "max_drop" in target else "target ?")
-    setting = "none (full model)" if policy["policy"] == "none" else f"{policy['policy']} {policy['setting']:g}" + (
-        "" if policy.get("delta") is None else f" (delta {policy['delta']:g})")
-    return (f"exit policy {setting} for {asked}: validation {policy['validation_speedup']:.2f}x at "
-            f"{100 * policy['validation_metric']:.2f}, test {policy['test_speedup']:.2f}x at "
-            f"{100 * policy['test_metric']:.2f} ({metric} in %)")
-
-
-def describe(result: dict[str, Any]) -> list[str]:
-    """What was registered, as lines for the console."""
-    name, champion = result["name"], result["champion"]
-    lines = [f"registered model {name} (sweep '{result['sweep']}', MLflow {result['tracking_uri']}):"]
-    width = max(len(m) for m in result["versions"])
-    for method, entry in result["versions"].items():
-        lines.append(f"  {method:<{width}}  version {entry['version']} ({entry['note']})  {entry['uri']}  "
-                     f"trial {entry['trial_id']}, validation {entry['objective']} {entry['validation_objective']:.4f}")
-        lines.append(f"  {'':<{width}}  {describe_policy(entry['policy'], entry['metric'])}")
-    aliases = ", ".join(f"{alias} -> version {version}" for alias, version in result["aliases"].items())
-    lines.append(f"  aliases: {aliases}")
-    if result.get("skipped"):
-        lines.append(f"  not registered (no completed trial): {', '.join(result['skipped'])}")
-    lines.append(f"  champion: models:/{name}@{CHAMPION} = {champion['method']} (version {champion['version']}), "
-                 f"the best validation {champion['objective']} of the sweep ({champion['validation_objective']:.4f})")
-    return lines
-
-
-__all__ = ["register_sweep", "plan_sweep", "describe", "describe_policy", "serve_command", "frontier_tag", "pyfunc_arguments",
-           "version_tags", "identity", "use_tracking_uri", "DEFAULT_TARGET_SPEEDUP", "CHAMPION"]
+__all__ = ["register_sweep", "plan_sweep", "frontier_tag", "pyfunc_arguments", "version_tags", "identity",
+           "use_tracking_uri", "DEFAULT_TARGET_SPEEDUP", "CHAMPION"]

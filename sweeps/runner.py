@@ -141,7 +141,8 @@ def register_models(cfg: SweepConfig) -> dict | None:
     (``serving.register``: idempotent, so a resumed sweep registers nothing twice). A target no
     setting reaches is a warning: the sweep's results stand, and ``platform/register.py`` can
     register them later with another target."""
-    from serving.register import describe, register_sweep
+    from serving.describe import describe
+    from serving.register import register_sweep
     from trainers.errors import ConfigError
 
     try:
