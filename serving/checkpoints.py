@@ -7,8 +7,7 @@ import shutil
 from pathlib import Path
 
 from trainers.errors import ConfigError
-
-MODEL_DIR = "model"  # sweeps.trial.MODEL_DIR: the exported model inside a trial's final checkpoint
+from trainers.layout import MODEL_DIR
 
 
 def filesystem(checkpoint: str):

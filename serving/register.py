@@ -34,11 +34,13 @@ from serving.calibration import for_max_drop, for_target_speedup
 from serving.checkpoints import check_checkpoint, local_model
 from serving.describe import CHAMPION
 from trainers.errors import ConfigError
+from trainers.layout import (EXPORT_META_FILE, METHOD_RUNS_FILTER, POLICY_FILE, SUMMARY_FILE, TAG_BEST_RUN_ID, TAG_BEST_TRIAL_ID,
+                             TAG_FINALIZED, TAG_METHOD, TAG_MODEL_CHECKPOINT, TAG_REGISTERED, TAG_SEARCHED, TAG_SWEEP,
+                             TAG_TRIAL_ID, TRUE, trial_filter)
 from trainers.results import FrontierSetting, Summary
 
 DEFAULT_TARGET_SPEEDUP = 2.0  # the sweep config's register_speedup default
-SUMMARY_FILE = "summary.json"
-CHECKPOINT_TAG = "model_checkpoint"
+CHECKPOINT_TAG = TAG_MODEL_CHECKPOINT
 MAX_ROWS = 256  # rows per request the HTTP server (`mlflow models serve`) accepts (model_config)
 # Logged with every version, so both can be overridden at load or serve time (MLflow overrides
 # only the keys a model was logged with): device auto = CUDA where there is one.
@@ -105,7 +107,7 @@ def register_sweep(tracking_uri: str, experiment: str, target_speedup: float | N
             entry = out["versions"][plan.method]
             client.set_registered_model_alias(name, f"{plan.method}-best", entry["version"])
             out["aliases"][f"{plan.method}-best"] = entry["version"]
-            client.set_tag(plan.parent_run_id, "registered",
+            client.set_tag(plan.parent_run_id, TAG_REGISTERED,
                            json.dumps({"name": name, "version": entry["version"], "uri": entry["uri"]}))
         version = out["versions"][champion.method]["version"]
         client.set_registered_model_alias(name, CHAMPION, version)
@@ -120,11 +122,11 @@ def register_sweep(tracking_uri: str, experiment: str, target_speedup: float | N
 def plan_sweep(client, experiment_id: str, experiment: str, target_speedup: float | None,
                max_drop: float | None) -> list[MethodPlan]:
     """One plan per method with a best trial, every target calibrated and every checkpoint found."""
-    runs = client.search_runs([experiment_id], filter_string="tags.role = 'method'", max_results=1000,
+    runs = client.search_runs([experiment_id], filter_string=METHOD_RUNS_FILTER, max_results=1000,
                               order_by=["attributes.start_time ASC"])
     if not runs:
         raise ConfigError(f"MLflow experiment '{experiment}' holds no method runs; is it a sweep of platform/sweep.py?")
-    unfinished = [r.data.tags.get("method", r.info.run_name) for r in runs if r.data.tags.get("finalized") != "true"]
+    unfinished = [r.data.tags.get(TAG_METHOD, r.info.run_name) for r in runs if r.data.tags.get(TAG_FINALIZED) != TRUE]
     if unfinished:
         raise ConfigError(f"sweep '{experiment}' is not finished (method(s) {', '.join(unfinished)} still searching or "
                           f"interrupted); finish it with `python platform/sweep.py --resume --name {experiment}` first")
@@ -134,7 +136,7 @@ def plan_sweep(client, experiment_id: str, experiment: str, target_speedup: floa
             try:
                 plan = _plan_method(client, experiment_id, run, target_speedup, max_drop, Path(tmp))
             except ConfigError as err:
-                problems.append(f"{run.data.tags.get('method', run.info.run_name)}: {err}")
+                problems.append(f"{run.data.tags.get(TAG_METHOD, run.info.run_name)}: {err}")
                 continue
             if plan is not None:
                 plans.append(plan)
@@ -147,26 +149,26 @@ def plan_sweep(client, experiment_id: str, experiment: str, target_speedup: floa
 
 def skipped_methods(client, experiment_id: str, plans: list[MethodPlan]) -> list[str]:
     """The finished methods with no completed trial (nothing of theirs is registered)."""
-    runs = client.search_runs([experiment_id], filter_string="tags.role = 'method'", max_results=1000,
+    runs = client.search_runs([experiment_id], filter_string=METHOD_RUNS_FILTER, max_results=1000,
                               order_by=["attributes.start_time ASC"])
     planned = {p.method for p in plans}
-    return [r.data.tags.get("method", r.info.run_name) for r in runs if r.data.tags.get("method") not in planned]
+    return [r.data.tags.get(TAG_METHOD, r.info.run_name) for r in runs if r.data.tags.get(TAG_METHOD) not in planned]
 
 
 def _plan_method(client, experiment_id: str, run, target_speedup, max_drop, tmp: Path) -> MethodPlan | None:
     from mlflow.exceptions import MlflowException
 
     tags = run.data.tags
-    method = tags.get("method", run.info.run_name)
-    trial_run_id = tags.get("best_run_id")
-    if not trial_run_id and tags.get("best_trial_id"):
-        found = client.search_runs([experiment_id], max_results=1, filter_string=(
-            f"tags.role = 'trial' and tags.method = '{method}' and tags.trial_id = '{tags['best_trial_id']}'"))
+    method = tags.get(TAG_METHOD, run.info.run_name)
+    trial_run_id = tags.get(TAG_BEST_RUN_ID)
+    if not trial_run_id and tags.get(TAG_BEST_TRIAL_ID):
+        found = client.search_runs([experiment_id], max_results=1,
+                                   filter_string=trial_filter(method, tags[TAG_BEST_TRIAL_ID]))
         trial_run_id = found[0].info.run_id if found else None
     if not trial_run_id:
         return None  # no completed trial: nothing to register for this method
     trial = client.get_run(trial_run_id)
-    trial_id = trial.data.tags.get("trial_id", tags.get("best_trial_id", trial_run_id))
+    trial_id = trial.data.tags.get(TAG_TRIAL_ID, tags.get(TAG_BEST_TRIAL_ID, trial_run_id))
     try:
         folder = tmp / trial_run_id
         folder.mkdir(parents=True, exist_ok=True)
@@ -181,7 +183,7 @@ def _plan_method(client, experiment_id: str, run, target_speedup, max_drop, tmp:
         raise ConfigError(f"trial {trial_id} (run {trial_run_id}) has no '{CHECKPOINT_TAG}' tag naming its model "
                           "checkpoint (logged by an older platform version?)")
     check_checkpoint(checkpoint, trial_id)
-    searched = trial.data.tags.get("searched", "")
+    searched = trial.data.tags.get(TAG_SEARCHED, "")
     params = trial.data.params
     hyper = {k: _number(params[k]) for k in (s for s in searched.split(",") if s) if k in params}
     objective_value = run.data.metrics.get("best/objective")
@@ -208,7 +210,7 @@ def identity(plan_or_policy: MethodPlan | dict, trial_id: str | None = None) -> 
     policy = plan_or_policy.policy if isinstance(plan_or_policy, MethodPlan) else plan_or_policy
     trial = plan_or_policy.trial_id if isinstance(plan_or_policy, MethodPlan) else trial_id
     delta = policy.get("delta")
-    return {"trial_id": trial, "policy": policy["policy"], "policy_setting": _fmt(policy["setting"]),
+    return {TAG_TRIAL_ID: trial, "policy": policy["policy"], "policy_setting": _fmt(policy["setting"]),
             "policy_delta": "" if delta is None else _fmt(delta)}
 
 
@@ -220,7 +222,7 @@ def _matches(version, wanted: dict[str, str]) -> bool:
 def _register_one(client, name: str, experiment: str, plan: MethodPlan, versions: list, tmp: Path) -> dict[str, Any]:
     wanted = identity(plan)
     same = [v for v in versions if _matches(v, wanted)]
-    same_trial = [v for v in versions if (v.tags or {}).get("trial_id") == plan.trial_id]
+    same_trial = [v for v in versions if (v.tags or {}).get(TAG_TRIAL_ID) == plan.trial_id]
     if same:
         version, created = str(min(int(v.version) for v in same)), False
         note = "existing: same trial and exit policy"
@@ -266,17 +268,16 @@ def pyfunc_arguments(model_dir: Path, policy: dict, work: Path, model_config: di
     """The arguments of ``mlflow.pyfunc.log_model`` / ``save_model`` for an exported model and its
     exit policy: the pyfunc, its artifacts, the code it ships, requirements, signature, example and
     ``model_config`` (default ``MODEL_CONFIG``). ``work`` receives policy.json and the code copies."""
-    from serving.export import META
     from serving.model import ExitPolicyModel
     from serving.packaging import code_paths, pip_requirements
     from serving.schema import input_example, model_signature
 
-    meta = json.loads((Path(model_dir) / META).read_text())
+    meta = json.loads((Path(model_dir) / EXPORT_META_FILE).read_text())
     work = Path(work)
     work.mkdir(parents=True, exist_ok=True)
-    (work / "policy.json").write_text(json.dumps(policy, indent=2))
+    (work / POLICY_FILE).write_text(json.dumps(policy, indent=2))
     return {"python_model": ExitPolicyModel(),
-            "artifacts": {"model": str(model_dir), "policy": str(work / "policy.json")},
+            "artifacts": {"model": str(model_dir), "policy": str(work / POLICY_FILE)},
             "code_paths": code_paths(work / "code"), "pip_requirements": pip_requirements(),
             "signature": model_signature(meta), "input_example": input_example(meta),
             "model_config": dict(MODEL_CONFIG if model_config is None else model_config)}
@@ -286,15 +287,15 @@ def version_tags(experiment: str, plan: MethodPlan) -> dict[str, str]:
     """Every tag of a version: what it is, how it was trained, its frontier and its exit policy."""
     policy = plan.policy
     tags = {
-        "method": plan.method, "sweep": experiment, "trial_id": plan.trial_id, "trial_run_id": plan.trial_run_id,
+        TAG_METHOD: plan.method, TAG_SWEEP: experiment, TAG_TRIAL_ID: plan.trial_id, "trial_run_id": plan.trial_run_id,
         "objective": plan.objective, "validation_objective": _fmt(plan.objective_value),
-        "searched": plan.searched, "hyperparameters": json.dumps(plan.hyperparameters, sort_keys=True),
+        TAG_SEARCHED: plan.searched, "hyperparameters": json.dumps(plan.hyperparameters, sort_keys=True),
         "metric": str(plan.summary.metric or ""),
         "frontier_columns": FRONTIER_COLUMNS, "frontier": frontier_tag(plan.summary.frontier),
         **identity(plan),
         "target": json.dumps(policy["target"], sort_keys=True),
         **{key: _fmt(policy[key]) for key in ("validation_speedup", "validation_metric", "test_speedup", "test_metric")},
-        "model_checkpoint": plan.checkpoint,
+        TAG_MODEL_CHECKPOINT: plan.checkpoint,
     }
     return {k: v[:TAG_LIMIT] for k, v in tags.items() if v != ""}
 

@@ -37,6 +37,7 @@ from sweeps.ray_cluster import init_ray
 from sweeps.search import MethodOutcome, search_stage
 from sweeps.spec import SEARCH
 from sweeps.tracking import Tracker
+from trainers.layout import TAG_FINALIZED, TRUE
 
 
 @dataclass
@@ -108,7 +109,7 @@ def finish_method(cfg: SweepConfig, tracker: Tracker, outcome: MethodOutcome, re
     from sweeps.report import trials_table
 
     parent = tracker.client.get_run(outcome.parent_run_id)
-    if parent.data.tags.get("finalized") == "true":  # a resumed sweep: this method was finished before
+    if parent.data.tags.get(TAG_FINALIZED) == TRUE:  # a resumed sweep: this method was finished before
         if parent.info.status != "FINISHED":
             tracker.finish(outcome.parent_run_id, "FINISHED" if outcome.best else "FAILED")
         return
@@ -118,7 +119,7 @@ def finish_method(cfg: SweepConfig, tracker: Tracker, outcome: MethodOutcome, re
     if cfg.keep_checkpoints == "best":
         delete_other_checkpoints(outcome, cfg.storage_path)
     delete_local_trial_folders(outcome)
-    tracker.client.set_tag(outcome.parent_run_id, "finalized", "true")
+    tracker.client.set_tag(outcome.parent_run_id, TAG_FINALIZED, TRUE)
     tracker.finish(outcome.parent_run_id, "FINISHED" if outcome.best else "FAILED")
 
 
