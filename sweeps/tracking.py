@@ -28,13 +28,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-from sweeps.plots import frontier_figure, weights_figure
+import numpy as np
+
+from sweeps.plots import frontier_figure, mean_frontier, weights_figure
 from sweeps.records import TrialRecord
 from trainers.errors import ConfigError
-from trainers.layout import (BEST_SUMMARY_ARTIFACT, CONFIG_ARTIFACT, ROLE_COMPARISON, ROLE_METHOD,
-                             ROLE_TRIAL, SUMMARY_FILE, TAG_BEST, TAG_BEST_RUN_ID, TAG_BEST_TRIAL_ID,
+from trainers.layout import (BEST_SUMMARY_ARTIFACT, CONFIG_ARTIFACT, ROLE_COMPARISON, ROLE_FINAL_COMPARISON,
+                             ROLE_METHOD, ROLE_TRIAL, SUMMARY_FILE, TAG_BEST, TAG_BEST_RUN_ID, TAG_BEST_TRIAL_ID,
                              TAG_FINALIZED, TAG_LOGGED, TAG_METHOD, TAG_MODEL_CHECKPOINT, TAG_ROLE, TAG_SEARCHED,
-                             TAG_TRIAL_ID, TAG_TRIAL_STATUS, TRUE, tag_filter)
+                             TAG_SWEEP, TAG_TRIAL_ID, TAG_TRIAL_STATUS, TRUE, tag_filter)
 from trainers.results import Summary
 
 PARENT_TAG = "mlflow.parentRunId"
@@ -201,6 +203,39 @@ class Tracker:
         for path in files:
             self.client.log_artifact(run_id, str(path))
         self.client.set_terminated(run_id, status="FINISHED")
+        return run_id
+
+    def final_comparison(self, sweep: str, params: dict[str, Any], rows: list[dict], verdicts: dict[str, str],
+                         files: list[Path], curves: dict[str, list], layers: int, final_runs: dict[str, str]) -> str:
+        """The final comparison's run (created once): every figure of ``rows`` as ``<arm>/<column>``,
+        each arm's mean test frontier as metric history, the verdicts as tags, ``files`` as artifacts.
+        Then each arm's final run (``final_runs``: arm -> run id) gets its row and is finalized."""
+        now = int(time.time() * 1000)
+        metrics: list[tuple[str, float, int, int]] = []
+        for row in rows:
+            for key, value in row.items():
+                if isinstance(value, float) and math.isfinite(value):
+                    metrics.append((f"{row['arm']}/{key}", value, 0, now))
+        grid = np.exp(np.linspace(0, math.log(layers), 41))
+        for arm, arm_curves in curves.items():
+            mean = np.nanmean(mean_frontier(arm_curves, grid), axis=0) if arm_curves else []
+            for s, value in zip(grid, mean):
+                if np.isfinite(value):  # step = speed-up × 100: MLflow's chart over "step" draws the frontier
+                    metrics.append((f"final_frontier/{arm}", float(value), int(round(100 * s)), now))
+        run = self.find_run(**{TAG_ROLE: ROLE_FINAL_COMPARISON})
+        run_id = run.info.run_id if run else self.client.create_run(
+            self.experiment_id, run_name="final-comparison",
+            tags={TAG_ROLE: ROLE_FINAL_COMPARISON, TAG_SWEEP: sweep, **self.driver}).info.run_id
+        tags = {f"verdict/{arm}": line[:5000] for arm, line in verdicts.items()}
+        self._log(run_id, params=params, metrics=metrics, tags=tags)
+        for path in files:
+            self.client.log_artifact(run_id, str(path))
+        self.client.set_terminated(run_id, status="FINISHED")
+        for arm, parent_run_id in final_runs.items():  # each arm's final run: its mean and std over seeds
+            row = next((r for r in rows if r["arm"] == arm), {})
+            values = [(k, float(v), 0, now) for k, v in row.items() if isinstance(v, float) and math.isfinite(v)]
+            self._log(parent_run_id, metrics=values, tags={TAG_FINALIZED: TRUE})
+            self.client.set_terminated(parent_run_id, status="FINISHED")
         return run_id
 
     def close_own_runs(self, status: str = "KILLED") -> int:
