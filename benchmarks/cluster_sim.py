@@ -141,9 +141,11 @@ class StandInTrainer:
     def __call__(self, cfg, on_epoch=None, quiet: bool = False, fault_step: int | None = None, **hooks):
         import numpy as np
 
+        from trainers.layout import LATEST_FILE, TEST_LOGITS_FILE, checkpoints_dir, epoch_tag
+
         self.time_scale = self._stage_scale()
         train, output = cfg.to_dict(), Path(cfg.output_dir)
-        latest = output / "checkpoints" / "latest"
+        latest = checkpoints_dir(output) / LATEST_FILE
         start = int(latest.read_text().split("-")[1]) if latest.is_file() else 0
         steps = 1894
         self._start_up()
@@ -155,9 +157,10 @@ class StandInTrainer:
                       "val_hypervolume": hypervolume, "val_per_exit": per_exit, "weights": [],
                       "train_seconds": round(self.plan.epoch_seconds(train), 2)}
             epochs.append(record)
-            (output / "checkpoints" / f"epoch-{epoch}").mkdir(parents=True, exist_ok=True)
-            (output / "checkpoints" / f"epoch-{epoch}" / "state.json").write_text(json.dumps(record))
-            latest.write_text(f"epoch-{epoch}")
+            folder = checkpoints_dir(output) / epoch_tag(epoch)
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / "state.json").write_text(json.dumps(record))
+            latest.write_text(epoch_tag(epoch))
             if on_epoch is not None:
                 on_epoch(record)
         self._sleep(self.plan.finish_s)
@@ -167,7 +170,7 @@ class StandInTrainer:
         difficulty = rng.random(self.test_examples)
         correct = difficulty[None, :] < np.array(per_exit)[:, None]          # [L, N]: right from some exit on
         logits = np.where(correct, 1.0, -1.0)[..., None] * np.stack([1 - 2 * labels, 2 * labels - 1], -1)[None]
-        np.savez_compressed(output / "test_exit_logits.npz", logits=logits.astype(np.float32), labels=labels,
+        np.savez_compressed(output / TEST_LOGITS_FILE, logits=logits.astype(np.float32), labels=labels,
                             ids=np.arange(self.test_examples))
         split = {"last_exit": per_exit[-1], "hypervolume": hypervolume, "reference_metric": 0.5,
                  "per_exit": [{"accuracy": a} for a in per_exit]}

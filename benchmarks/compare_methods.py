@@ -36,6 +36,7 @@ sys.path.insert(0, str(REPO))
 import torch  # noqa: E402
 
 from trainers.config import TrainConfig  # noqa: E402
+from trainers.layout import SUMMARY_FILE  # noqa: E402
 from trainers.results import Summary  # noqa: E402
 from trainers.train import run  # noqa: E402
 
@@ -49,7 +50,7 @@ METHODS = {
 
 def run_one(name: str, seed: int, args) -> Summary:
     out = Path(args.work_dir) / f"{name}-seed{seed}"
-    done = out / "summary.json"
+    done = out / SUMMARY_FILE
     if done.is_file():
         print(f"[compare] {name} seed {seed}: already done, reusing {done}", flush=True)
         return Summary.from_dict(json.loads(done.read_text()))

@@ -58,9 +58,11 @@ import torch  # noqa: E402
 
 from sweeps import statistics as bs  # noqa: E402
 from trainers.config import TrainConfig, cpu_bf16_flag  # noqa: E402
+from trainers.layout import SUMMARY_FILE, TEST_LOGITS_FILE  # noqa: E402
 from trainers.policies import SavedOutcomes  # noqa: E402
 from trainers.results import Summary  # noqa: E402
-from trainers.train import TEST_LOGITS_FILE, load_exit_logits, run  # noqa: E402
+from trainers.run_files import load_exit_logits  # noqa: E402
+from trainers.train import run  # noqa: E402
 
 PRECISIONS = ("fp32", "bf16")
 WITHIN = 0.01  # parity bound: ±1 point of accuracy (or of the normalized hypervolume)
@@ -95,7 +97,7 @@ def train_config(args, precision: str, seed: int, out: Path) -> TrainConfig:
 def train_or_reuse(args, precision: str, seed: int, label: str) -> Summary:
     out = Path(args.work_dir) / f"{label}-{precision}-seed{seed}"
     cfg = train_config(args, precision, seed, out)
-    done, logits = out / "summary.json", out / TEST_LOGITS_FILE
+    done, logits = out / SUMMARY_FILE, out / TEST_LOGITS_FILE
     if done.is_file() and logits.is_file():
         summary = Summary.from_dict(json.loads(done.read_text()))
         if summary.config == json.loads(json.dumps(cfg.to_dict())):

@@ -65,15 +65,13 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 from benchmarks.local_ray import prepare_environment  # noqa: E402
+from benchmarks.scaling_checkpoints import checkpoint_cost  # noqa: E402
+from benchmarks.scaling_report import report, say  # noqa: E402
 
 prepare_environment()  # before Ray is imported
 
 DEFAULT_ADDRESS_FILE = Path("/tmp/ray/ray_current_cluster")
 SETUPS = {"A": ("1 node", [2]), "B": ("2 nodes", [1, 1])}  # CPUs of the head, then of each added node
-
-
-def say(message: str) -> None:
-    print(f"[scaling] {message}", flush=True)
 
 
 # ---------------------------------------------------------------------------- Ray clusters
@@ -249,148 +247,6 @@ def overhead_stats(rows: list[dict]) -> dict:
     return out
 
 
-# ---------------------------------------------------------------------------- checkpoints
-def checkpoint_cost(preset: str, work: Path, repeats: int) -> dict:
-    """``trainers.train.run`` with save_checkpoints False and True on the same config, taking turns."""
-    import trainers.engine as engine
-    from sweeps.presets import build_config
-    from trainers.config import TrainConfig
-    from trainers.train import run
-
-    base = build_config(preset=preset).train_config("fixed").to_dict()
-    base.update(threads=1, resume=False)  # as a sweep trial with cpus_per_trial 1
-    saves: list[float] = []
-    original = engine.save_checkpoint
-
-    def timed_save(*args, **kwargs):
-        start = time.perf_counter()
-        try:
-            return original(*args, **kwargs)
-        finally:
-            saves.append(time.perf_counter() - start)
-
-    walls: dict[bool, list[float]] = {False: [], True: []}
-    order = [flag for i in range(repeats) for flag in ((False, True) if i % 2 == 0 else (True, False))]
-    size_mb = copy_s = None
-    # Untimed warm-up: the first training in a process pays one-off costs (DeepSpeed's process
-    # group and communication op, lazy imports, cold file caches) that would land on one setting.
-    warm = TrainConfig.from_dict({**base, "output_dir": str(work / "warm-up"), "save_checkpoints": False, "epochs": 1,
-                                  "train_subset": 2 * int(base["batch_size"]), "eval_subset": 64})
-    say(f"checkpoint cost: untimed warm-up training ({warm.model}, 1 epoch of 2 steps)")
-    run(warm, quiet=True)
-    engine.save_checkpoint = timed_save
-    try:
-        for index, save in enumerate(order):
-            out = work / f"ckpt-{index}-{'on' if save else 'off'}"
-            cfg = TrainConfig.from_dict({**base, "output_dir": str(out), "save_checkpoints": save})
-            say(f"checkpoint cost: training {preset}-sized ({cfg.model}, {cfg.epochs} epochs) with "
-                f"save_checkpoints={save} ({index + 1}/{len(order)})")
-            start = time.perf_counter()
-            run(cfg, quiet=True)
-            walls[save].append(time.perf_counter() - start)
-            if save and size_mb is None:
-                last = out / "checkpoints" / f"epoch-{cfg.epochs}"
-                size_mb = sum(f.stat().st_size for f in last.rglob("*") if f.is_file()) / 1e6
-                target = work / "persist-copy"
-                start = time.perf_counter()
-                shutil.copytree(last, target)
-                copy_s = time.perf_counter() - start
-                shutil.rmtree(target, ignore_errors=True)
-            shutil.rmtree(out, ignore_errors=True)
-    finally:
-        engine.save_checkpoint = original
-    epochs = int(base["epochs"])
-    off, on = statistics.median(walls[False]), statistics.median(walls[True])
-    per_epoch_off = off / epochs
-    diff = (on - off) / epochs
-    save_s = statistics.median(saves) if saves else None
-    return {
-        "preset": preset, "model": base["model"], "epochs": epochs, "repeats": repeats,
-        "wall_off_s": round(off, 2), "wall_on_s": round(on, 2), "epoch_s_without_checkpoints": round(per_epoch_off, 2),
-        "wall_diff_per_epoch_s": round(diff, 3), "wall_diff_per_epoch_pct": round(100 * diff / per_epoch_off, 2),
-        "save_per_epoch_s": round(save_s, 3) if save_s is not None else None,
-        "save_per_epoch_pct": round(100 * save_s / per_epoch_off, 2) if save_s is not None else None,
-        "persist_copy_s": round(copy_s, 3) if copy_s is not None else None,
-        "checkpoint_mb": round(size_mb, 1) if size_mb is not None else None,
-    }
-
-
-# ---------------------------------------------------------------------------- output
-def pct(value) -> str:
-    return "-" if value is None else f"{100 * value:.1f} %"
-
-
-def num(value, fmt: str = "{:.1f}") -> str:
-    return "-" if value is None else fmt.format(value)
-
-
-def table(rows: list[tuple[str, str]]) -> str:
-    width = max(len(k) for k, _ in rows)
-    return "\n".join(f"  {k.ljust(width)}  {v}" for k, v in rows)
-
-
-def report(figures: dict) -> str:
-    lines = []
-    tp = figures["throughput"]
-    rows = []
-    for key in SETUPS:
-        s = tp[key]
-        rows.append((f"{key} {s['label']} ({'+'.join(map(str, s['node_cpus']))} CPUs)",
-                     f"run_sweep {num(s['run_sweep_wall_s'])} s -> {num(s['trials_per_hour_run_sweep'])} trials/h; "
-                     f"trials span {num(s['trials_span_s'])} s -> {num(s['trials_per_hour_span'])} trials/h; "
-                     f"slots busy {pct(s['slot_utilisation'])} ({s['completed']}/{s['trials'] * s['repeats']} completed)"))
-    rows.append(("ratio B / A (trials/h)", f"run_sweep {num(tp['ratio_B_over_A_run_sweep'], '{:.2f}')}x, "
-                                           f"trials span {num(tp['ratio_B_over_A_span'], '{:.2f}')}x"))
-    a = tp["A"]
-    lines += [f"Sweep throughput: smoke-sized trials, method fixed, {a['trials']} trials per sweep, 2 at a time, 1 CPU each, "
-              f"{a['repeats']} sweep(s) per setup (medians)", table(rows),
-              "  (run_sweep: the whole call, Ray join to report; trials span: first trial start to last final result; "
-              "slots busy: sum of trainer walls / (2 x run_sweep))", ""]
-    rows = []
-    for key in SETUPS:
-        s = tp[key]
-        rows.append((f"{key} per trial", f"kept model checkpoint {num(s['storage_model_checkpoint_mb'])} MB; "
-                                         f"trainer state copied by Tune's experiment sync {num(s['storage_trainer_state_mb_per_trial'])} MB; "
-                                         f"'Saving experiment state ... failed' errors: {s['experiment_state_sync_errors']}"))
-    demo = figures.get("demo_sweep")
-    if demo:
-        rows.append(("demo-sized per trial", f"kept model checkpoint {num(demo['storage_model_checkpoint_mb'])} MB; "
-                                             f"trainer state copied by Tune's experiment sync "
-                                             f"{num(demo['storage_trainer_state_mb_per_trial'])} MB; errors: "
-                                             f"{demo['experiment_state_sync_errors']}"))
-    lines += ["Tune storage after the sweep (trials' files under <storage>/fixed/<trial>/)", table(rows), ""]
-    rows = []
-    for label, o in figures["overhead"].items():
-        if o is None:
-            rows.append((label, "skipped"))
-            continue
-        rows.append((label, f"median {pct(o['overhead_median'])}, max {pct(o['overhead_max'])} "
-                            f"(Tune time_total_s: median {pct(o['overhead_tune_median'])}, max {pct(o['overhead_tune_max'])}); "
-                            f"trial {num(o['trial_wall_s_median'])} s vs trainer {num(o['trainer_wall_s_median'])} s "
-                            f"(medians, {o['trials']} trials)"))
-    lines += ["Platform overhead per trial = (trial wall - trainer wall) / trial wall (target <= 5 % on demo-sized trials)",
-              table(rows), ""]
-    c = figures["checkpoint"]
-    if c is None:
-        lines += ["Checkpoint cost: skipped", ""]
-    else:
-        rows = [
-            ("config", f"{c['preset']}-sized: {c['model']}, {c['epochs']} epochs, 1 thread, {c['repeats']} run(s) each"),
-            ("trainer wall, no checkpoints", f"{c['wall_off_s']:.1f} s ({c['epoch_s_without_checkpoints']:.1f} s per epoch)"),
-            ("trainer wall, per-epoch checkpoints", f"{c['wall_on_s']:.1f} s"),
-            ("wall difference per epoch", f"{c['wall_diff_per_epoch_s']:+.2f} s ({c['wall_diff_per_epoch_pct']:+.1f} %)"),
-            ("DeepSpeed save per epoch (timed)", f"{num(c['save_per_epoch_s'], '{:.2f}')} s "
-                                                 f"({num(c['save_per_epoch_pct'])} % of an epoch)"),
-            ("copy to Tune storage (local)", f"{num(c['persist_copy_s'], '{:.2f}')} s per checkpoint"),
-            ("checkpoint size on disk", f"{num(c['checkpoint_mb'])} MB ({c['model']}, weights + AdamW state)"),
-        ]
-        lines += ["Per-epoch checkpoint cost (trainers.train.run, save_checkpoints False vs True)", table(rows), ""]
-    m = figures["machine"]
-    lines += [f"Machine: {m['cpus']} CPUs, load average {m['load_start']} at the start, {m['load_end']} at the end; "
-              f"took {figures['took_s'] / 60:.1f} min"]
-    return "\n".join(lines)
-
-
 # ---------------------------------------------------------------------------- main
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -468,7 +324,7 @@ def main() -> None:
     figures["machine"]["load_end"] = [round(x, 2) for x in os.getloadavg()]
     figures["took_s"] = round(time.perf_counter() - began, 1)
     print()
-    print(report(figures))
+    print(report(figures, SETUPS))
     print(f"  {DEFAULT_ADDRESS_FILE}: {'unchanged' if figures['address_file']['unchanged'] else 'CHANGED by another process'}"
           f"; the benchmark's own address file {'was LEFT behind' if figures['address_file']['private_left'] else 'is gone'}")
     if args.json:

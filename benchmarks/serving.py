@@ -56,10 +56,11 @@ def quick_model(work: Path, target: float) -> tuple[Path, dict]:
     from serving.export import export_model
     from trainers.config import TrainConfig
     from trainers.frontier import operating_point
+    from trainers.layout import EXPORT_META_FILE, POLICY_FILE, SUMMARY_FILE
     from trainers.results import Summary
 
-    exported, policy_file = work / "exported", work / "policy.json"
-    if not (exported / "exit_model.json").is_file():
+    exported, policy_file = work / "exported", work / POLICY_FILE
+    if not (exported / EXPORT_META_FILE).is_file():
         from trainers.train import run
 
         cfg = TrainConfig(task="mr", method="fixed", scheme="uniform", model="minilm", train_subset=800, epochs=1,
@@ -70,8 +71,8 @@ def quick_model(work: Path, target: float) -> tuple[Path, dict]:
         result = run(cfg, quiet=True)
         print(f"trained in {time.perf_counter() - started:.0f} s", flush=True)
         export_model(result.model, cfg, exported)
-        (work / "summary.json").write_text(json.dumps(result.summary.to_dict(), default=float))
-    points = Summary.from_dict(json.loads((work / "summary.json").read_text())).validation_curve
+        (work / SUMMARY_FILE).write_text(json.dumps(result.summary.to_dict(), default=float))
+    points = Summary.from_dict(json.loads((work / SUMMARY_FILE).read_text())).validation_curve
     chosen = operating_point(points, target)
     if chosen is None:
         chosen = max(points, key=lambda p: p.speedup)

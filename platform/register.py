@@ -111,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: MLflow: {str(err).splitlines()[0]}", file=sys.stderr)
         return EXIT_BAD_INPUT
 
-    from serving.register import describe, serve_command
+    from serving.describe import describe, serve_command
 
     print("\n".join(describe(result)))
     print("\nServe the champion (from the repository root):")

@@ -130,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     if "optuna_db" in result.files:
         print(f"  Optuna study:   {dashboard_command(result.files['optuna_db'])}")
     if result.registered:
-        from serving.register import serve_command
+        from serving.describe import serve_command
 
         registered = result.registered
         versions = ", ".join(f"{method}-best = version {entry['version']}"

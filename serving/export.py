@@ -13,11 +13,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-WEIGHTS = "weights.pt"
-BACKBONE = "backbone"
-TOKENIZER = "tokenizer"
-META = "exit_model.json"
-POLICY = "policy.json"
+from trainers.layout import BACKBONE_DIR, EXPORT_META_FILE, TOKENIZER_DIR, WEIGHTS_FILE
 
 
 def load_tokenizer(model: str):
@@ -47,16 +43,16 @@ def export_model(model, cfg, folder: Path) -> Path:
     task = get_task(cfg.task)
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    torch.save({k: v.detach().cpu().float() for k, v in model.state_dict().items()}, folder / WEIGHTS)
-    model.backbone.config.save_pretrained(folder / BACKBONE)
-    load_tokenizer(cfg.model).save_pretrained(folder / TOKENIZER)
+    torch.save({k: v.detach().cpu().float() for k, v in model.state_dict().items()}, folder / WEIGHTS_FILE)
+    model.backbone.config.save_pretrained(folder / BACKBONE_DIR)
+    load_tokenizer(cfg.model).save_pretrained(folder / TOKENIZER_DIR)
     meta = {
         "task": task.name, "text_fields": list(task.text_fields), "num_labels": task.num_labels,
         "is_regression": task.is_regression, "metric": task.metrics[0], "pooling": model.pooling,
         "num_layers": model.num_layers, "max_length": cfg.max_length, "source_model": cfg.model,
         "attn_implementation": cfg.attn_implementation,
     }
-    (folder / META).write_text(json.dumps(meta, indent=2))
+    (folder / EXPORT_META_FILE).write_text(json.dumps(meta, indent=2))
     return folder
 
 
@@ -68,11 +64,11 @@ def load_exported(folder: Path, device="cpu"):
     from trainers.model import MultiExitEncoder
 
     folder = Path(folder)
-    meta = json.loads((folder / META).read_text())
-    config = AutoConfig.from_pretrained(folder / BACKBONE)
+    meta = json.loads((folder / EXPORT_META_FILE).read_text())
+    config = AutoConfig.from_pretrained(folder / BACKBONE_DIR)
     backbone = AutoModel.from_config(config, attn_implementation=meta.get("attn_implementation", "sdpa"))
     model = MultiExitEncoder(backbone, meta["num_labels"], meta["pooling"])
-    model.load_state_dict(torch.load(folder / WEIGHTS, map_location="cpu", weights_only=True))
+    model.load_state_dict(torch.load(folder / WEIGHTS_FILE, map_location="cpu", weights_only=True))
     model.to(device).eval()
-    tokenizer = AutoTokenizer.from_pretrained(folder / TOKENIZER)
+    tokenizer = AutoTokenizer.from_pretrained(folder / TOKENIZER_DIR)
     return model, tokenizer, meta

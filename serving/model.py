@@ -4,7 +4,8 @@
 ``policy.json`` and predicts with real early exit (``MultiExitEncoder.early_exit``), so a sample
 stops at the first layer the policy lets it leave and its later layers are never computed.
 
-The contract (``model_signature`` writes it into the logged model):
+The contract (``serving.schema``: ``check_input`` enforces it, ``model_signature`` writes it into the
+logged model):
 
 - input: a DataFrame with exactly the task's text columns (``meta["text_fields"]``: ``sentence``,
   or ``premise`` and ``hypothesis``, ...), one non-empty string per cell. Anything else is rejected
@@ -32,15 +33,15 @@ Under MLflow's schema enforcement (a model logged with ``model_signature``) a mi
 refused by MLflow itself, and extra columns are dropped by MLflow (with a logged warning) before
 ``predict`` sees them; called without a signature, ``predict`` refuses both.
 
-This module is shipped inside the logged model (``code_paths``) with ``serving.export`` and
-``trainers.model`` / ``trainers.policies`` / ``trainers.errors``; nothing else is needed to load it.
+This module is shipped inside the logged model (``serving.packaging.code_paths``) with
+``serving.export`` / ``serving.lean`` / ``serving.schema`` and ``trainers.model`` /
+``trainers.policies`` / ``trainers.errors`` / ``trainers.layout``; nothing else is needed to load it.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import warnings
 from pathlib import Path
@@ -52,6 +53,8 @@ from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 
 from serving.export import load_exported
+from serving.lean import install_lean_paths
+from serving.schema import INFERENCE_CONFIG_VARIABLE, OUTPUT_COLUMNS, check_input, output_frame, rows_text
 
 log = logging.getLogger(__name__)
 
@@ -59,33 +62,12 @@ DEFAULT_MAX_ROWS = 256
 DEFAULT_DEVICE = "auto"
 BATCH_SIZE = 64
 CHUNK_ROWS = 2048  # rows tokenized and sorted together: bounds the working memory of any input
-OUTPUT_COLUMNS = ("label", "probabilities", "exit_layer")
 # Set by `mlflow models serve` (mlflow.pyfunc.scoring_server.get_cmd) for the uvicorn server that
 # loads the model, and by nothing else: `mlflow models predict` and notebooks score in process.
 SCORING_SERVER_VARIABLE = "__pyfunc_model_path__"
-INFERENCE_CONFIG_VARIABLE = "MLFLOW_PYFUNC_INFERENCE_CONFIG"
 
-_EXAMPLE_TEXTS = {
-    "sentence": ["a gripping, beautifully acted film.", "a dull and lifeless mess."],
-    "premise": ["A man is playing a guitar.", "A man is playing a guitar."],
-    "hypothesis": ["A person makes music.", "Nobody is playing."],
-}
-
-
-def _reject(message: str):
-    raise MlflowException(message, error_code=INVALID_PARAMETER_VALUE)
-
-
-def _rows_text(rows: list[int], limit: int = 5) -> str:
-    shown = ", ".join(str(r) for r in rows[:limit])
-    return shown + (f", ... ({len(rows)} rows)" if len(rows) > limit else "")
-
-
-def _kind(value) -> str:
-    if value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value)):
-        return "missing"
-    return type(value).__name__
-
+__all__ = ["ExitPolicyModel", "output_frame", "OUTPUT_COLUMNS", "INFERENCE_CONFIG_VARIABLE", "SCORING_SERVER_VARIABLE",
+           "resolve_device", "behind_scoring_server", "install_lean_paths"]
 
 def _max_rows(value) -> int:
     try:
@@ -141,109 +123,6 @@ def behind_scoring_server() -> bool:
     return bool(os.environ.get(SCORING_SERVER_VARIABLE))
 
 
-def lean_bert_layer(runner):
-    """The encoder layers of a BERT-like backbone (sdpa attention, eval mode) as plain tensor code,
-    without transformers' per-call wrappers (deprecation shims, signature inspection, chunking),
-    which cost about a tenth of a layer per call at batch 1 on a CPU. Returns a drop-in for
-    ``runner.layer``, or None where the backbone is not one this reproduces. ``ExitPolicyModel``
-    installs it only after checking that it gives the very same bits as the backbone's own layers."""
-    import torch.nn.functional as F
-
-    config = runner.backbone.config
-    if (runner.kind != "bert" or getattr(config, "is_decoder", False) or getattr(config, "add_cross_attention", False)
-            or getattr(config, "_attn_implementation", None) != "sdpa" or getattr(config, "chunk_size_feed_forward", 0)
-            or getattr(config, "position_embedding_type", "absolute") != "absolute"):
-        return None
-    layers = runner.backbone.encoder.layer
-    try:
-        parts = [(layer.attention.self, layer.attention.output, layer.intermediate, layer.output) for layer in layers]
-    except AttributeError:
-        return None
-
-    def layer(index: int, hidden, mask):
-        attention, attention_out, intermediate, output = parts[index]
-        shape = (*hidden.shape[:-1], -1, attention.attention_head_size)
-        query = attention.query(hidden).view(shape).transpose(1, 2)
-        key = attention.key(hidden).view(shape).transpose(1, 2)
-        value = attention.value(hidden).view(shape).transpose(1, 2)
-        mixed = F.scaled_dot_product_attention(query, key, value, attn_mask=mask, dropout_p=0.0,
-                                               scale=attention.scaling, is_causal=False)
-        mixed = mixed.transpose(1, 2).contiguous().reshape(*hidden.shape[:-1], -1).contiguous()
-        attended = attention_out.LayerNorm(attention_out.dense(mixed) + hidden)
-        return output.LayerNorm(output.dense(intermediate.intermediate_act_fn(intermediate.dense(attended))) + attended)
-
-    return layer
-
-
-def lean_bert_embed(runner):
-    """The word + token type + position embeddings and their LayerNorm (eval mode), without the
-    module's bookkeeping: a drop-in for ``runner.embed`` of a BERT-like backbone, or None."""
-    embeddings = getattr(runner.backbone, "embeddings", None)
-    names = ("word_embeddings", "token_type_embeddings", "position_embeddings", "LayerNorm")
-    if runner.kind != "bert" or embeddings is None or not all(hasattr(embeddings, n) for n in names) \
-            or getattr(runner.backbone.config, "position_embedding_type", "absolute") != "absolute":
-        return None
-    word, kind, position, norm = (getattr(embeddings, n) for n in names)
-
-    def embed(input_ids, token_type_ids):
-        types = kind.weight[0] if token_type_ids is None else kind(token_type_ids)  # no ids: all type 0
-        return norm(word(input_ids) + types + position.weight[:input_ids.shape[1]])
-
-    return embed
-
-
-def lean_exit_head(head):
-    """An exit head's dense, tanh and classifier (eval mode: dropout is the identity) as one call."""
-    import torch
-    import torch.nn.functional as F
-
-    dense, classifier = head.dense, head.classifier
-    return lambda pooled: F.linear(torch.tanh(F.linear(pooled, dense.weight, dense.bias)), classifier.weight,
-                                   classifier.bias)
-
-
-def install_lean_paths(model) -> list[str]:
-    """Swap in the lean embedding, layers and exit heads of this model instance wherever they give
-    the very same bits as the modules' own forward on probe inputs (with and without padding);
-    returns what was swapped. Training never sees them: they live on the served instance only."""
-    import torch
-
-    runner = model.runner
-    config = runner.backbone.config
-    parameter = next(model.parameters())
-    generator = torch.Generator().manual_seed(0)
-    hidden = torch.randn(3, 9, config.hidden_size, generator=generator).to(parameter)
-    ids = torch.randint(1, min(config.vocab_size, 1000), (3, 9), generator=generator).to(parameter.device)
-    padding = torch.tensor([[1] * 9, [1] * 5 + [0] * 4, [1] * 7 + [0] * 2], device=parameter.device)
-    types = [None, torch.zeros_like(ids)] + ([padding] if getattr(config, "type_vocab_size", 1) > 1 else [])
-    installed = []
-
-    def same(lean, own, probes) -> bool:
-        try:
-            return all(torch.equal(lean(*probe), own(*probe)) for probe in probes)
-        except Exception:  # noqa: BLE001 - a backbone this does not know: keep its own forward
-            return False
-
-    if model.training:
-        return installed
-    with torch.inference_mode():
-        embed = lean_bert_embed(runner)
-        if embed is not None and same(embed, runner.embed, [(ids, t) for t in types]):
-            runner.embed = embed
-            installed.append("embeddings")
-        layer = lean_bert_layer(runner)
-        masks = [None, runner.mask(hidden, padding)]
-        if layer is not None and same(layer, runner.layer, [(i, hidden, m) for m in masks for i in range(runner.num_layers)]):
-            runner.layer = layer
-            installed.append("layers")
-        heads = [lean_exit_head(head) for head in model.exits]
-        if all(same(lean, head, [(hidden[:, 0],)]) for lean, head in zip(heads, model.exits)):
-            for lean, head in zip(heads, model.exits):
-                head.forward = lean
-            installed.append("exit heads")
-    return installed
-
-
 class ExitPolicyModel(mlflow.pyfunc.PythonModel):
     """Predict with early exit: a DataFrame of texts in, ``label``, ``probabilities`` and
     ``exit_layer`` out (see the module docstring for the contract)."""
@@ -292,39 +171,7 @@ class ExitPolicyModel(mlflow.pyfunc.PythonModel):
     # ------------------------------------------------------------------ input checks
     def validate(self, model_input) -> list[list[str]]:
         """The text columns of a valid request, in ``text_fields`` order; else MlflowException."""
-        fields = self.fields
-        expected = f"send a DataFrame with the string column(s) {fields}"
-        if not isinstance(model_input, pd.DataFrame):
-            _reject(f"expected a DataFrame, got {type(model_input).__name__}; {expected}")
-        columns = [str(c) for c in model_input.columns.tolist()]
-        missing = [f for f in fields if f not in columns]
-        extra = [c for c in columns if c not in fields]
-        if missing or extra or len(set(columns)) != len(columns):
-            found = f"got {columns}" + (f" (missing {missing})" if missing else "") + (
-                f" (unexpected {extra})" if extra else "")
-            _reject(f"wrong columns: {found}; this model reads exactly {fields}")
-        n = len(model_input)
-        if self.limit_rows and n > self.max_rows:
-            _reject(f"{n} rows in one request; this server takes at most {self.max_rows}: split the input "
-                    f"into requests of at most {self.max_rows} rows, or start the server with "
-                    f"{INFERENCE_CONFIG_VARIABLE}='{{\"max_rows\": N}}' (scoring in process, e.g. "
-                    "`mlflow models predict`, takes any number of rows)")
-        texts = []
-        table = model_input.to_numpy(dtype=object, copy=False) if len(fields) == 1 else None
-        for field in fields:
-            # one column: the frame's values (cheaper per request than a column lookup); else by name
-            values = table[:, 0].tolist() if table is not None else model_input[field].tolist()
-            bad = [i for i, v in enumerate(values) if not isinstance(v, str)]
-            if bad:
-                kinds = sorted({_kind(values[i]) for i in bad})
-                _reject(f"column '{field}' holds non-text values ({', '.join(kinds)}) at row(s) {_rows_text(bad)}; "
-                        "send every text as a non-empty string")
-            empty = [i for i, v in enumerate(values) if not v.strip()]
-            if empty:
-                _reject(f"column '{field}' holds empty or whitespace-only text at row(s) {_rows_text(empty)}; "
-                        "send every text as a non-empty string")
-            texts.append(values)
-        return texts
+        return check_input(model_input, self.fields, self.max_rows if self.limit_rows else None)
 
     # ------------------------------------------------------------------ prediction
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
@@ -354,7 +201,7 @@ class ExitPolicyModel(mlflow.pyfunc.PythonModel):
             truncated = self._truncated_rows(enc, columns, ids)
         if truncated:
             message = (f"{len(truncated)} of {len(ids)} row(s) are longer than this model's {self.max_length} "
-                       f"tokens and were truncated (row(s) {_rows_text(truncated)})")
+                       f"tokens and were truncated (row(s) {rows_text(truncated)})")
             log.warning(message)
             if not self.limit_rows:  # in process; a server's log has it, and its warnings registry would
                 warnings.warn(message, UserWarning, stacklevel=3)  # keep every distinct text for ever
@@ -429,72 +276,3 @@ class ExitPolicyModel(mlflow.pyfunc.PythonModel):
         return probabilities.argmax(axis=1).astype(np.int64), probabilities.tolist(), layers
 
 
-_OUTPUT_INDEX = pd.Index(OUTPUT_COLUMNS)
-
-
-def output_frame(labels: np.ndarray, probabilities: list[list[float]], layers: np.ndarray, index) -> pd.DataFrame:
-    """The answer: ``label``, ``probabilities`` (one list per row) and ``exit_layer`` on ``index``.
-
-    Built from the three column arrays with pandas' array constructor where this pandas has it
-    (fewer Python calls than ``pd.DataFrame(dict)``, which weighs at batch 1: benchmarks/serving.py's
-    "output" stage). Elsewhere the public constructor, for the same frame (tests/test_serving.py).
-    """
-    column = np.fromiter(probabilities, dtype=object, count=len(layers))  # a list per cell, not a 2-D array
-    build = getattr(pd.DataFrame, "_from_arrays", None)
-    if build is not None:
-        try:
-            return build([labels, column, layers], columns=_OUTPUT_INDEX, index=index, verify_integrity=False)
-        except TypeError:  # another signature in another pandas version
-            pass
-    return pd.DataFrame(dict(zip(OUTPUT_COLUMNS, (labels, column, layers))), index=index, copy=False)
-
-
-# ---------------------------------------------------------------------- logging helpers
-def model_signature(meta: dict):
-    """The pyfunc's signature: the task's text columns in; ``label``, ``probabilities``, ``exit_layer`` out."""
-    from mlflow.models import ModelSignature
-    from mlflow.types import ColSpec, DataType, Schema
-    from mlflow.types.schema import Array
-
-    inputs = Schema([ColSpec(DataType.string, field) for field in meta["text_fields"]])
-    outputs = Schema([
-        ColSpec(DataType.double if meta["is_regression"] else DataType.long, "label"),
-        ColSpec(Array(DataType.double), "probabilities"),
-        ColSpec(DataType.long, "exit_layer"),
-    ])
-    return ModelSignature(inputs=inputs, outputs=outputs)
-
-
-def input_example(meta: dict) -> pd.DataFrame:
-    """Two rows of the task's text columns (real-looking text for MR/SST-2 and NLI fields)."""
-    return pd.DataFrame({field: _EXAMPLE_TEXTS.get(field, ["some text", "more text"])
-                         for field in meta["text_fields"]})
-
-
-def pip_requirements() -> list[str]:
-    """Explicit requirements: inferring them costs seconds and guesses wrong (e.g. torchvision)."""
-    from importlib.metadata import version
-
-    torch_version = version("torch").split("+")[0]
-    return [f"torch=={torch_version}", f"transformers=={version('transformers')}", f"mlflow=={version('mlflow')}",
-            "pandas", "numpy"]
-
-
-def code_paths(staging: Path) -> list[str]:
-    """Copies of the modules the pyfunc imports (not the packages' data), as importable packages:
-    ``serving`` {__init__, export, model} and ``trainers`` {__init__, errors, model, policies}."""
-    import shutil
-
-    import serving
-    import trainers
-
-    out = []
-    for package, modules in ((serving, ("__init__", "export", "model")),
-                             (trainers, ("__init__", "errors", "model", "policies"))):
-        source = Path(package.__file__).parent
-        target = Path(staging) / source.name
-        target.mkdir(parents=True, exist_ok=True)
-        for module in modules:
-            shutil.copy2(source / f"{module}.py", target / f"{module}.py")
-        out.append(str(target))
-    return out

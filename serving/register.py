@@ -31,14 +31,16 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from serving.calibration import for_max_drop, for_target_speedup
+from serving.checkpoints import check_checkpoint, local_model
+from serving.describe import CHAMPION
 from trainers.errors import ConfigError
+from trainers.layout import (EXPORT_META_FILE, METHOD_RUNS_FILTER, POLICY_FILE, SUMMARY_FILE, TAG_BEST_RUN_ID, TAG_BEST_TRIAL_ID,
+                             TAG_FINALIZED, TAG_METHOD, TAG_MODEL_CHECKPOINT, TAG_REGISTERED, TAG_SEARCHED, TAG_SWEEP,
+                             TAG_TRIAL_ID, TRUE, trial_filter)
 from trainers.results import FrontierSetting, Summary
 
 DEFAULT_TARGET_SPEEDUP = 2.0  # the sweep config's register_speedup default
-CHAMPION = "champion"
-MODEL_DIR = "model"  # sweeps.trial.MODEL_DIR: the exported model inside a trial's final checkpoint
-SUMMARY_FILE = "summary.json"
-CHECKPOINT_TAG = "model_checkpoint"
+CHECKPOINT_TAG = TAG_MODEL_CHECKPOINT
 MAX_ROWS = 256  # rows per request the HTTP server (`mlflow models serve`) accepts (model_config)
 # Logged with every version, so both can be overridden at load or serve time (MLflow overrides
 # only the keys a model was logged with): device auto = CUDA where there is one.
@@ -105,7 +107,7 @@ def register_sweep(tracking_uri: str, experiment: str, target_speedup: float | N
             entry = out["versions"][plan.method]
             client.set_registered_model_alias(name, f"{plan.method}-best", entry["version"])
             out["aliases"][f"{plan.method}-best"] = entry["version"]
-            client.set_tag(plan.parent_run_id, "registered",
+            client.set_tag(plan.parent_run_id, TAG_REGISTERED,
                            json.dumps({"name": name, "version": entry["version"], "uri": entry["uri"]}))
         version = out["versions"][champion.method]["version"]
         client.set_registered_model_alias(name, CHAMPION, version)
@@ -120,11 +122,11 @@ def register_sweep(tracking_uri: str, experiment: str, target_speedup: float | N
 def plan_sweep(client, experiment_id: str, experiment: str, target_speedup: float | None,
                max_drop: float | None) -> list[MethodPlan]:
     """One plan per method with a best trial, every target calibrated and every checkpoint found."""
-    runs = client.search_runs([experiment_id], filter_string="tags.role = 'method'", max_results=1000,
+    runs = client.search_runs([experiment_id], filter_string=METHOD_RUNS_FILTER, max_results=1000,
                               order_by=["attributes.start_time ASC"])
     if not runs:
         raise ConfigError(f"MLflow experiment '{experiment}' holds no method runs; is it a sweep of platform/sweep.py?")
-    unfinished = [r.data.tags.get("method", r.info.run_name) for r in runs if r.data.tags.get("finalized") != "true"]
+    unfinished = [r.data.tags.get(TAG_METHOD, r.info.run_name) for r in runs if r.data.tags.get(TAG_FINALIZED) != TRUE]
     if unfinished:
         raise ConfigError(f"sweep '{experiment}' is not finished (method(s) {', '.join(unfinished)} still searching or "
                           f"interrupted); finish it with `python platform/sweep.py --resume --name {experiment}` first")
@@ -134,7 +136,7 @@ def plan_sweep(client, experiment_id: str, experiment: str, target_speedup: floa
             try:
                 plan = _plan_method(client, experiment_id, run, target_speedup, max_drop, Path(tmp))
             except ConfigError as err:
-                problems.append(f"{run.data.tags.get('method', run.info.run_name)}: {err}")
+                problems.append(f"{run.data.tags.get(TAG_METHOD, run.info.run_name)}: {err}")
                 continue
             if plan is not None:
                 plans.append(plan)
@@ -147,26 +149,26 @@ def plan_sweep(client, experiment_id: str, experiment: str, target_speedup: floa
 
 def skipped_methods(client, experiment_id: str, plans: list[MethodPlan]) -> list[str]:
     """The finished methods with no completed trial (nothing of theirs is registered)."""
-    runs = client.search_runs([experiment_id], filter_string="tags.role = 'method'", max_results=1000,
+    runs = client.search_runs([experiment_id], filter_string=METHOD_RUNS_FILTER, max_results=1000,
                               order_by=["attributes.start_time ASC"])
     planned = {p.method for p in plans}
-    return [r.data.tags.get("method", r.info.run_name) for r in runs if r.data.tags.get("method") not in planned]
+    return [r.data.tags.get(TAG_METHOD, r.info.run_name) for r in runs if r.data.tags.get(TAG_METHOD) not in planned]
 
 
 def _plan_method(client, experiment_id: str, run, target_speedup, max_drop, tmp: Path) -> MethodPlan | None:
     from mlflow.exceptions import MlflowException
 
     tags = run.data.tags
-    method = tags.get("method", run.info.run_name)
-    trial_run_id = tags.get("best_run_id")
-    if not trial_run_id and tags.get("best_trial_id"):
-        found = client.search_runs([experiment_id], max_results=1, filter_string=(
-            f"tags.role = 'trial' and tags.method = '{method}' and tags.trial_id = '{tags['best_trial_id']}'"))
+    method = tags.get(TAG_METHOD, run.info.run_name)
+    trial_run_id = tags.get(TAG_BEST_RUN_ID)
+    if not trial_run_id and tags.get(TAG_BEST_TRIAL_ID):
+        found = client.search_runs([experiment_id], max_results=1,
+                                   filter_string=trial_filter(method, tags[TAG_BEST_TRIAL_ID]))
         trial_run_id = found[0].info.run_id if found else None
     if not trial_run_id:
         return None  # no completed trial: nothing to register for this method
     trial = client.get_run(trial_run_id)
-    trial_id = trial.data.tags.get("trial_id", tags.get("best_trial_id", trial_run_id))
+    trial_id = trial.data.tags.get(TAG_TRIAL_ID, tags.get(TAG_BEST_TRIAL_ID, trial_run_id))
     try:
         folder = tmp / trial_run_id
         folder.mkdir(parents=True, exist_ok=True)
@@ -180,8 +182,8 @@ def _plan_method(client, experiment_id: str, run, target_speedup, max_drop, tmp:
     if not checkpoint:
         raise ConfigError(f"trial {trial_id} (run {trial_run_id}) has no '{CHECKPOINT_TAG}' tag naming its model "
                           "checkpoint (logged by an older platform version?)")
-    _check_checkpoint(checkpoint, trial_id)
-    searched = trial.data.tags.get("searched", "")
+    check_checkpoint(checkpoint, trial_id)
+    searched = trial.data.tags.get(TAG_SEARCHED, "")
     params = trial.data.params
     hyper = {k: _number(params[k]) for k in (s for s in searched.split(",") if s) if k in params}
     objective_value = run.data.metrics.get("best/objective")
@@ -191,44 +193,6 @@ def _plan_method(client, experiment_id: str, run, target_speedup, max_drop, tmp:
                       trial_run_id=trial_run_id, trial_id=trial_id, task=params.get("task", "mr"),
                       objective=run.data.params.get("objective", "objective"), objective_value=float(objective_value),
                       summary=summary, policy=policy, checkpoint=checkpoint, hyperparameters=hyper, searched=searched)
-
-
-def _filesystem(checkpoint: str):
-    """(pyarrow filesystem, path) of a checkpoint folder: a URI with '://' or a local path."""
-    import pyarrow.fs
-
-    if "://" in checkpoint:
-        return pyarrow.fs.FileSystem.from_uri(checkpoint)
-    return pyarrow.fs.LocalFileSystem(), str(Path(checkpoint).resolve())
-
-
-def _check_checkpoint(checkpoint: str, trial_id: str) -> None:
-    import pyarrow.fs
-
-    try:
-        fs, path = _filesystem(checkpoint)
-        kind = fs.get_file_info(f"{path.rstrip('/')}/{MODEL_DIR}").type
-    except Exception as err:  # noqa: BLE001 - an unknown scheme, missing credentials, an unreachable store
-        raise ConfigError(f"cannot open the model checkpoint of trial {trial_id} at {checkpoint}: "
-                          f"{str(err).splitlines()[0] if str(err) else type(err).__name__}") from None
-    if kind != pyarrow.fs.FileType.Directory:
-        raise ConfigError(f"the model checkpoint of trial {trial_id} is gone: no folder {checkpoint.rstrip('/')}/{MODEL_DIR}")
-
-
-def _local_model(checkpoint: str, work: Path) -> Path:
-    """The exported model folder on this machine: the checkpoint's own for a local path, else a copy."""
-    import pyarrow.fs
-
-    fs, path = _filesystem(checkpoint)
-    source = f"{path.rstrip('/')}/{MODEL_DIR}"
-    if isinstance(fs, pyarrow.fs.LocalFileSystem):
-        return Path(source)
-    target = work / MODEL_DIR
-    shutil.rmtree(target, ignore_errors=True)
-    target.mkdir(parents=True)
-    pyarrow.fs.copy_files(source, str(target), source_filesystem=fs,
-                          destination_filesystem=pyarrow.fs.LocalFileSystem())
-    return target
 
 
 # ---------------------------------------------------------------------------- registering
@@ -246,7 +210,7 @@ def identity(plan_or_policy: MethodPlan | dict, trial_id: str | None = None) -> 
     policy = plan_or_policy.policy if isinstance(plan_or_policy, MethodPlan) else plan_or_policy
     trial = plan_or_policy.trial_id if isinstance(plan_or_policy, MethodPlan) else trial_id
     delta = policy.get("delta")
-    return {"trial_id": trial, "policy": policy["policy"], "policy_setting": _fmt(policy["setting"]),
+    return {TAG_TRIAL_ID: trial, "policy": policy["policy"], "policy_setting": _fmt(policy["setting"]),
             "policy_delta": "" if delta is None else _fmt(delta)}
 
 
@@ -258,7 +222,7 @@ def _matches(version, wanted: dict[str, str]) -> bool:
 def _register_one(client, name: str, experiment: str, plan: MethodPlan, versions: list, tmp: Path) -> dict[str, Any]:
     wanted = identity(plan)
     same = [v for v in versions if _matches(v, wanted)]
-    same_trial = [v for v in versions if (v.tags or {}).get("trial_id") == plan.trial_id]
+    same_trial = [v for v in versions if (v.tags or {}).get(TAG_TRIAL_ID) == plan.trial_id]
     if same:
         version, created = str(min(int(v.version) for v in same)), False
         note = "existing: same trial and exit policy"
@@ -285,7 +249,7 @@ def _log_and_register(client, name: str, plan: MethodPlan, work: Path) -> str:
 
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
-    model_dir = _local_model(plan.checkpoint, work)
+    model_dir = local_model(plan.checkpoint, work)
     try:
         # Reopens the finalized method run and ends it FINISHED again (an error would end it FAILED:
         # its previous status is restored below).
@@ -304,15 +268,16 @@ def pyfunc_arguments(model_dir: Path, policy: dict, work: Path, model_config: di
     """The arguments of ``mlflow.pyfunc.log_model`` / ``save_model`` for an exported model and its
     exit policy: the pyfunc, its artifacts, the code it ships, requirements, signature, example and
     ``model_config`` (default ``MODEL_CONFIG``). ``work`` receives policy.json and the code copies."""
-    from serving.export import META
-    from serving.model import ExitPolicyModel, code_paths, input_example, model_signature, pip_requirements
+    from serving.model import ExitPolicyModel
+    from serving.packaging import code_paths, pip_requirements
+    from serving.schema import input_example, model_signature
 
-    meta = json.loads((Path(model_dir) / META).read_text())
+    meta = json.loads((Path(model_dir) / EXPORT_META_FILE).read_text())
     work = Path(work)
     work.mkdir(parents=True, exist_ok=True)
-    (work / "policy.json").write_text(json.dumps(policy, indent=2))
+    (work / POLICY_FILE).write_text(json.dumps(policy, indent=2))
     return {"python_model": ExitPolicyModel(),
-            "artifacts": {"model": str(model_dir), "policy": str(work / "policy.json")},
+            "artifacts": {"model": str(model_dir), "policy": str(work / POLICY_FILE)},
             "code_paths": code_paths(work / "code"), "pip_requirements": pip_requirements(),
             "signature": model_signature(meta), "input_example": input_example(meta),
             "model_config": dict(MODEL_CONFIG if model_config is None else model_config)}
@@ -322,15 +287,15 @@ def version_tags(experiment: str, plan: MethodPlan) -> dict[str, str]:
     """Every tag of a version: what it is, how it was trained, its frontier and its exit policy."""
     policy = plan.policy
     tags = {
-        "method": plan.method, "sweep": experiment, "trial_id": plan.trial_id, "trial_run_id": plan.trial_run_id,
+        TAG_METHOD: plan.method, TAG_SWEEP: experiment, TAG_TRIAL_ID: plan.trial_id, "trial_run_id": plan.trial_run_id,
         "objective": plan.objective, "validation_objective": _fmt(plan.objective_value),
-        "searched": plan.searched, "hyperparameters": json.dumps(plan.hyperparameters, sort_keys=True),
+        TAG_SEARCHED: plan.searched, "hyperparameters": json.dumps(plan.hyperparameters, sort_keys=True),
         "metric": str(plan.summary.metric or ""),
         "frontier_columns": FRONTIER_COLUMNS, "frontier": frontier_tag(plan.summary.frontier),
         **identity(plan),
         "target": json.dumps(policy["target"], sort_keys=True),
         **{key: _fmt(policy[key]) for key in ("validation_speedup", "validation_metric", "test_speedup", "test_metric")},
-        "model_checkpoint": plan.checkpoint,
+        TAG_MODEL_CHECKPOINT: plan.checkpoint,
     }
     return {k: v[:TAG_LIMIT] for k, v in tags.items() if v != ""}
 
@@ -385,43 +350,5 @@ def use_tracking_uri(uri: str) -> Iterator[None]:
                 os.environ[key] = value
 
 
-# ---------------------------------------------------------------------------- printing
-def serve_command(result: dict[str, Any], alias: str = CHAMPION, port: int = 5001) -> str:
-    """The shell command that serves a registered alias (``mlflow models serve`` runs uvicorn by name)."""
-    import shlex
-
-    return (f"MLFLOW_TRACKING_URI={shlex.quote(result['tracking_uri'])} PATH=\"$PWD/.venv/bin:$PATH\" "
-            f".venv/bin/mlflow models serve -m models:/{result['name']}@{alias} --env-manager local -h 127.0.0.1 -p {port}")
-
-
-def describe_policy(policy: dict[str, Any], metric: str = "metric") -> str:
-    target = policy.get("target", {})
-    asked = (f"target speed-up >= {target['target_speedup']:g}x" if "target_speedup" in target
-             else f"max drop {target['max_drop']:g} points" if "max_drop" in target else "target ?")
-    setting = "none (full model)" if policy["policy"] == "none" else f"{policy['policy']} {policy['setting']:g}" + (
-        "" if policy.get("delta") is None else f" (delta {policy['delta']:g})")
-    return (f"exit policy {setting} for {asked}: validation {policy['validation_speedup']:.2f}x at "
-            f"{100 * policy['validation_metric']:.2f}, test {policy['test_speedup']:.2f}x at "
-            f"{100 * policy['test_metric']:.2f} ({metric} in %)")
-
-
-def describe(result: dict[str, Any]) -> list[str]:
-    """What was registered, as lines for the console."""
-    name, champion = result["name"], result["champion"]
-    lines = [f"registered model {name} (sweep '{result['sweep']}', MLflow {result['tracking_uri']}):"]
-    width = max(len(m) for m in result["versions"])
-    for method, entry in result["versions"].items():
-        lines.append(f"  {method:<{width}}  version {entry['version']} ({entry['note']})  {entry['uri']}  "
-                     f"trial {entry['trial_id']}, validation {entry['objective']} {entry['validation_objective']:.4f}")
-        lines.append(f"  {'':<{width}}  {describe_policy(entry['policy'], entry['metric'])}")
-    aliases = ", ".join(f"{alias} -> version {version}" for alias, version in result["aliases"].items())
-    lines.append(f"  aliases: {aliases}")
-    if result.get("skipped"):
-        lines.append(f"  not registered (no completed trial): {', '.join(result['skipped'])}")
-    lines.append(f"  champion: models:/{name}@{CHAMPION} = {champion['method']} (version {champion['version']}), "
-                 f"the best validation {champion['objective']} of the sweep ({champion['validation_objective']:.4f})")
-    return lines
-
-
-__all__ = ["register_sweep", "plan_sweep", "describe", "describe_policy", "serve_command", "frontier_tag", "pyfunc_arguments",
-           "version_tags", "identity", "use_tracking_uri", "DEFAULT_TARGET_SPEEDUP", "CHAMPION"]
+__all__ = ["register_sweep", "plan_sweep", "frontier_tag", "pyfunc_arguments", "version_tags", "identity",
+           "use_tracking_uri", "DEFAULT_TARGET_SPEEDUP", "CHAMPION"]

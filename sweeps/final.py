@@ -28,30 +28,26 @@ overlay of mean frontiers with seed bands, each arm's mean frontier as metric hi
 
 from __future__ import annotations
 
-import math
-import statistics as stats
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from sweeps import statistics as bs
+from sweeps.arm_statistics import add_differences, arm_values, reference_differences
 from sweeps.config import SweepConfig
 from sweeps.experiment import Stage, run_experiment
-from sweeps.plots import final_frontiers_figure, mean_frontier
 from sweeps.progress import say
 from sweeps.records import TrialRecord
 from sweeps.search import MethodOutcome, runtime, trial_resources
 from sweeps.spec import FINAL, Runtime, TrialSpec
 from sweeps.timing import TIMED_TARGET, ModelTiming, TimingReport, timing_file
+from sweeps.report import differences_table, final_table, verdict_line, write_final_report
 from sweeps.tracking import Tracker
 from sweeps.trial import TEST_LOGITS_FILE
 from trainers.config import TrainConfig
+from trainers.layout import ROLE_FINAL as FINAL_ROLE
 from trainers.results import WeightsSummary
-
-TARGETS = (1.5, 2.0, 3.0)
-FINAL_ROLE, COMPARISON_ROLE = "final", "final_comparison"
 
 
 @dataclass
@@ -166,7 +162,7 @@ def seed_result(record: TrialRecord, timing: TimingReport | None) -> SeedResult:
     """What the comparison needs from one retrained model: its per-example test results (from its
     checkpoint) and, if it was timed, its wall-clock speed-up (from the timing phase)."""
     from trainers.policies import SavedOutcomes
-    from trainers.train import load_exit_logits
+    from trainers.run_files import load_exit_logits
 
     summary = record.summary
     with record.checkpoint.as_directory() as folder:
@@ -198,185 +194,33 @@ class Comparison:
     finals: list[FinalArm]          # the retrained runs (their summaries: epochs, weights, sizes)
 
 
-def mean_std(values: list[float | None], scale: float = 1.0, digits: int = 1, suffix: str = "") -> str:
-    values = [v * scale for v in values if v is not None and not math.isnan(v)]
-    if not values:
-        return "–"
-    if len(values) == 1:
-        return f"{values[0]:.{digits}f}{suffix}"
-    return f"{stats.mean(values):.{digits}f} ± {stats.stdev(values):.{digits}f}{suffix}"
-
-
-def paired_seeds(a: list[SeedResult], b: list[SeedResult]) -> tuple[list[SeedResult], list[SeedResult]]:
-    """The seeds both arms finished, in the same order (pairing is by seed)."""
-    common = [r.seed for r in a if r.seed in {s.seed for s in b}]
-    return [next(r for r in a if r.seed == s) for s in common], [next(r for r in b if r.seed == s) for s in common]
-
-
-def compare_pair(a: list[SeedResult], b: list[SeedResult], n_boot: int, seed: int = 0) -> dict[str, bs.Interval]:
-    """Paired differences a − b of every reported metric, over the seeds both arms finished."""
-    a, b = paired_seeds(a, b)
-    if not a:
-        return {}
-    if any(not np.array_equal(x.ids, a[0].ids) for x in a + b):
-        from trainers.errors import ConfigError
-
-        raise ConfigError("final models were tested on different test examples (final_train.eval_subset with "
-                          "different seeds?); set final_train.eval_subset: null so every model sees the same test set")
-    plan = bs.resample_plan(len(a), len(a[0].labels), n_boot=n_boot, seed=seed)
-
-    def accuracy(results, pick):
-        correct = np.stack([pick(r) for r in results])
-        return bs.point_values_accuracy(correct), bs.accuracy_replicates(correct, plan)
-
-    out = {}
-    out["last_exit"] = bs.paired_difference(*_pairs(accuracy(a, lambda r: r.last_correct),
-                                                    accuracy(b, lambda r: r.last_correct)), plan)
-    for target in TARGETS:
-        if all(target in r.at for r in a + b):
-            out[f"at_{target:g}x"] = bs.paired_difference(*_pairs(accuracy(a, lambda r: r.at[target][1]),
-                                                                  accuracy(b, lambda r: r.at[target][1])), plan)
-
-    def hv(results):
-        exits, correct = [r.front_exits for r in results], [r.front_correct for r in results]
-        ref, layers, axis = results[0].reference_metric, results[0].num_layers, results[0].axis
-        return (bs.point_values_hypervolume(exits, correct, layers, ref, axis),
-                bs.hypervolume_replicates(exits, correct, layers, ref, plan, axis))
-
-    out["hypervolume"] = bs.paired_difference(*_pairs(hv(a), hv(b)), plan)
-    return out
-
-
-def _pairs(a: tuple, b: tuple) -> tuple:
-    return a[0], b[0], a[1], b[1]
-
-
 def compare_arms(cfg: SweepConfig, tracker: Tracker, finals: list[FinalArm], report_dir: Path,
                  timing: TimingReport | None = None) -> Comparison:
-    out = report_dir / "final"
-    out.mkdir(parents=True, exist_ok=True)
-    results: dict[str, list[SeedResult]] = {}
-    for final in finals:
-        done = [r for r in final.records if r.status == "completed" and r.checkpoint is not None]
-        results[final.arm] = [seed_result(record, timing) for record in done]
+    """The arms on test: the numbers (``sweeps.arm_statistics``), their tables and files in
+    ``report_dir``/final (``sweeps.report``), and the MLflow final-comparison run (``sweeps.tracking``)."""
+    results = {final.arm: [seed_result(record, timing) for record in final.records
+                           if record.status == "completed" and record.checkpoint is not None] for final in finals}
     metric = next((r[0].metric for r in results.values() if r), "accuracy")
     reference = cfg.reference_arm
-    rows, lines = [], []
-    header = (f"| arm | seeds | last-exit {metric} (%) | " + " | ".join(f"{metric} @{t:g}x (%) [speed-up]" for t in TARGETS)
-              + " | test hypervolume | wall-clock speed-up @2x | train s / seed |")
-    lines += [header, "|" + "---|" * (6 + len(TARGETS))]
-    for final in finals:
-        seeds = results[final.arm]
-        row = {"arm": final.arm, "seeds": ",".join(str(r.seed) for r in seeds),
-               "failed_seeds": ",".join(str(r.train["seed"]) for r in final.records if r.status != "completed")}
-        cells = [final.arm, f"{len(seeds)}/{len(final.records)}"]
-        row["last_exit_mean"], row["last_exit_std"] = _ms([r.last_correct.mean() for r in seeds])
-        cells.append(mean_std([r.last_correct.mean() for r in seeds], 100))
-        for t in TARGETS:
-            accs, speeds = [r.accuracy_at(t) for r in seeds], [r.speedup_at(t) for r in seeds]
-            row[f"at_{t:g}x_mean"], row[f"at_{t:g}x_std"] = _ms(accs)
-            row[f"speedup_{t:g}x_mean"], _ = _ms(speeds)
-            cells.append(f"{mean_std(accs, 100)} [{mean_std(speeds, 1, 2, 'x')}]")
-        hvs = [r.hypervolume() for r in seeds]
-        row["hypervolume_mean"], row["hypervolume_std"] = _ms(hvs)
-        cells.append(mean_std(hvs, 1, 3))
-        walls = [r.wallclock.get(TIMED_TARGET) for r in seeds]
-        row["wallclock_2x_median_mean"], _ = _ms(walls)
-        timings = [r.timing for r in seeds if r.timing is not None]  # the range of every ratio the arm's seeds measured
-        row["wallclock_2x_min"] = min((t.min for t in timings), default=None)
-        row["wallclock_2x_max"] = max((t.max for t in timings), default=None)
-        timed_seeds = [str(r.seed) for r, w in zip(seeds, walls) if w is not None]
-        cells.append(mean_std(walls, 1, 2, "x")
-                     + (f" (seed {', '.join(timed_seeds)})" if timed_seeds and len(timed_seeds) < len(seeds) else ""))
-        secs = [r.train_seconds for r in seeds]
-        row["train_seconds_mean"], _ = _ms(secs)
-        cells.append(mean_std(secs, 1, 0))
-        rows.append(row)
-        lines.append("| " + " | ".join(cells) + " |")
-    table = "\n".join(lines)
+    values = [arm_values(final.arm, results[final.arm], final.records) for final in finals]
+    rows = [v.row() for v in values]
+    intervals = reference_differences(results, reference, [final.arm for final in finals], cfg.bootstrap)
+    add_differences(rows, intervals)
+    verdicts = {arm: verdict_line(reference, arm, by_metric, metric) for arm, by_metric in intervals.items()}
+    table = final_table(values, metric)
+    differences = differences_table(reference, intervals) if results.get(reference) else ""
 
-    verdicts, diff_lines = {}, []
-    if reference in results and results[reference]:
-        diff_lines += [f"| {reference} minus | last exit | " + " | ".join(f"@{t:g}x" for t in TARGETS)
-                       + " | hypervolume (×100) | verdict (hypervolume) |", "|" + "---|" * (4 + len(TARGETS))]
-        for final in finals:
-            if final.arm == reference or not results.get(final.arm):
-                continue
-            intervals = compare_pair(results[reference], results[final.arm], cfg.bootstrap)
-            if not intervals:
-                continue
-            hv = intervals["hypervolume"]
-            word = bs.verdict(hv)
-            cells = [final.arm, _cell(intervals["last_exit"])]
-            cells += [_cell(intervals[f"at_{t:g}x"]) if f"at_{t:g}x" in intervals else "–" for t in TARGETS]
-            cells += [_cell(hv), word]
-            diff_lines.append("| " + " | ".join(cells) + " |")
-            at2 = intervals.get("at_2x")
-            verdicts[final.arm] = (f"{reference} vs {final.arm}: {word} (hypervolume {bs.describe(hv)}"
-                                   + (f"; {metric} at 2x {bs.describe(at2)}, {bs.verdict(at2)}" if at2 else "") + ")")
-            for key, interval in intervals.items():
-                for row in rows:
-                    if row["arm"] == final.arm:
-                        row[f"diff_{key}"], row[f"diff_{key}_low"], row[f"diff_{key}_high"] = (
-                            interval.estimate, interval.low, interval.high)
-                        row[f"verdict_{key}"] = bs.verdict(interval)
-    differences = "\n".join(diff_lines)
-
-    import pandas as pd
-
-    files = {"table_md": out / "final_table.md", "table_csv": out / "final_table.csv",
-             "verdicts_md": out / "verdicts.md", "frontiers_png": out / "final_frontiers.png"}
-    if timing is not None:
-        files["timing_json"] = timing_file(cfg)  # logged with the table: the passes behind its wall-clock column
-    files["table_md"].write_text(table + "\n\n" + differences + "\n")
-    pd.DataFrame(rows).to_csv(files["table_csv"], index=False)
-    files["verdicts_md"].write_text("\n".join(f"- {line}" for line in verdicts.values()) + "\n")
     curves = {arm: [r.curve() for r in seeds] for arm, seeds in results.items() if seeds}
     layers = next((r[0].num_layers for r in results.values() if r), 2)
     ref_metric = next((r[0].reference_metric for r in results.values() if r), None)
-    final_frontiers_figure(curves, layers, files["frontiers_png"], metric, ref_metric,
-                           title=f"{cfg.name}: mean test frontier over seeds (band: min-max)")
-    _log_comparison(tracker, cfg, finals, results, rows, verdicts, files, curves, layers)
+    out = report_dir / "final"
+    out.mkdir(parents=True, exist_ok=True)
+    files = write_final_report(out, table, differences, rows, verdicts, curves, layers, metric, ref_metric,
+                               title=f"{cfg.name}: mean test frontier over seeds (band: min-max)")
+    if timing is not None:
+        files["timing_json"] = timing_file(cfg)  # logged with the table: the passes behind its wall-clock column
+    tracker.final_comparison(cfg.name, {"reference_arm": reference, "seeds": ",".join(map(str, cfg.final_seeds)),
+                                        "bootstrap": cfg.bootstrap, "timing_repeats": cfg.timing_repeats},
+                             rows, verdicts, list(files.values()), curves, layers,
+                             {final.arm: final.parent_run_id for final in finals})
     return Comparison(table, differences, verdicts, rows, files, results, finals)
-
-
-def _cell(interval: bs.Interval) -> str:
-    return f"{100 * interval.estimate:+.2f} [{100 * interval.low:+.2f}, {100 * interval.high:+.2f}]"
-
-
-def _ms(values: list) -> tuple[float | None, float | None]:
-    values = [float(v) for v in values if v is not None and not math.isnan(v)]
-    if not values:
-        return None, None
-    return stats.mean(values), (stats.stdev(values) if len(values) > 1 else 0.0)
-
-
-def _log_comparison(tracker: Tracker, cfg: SweepConfig, finals: list[FinalArm], results: dict, rows: list[dict],
-                    verdicts: dict, files: dict, curves: dict, layers: int) -> None:
-    now = int(time.time() * 1000)
-    metrics: list[tuple[str, float, int, int]] = []
-    for row in rows:
-        for key, value in row.items():
-            if isinstance(value, float) and math.isfinite(value):
-                metrics.append((f"{row['arm']}/{key}", value, 0, now))
-    grid = np.exp(np.linspace(0, math.log(layers), 41))
-    for arm, arm_curves in curves.items():
-        mean = np.nanmean(mean_frontier(arm_curves, grid), axis=0) if arm_curves else []
-        for s, value in zip(grid, mean):
-            if np.isfinite(value):  # step = speed-up × 100: MLflow's chart over "step" draws the frontier
-                metrics.append((f"final_frontier/{arm}", float(value), int(round(100 * s)), now))
-    run = tracker.find_run(role=COMPARISON_ROLE)
-    run_id = run.info.run_id if run else tracker.client.create_run(
-        tracker.experiment_id, run_name="final-comparison",
-        tags={"role": COMPARISON_ROLE, "sweep": cfg.name, **tracker.driver}).info.run_id
-    tags = {f"verdict/{arm}": line[:5000] for arm, line in verdicts.items()}
-    tracker._log(run_id, params={"reference_arm": cfg.reference_arm, "seeds": ",".join(map(str, cfg.final_seeds)),
-                                 "bootstrap": cfg.bootstrap, "timing_repeats": cfg.timing_repeats}, metrics=metrics, tags=tags)
-    for path in files.values():
-        tracker.client.log_artifact(run_id, str(path))
-    tracker.client.set_terminated(run_id, status="FINISHED")
-    for final in finals:  # each arm's final run: its mean and std over seeds
-        row = next((r for r in rows if r["arm"] == final.arm), {})
-        values = [(k, float(v), 0, now) for k, v in row.items() if isinstance(v, float) and math.isfinite(v)]
-        tracker._log(final.parent_run_id, metrics=values, tags={"finalized": "true"})
-        tracker.client.set_terminated(final.parent_run_id, status="FINISHED")

@@ -1,16 +1,21 @@
 """Sweep-level outputs: the per-method comparison (CSV + markdown), the Pareto overlay, the
-Optuna storage, and the MLflow "comparison" run that holds them."""
+Optuna storage, and the MLflow "comparison" run that holds them; and the final comparison's
+tables, verdicts and files (its numbers come from ``sweeps.arm_statistics``)."""
 
 from __future__ import annotations
 
 import math
 import shutil
+import statistics as stats
+from pathlib import Path
 
 import pandas as pd
 
+from sweeps.arm_statistics import TARGETS, ArmValues
 from sweeps.budget import used_compute
-from sweeps.plots import pareto_overlay
+from sweeps.plots import final_frontiers_figure, pareto_overlay
 from sweeps.records import TrialRecord
+from sweeps.statistics import Interval, describe, verdict
 
 
 def trials_table(records: list[TrialRecord]) -> pd.DataFrame:
@@ -127,3 +132,68 @@ def write_report(result, tracker) -> None:
     tracker.comparison(upload, metrics, tags={"sweep": cfg.name})
     result.files = files
     result.table = markdown
+
+
+# ---------------------------------------------------------------------------- the final comparison
+def mean_std(values: list[float | None], scale: float = 1.0, digits: int = 1, suffix: str = "") -> str:
+    """``mean ± std`` of the values that are numbers (one value: itself; none: a dash)."""
+    values = [v * scale for v in values if v is not None and not math.isnan(v)]
+    if not values:
+        return "–"
+    if len(values) == 1:
+        return f"{values[0]:.{digits}f}{suffix}"
+    return f"{stats.mean(values):.{digits}f} ± {stats.stdev(values):.{digits}f}{suffix}"
+
+
+def final_table(arms: list[ArmValues], metric: str) -> str:
+    """Markdown: per arm, mean ± std over seeds of every figure (metrics in %)."""
+    lines = [f"| arm | seeds | last-exit {metric} (%) | " + " | ".join(f"{metric} @{t:g}x (%) [speed-up]" for t in TARGETS)
+             + " | test hypervolume | wall-clock speed-up @2x | train s / seed |",
+             "|" + "---|" * (6 + len(TARGETS))]
+    for values in arms:
+        cells = [values.arm, f"{len(values.seeds)}/{values.runs}", mean_std(values.last_exit, 100)]
+        cells += [f"{mean_std(values.accuracy[t], 100)} [{mean_std(values.speedup[t], 1, 2, 'x')}]" for t in TARGETS]
+        cells.append(mean_std(values.hypervolume, 1, 3))
+        timed_seeds = [str(seed) for seed, wall in zip(values.seeds, values.wallclock) if wall is not None]
+        cells.append(mean_std(values.wallclock, 1, 2, "x")
+                     + (f" (seed {', '.join(timed_seeds)})" if timed_seeds and len(timed_seeds) < len(values.seeds) else ""))
+        cells.append(mean_std(values.train_seconds, 1, 0))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def differences_table(reference: str, differences: dict[str, dict[str, Interval]]) -> str:
+    """Markdown: the reference arm minus each other arm, estimate [95 % interval] in points, and the verdict."""
+    lines = [f"| {reference} minus | last exit | " + " | ".join(f"@{t:g}x" for t in TARGETS)
+             + " | hypervolume (×100) | verdict (hypervolume) |", "|" + "---|" * (4 + len(TARGETS))]
+    for arm, intervals in differences.items():
+        cells = [arm, _cell(intervals["last_exit"])]
+        cells += [_cell(intervals[f"at_{t:g}x"]) if f"at_{t:g}x" in intervals else "–" for t in TARGETS]
+        cells += [_cell(intervals["hypervolume"]), verdict(intervals["hypervolume"])]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def verdict_line(reference: str, arm: str, intervals: dict[str, Interval], metric: str) -> str:
+    """One line: the reference arm against ``arm`` on hypervolume (and on the metric at 2x)."""
+    hv, at2 = intervals["hypervolume"], intervals.get("at_2x")
+    return (f"{reference} vs {arm}: {verdict(hv)} (hypervolume {describe(hv)}"
+            + (f"; {metric} at 2x {describe(at2)}, {verdict(at2)}" if at2 else "") + ")")
+
+
+def _cell(interval: Interval) -> str:
+    return f"{100 * interval.estimate:+.2f} [{100 * interval.low:+.2f}, {100 * interval.high:+.2f}]"
+
+
+def write_final_report(out: Path, table: str, differences: str, rows: list[dict], verdicts: dict[str, str],
+                       curves: dict[str, list], layers: int, metric: str, reference_metric: float | None,
+                       title: str) -> dict[str, Path]:
+    """``out``/final_table.md (table and differences), final_table.csv (``rows``), verdicts.md and
+    final_frontiers.png (each arm's mean test frontier with a min-max band over seeds)."""
+    files = {"table_md": out / "final_table.md", "table_csv": out / "final_table.csv",
+             "verdicts_md": out / "verdicts.md", "frontiers_png": out / "final_frontiers.png"}
+    files["table_md"].write_text(table + "\n\n" + differences + "\n")
+    pd.DataFrame(rows).to_csv(files["table_csv"], index=False)
+    files["verdicts_md"].write_text("\n".join(f"- {line}" for line in verdicts.values()) + "\n")
+    final_frontiers_figure(curves, layers, files["frontiers_png"], metric, reference_metric, title=title)
+    return files

@@ -39,6 +39,7 @@ from sweeps.ray_cluster import init_ray
 from sweeps.search import MethodOutcome, search_stage
 from sweeps.spec import SEARCH
 from sweeps.tracking import Tracker
+from trainers.layout import TAG_FINALIZED, TRUE
 
 
 @dataclass
@@ -112,7 +113,7 @@ def finish_method(cfg: SweepConfig, tracker: Tracker, outcome: MethodOutcome, re
     from sweeps.report import trials_table
 
     parent = tracker.client.get_run(outcome.parent_run_id)
-    if parent.data.tags.get("finalized") == "true":  # a resumed sweep: this method was finished before
+    if parent.data.tags.get(TAG_FINALIZED) == TRUE:  # a resumed sweep: this method was finished before
         if parent.info.status != "FINISHED":
             tracker.finish(outcome.parent_run_id, "FINISHED" if outcome.best else "FAILED")
         return
@@ -122,7 +123,7 @@ def finish_method(cfg: SweepConfig, tracker: Tracker, outcome: MethodOutcome, re
     if cfg.keep_checkpoints == "best":
         delete_other_checkpoints(outcome, cfg.storage_path)
     delete_local_trial_folders(outcome)
-    tracker.client.set_tag(outcome.parent_run_id, "finalized", "true")
+    tracker.client.set_tag(outcome.parent_run_id, TAG_FINALIZED, TRUE)
     tracker.finish(outcome.parent_run_id, "FINISHED" if outcome.best else "FAILED")
 
 
@@ -145,7 +146,8 @@ def register_models(cfg: SweepConfig) -> dict | None:
     (``serving.register``: idempotent, so a resumed sweep registers nothing twice). A target no
     setting reaches is a warning: the sweep's results stand, and ``platform/register.py`` can
     register them later with another target."""
-    from serving.register import describe, register_sweep
+    from serving.describe import describe
+    from serving.register import register_sweep
     from trainers.errors import ConfigError
 
     try:

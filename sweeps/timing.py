@@ -37,10 +37,10 @@ from sweeps.config import SweepConfig
 from sweeps.progress import say
 from sweeps.records import TrialRecord
 from sweeps.tracking import Tracker
-from sweeps.trial import MODEL_DIR, apply_env
+from sweeps.trial import apply_env
+from trainers.layout import MODEL_DIR, ROLE_TRIAL, TAG_METHOD, TAG_ROLE, TAG_TRIAL_ID, TIMING_FILE
 
 TIMED_TARGET = 2.0  # the wall-clock speed-up is reported (and so timed) at the 2x operating point
-TIMING_FILE = "timing.json"
 FULL, EARLY_EXIT = "full", "early_exit"
 
 
@@ -219,7 +219,7 @@ def read_report(path: Path) -> TimingReport | None:
 
 
 def write_report(path: Path, report: TimingReport) -> None:
-    from trainers.train import write_json_atomic
+    from trainers.run_files import write_json_atomic
 
     path.parent.mkdir(parents=True, exist_ok=True)
     write_json_atomic(path, report.to_dict())  # a reader (or a resumed sweep) never sees half a file
@@ -230,7 +230,7 @@ def log_timing(tracker: Tracker, report: TimingReport) -> None:
     Stamped with the phase's end, so logging again on resume adds nothing."""
     stamp = int(report.ended * 1000)
     for timing in report.models.values():
-        run = tracker.find_run(role="trial", method=f"final/{timing.arm}", trial_id=timing.trial_id)
+        run = tracker.find_run(**{TAG_ROLE: ROLE_TRIAL, TAG_METHOD: f"final/{timing.arm}", TAG_TRIAL_ID: timing.trial_id})
         if run is not None:
             key = f"op_{TIMED_TARGET:g}x/wallclock_speedup"
             tracker._log(run.info.run_id, metrics=[(key, timing.median, 0, stamp), (f"{key}_min", timing.min, 0, stamp),

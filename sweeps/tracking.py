@@ -28,9 +28,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-from sweeps.plots import frontier_figure, weights_figure
+import numpy as np
+
+from sweeps.plots import frontier_figure, mean_frontier, weights_figure
 from sweeps.records import TrialRecord
 from trainers.errors import ConfigError
+from trainers.layout import (BEST_SUMMARY_ARTIFACT, CONFIG_ARTIFACT, ROLE_COMPARISON, ROLE_FINAL_COMPARISON,
+                             ROLE_METHOD, ROLE_TRIAL, SUMMARY_FILE, TAG_BEST, TAG_BEST_RUN_ID, TAG_BEST_TRIAL_ID,
+                             TAG_FINALIZED, TAG_LOGGED, TAG_METHOD, TAG_MODEL_CHECKPOINT, TAG_ROLE, TAG_SEARCHED,
+                             TAG_SWEEP, TAG_TRIAL_ID, TAG_TRIAL_STATUS, TRUE, tag_filter)
 from trainers.results import Summary
 
 PARENT_TAG = "mlflow.parentRunId"
@@ -76,49 +82,47 @@ class Tracker:
 
     # ------------------------------------------------------------------ lookups
     def find_run(self, **tags: str):
-        query = " and ".join(f"tags.{key} = '{value}'" for key, value in tags.items())
-        runs = self.client.search_runs([self.experiment_id], filter_string=query, max_results=2,
+        runs = self.client.search_runs([self.experiment_id], filter_string=tag_filter(**tags), max_results=2,
                                        order_by=["attributes.start_time ASC"])
         return runs[0] if runs else None
 
     def runs(self, **tags: str) -> list:
-        query = " and ".join(f"tags.{key} = '{value}'" for key, value in tags.items())
-        return self.client.search_runs([self.experiment_id], filter_string=query, max_results=1000)
+        return self.client.search_runs([self.experiment_id], filter_string=tag_filter(**tags), max_results=1000)
 
     # ------------------------------------------------------------------ method runs
-    def method_run(self, method: str, params: dict[str, Any], tags: dict[str, str], role: str = "method") -> str:
+    def method_run(self, method: str, params: dict[str, Any], tags: dict[str, str], role: str = ROLE_METHOD) -> str:
         """The parent run of ``method`` (role ``method``: a search; ``final``: the final stage's seeds):
         created once, reopened on resume."""
-        run = self.find_run(role=role, method=method)
+        run = self.find_run(**{TAG_ROLE: role, TAG_METHOD: method})
         if run is not None:
-            if run.data.tags.get("finalized") != "true":
+            if run.data.tags.get(TAG_FINALIZED) != TRUE:
                 self.client.update_run(run.info.run_id, status="RUNNING")
                 self._log(run.info.run_id, tags=self.driver)  # this driver owns it now
             return run.info.run_id
         run = self.client.create_run(self.experiment_id, run_name=method,
-                                     tags={"role": role, "method": method, **tags, **self.driver})
+                                     tags={TAG_ROLE: role, TAG_METHOD: method, **tags, **self.driver})
         self._log(run.info.run_id, params=params)
         return run.info.run_id
 
     # ------------------------------------------------------------------ trial runs
     def trial_logged(self, method: str, trial_id: str) -> bool:
-        run = self.find_run(role="trial", method=method, trial_id=trial_id)
-        return run is not None and run.data.tags.get("logged") == "true"
+        run = self.find_run(**{TAG_ROLE: ROLE_TRIAL, TAG_METHOD: method, TAG_TRIAL_ID: trial_id})
+        return run is not None and run.data.tags.get(TAG_LOGGED) == TRUE
 
     def log_trial(self, record: TrialRecord, parent_run_id: str) -> str | None:
         """One nested run with everything about ``record``; nothing if it is already logged
         completely; a half-written one (a crash while logging) is completed under its run id."""
-        existing = self.find_run(role="trial", method=record.method, trial_id=record.trial_id)
-        if existing is not None and existing.data.tags.get("logged") == "true":
+        existing = self.find_run(**{TAG_ROLE: ROLE_TRIAL, TAG_METHOD: record.method, TAG_TRIAL_ID: record.trial_id})
+        if existing is not None and existing.data.tags.get(TAG_LOGGED) == TRUE:
             return None
-        tags = {PARENT_TAG: parent_run_id, "role": "trial", "method": record.method, "trial_id": record.trial_id,
-                "trial_status": record.status, "searched": ",".join(sorted(record.sampled)), **self.driver}
+        tags = {PARENT_TAG: parent_run_id, TAG_ROLE: ROLE_TRIAL, TAG_METHOD: record.method, TAG_TRIAL_ID: record.trial_id,
+                TAG_TRIAL_STATUS: record.status, TAG_SEARCHED: ",".join(sorted(record.sampled)), **self.driver}
         if record.error:
             tags["error"] = record.error[:4000]
         if record.reason:
             tags["failure_reason"] = record.reason
         if record.checkpoint is not None:  # where the exported model is: serving.register reads it
-            tags["model_checkpoint"] = checkpoint_uri(record.checkpoint)
+            tags[TAG_MODEL_CHECKPOINT] = checkpoint_uri(record.checkpoint)
         if existing is not None:
             run_id = existing.info.run_id
             self.client.update_run(run_id, status="RUNNING")
@@ -141,13 +145,13 @@ class Tracker:
         self._log(run_id, params=params, metrics=metrics, tags=tags)
         with tempfile.TemporaryDirectory(prefix="leebert-mlflow-") as tmp:
             folder = Path(tmp)
-            (folder / "config.json").write_text(json.dumps(record.train, indent=2, default=str))
-            files = [folder / "config.json"]
+            (folder / CONFIG_ARTIFACT).write_text(json.dumps(record.train, indent=2, default=str))
+            files = [folder / CONFIG_ARTIFACT]
             if summary:
-                (folder / "summary.json").write_text(json.dumps(summary.to_dict(), indent=2, default=float))
+                (folder / SUMMARY_FILE).write_text(json.dumps(summary.to_dict(), indent=2, default=float))
                 title = f"{record.method} trial {record.number}"
                 files += [
-                    (folder / "summary.json"),
+                    (folder / SUMMARY_FILE),
                     weights_figure(summary.weights.names, summary.weights.final, summary.num_exits,
                                    folder / "weights.png", title=f"{title}: learned loss weights"),
                     frontier_figure(summary, folder / "frontier.png", title=f"{title}: speed-accuracy frontier"),
@@ -155,7 +159,7 @@ class Tracker:
             for path in files:
                 self.client.log_artifact(run_id, str(path))
         status = "FAILED" if record.status == "error" else "FINISHED"
-        self.client.set_tag(run_id, "logged", "true")  # last: a run without it is completed on retry
+        self.client.set_tag(run_id, TAG_LOGGED, TRUE)  # last: a run without it is completed on retry
         self.client.set_terminated(run_id, status=status, end_time=record.end_ms)
         return run_id
 
@@ -171,14 +175,14 @@ class Tracker:
                 summary = best.summary
                 metrics += [("best/objective", float(best.objective), 0, int(time.time() * 1000))]
                 metrics += summary_metrics(summary, int(time.time() * 1000))
-                tags["best_trial_id"] = best.trial_id
-                child = self.find_run(role="trial", method=best.method, trial_id=best.trial_id)
+                tags[TAG_BEST_TRIAL_ID] = best.trial_id
+                child = self.find_run(**{TAG_ROLE: ROLE_TRIAL, TAG_METHOD: best.method, TAG_TRIAL_ID: best.trial_id})
                 if child is not None:
-                    tags["best_run_id"] = child.info.run_id
-                    self.client.set_tag(child.info.run_id, "best", "true")
+                    tags[TAG_BEST_RUN_ID] = child.info.run_id
+                    self.client.set_tag(child.info.run_id, TAG_BEST, TRUE)
                 folder = Path(tmp)
-                (folder / "best_summary.json").write_text(json.dumps(summary.to_dict(), indent=2, default=float))
-                files += [folder / "best_summary.json",
+                (folder / BEST_SUMMARY_ARTIFACT).write_text(json.dumps(summary.to_dict(), indent=2, default=float))
+                files += [folder / BEST_SUMMARY_ARTIFACT,
                           weights_figure(summary.weights.names, summary.weights.final, summary.num_exits,
                                          folder / "best_weights.png", title=f"{best.method}: learned loss weights (best trial)"),
                           frontier_figure(summary, folder / "best_frontier.png",
@@ -191,14 +195,47 @@ class Tracker:
         self.client.set_terminated(run_id, status=status)
 
     def comparison(self, files: list[Path], metrics: dict[str, float], tags: dict[str, str]) -> str:
-        run = self.find_run(role="comparison")
+        run = self.find_run(**{TAG_ROLE: ROLE_COMPARISON})
         run_id = run.info.run_id if run else self.client.create_run(
-            self.experiment_id, run_name="comparison", tags={"role": "comparison", **tags}).info.run_id
+            self.experiment_id, run_name="comparison", tags={TAG_ROLE: ROLE_COMPARISON, **tags}).info.run_id
         now = int(time.time() * 1000)
         self._log(run_id, metrics=[(k, float(v), 0, now) for k, v in metrics.items() if _finite(v)])
         for path in files:
             self.client.log_artifact(run_id, str(path))
         self.client.set_terminated(run_id, status="FINISHED")
+        return run_id
+
+    def final_comparison(self, sweep: str, params: dict[str, Any], rows: list[dict], verdicts: dict[str, str],
+                         files: list[Path], curves: dict[str, list], layers: int, final_runs: dict[str, str]) -> str:
+        """The final comparison's run (created once): every figure of ``rows`` as ``<arm>/<column>``,
+        each arm's mean test frontier as metric history, the verdicts as tags, ``files`` as artifacts.
+        Then each arm's final run (``final_runs``: arm -> run id) gets its row and is finalized."""
+        now = int(time.time() * 1000)
+        metrics: list[tuple[str, float, int, int]] = []
+        for row in rows:
+            for key, value in row.items():
+                if isinstance(value, float) and math.isfinite(value):
+                    metrics.append((f"{row['arm']}/{key}", value, 0, now))
+        grid = np.exp(np.linspace(0, math.log(layers), 41))
+        for arm, arm_curves in curves.items():
+            mean = np.nanmean(mean_frontier(arm_curves, grid), axis=0) if arm_curves else []
+            for s, value in zip(grid, mean):
+                if np.isfinite(value):  # step = speed-up × 100: MLflow's chart over "step" draws the frontier
+                    metrics.append((f"final_frontier/{arm}", float(value), int(round(100 * s)), now))
+        run = self.find_run(**{TAG_ROLE: ROLE_FINAL_COMPARISON})
+        run_id = run.info.run_id if run else self.client.create_run(
+            self.experiment_id, run_name="final-comparison",
+            tags={TAG_ROLE: ROLE_FINAL_COMPARISON, TAG_SWEEP: sweep, **self.driver}).info.run_id
+        tags = {f"verdict/{arm}": line[:5000] for arm, line in verdicts.items()}
+        self._log(run_id, params=params, metrics=metrics, tags=tags)
+        for path in files:
+            self.client.log_artifact(run_id, str(path))
+        self.client.set_terminated(run_id, status="FINISHED")
+        for arm, parent_run_id in final_runs.items():  # each arm's final run: its mean and std over seeds
+            row = next((r for r in rows if r["arm"] == arm), {})
+            values = [(k, float(v), 0, now) for k, v in row.items() if isinstance(v, float) and math.isfinite(v)]
+            self._log(parent_run_id, metrics=values, tags={TAG_FINALIZED: TRUE})
+            self.client.set_terminated(parent_run_id, status="FINISHED")
         return run_id
 
     def close_own_runs(self, status: str = "KILLED") -> int:

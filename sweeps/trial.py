@@ -45,12 +45,10 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from sweeps.spec import FINAL, TrialSpec
+from trainers.layout import (CHECKPOINTS_DIR, DEEPSPEED_CONFIG_FILE, EPOCH_PREFIX, LATEST_FILE,  # noqa: F401 - re-exported
+                             MODEL_DIR, SUMMARY_FILE, TEST_LOGITS_FILE, TRAINING_WINDOW_FILE, epoch_tag)
 from trainers.results import Summary
 
-SUMMARY_FILE = "summary.json"
-TEST_LOGITS_FILE = "test_exit_logits.npz"  # written by trainers.train.run next to summary.json
-MODEL_DIR = "model"
-TRAINING_WINDOW_FILE = "training_window.json"  # {"trained_from", "trained_until"}, next to summary.json
 CHECKPOINT_PATH_KEY = "checkpoint_path"  # where Ray's TuneReportCallback puts a Train checkpoint's path
 DIVERGED = re.compile(r"diverged at step \d+ \([^\n]*?\)")
 
@@ -225,10 +223,10 @@ def train_worker(spec: TrialSpec, session: TuneSession, trial_id: str, trainer: 
 
     # Start from exactly the last reported epoch: local leftovers of a killed attempt go.
     if session.local_rank == 0:
-        shutil.rmtree(output / "checkpoints", ignore_errors=True)
+        shutil.rmtree(output / CHECKPOINTS_DIR, ignore_errors=True)
         shutil.rmtree(output / "reports", ignore_errors=True)
         if restored is not None:
-            restored.to_directory(str(output / "checkpoints"))
+            restored.to_directory(str(output / CHECKPOINTS_DIR))
     session.barrier()
 
     def on_epoch(record: dict) -> None:
@@ -279,11 +277,11 @@ def _placement() -> dict[str, Any]:
 def _epoch_snapshot(output: Path, epoch: int, session: TuneSession) -> Iterator[Path]:
     """The trainer's checkpoint of ``epoch`` as a folder to report: ``latest`` + ``epoch-N/``.
     Hard links: nothing is copied until Ray persists it to the storage."""
-    tag = f"epoch-{epoch}"
+    tag = epoch_tag(epoch)
     folder = output / "reports" / f"{tag}-rank{session.rank}"
     shutil.rmtree(folder, ignore_errors=True)
-    shutil.copytree(output / "checkpoints" / tag, folder / tag, copy_function=os.link)
-    (folder / "latest").write_text(tag)
+    shutil.copytree(output / CHECKPOINTS_DIR / tag, folder / tag, copy_function=os.link)
+    (folder / LATEST_FILE).write_text(tag)
     try:
         yield folder
     finally:
@@ -293,8 +291,8 @@ def _epoch_snapshot(output: Path, epoch: int, session: TuneSession) -> Iterator[
 def _prune_local_epochs(output: Path, keep: int, session: TuneSession) -> None:
     session.barrier()
     if session.local_rank == 0:
-        for folder in (output / "checkpoints").glob("epoch-*"):
-            if folder.name != f"epoch-{keep}":
+        for folder in (output / CHECKPOINTS_DIR).glob(f"{EPOCH_PREFIX}*"):
+            if folder.name != epoch_tag(keep):
                 shutil.rmtree(folder, ignore_errors=True)
 
 
@@ -327,8 +325,8 @@ def _node_local_deepspeed_config(path: str | None, output: Path, rank: int) -> s
     config = json.loads(Path(resolve_project_path(path, "DeepSpeed config")).read_text()) if path else {}
     config.setdefault("checkpoint", {})["use_node_local_storage"] = True
     output.mkdir(parents=True, exist_ok=True)
-    target = output / "deepspeed.json"
-    tmp = output / f"deepspeed.json.{rank}.tmp"
+    target = output / DEEPSPEED_CONFIG_FILE
+    tmp = output / f"{DEEPSPEED_CONFIG_FILE}.{rank}.tmp"
     tmp.write_text(json.dumps(config, indent=2))
     os.replace(tmp, target)
     return str(target)

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import torch
 
-from trainers import data
+from trainers import data, sampling
 from trainers.data import (
     TASKS,
     ID_STRIDE,
@@ -200,7 +200,7 @@ def test_batch_indices_straddling_passes_and_tiny_sets():
 
 def test_batch_indices_is_stateless_and_seeded():
     first = batch_indices(1000, 32, 77, seed=5)
-    data._permutation.cache_clear()  # a fresh process resuming at step 77 ...
+    sampling._permutation.cache_clear()  # a fresh process resuming at step 77 ...
     assert torch.equal(batch_indices(1000, 32, 77, seed=5), first)  # ... gets the same batch
     for step in range(77):
         batch_indices(1000, 32, step, seed=5)

@@ -10,8 +10,10 @@ import torch
 
 from trainers import engine as ds
 from trainers.config import TrainConfig
+from trainers.layout import TEST_LOGITS_FILE
 from trainers.results import Summary
-from trainers.train import TEST_LOGITS_FILE, load_exit_logits, main, run
+from trainers.run_files import load_exit_logits
+from trainers.train import main, run
 
 REPO = Path(__file__).resolve().parents[1]
 

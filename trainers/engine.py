@@ -18,12 +18,11 @@ import torch
 
 from trainers.config import DEVICES, resolve_precision
 from trainers.errors import ConfigError
+from trainers.layout import COMPLETE_MARKER, LATEST_FILE, checkpoints_dir, rank_state_file
 
 if not torch.cuda.is_available():  # before deepspeed is imported anywhere: no accelerator probing
     os.environ.setdefault("DS_ACCELERATOR", "cpu")
 
-COMPLETE_MARKER = "COMPLETE"  # written last: a checkpoint folder without it is ignored on resume
-RANK_STATE_DIR = "rank_state"  # per-rank files in a checkpoint: each rank's own random streams
 
 
 # ---------------------------------------------------------------------------- the device
@@ -294,7 +293,7 @@ def save_checkpoint(engine, output_dir: str, tag: str, client_state: dict, rank_
     ``rank_state`` is this process's own (its random streams), saved by every rank as
     ``rank_state/rank<N>.pt``.
     """
-    root = Path(output_dir) / "checkpoints"
+    root = checkpoints_dir(output_dir)
     staging = root / ".staging"
     # One process per folder finalizes it: rank 0 on a shared filesystem; with DeepSpeed's
     # node-local storage (each node keeps a full checkpoint of its own) local rank 0 of each node.
@@ -303,9 +302,9 @@ def save_checkpoint(engine, output_dir: str, tag: str, client_state: dict, rank_
         shutil.rmtree(staging / tag, ignore_errors=True)
     engine.save_checkpoint(str(staging), tag=tag, client_state=client_state, save_latest=False)
     if rank_state is not None:
-        folder = staging / tag / RANK_STATE_DIR
-        folder.mkdir(parents=True, exist_ok=True)
-        torch.save(rank_state, folder / f"rank{world()[0]}.pt")
+        path = rank_state_file(staging / tag, world()[0])
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(rank_state, path)
     if torch.distributed.is_initialized():
         torch.distributed.barrier()
     final = root / tag
@@ -313,9 +312,9 @@ def save_checkpoint(engine, output_dir: str, tag: str, client_state: dict, rank_
         shutil.rmtree(final, ignore_errors=True)
         os.replace(staging / tag, final)
         (final / COMPLETE_MARKER).write_text("ok\n")
-        tmp = root / "latest.tmp"
+        tmp = root / f"{LATEST_FILE}.tmp"
         tmp.write_text(tag)
-        os.replace(tmp, root / "latest")
+        os.replace(tmp, root / LATEST_FILE)
     if torch.distributed.is_initialized():
         torch.distributed.barrier()
     return final
@@ -323,8 +322,8 @@ def save_checkpoint(engine, output_dir: str, tag: str, client_state: dict, rank_
 
 def latest_checkpoint(output_dir: str) -> str | None:
     """The tag of the newest complete checkpoint, or None."""
-    root = Path(output_dir) / "checkpoints"
-    latest = root / "latest"
+    root = checkpoints_dir(output_dir)
+    latest = root / LATEST_FILE
     if latest.is_file():
         tag = latest.read_text().strip()
         if (root / tag / COMPLETE_MARKER).is_file():
@@ -334,12 +333,12 @@ def latest_checkpoint(output_dir: str) -> str | None:
 
 def load_rank_state(output_dir: str, tag: str) -> dict | None:
     """This rank's own saved state, or None (a checkpoint written by fewer processes, or before 2026-12)."""
-    path = Path(output_dir) / "checkpoints" / tag / RANK_STATE_DIR / f"rank{world()[0]}.pt"
+    path = rank_state_file(checkpoints_dir(output_dir) / tag, world()[0])
     return torch.load(path, weights_only=False) if path.is_file() else None
 
 
 def load_checkpoint(engine, output_dir: str, tag: str) -> dict:
-    root = Path(output_dir) / "checkpoints"
+    root = checkpoints_dir(output_dir)
     _, client_state = engine.load_checkpoint(
         str(root), tag=tag, load_optimizer_states=True, load_lr_scheduler_states=True
     )

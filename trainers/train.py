@@ -27,11 +27,8 @@ import argparse
 import dataclasses
 import gc
 import json
-import os
-import random
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -40,14 +37,18 @@ import torch
 
 from trainers import engine as ds
 from trainers.config import TrainConfig, add_config_arguments, config_from_args, precision_text
-from trainers.data import TaskData, batch_indices, collate, derive_seed, load_task_data
+from trainers.data import TaskData, batch_indices, collate, load_task_data
 from trainers.errors import EXIT_BAD_INPUT, EXIT_DIVERGED, ConfigError, DivergenceMonitor, TrainingDiverged, check_finite
 from trainers.evaluate import (collect_logits, final_report, point_key, policy_grid, report_split,
                                wallclock_speedups)
 from trainers.frontier import curve_table
+from trainers.layout import SUMMARY_FILE, TEST_LOGITS_FILE, checkpoints_dir, epoch_tag
 from trainers.model import ModelSpec, MultiExitEncoder, build_model, resolve_model_source, tiny_backbone
 from trainers.objective import LossTerms, inner_loss, term_losses
+from trainers.progress import History, ProgressLog
 from trainers.results import RunResult, Summary
+from trainers.run_files import save_exit_logits, write_json_atomic
+from trainers.seeding import rank_seed, restore_rng, rng_state, seed_everything
 from trainers.weight_strategies import all_reduce_mean, build_strategy
 
 TINY_MODEL = "tiny-random"  # a 3-layer randomly initialized BERT with MiniLM's vocabulary (smoke runs)
@@ -166,12 +167,6 @@ def check_fault_step(fault_step) -> int | None:
     return fault_step
 
 
-@dataclass
-class History:
-    epochs: list[dict] = field(default_factory=list)
-    weights: list[dict] = field(default_factory=list)
-
-
 def train_steps(engine, strategy, terms: LossTerms, data: TaskData, cfg: TrainConfig, start: int, stop: int,
                 progress: "ProgressLog", monitor: DivergenceMonitor, fault_step: int | None = None) -> torch.Tensor:
     """Steps [start, stop) of training; the loop is the same for every method. Returns the last loss.
@@ -193,53 +188,6 @@ def train_steps(engine, strategy, terms: LossTerms, data: TaskData, cfg: TrainCo
         if (step + 1) % cfg.log_every == 0:
             progress.check(monitor, ds.current_lrs(engine)[0])
     return loss
-
-
-class ProgressLog:
-    """Progress lines and the weight trajectory, kept on the device between check points."""
-
-    def __init__(self, history: History, log: Callable[[str], None], total_steps: int, weight_log_every: int,
-                 start: int = 0):
-        self.history, self.log, self.total_steps, self.weight_log_every = history, log, total_steps, weight_log_every
-        self.pending: list[tuple[int, torch.Tensor]] = []
-        self.loss: torch.Tensor | None = None
-        self.hypergradient: torch.Tensor | None = None
-        self.last_step, self.tick, self.tick_step = start, time.perf_counter(), start
-
-    def step(self, step: int, loss: torch.Tensor, weights: torch.Tensor, outer: dict | None) -> None:
-        """After (1-based) ``step``: remember what the next check reads. No host sync."""
-        self.last_step, self.loss = step, loss.detach()
-        if outer is not None:
-            self.hypergradient = outer["hypergradient"]
-        if step % self.weight_log_every == 0:
-            self.keep_weights(step, weights)
-
-    def keep_weights(self, step: int, weights: torch.Tensor) -> None:
-        if not self.pending or self.pending[-1][0] != step:
-            self.pending.append((step, weights.detach().clone()))
-
-    def check(self, monitor: DivergenceMonitor, lr: float) -> None:
-        """One host sync: raise if a step diverged; else log progress and keep the pending weights."""
-        norm = self.hypergradient.norm() if self.hypergradient is not None else None
-        values = [v for v in (self.loss, norm) if v is not None] + [w for _, w in self.pending]
-        read = monitor.check(*values)  # the clock is read after the sync: the rate is honest
-        if self.loss is None:
-            return
-        loss, offset = read[0], 1
-        if norm is not None:
-            extra, offset = f" | hypergrad {read[1]:.2e}", 2
-        else:
-            extra = ""
-        for step, weights in self.pending:
-            self.history.weights.append({"step": step, "weights": read[offset:offset + weights.numel()]})
-            offset += weights.numel()
-        self.pending.clear()
-        now = time.perf_counter()
-        rate = (self.last_step - self.tick_step) / max(now - self.tick, 1e-9)
-        eta = (self.total_steps - self.last_step) / rate if rate > 0 else float("nan")
-        self.tick, self.tick_step = now, self.last_step
-        self.log(f"step {self.last_step}/{self.total_steps} | loss {loss:.4f} | lr {lr:.2e} | "
-                 f"{rate:.2f} steps/s | eta {eta:.0f}s{extra}")
 
 
 # ---------------------------------------------------------------------------- the recipe
@@ -301,7 +249,7 @@ def run(cfg: TrainConfig, on_epoch: Callable[[dict], None] | None = None, quiet:
                 "dropout reseeded from the seed, the rank and the epoch")
         log(f"resumed from checkpoint {tag} (epoch {start_epoch}/{cfg.epochs})")
     elif cfg.resume:
-        log(f"no complete checkpoint in {output}/checkpoints: starting from scratch")
+        log(f"no complete checkpoint in {checkpoints_dir(output)}: starting from scratch")
 
     # 4–5. train, evaluating and checkpointing after each epoch
     val_logits = None
@@ -327,7 +275,7 @@ def run(cfg: TrainConfig, on_epoch: Callable[[dict], None] | None = None, quiet:
         log(f"epoch {epoch + 1}: validation {val.primary} last exit {val.last_exit:.4f}, hypervolume {val.hypervolume:.4f}, "
             f"per exit {' '.join(f'{x:.3f}' for x in record['val_per_exit'])}")
         if cfg.save_checkpoints:
-            ds.save_checkpoint(engine, cfg.output_dir, f"epoch-{epoch + 1}", {
+            ds.save_checkpoint(engine, cfg.output_dir, epoch_tag(epoch + 1), {
                 "epoch": epoch + 1, "strategy": strategy.state_dict(),
                 "history": {"epochs": history.epochs, "weights": history.weights}, "config": cfg.to_dict()},
                 rank_state=rng_state())
@@ -365,7 +313,7 @@ def run(cfg: TrainConfig, on_epoch: Callable[[dict], None] | None = None, quiet:
     })
     if is_main:
         output.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(output / "summary.json", summary.to_dict())
+        write_json_atomic(output / SUMMARY_FILE, summary.to_dict())
         # Every exit's test logits: the final comparison's bootstrap resamples test examples from them
         save_exit_logits(output / TEST_LOGITS_FILE, test_logits, data.test.labels, data.test.ids)
         log("per-exit test " + report.test.primary + ": " +
@@ -373,61 +321,6 @@ def run(cfg: TrainConfig, on_epoch: Callable[[dict], None] | None = None, quiet:
         log("speed-accuracy frontier (settings chosen on validation; test values):\n"
             + curve_table([report.test.point(point_key(p)) for p in report.validation.front], report.test.primary))
     return RunResult(model=model, summary=summary, test_logits=test_logits)
-
-
-# ---------------------------------------------------------------------------- state helpers
-TEST_LOGITS_FILE = "test_exit_logits.npz"  # sweeps.trial copies it into a trial's final checkpoint
-
-
-def save_exit_logits(path: Path, logits: torch.Tensor, labels: torch.Tensor, ids: torch.Tensor) -> None:
-    """``logits`` [L, N, C], ``labels`` and example ``ids`` [N] of one split, written atomically
-    (float32, compressed)."""
-    tmp = path.with_name(path.name + ".tmp.npz")
-    np.savez_compressed(tmp, logits=logits.float().numpy(), labels=labels.cpu().numpy(), ids=ids.cpu().numpy())
-    os.replace(tmp, path)
-
-
-def load_exit_logits(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(logits [L, N, C], labels [N], ids [N]) as written by ``save_exit_logits``."""
-    with np.load(path) as data:
-        return data["logits"], data["labels"], data["ids"]
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-def rank_seed(seed: int, rank: int, *more: int) -> int:
-    """The torch seed of one data-parallel rank (dropout), derived from the trial seed and the rank."""
-    return derive_seed("dropout", seed, rank, *more)
-
-
-def rng_state() -> dict:
-    """This process's random streams: CPU, and its own current GPU's (not every visible GPU's, so
-    a checkpoint restores onto a node with another GPU count)."""
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state()
-    return state
-
-
-def restore_rng(state: dict | None) -> bool:
-    """Restore what ``rng_state`` saved; False when there is nothing to restore."""
-    if state is None:
-        return False
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state(state["cuda"])
-    return True
-
-
-def write_json_atomic(path: Path, payload: dict) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=2, default=float))
-    os.replace(tmp, path)
 
 
 # ---------------------------------------------------------------------------- command line

@@ -1,0 +1,119 @@
+"""The served model's input and output: the checks a request passes before tokenizing, the answer
+frame, and the MLflow signature and input example that describe both (see ``serving.model``'s
+docstring for the contract).
+
+Shipped inside the logged model (``serving.packaging.code_paths``).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+
+OUTPUT_COLUMNS = ("label", "probabilities", "exit_layer")
+INFERENCE_CONFIG_VARIABLE = "MLFLOW_PYFUNC_INFERENCE_CONFIG"
+
+_EXAMPLE_TEXTS = {
+    "sentence": ["a gripping, beautifully acted film.", "a dull and lifeless mess."],
+    "premise": ["A man is playing a guitar.", "A man is playing a guitar."],
+    "hypothesis": ["A person makes music.", "Nobody is playing."],
+}
+
+
+def _reject(message: str):
+    raise MlflowException(message, error_code=INVALID_PARAMETER_VALUE)
+
+
+def rows_text(rows: list[int], limit: int = 5) -> str:
+    shown = ", ".join(str(r) for r in rows[:limit])
+    return shown + (f", ... ({len(rows)} rows)" if len(rows) > limit else "")
+
+
+def _kind(value) -> str:
+    if value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value)):
+        return "missing"
+    return type(value).__name__
+
+
+def check_input(model_input, fields: list[str], max_rows: int | None = None) -> list[list[str]]:
+    """The text columns of a valid request, in ``fields`` order; else MlflowException
+    (``INVALID_PARAMETER_VALUE``) saying what to send. ``max_rows``: the most rows a request may hold
+    (None: any number)."""
+    expected = f"send a DataFrame with the string column(s) {fields}"
+    if not isinstance(model_input, pd.DataFrame):
+        _reject(f"expected a DataFrame, got {type(model_input).__name__}; {expected}")
+    columns = [str(c) for c in model_input.columns.tolist()]
+    missing = [f for f in fields if f not in columns]
+    extra = [c for c in columns if c not in fields]
+    if missing or extra or len(set(columns)) != len(columns):
+        found = f"got {columns}" + (f" (missing {missing})" if missing else "") + (
+            f" (unexpected {extra})" if extra else "")
+        _reject(f"wrong columns: {found}; this model reads exactly {fields}")
+    n = len(model_input)
+    if max_rows is not None and n > max_rows:
+        _reject(f"{n} rows in one request; this server takes at most {max_rows}: split the input "
+                f"into requests of at most {max_rows} rows, or start the server with "
+                f"{INFERENCE_CONFIG_VARIABLE}='{{\"max_rows\": N}}' (scoring in process, e.g. "
+                "`mlflow models predict`, takes any number of rows)")
+    texts = []
+    table = model_input.to_numpy(dtype=object, copy=False) if len(fields) == 1 else None
+    for field in fields:
+        # one column: the frame's values (cheaper per request than a column lookup); else by name
+        values = table[:, 0].tolist() if table is not None else model_input[field].tolist()
+        bad = [i for i, v in enumerate(values) if not isinstance(v, str)]
+        if bad:
+            kinds = sorted({_kind(values[i]) for i in bad})
+            _reject(f"column '{field}' holds non-text values ({', '.join(kinds)}) at row(s) {rows_text(bad)}; "
+                    "send every text as a non-empty string")
+        empty = [i for i, v in enumerate(values) if not v.strip()]
+        if empty:
+            _reject(f"column '{field}' holds empty or whitespace-only text at row(s) {rows_text(empty)}; "
+                    "send every text as a non-empty string")
+        texts.append(values)
+    return texts
+
+
+_OUTPUT_INDEX = pd.Index(OUTPUT_COLUMNS)
+
+
+def output_frame(labels: np.ndarray, probabilities: list[list[float]], layers: np.ndarray, index) -> pd.DataFrame:
+    """The answer: ``label``, ``probabilities`` (one list per row) and ``exit_layer`` on ``index``.
+
+    Built from the three column arrays with pandas' array constructor where this pandas has it
+    (fewer Python calls than ``pd.DataFrame(dict)``, which weighs at batch 1: benchmarks/serving.py's
+    "output" stage). Elsewhere the public constructor, for the same frame (tests/test_serving.py).
+    """
+    column = np.fromiter(probabilities, dtype=object, count=len(layers))  # a list per cell, not a 2-D array
+    build = getattr(pd.DataFrame, "_from_arrays", None)
+    if build is not None:
+        try:
+            return build([labels, column, layers], columns=_OUTPUT_INDEX, index=index, verify_integrity=False)
+        except TypeError:  # another signature in another pandas version
+            pass
+    return pd.DataFrame(dict(zip(OUTPUT_COLUMNS, (labels, column, layers))), index=index, copy=False)
+
+
+def model_signature(meta: dict):
+    """The pyfunc's signature: the task's text columns in; ``label``, ``probabilities``, ``exit_layer`` out."""
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, DataType, Schema
+    from mlflow.types.schema import Array
+
+    label, probabilities, exit_layer = OUTPUT_COLUMNS
+    inputs = Schema([ColSpec(DataType.string, field) for field in meta["text_fields"]])
+    outputs = Schema([
+        ColSpec(DataType.double if meta["is_regression"] else DataType.long, label),
+        ColSpec(Array(DataType.double), probabilities),
+        ColSpec(DataType.long, exit_layer),
+    ])
+    return ModelSignature(inputs=inputs, outputs=outputs)
+
+
+def input_example(meta: dict) -> pd.DataFrame:
+    """Two rows of the task's text columns (real-looking text for MR/SST-2 and NLI fields)."""
+    return pd.DataFrame({field: _EXAMPLE_TEXTS.get(field, ["some text", "more text"])
+                         for field in meta["text_fields"]})
