@@ -39,3 +39,41 @@ def tiny_model():
         return model.to(dtype)
 
     return build
+
+
+@pytest.fixture(scope="session")
+def smoke_sweep(tmp_path_factory):
+    """One smoke sweep (all three methods, registering `leebert-mr`) for the whole session: the
+    smoke tests read its output and stores, the loopback test the sockets it listened on, the
+    model-server tests serve its champion. A sweep costs a minute; one run serves them all."""
+    from test_sweep_helpers import client, run_sampled_sweep, runs_by_role
+
+    root = tmp_path_factory.mktemp("sweeps")
+    name = "smoke-test"
+    sweep = run_sampled_sweep(root, name)
+    proc = sweep["proc"]
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    mlflow_client, uri = client(root, name)
+    return {**sweep, "root": root, "dir": root / name, "name": name, "client": mlflow_client, "uri": uri,
+            "runs": runs_by_role(mlflow_client, name)}
+
+
+BUDGET_SWEEP_BUDGET = 7.0
+BUDGET_SWEEP_ARMS = ["fixed-pabee", "clo"]
+
+
+@pytest.fixture(scope="session")
+def budget_sweep(tmp_path_factory):
+    """One smoke sweep under a compute budget that registers nothing, for the session: the budget
+    test checks what each arm spent, then the registration tests register its best trials with
+    platform/register.py (they add model versions and tags; the budget test reads trial runs only)."""
+    from test_sweep_helpers import client, run_sweep_cli, runs_by_role
+
+    root = tmp_path_factory.mktemp("sweeps")
+    name = "register-test"
+    proc = run_sweep_cli(root, name, "--set", "trials=null", "--set", f"budget_epochs={BUDGET_SWEEP_BUDGET}",
+                         "--set", f"methods=[{','.join(BUDGET_SWEEP_ARMS)}]", "--set", "register=false")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    mlflow_client, uri = client(root, name)
+    return {"root": root, "dir": root / name, "name": name, "proc": proc, "client": mlflow_client, "uri": uri,
+            "runs": runs_by_role(mlflow_client, name), "budget": BUDGET_SWEEP_BUDGET, "arms": BUDGET_SWEEP_ARMS}

@@ -12,6 +12,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.integration
 def test_compare_methods_writes_a_results_table(tmp_path):
     results = tmp_path / "results.md"
     proc = subprocess.run(
@@ -31,6 +32,7 @@ def test_compare_methods_writes_a_results_table(tmp_path):
     assert again.returncode == 0 and again.stdout.count("already done") == 4
 
 
+@pytest.mark.integration
 def test_throughput_prints_its_figures():
     proc = subprocess.run(
         [sys.executable, "benchmarks/throughput.py", "--model", "tiny-random", "--steps", "2", "--warmup", "1",
@@ -237,6 +239,7 @@ def test_cluster_sim_quick_keeps_its_small_cluster_busy(tmp_path):
     assert abs(worse.get(2, 0) - sum(o.get(2, 0) for o in others) / 2) <= 3, epochs
 
 
+@pytest.mark.integration
 def test_precision_parity_compares_fp32_and_bf16_runs(tmp_path):
     """benchmarks/precision_parity.py --quick: one seed trained in both precisions on the tiny model,
     the runs table, the paired bootstrap, and a JSON line of finite figures."""

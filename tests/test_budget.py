@@ -12,7 +12,7 @@ from sweeps.budget import (MEASURED_OUTER_STEP_COST, BudgetLedger, TrialCost, ex
                            search_algorithm, used_compute)
 from sweeps.presets import build_config
 from trainers.errors import EXIT_BAD_INPUT, ConfigError
-from test_sweep_helpers import client, history, run_sweep_cli, runs_by_role
+from test_sweep_helpers import history
 
 FIXED = TrialCost(epochs=3, learned=False, outer_step_cost=4.2, default_outer_every=10)
 CLO = TrialCost(epochs=3, learned=True, outer_step_cost=4.2, default_outer_every=10)
@@ -139,14 +139,14 @@ def arm_space(arm: str) -> dict:
 
 
 @pytest.mark.integration
-def test_a_sweep_keeps_its_compute_budget(tmp_path):
-    budget = 7.0
-    proc = run_sweep_cli(tmp_path, "budget-test", "--set", "trials=null", "--set", f"budget_epochs={budget}",
-                         "--set", "methods=[fixed-pabee,clo]", "--set", "register=false")
+def test_a_sweep_keeps_its_compute_budget(budget_sweep):
+    """The session's budget sweep (tests/conftest.py; the registration tests use it too)."""
+    budget, proc = budget_sweep["budget"], budget_sweep["proc"]
+    assert budget == 7.0 and budget_sweep["arms"] == ["fixed-pabee", "clo"]
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert proc.stdout.count("random search: about") == 2  # said plainly, once per arm
-    mlflow_client, _ = client(tmp_path, "budget-test")
-    trials = runs_by_role(mlflow_client, "budget-test")["trial"]
+    mlflow_client = budget_sweep["client"]
+    trials = budget_sweep["runs"]["trial"]
     measured = TrialCost(epochs=3, learned=True, outer_step_cost=MEASURED_OUTER_STEP_COST[("cpu", "fp32")]["clo"],
                          default_outer_every=10)  # outer_step_cost: auto on a CPU in fp32
     for arm, cost in (("fixed-pabee", FIXED), ("clo", measured)):

@@ -14,6 +14,7 @@ CHECKS = ["engine", "train/fixed", "train/bilevel", "train/clo", "syncs/zero2", 
           "resume", "step_cost", "early_exit"]
 
 
+@pytest.mark.integration
 def test_gpu_check_passes_every_check_on_the_cpu_in_bf16(tmp_path):
     out = tmp_path / "checks.json"
     proc = subprocess.run([sys.executable, "benchmarks/gpu_check.py", "--device", "cpu", "--quick", "--precision", "bf16",
@@ -34,6 +35,7 @@ def test_gpu_check_without_cuda_fails_at_once_with_exit_2():
     assert proc.returncode == 2 and proc.stderr.startswith("error: device 'cuda'") and "no CUDA support" in proc.stderr
 
 
+@pytest.mark.integration
 def test_step_cost_prints_every_figure_and_its_json():
     """Both precisions on the CPU (bf16 autocast runs anywhere; it pays where the CPU has bf16 units),
     and the entries for sweeps/budget.py's MEASURED_OUTER_STEP_COST named at the end."""

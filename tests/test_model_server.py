@@ -1,4 +1,4 @@
-"""The served model over real HTTP: a smoke sweep registers `leebert-mr`, then
+"""The served model over real HTTP: the session's smoke sweep registers `leebert-mr`, then
 `mlflow models serve -m models:/leebert-mr@champion --env-manager local` on 127.0.0.1 answers
 POSTs of real MR sentences with the registered model's labels and exit layers, answers every bad
 request with a 4xx and a message that says what to send, and keeps answering good requests."""
@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 import requests
 
-from test_sweep_helpers import client, free_port, leftover_processes, run_sweep_cli, sweep_env
+from test_sweep_helpers import free_port, leftover_processes, sweep_env
 
 pytestmark = pytest.mark.integration
 
@@ -32,13 +32,10 @@ SENTENCES = [
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory):
+def served(smoke_sweep):
     import psutil
 
-    root = tmp_path_factory.mktemp("sweeps")
-    proc = run_sweep_cli(root, "serve", "--set", "methods=[fixed]")
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    _, uri = client(root, "serve")
+    root, uri = smoke_sweep["root"], smoke_sweep["uri"]  # the session's smoke sweep (tests/conftest.py)
     # the README's command from an unactivated shell: uvicorn is found through PATH
     env = {**sweep_env(PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}"), "MLFLOW_TRACKING_URI": uri}
     server, base = None, None

@@ -7,6 +7,7 @@ real trainer on DeepSpeed, as a Ray Train worker group does.
 
 import os
 
+import pytest
 import torch
 import torch.multiprocessing as mp
 
@@ -55,6 +56,7 @@ def spawn(folder, output, epochs_before_kill=None, resume=False):
     mp.spawn(train_rank, args=(2, str(folder), str(output), epochs_before_kill, resume), nprocs=2, join=True)
 
 
+@pytest.mark.integration
 def test_an_interrupted_two_rank_run_resumes_to_the_uninterrupted_weights(tmp_path):
     spawn(tmp_path, tmp_path / "straight")
     spawn(tmp_path, tmp_path / "interrupted", epochs_before_kill=KILL_AFTER_EPOCH)

@@ -21,7 +21,7 @@ from trainers.errors import ConfigError
 from trainers.frontier import CurvePoint, pareto_front
 from trainers.results import FrontierSetting, SplitSummary, Summary, WeightsSummary
 
-from test_sweep_helpers import ROOT, client, run_sweep_cli, runs_by_role, sweep_env, use_mlflow_uri
+from test_sweep_helpers import ROOT, sweep_env, use_mlflow_uri
 
 REGISTER = ROOT / "platform" / "register.py"
 
@@ -187,7 +187,7 @@ def test_frontier_tag_fits_a_tag():
 
 # ---------------------------------------------------------------------------- a real sweep
 NAME = "register-test"
-METHODS = ["fixed", "clo"]
+METHODS = ["fixed-pabee", "clo"]  # the session budget sweep's arms (tests/conftest.py)
 
 
 def register_cli(root, *args: str) -> subprocess.CompletedProcess:
@@ -196,12 +196,11 @@ def register_cli(root, *args: str) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture(scope="module")
-def sweep(tmp_path_factory):
-    root = tmp_path_factory.mktemp("sweeps")
-    proc = run_sweep_cli(root, NAME, "--set", f"methods=[{','.join(METHODS)}]", "--set", "register=false")
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    mlflow_client, uri = client(root, NAME)
-    runs = runs_by_role(mlflow_client, NAME)
+def sweep(budget_sweep):
+    """The session's sweep that registers nothing (tests/conftest.py; test_budget.py checks its budget)."""
+    assert budget_sweep["name"] == NAME and budget_sweep["arms"] == METHODS
+    root, proc, mlflow_client, uri = budget_sweep["root"], budget_sweep["proc"], budget_sweep["client"], budget_sweep["uri"]
+    runs = budget_sweep["runs"]
     method_runs = {r.data.tags["method"]: r for r in runs["method"]}
     summaries = {}
     for method, run in method_runs.items():
@@ -250,7 +249,7 @@ def test_one_model_one_version_per_method_with_aliases(sweep, registered):
     assert len(found) == len(METHODS)
     assert sorted(v.tags["method"] for v in found) == sorted(METHODS)
     model = mlflow_client.get_registered_model("leebert-mr")
-    assert set(model.aliases) == {"champion", "fixed-best", "clo-best"}
+    assert set(model.aliases) == {"champion", "fixed-pabee-best", "clo-best"}
     objectives = {m: r.data.metrics["best/objective"] for m, r in sweep["method_runs"].items()}
     champion = max(METHODS, key=lambda m: objectives[m])  # ties: the first method, as registered
     assert mlflow_client.get_model_version_by_alias("leebert-mr", "champion").tags["method"] == champion
@@ -259,7 +258,7 @@ def test_one_model_one_version_per_method_with_aliases(sweep, registered):
         assert version.tags["method"] == method
         assert f"version {version.version} (new)" in registered.stdout
     out = registered.stdout
-    assert "models:/leebert-mr@fixed-best" in out and "models:/leebert-mr@clo-best" in out
+    assert "models:/leebert-mr@fixed-pabee-best" in out and "models:/leebert-mr@clo-best" in out
     assert f"champion: models:/leebert-mr@champion = {champion}" in out
     assert ('PATH="$PWD/.venv/bin:$PATH" .venv/bin/mlflow models serve -m models:/leebert-mr@champion --env-manager local '
             '-h 127.0.0.1 -p 5001') in out

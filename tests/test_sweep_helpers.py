@@ -158,3 +158,72 @@ def use_mlflow_uri(monkeypatch, uri: str) -> None:
     monkeypatch.setattr(registry_utils, "_registry_uri", uri)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.setenv("MLFLOW_REGISTRY_URI", uri)
+
+
+def listening_sockets(pids: dict[int, str]) -> dict[tuple[str, int, int], str]:
+    """{(address, port, pid): process name} of every listening TCP socket of ``pids``."""
+    import psutil
+
+    found = {}
+    try:
+        connections = psutil.net_connections(kind="tcp")  # tcp4 + tcp6; pid is None where not readable
+    except psutil.AccessDenied:
+        connections = None
+    if connections is not None:
+        for conn in connections:
+            if conn.status == psutil.CONN_LISTEN and conn.pid in pids:
+                found[(conn.laddr.ip, conn.laddr.port, conn.pid)] = pids[conn.pid]
+        return found
+    for pid, name in pids.items():  # per process: only our own processes need to be readable
+        try:
+            for conn in psutil.Process(pid).net_connections(kind="tcp"):
+                if conn.status == psutil.CONN_LISTEN:
+                    found[(conn.laddr.ip, conn.laddr.port, pid)] = name
+        except (psutil.NoSuchProcess, psutil.ZombieProcess, psutil.AccessDenied):
+            pass  # exited between the listing and the read
+    return found
+
+
+def describe(process) -> str:
+    import psutil
+
+    try:
+        cmdline = process.cmdline()
+        words = [w.rsplit("/", 1)[-1] for w in cmdline[:3]]
+        return " ".join(words)[:80].strip() or process.name()
+    except (psutil.NoSuchProcess, psutil.ZombieProcess, psutil.AccessDenied):
+        return "?"
+
+
+def run_sampled_sweep(root: Path, name: str, *args: str, timeout: float = 600) -> dict:
+    """Run the sweep CLI in its own session (stdout and stderr to files beside ``root``), sampling the
+    listening TCP sockets of its whole process tree every ~2 s while it runs (tests/test_loopback.py
+    checks them). Returns the finished process as a CompletedProcess, the sockets seen
+    ({(address, port, pid): process}), the number of samples, and the processes of its session still
+    running 60 s after it ended (killed by then)."""
+    env = sweep_env()
+    for key in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"):
+        env.pop(key, None)  # the sweep must keep Ray on loopback by itself, and log to its own store
+    root.mkdir(parents=True, exist_ok=True)
+    out_path, err_path = root / f"{name}.stdout.log", root / f"{name}.stderr.log"
+    seen: dict[tuple[str, int, int], str] = {}  # (address, port, pid) -> the process, as first seen
+    samples = 0
+    command = sweep_cmd(root, name, *args)
+    with open(out_path, "w") as out, open(err_path, "w") as err:
+        proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=out, stderr=err, text=True,
+                                start_new_session=True)
+        try:
+            deadline = time.time() + timeout
+            while proc.poll() is None and time.time() < deadline:
+                family = session_family(proc.pid)
+                for key, process in listening_sockets({p.pid: describe(p) for p in family}).items():
+                    seen.setdefault(key, process)
+                samples += 1
+                time.sleep(2)
+            ended = proc.poll() is not None
+        finally:
+            survivors = stop_session(proc, timeout=30, grace=60)
+    stdout, stderr = out_path.read_text(), err_path.read_text()
+    assert ended, f"the sweep did not end within {timeout} s:\n{stdout[-3000:]}{stderr[-3000:]}"
+    return {"proc": subprocess.CompletedProcess(command, proc.returncode, stdout, stderr), "sockets": seen,
+            "samples": samples, "survivors": survivors}

@@ -10,7 +10,7 @@ import math
 import pandas as pd
 import pytest
 
-from test_sweep_helpers import PNG_MAGIC, client, history, run_sweep_cli, runs_by_role, use_mlflow_uri
+from test_sweep_helpers import PNG_MAGIC, history, use_mlflow_uri
 
 pytestmark = pytest.mark.integration
 
@@ -21,13 +21,9 @@ EXITS = 3   # tiny-random has 3 layers
 
 
 @pytest.fixture(scope="module")
-def smoke(tmp_path_factory):
-    root = tmp_path_factory.mktemp("sweeps")
-    proc = run_sweep_cli(root, "smoke-test")
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    mlflow_client, uri = client(root, "smoke-test")
-    return {"root": root, "dir": root / "smoke-test", "proc": proc, "client": mlflow_client, "uri": uri,
-            "runs": runs_by_role(mlflow_client, "smoke-test")}
+def smoke(smoke_sweep):
+    """The session's smoke sweep (tests/conftest.py), shared with the loopback and model-server tests."""
+    return smoke_sweep
 
 
 def test_progress_and_where_to_look(smoke):
