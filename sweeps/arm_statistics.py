@@ -1,7 +1,7 @@
 """The final comparison's numbers: each arm's figures over its seeds, and the reference arm against
 every other arm with paired bootstrap intervals (``sweeps.statistics``) over the seeds both finished.
 
-Inputs are ``sweeps.final.SeedResult``s (one retrained model on test); outputs are plain values and
+Inputs are ``SeedResult``s (one retrained model on test); outputs are plain values and
 ``Interval``s. Rendering them is ``sweeps.report``'s job, logging them ``sweeps.tracking``'s.
 """
 
@@ -9,20 +9,46 @@ from __future__ import annotations
 
 import math
 import statistics as stats
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from sweeps import statistics as bs
-from sweeps.timing import TIMED_TARGET
+from sweeps.timing import TIMED_TARGET, ModelTiming
 from trainers.errors import ConfigError
+from trainers.results import WeightsSummary
 
 if TYPE_CHECKING:
-    from sweeps.final import SeedResult
     from sweeps.records import TrialRecord
 
 TARGETS = (1.5, 2.0, 3.0)  # speed-ups at which each model's validation-chosen setting is reported on test
+
+
+@dataclass
+class SeedResult:
+    """One retrained model on test, reduced to what the comparison needs."""
+
+    seed: int
+    trial_id: str
+    num_layers: int
+    metric: str
+    reference_metric: float
+    axis: str
+    labels: np.ndarray                       # [N]
+    ids: np.ndarray                          # [N] test example ids (the pairing needs the same examples)
+    last_correct: np.ndarray                 # [N] 0/1
+    front_exits: np.ndarray                  # [S, N] exit layer of every validation-frontier setting
+    front_correct: np.ndarray                # [S, N]
+    at: dict[float, tuple[np.ndarray, np.ndarray]]  # target -> (exit layers [N], correct [N])
+    wallclock: dict[float, float] = field(default_factory=dict)  # target -> median speed-up (timing phase)
+    timing: ModelTiming | None = None        # its timing-phase record (ratios, range), if it was timed
+    weights: WeightsSummary | None = None    # the learned weights and their trajectory
+    train_seconds: float = 0.0
+
+    def accuracy_at(self, target: float) -> float | None:
+        return float(self.at[target][1].mean()) if target in self.at else None
+
 
 
 @dataclass

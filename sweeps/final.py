@@ -28,26 +28,24 @@ overlay of mean frontiers with seed bands, each arm's mean frontier as metric hi
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 
 from sweeps import statistics as bs
-from sweeps.arm_statistics import add_differences, arm_values, reference_differences
+from sweeps.arm_statistics import SeedResult, add_differences, arm_values, reference_differences  # noqa: F401 - SeedResult re-exported
 from sweeps.config import SweepConfig
 from sweeps.experiment import Stage, run_experiment
 from sweeps.progress import say
 from sweeps.records import TrialRecord
 from sweeps.search import MethodOutcome, runtime, trial_resources
 from sweeps.spec import FINAL, Runtime, TrialSpec
-from sweeps.timing import TIMED_TARGET, ModelTiming, TimingReport, timing_file
+from sweeps.timing import TIMED_TARGET, TimingReport, timing_file
 from sweeps.report import differences_table, final_table, verdict_line, write_final_report
 from sweeps.tracking import Tracker
 from sweeps.trial import TEST_LOGITS_FILE
 from trainers.config import TrainConfig
 from trainers.layout import ROLE_FINAL as FINAL_ROLE
-from trainers.results import WeightsSummary
 
 
 @dataclass
@@ -58,30 +56,6 @@ class FinalArm:
     config: TrainConfig           # the trainer config of every seed (seed aside: the first seed's)
     records: list[TrialRecord]    # one per seed, in final_seeds order
 
-
-@dataclass
-class SeedResult:
-    """One retrained model on test, reduced to what the comparison needs."""
-
-    seed: int
-    trial_id: str
-    num_layers: int
-    metric: str
-    reference_metric: float
-    axis: str
-    labels: np.ndarray                       # [N]
-    ids: np.ndarray                          # [N] test example ids (the pairing needs the same examples)
-    last_correct: np.ndarray                 # [N] 0/1
-    front_exits: np.ndarray                  # [S, N] exit layer of every validation-frontier setting
-    front_correct: np.ndarray                # [S, N]
-    at: dict[float, tuple[np.ndarray, np.ndarray]]  # target -> (exit layers [N], correct [N])
-    wallclock: dict[float, float] = field(default_factory=dict)  # target -> median speed-up (timing phase)
-    timing: ModelTiming | None = None        # its timing-phase record (ratios, range), if it was timed
-    weights: WeightsSummary | None = None    # the learned weights and their trajectory
-    train_seconds: float = 0.0
-
-    def accuracy_at(self, target: float) -> float | None:
-        return float(self.at[target][1].mean()) if target in self.at else None
 
     def speedup_at(self, target: float) -> float | None:
         return float(self.num_layers / self.at[target][0].mean()) if target in self.at else None
