@@ -49,6 +49,17 @@ class SeedResult:
     def accuracy_at(self, target: float) -> float | None:
         return float(self.at[target][1].mean()) if target in self.at else None
 
+    def speedup_at(self, target: float) -> float | None:
+        return float(self.num_layers / self.at[target][0].mean()) if target in self.at else None
+
+    def hypervolume(self) -> float:
+        return float(bs.point_values_hypervolume([self.front_exits], [self.front_correct], self.num_layers,
+                                                 self.reference_metric, self.axis)[0])
+
+    def curve(self) -> list[tuple[float, float]]:
+        """(test speed-up, test metric) of every validation-frontier setting."""
+        return [(self.num_layers / e.mean(), c.mean()) for e, c in zip(self.front_exits, self.front_correct)]
+
 
 
 @dataclass

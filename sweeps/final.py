@@ -32,7 +32,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 
-from sweeps import statistics as bs
 from sweeps.arm_statistics import SeedResult, add_differences, arm_values, reference_differences  # noqa: F401 - SeedResult re-exported
 from sweeps.config import SweepConfig
 from sweeps.experiment import Stage, run_experiment
@@ -55,18 +54,6 @@ class FinalArm:
     source: TrialRecord           # the search trial whose configuration is retrained
     config: TrainConfig           # the trainer config of every seed (seed aside: the first seed's)
     records: list[TrialRecord]    # one per seed, in final_seeds order
-
-
-    def speedup_at(self, target: float) -> float | None:
-        return float(self.num_layers / self.at[target][0].mean()) if target in self.at else None
-
-    def hypervolume(self) -> float:
-        return float(bs.point_values_hypervolume([self.front_exits], [self.front_correct], self.num_layers,
-                                                 self.reference_metric, self.axis)[0])
-
-    def curve(self) -> list[tuple[float, float]]:
-        """(test speed-up, test metric) of every validation-frontier setting."""
-        return [(self.num_layers / e.mean(), c.mean()) for e, c in zip(self.front_exits, self.front_correct)]
 
 
 # ---------------------------------------------------------------------------- retraining
