@@ -44,6 +44,7 @@ from sweeps.report import differences_table, final_table, verdict_line, write_fi
 from sweeps.tracking import Tracker
 from sweeps.trial import TEST_LOGITS_FILE
 from trainers.config import TrainConfig
+from trainers.layout import TAG_SWEEP
 
 
 @dataclass
@@ -76,7 +77,7 @@ def final_stage(cfg: SweepConfig, tracker: Tracker, outcomes: list[ArmOutcome], 
         parents[seeds[0].group] = tracker.arm_run(arm, FINAL, params={
             "arm": arm, "seeds": ",".join(map(str, cfg.final_seeds)), "source_trial_id": best.trial_id,
             "source_trial_number": best.number, **{k: v for k, v in seeds[0].train.to_dict().items() if k != "seed"}},
-            tags={"sweep": cfg.name})
+            tags={TAG_SWEEP: cfg.name})
         specs += seeds
         firsts[arm] = seeds[0]
         if not resume:

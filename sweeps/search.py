@@ -21,6 +21,7 @@ from sweeps.records import TrialRecord
 from sweeps.spec import SEARCH, Runtime, TrialSpec
 from sweeps.tracking import Tracker
 from trainers.config import TrainConfig
+from trainers.layout import TAG_SWEEP
 
 
 @dataclass
@@ -155,7 +156,7 @@ def search_stage(cfg: SweepConfig, tracker: Tracker, resume: bool, trainer=None)
             "max_failures": cfg.max_failures,
             **{f"space.{k}": v for k, v in search_spaces.describe(arm.space).items()},
             **{k: v for k, v in arm.shared_options().items() if k not in ("output_dir", "resume")},
-        }, tags={"sweep": cfg.name, "preset": cfg.preset})
+        }, tags={TAG_SWEEP: cfg.name, "preset": cfg.preset})
         searchers[arm.name], algorithms[arm.name], note = arm_searcher(cfg, arm)
         schedulers[arm.name] = arm_scheduler(cfg, arm.epochs)
         tracker.client.set_tag(parents[arm.name], "search_algorithm", algorithms[arm.name])
