@@ -134,7 +134,8 @@ class Tracker:
         if existing is not None and existing.data.tags.get(TAG_LOGGED) == TRUE:
             return None
         tags = {PARENT_TAG: parent_run_id, TAG_ROLE: ROLE_TRIAL, TAG_ARM: record.arm, TAG_STAGE: record.stage,
-                TAG_TRIAL_ID: record.trial_id, TAG_TRIAL_STATUS: record.status, TAG_SEARCHED: ",".join(sorted(record.sampled)), **self.driver}
+                TAG_TRIAL_ID: record.trial_id, TAG_TRIAL_STATUS: record.status,
+                TAG_SEARCHED: ",".join(sorted(record.sampled)), **self.driver}
         if record.error:
             tags["error"] = record.error[:4000]
         if record.reason:
