@@ -304,6 +304,7 @@ def main() -> int:
         f"time scale {scale:g}x (final stage {final_scale:g}x); load average {os.getloadavg()[0]:.2f}; work dir {work}")
     import ray
 
+    from sweeps.config import SweepConfig
     from sweeps.presets import build_config
     from sweeps.state import start_config
     from sweeps.runner import run_sweep
@@ -312,10 +313,12 @@ def main() -> int:
     if not takes_trainer:  # the code before the one-experiment sweeps: its trials pick the stand-in up themselves
         os.environ["LEEBERT_SIM_STANDIN"] = json.dumps({"time_scale": scale, "final_time_scale": final_scale,
                                                         "plan": asdict(plan)})  # (inherited by the nodes' workers)
+    # the code before the rename of methods to arms (the baseline measurement) lists arms in `methods`
+    arms_key = "arms" if "arms" in {f.name for f in SweepConfig.settings()} else "methods"
     cluster = fake_gpu_cluster(args.nodes, gpus_per_node, cpus_per_node=max(2, slots // args.nodes + 1))
     try:
         cfg = build_config(preset="glue-bert", overrides=[
-            f"methods=[{','.join(arms)}]", f"trials={trials}", "budget_epochs=null", f"max_concurrent={slots}",
+            f"{arms_key}=[{','.join(arms)}]", f"trials={trials}", "budget_epochs=null", f"max_concurrent={slots}",
             "workers_per_trial=1", "cpus_per_trial=1", f"gpus_per_trial={args.gpus_per_trial}",
             f"final_seeds=[{','.join(str(s) for s in range(1, seeds + 1))}]", "register=false", "reuse_actors=true",
             "bootstrap=200", "train.wallclock_eval=false", *([f"train.epochs={epochs}"] if epochs else [])],
@@ -340,7 +343,7 @@ def main() -> int:
                            "plan": asdict(plan)}
     figures["took_s"] = round(time.perf_counter() - began, 1)
     figures["load_average_end"] = round(os.getloadavg()[0], 2)
-    figures["completed_arms"] = [o.method for o in result.outcomes if o.best is not None]
+    figures["completed_arms"] = [getattr(o, "arm", None) or o.method for o in result.outcomes if o.best is not None]
     if not args.work_dir:
         shutil.rmtree(work, ignore_errors=True)
     print()

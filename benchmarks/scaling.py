@@ -5,7 +5,7 @@
     python benchmarks/scaling.py --json scaling.json  # also write every figure as JSON
 
 1. Sweep throughput, one node against two. The same smoke-sized sweep (the `smoke` preset: a
-   3-layer random BERT on 512 MR sentences, 3 epochs; method fixed, --trials trials, 2 at a time,
+   3-layer random BERT on 512 MR sentences, 3 epochs; arm fixed, --trials trials, 2 at a time,
    1 CPU each, no ASHA, no model registration) runs through the library (`sweeps.runner.run_sweep`)
    against two local Ray clusters with the same 2 CPUs in all (`ray.cluster_utils.Cluster`):
      A  one node:  a head of 2 CPUs
@@ -148,7 +148,7 @@ def sweep_on_cluster(preset: str, node_cpus: list[int], trials: int, root: Path,
             # Tracker) exports $MLFLOW_TRACKING_URI, which build_config would otherwise inherit.
             tracking = f"sqlite:///{(root / name / 'mlflow.db').resolve()}"
             cfg = build_config(preset=preset, overrides=[
-                "methods=[fixed]", f"trials={trials}", "max_concurrent=2", "cpus_per_trial=1", "scheduler=none",
+                "arms=[fixed]", f"trials={trials}", "max_concurrent=2", "cpus_per_trial=1", "scheduler=none",
                 "register=false"], flags={"name": name, "root": str(root), "ray_address": cluster.address,
                                           "tracking_uri": tracking})
             cfg = start_config(cfg)
@@ -164,7 +164,7 @@ def sweep_on_cluster(preset: str, node_cpus: list[int], trials: int, root: Path,
             "run_sweep_wall_s": round(wall, 2),
             # the trials' share of the sweep's 2 trial slots: sum of trainer walls / (2 x run_sweep wall)
             "slot_utilisation": round(trainer_total / (cfg.max_concurrent * wall), 4),
-            # keep_checkpoints: best leaves one model checkpoint per method: its size
+            # keep_checkpoints: best leaves one model checkpoint per arm: its size
             "storage_model_checkpoint_mb": round(max((_mb(p.glob("checkpoint_*")) for p in trial_dirs), default=0), 1),
             "storage_trainer_state_mb_per_trial": round(_mb(p / "train" for p in trial_dirs) / max(1, len(trial_dirs)), 1),
             "experiment_state_sync_errors": counter.count,

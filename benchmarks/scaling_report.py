@@ -34,7 +34,7 @@ def report(figures: dict, setups) -> str:
     rows.append(("ratio B / A (trials/h)", f"run_sweep {num(tp['ratio_B_over_A_run_sweep'], '{:.2f}')}x, "
                                            f"trials span {num(tp['ratio_B_over_A_span'], '{:.2f}')}x"))
     a = tp["A"]
-    lines += [f"Sweep throughput: smoke-sized trials, method fixed, {a['trials']} trials per sweep, 2 at a time, 1 CPU each, "
+    lines += [f"Sweep throughput: smoke-sized trials, arm fixed, {a['trials']} trials per sweep, 2 at a time, 1 CPU each, "
               f"{a['repeats']} sweep(s) per setup (medians)", table(rows),
               "  (run_sweep: the whole call, Ray join to report; trials span: first trial start to last final result; "
               "slots busy: sum of trainer walls / (2 x run_sweep))", ""]

@@ -106,9 +106,9 @@ def section_markdown(result, timing: dict, results_path: Path) -> str:
         used, secs = compute_used(cfg, outcome)
         best = outcome.best
         chosen = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in sorted(best.sampled.items())) if best else "–"
-        search_rows.append(f"| {outcome.method} | {len(outcome.records)} | {used:.2f} / {cfg.budget_epochs:g} | "
+        search_rows.append(f"| {outcome.arm} | {len(outcome.records)} | {used:.2f} / {cfg.budget_epochs:g} | "
                            f"{secs / 60:.1f} min | {outcome.search_algorithm} | {chosen} | "
-                           f"{best.objective:.3f} |" if best else f"| {outcome.method} | {len(outcome.records)} | – | – | – | – | – |")
+                           f"{best.objective:.3f} |" if best else f"| {outcome.arm} | {len(outcome.records)} | – | – | – | – | – |")
     machine = f"{os.cpu_count()} CPUs ({std_platform.machine()}), no GPU"
     invocations = len(timing["invocations"])
     verdicts = "\n".join(f"- {line}" for line in final.verdicts.values())
@@ -118,9 +118,9 @@ def section_markdown(result, timing: dict, results_path: Path) -> str:
     if train.get("precision") == "auto":  # what auto resolved to on this machine
         precision += " (precision: auto)"
     sizes = final_sizes(result, unit)
-    arms = "\n".join(f"  - `{arm}`: {ARM_TEXT.get(arm, arm)}" for arm in cfg.methods)
+    arms = "\n".join(f"  - `{arm}`: {ARM_TEXT.get(arm, arm)}" for arm in cfg.arms)
     pace = epoch_pace(result)
-    costs = ", ".join(f"{o.method} {o.cost.outer_step_cost:g}" for o in result.outcomes if o.cost and o.cost.learned) or "no learned arm"
+    costs = ", ".join(f"{o.arm} {o.cost.outer_step_cost:g}" for o in result.outcomes if o.cost and o.cost.learned) or "no learned arm"
     algorithms = {o.search_algorithm for o in result.outcomes}
     search_kind = ("so every search here is **random search**, and says so" if algorithms == {"random"} else
                    "so each arm's search says which it was (random search below 8 trials, TPE above)")

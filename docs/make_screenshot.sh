@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
-# Regenerate docs/mlflow-frontiers.png: the MLflow UI comparing the methods' speed-accuracy frontiers,
+# Regenerate docs/mlflow-frontiers.png: the MLflow UI comparing the arms' speed-accuracy frontiers,
 # and docs/mlflow-experiment.png: the sweep's experiment as it opens, in the model-training view.
 #
 #   docs/make_screenshot.sh [SWEEP_DIR] [OUTPUT_PNG] [EXPERIMENT_PNG]
 #
 # SWEEP_DIR defaults to the newest runs/sweeps/demo-* (run `python platform/sweep.py` first).
 # It starts `mlflow server` on 127.0.0.1 (a free port) on that sweep's store, opens the UI's own
-# chart of the `frontier/accuracy` metric history of each method's run (step = speed-up × 100, so
+# chart of the `frontier/accuracy` metric history of each arm's run (step = speed-up × 100, so
 # the x axis is the speed-up in percent) in headless Chromium, saves the screenshot and stops the
 # server it started. Needs Debian's chromium (apt-get install -y chromium) and the venv's mlflow.
 set -euo pipefail
@@ -38,16 +38,20 @@ for _ in $(seq 90); do
     sleep 1
 done
 
-URL="$("$PY" - "$SWEEP" "http://$HOST:$PORT" "$METRICS" <<'PYEOF'
+URL="$("$PY" - "$SWEEP" "http://$HOST:$PORT" "$METRICS" "$ROOT" <<'PYEOF'
 import json, sys, urllib.parse as up
 from mlflow import MlflowClient
 
 sweep, base, metrics = sys.argv[1], sys.argv[2], sys.argv[3].split(",")
+sys.path.insert(0, sys.argv[4])
+from trainers.layout import ARM_RUNS_FILTER, TAG_ARM, migrate_experiment
+
 name = json.load(open(f"{sweep}/sweep.json"))["name"]
 client = MlflowClient(f"sqlite:///{sweep}/mlflow.db")
 experiment = client.get_experiment_by_name(name)
-runs = {r.data.tags["method"]: r.info.run_id
-        for r in client.search_runs([experiment.experiment_id], "tags.role = 'method'")}
+migrate_experiment(client, experiment.experiment_id)  # a sweep of an older version: its old tags
+runs = {r.data.tags[TAG_ARM]: r.info.run_id
+        for r in client.search_runs([experiment.experiment_id], ARM_RUNS_FILTER)}
 order = [m for m in ("fixed", "bilevel", "clo") if m in runs] + sorted(set(runs) - {"fixed", "bilevel", "clo"})
 q = lambda value: up.quote(json.dumps(value), safe="")
 print(f"{base}/#/experiments/{experiment.experiment_id}?workflowType=machine_learning")

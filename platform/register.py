@@ -42,10 +42,10 @@ def parser() -> argparse.ArgumentParser:
         prog="python platform/register.py",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description=textwrap.fill(
-            "Register the best model of each method of a finished sweep in the MLflow model registry: one "
-            "registered model per task (leebert-<task>), one version per method's best trial, with the exit "
+            "Register the best model of each arm of a finished sweep in the MLflow model registry: one "
+            "registered model per task (leebert-<task>), one version per arm's best trial, with the exit "
             "policy calibrated on validation to a target speed-up or a maximum accuracy drop (the test values "
-            "at that setting are only reported). Aliases: <method>-best per method, and champion for the method "
+            "at that setting are only reported). Aliases: <arm>-best per arm, and champion for the arm "
             "with the best validation objective. Runs again safely: the same trial with the same policy reuses "
             "its version; a target that gives another policy adds a version.", 100),
         epilog="Bad input (an unknown or unfinished sweep, an unreachable MLflow store, an unreachable target) "

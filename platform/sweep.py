@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Sweep LeeBERT's loss-weight methods with Ray Tune × Optuna, tracked in MLflow.
+"""Compare LeeBERT's loss-weight arms with Ray Tune × Optuna sweeps, tracked in MLflow.
 
     python platform/sweep.py                          # the demo preset (MR, MiniLM, CPU, < 20 min)
     python platform/sweep.py --preset smoke           # seconds: a tiny random model
@@ -23,10 +23,18 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from sweeps.config import OBJECTIVES, field_help  # noqa: E402
+from sweeps.config import OBJECTIVES, field_help, renamed_methods  # noqa: E402
 from sweeps.presets import build_config, presets  # noqa: E402
 from sweeps.state import INTERRUPTED, SweepInterrupted, resume_config, start_config  # noqa: E402
 from trainers.errors import EXIT_BAD_INPUT, ConfigError  # noqa: E402
+
+
+class _Renamed(argparse.Action):
+    """An old flag: refused with what it is called now (``--methods`` is ``--arms``)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(f"error: {renamed_methods(values, flag=True)}", file=sys.stderr)  # one line, as all bad input
+        raise SystemExit(EXIT_BAD_INPUT)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -38,7 +46,8 @@ def parser() -> argparse.ArgumentParser:
         prog="python platform/sweep.py",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description=textwrap.fill(
-            "Compare LeeBERT's loss-weight methods (fixed, bilevel, clo): one Ray Tune search per method "
+            "Compare LeeBERT's loss-weight arms (fixed-uniform, fixed-pabee, fixed-last: fixed weights; bilevel, "
+            "clo: learned weights): one Ray Tune search per arm "
             "(Optuna TPE, same budget and seeds, ASHA stopping), every trial a real DeepSpeed training, "
             "all tracked in MLflow. The config is a preset, then an optional YAML file, then --set "
             "overrides and the flags below; it is validated before anything starts.", 100),
@@ -52,9 +61,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--set", metavar="KEY=VALUE", action="append", default=[],
                    help="override one key; the value is read as YAML (3, 1e-4, [clo, fixed], null)")
     p.add_argument("--name", help="sweep name (default: <preset>-<date>-<time>); with --resume: the sweep to continue")
-    p.add_argument("--methods", type=lambda s: [m.strip() for m in s.split(",") if m.strip()],
-                   help="comma-separated methods, e.g. clo,fixed")
-    p.add_argument("--trials", type=int, help="trial budget per method")
+    p.add_argument("--arms", type=lambda s: [m.strip() for m in s.split(",") if m.strip()],
+                   help="comma-separated arms, e.g. clo,fixed-uniform")
+    p.add_argument("--methods", action=_Renamed, help=argparse.SUPPRESS)  # renamed --arms: refused with a hint
+    p.add_argument("--trials", type=int, help="trial budget per arm")
     p.add_argument("--objective", choices=sorted(OBJECTIVES), help="validation objective (default: hypervolume)")
     p.add_argument("--tracking-uri", help="MLflow tracking URI (http(s)://... or sqlite:///...)")
     p.add_argument("--ray-address", help="Ray cluster address host:6379 or auto (default: $RAY_ADDRESS, else local)")
@@ -68,12 +78,12 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # `kill <pid>` stops like Ctrl-C
-    flags = {"name": args.name, "methods": args.methods, "trials": args.trials, "objective": args.objective,
+    flags = {"name": args.name, "arms": args.arms, "trials": args.trials, "objective": args.objective,
              "tracking_uri": args.tracking_uri, "ray_address": args.ray_address, "root": args.root}
     try:
         cfg = build_config(preset=args.preset, config_file=args.config, overrides=args.set, flags=flags)
         if args.resume:
-            if args.set or args.config or any(flags[k] is not None for k in ("methods", "trials", "objective")):
+            if args.set or args.config or any(flags[k] is not None for k in ("arms", "trials", "objective")):
                 print("note: --resume continues the sweep with its saved config; other settings are ignored", file=sys.stderr)
             cfg = resume_config(cfg)
         else:
@@ -98,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
         return INTERRUPTED
 
     cfg = result.cfg
-    print(f"\nDone: sweep '{cfg.name}' in {result.wall_time_s / 60:.1f} min. Best trial per method "
+    print(f"\nDone: sweep '{cfg.name}' in {result.wall_time_s / 60:.1f} min. Best trial per arm "
           f"(chosen on validation {cfg.metric}):\n")
     print(result.table)
     if result.final is not None:
@@ -120,8 +130,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  MLflow UI:      mlflow ui --backend-store-uri {uri} --port 5000   (then open http://127.0.0.1:5000/{view})")
     else:
         print(f"  MLflow UI:      {uri.rstrip('/')}/{view}")
-    print(f"  experiment:     {cfg.name} (one run per method, nested trial runs, a 'comparison' run"
-          + (", 'final/<method>' runs with one child per seed, a 'final-comparison' run)" if result.final is not None else ")"))
+    print(f"  experiment:     {cfg.name} (one run per arm, nested trial runs, a 'comparison' run"
+          + (", 'final/<arm>' runs with one child per seed, a 'final-comparison' run)" if result.final is not None else ")"))
     if result.final is not None:
         print(f"  final stage:    {result.final.files['table_md']} (and final_table.csv, verdicts.md, final_frontiers.png)")
     if "frontiers_png" in result.files:
@@ -133,15 +143,15 @@ def main(argv: list[str] | None = None) -> int:
         from serving.describe import serve_command
 
         registered = result.registered
-        versions = ", ".join(f"{method}-best = version {entry['version']}"
-                             for method, entry in registered["versions"].items())
-        print(f"  models:         {registered['name']}: champion = {registered['champion']['method']} "
+        versions = ", ".join(f"{arm}-best = version {entry['version']}"
+                             for arm, entry in registered["versions"].items())
+        print(f"  models:         {registered['name']}: champion = {registered['champion']['arm']} "
               f"(version {registered['champion']['version']}); {versions}")
         print(f"                  mlflow.pyfunc.load_model('{registered['champion']['uri']}')")
         print(f"  serve:          {serve_command(registered)}")
         print(f"  re-register:    python platform/register.py --sweep {cfg.name}"
               + (f" --root {cfg.root}" if args.root else "") + " --target-speedup X  (or --max-drop D)")
-    failed = [o.method for o in result.outcomes if o.best is None]
+    failed = [o.arm for o in result.outcomes if o.best is None]
     if failed:
         print(f"\nwarning: no trial of {', '.join(failed)} finished; see the trial runs in MLflow", file=sys.stderr)
         return 1

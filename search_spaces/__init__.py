@@ -123,29 +123,29 @@ def _spaces() -> dict[str, dict[str, Param]]:
     return {arm: by_method[values["method"]] for arm, values in ARMS.items()}
 
 
-def methods() -> list[str]:
-    """Every arm a sweep can list in ``methods``."""
+def arms() -> list[str]:
+    """Every arm a sweep can list in ``arms``."""
     return list(ARMS)
 
 
 def arm_train_values(arm: str) -> dict[str, str]:
     """The trainer options of ``arm`` (method, and the scheme of the fixed arms)."""
     if arm not in ARMS:
-        raise ConfigError(f"unknown method '{arm}'; choose one of: {', '.join(ARMS)}")
+        raise ConfigError(f"unknown arm '{arm}'; choose one of: {', '.join(ARMS)}")
     return dict(ARMS[arm])
 
 
-def get_space(method: str, overrides: dict[str, Any] | None = None) -> dict[str, Param]:
-    """The space of ``method``, with ``overrides`` applied.
+def get_space(arm: str, overrides: dict[str, Any] | None = None) -> dict[str, Param]:
+    """The space of ``arm`` (its loss-weight method's), with ``overrides`` applied.
 
     ``overrides`` maps a parameter to new bounds ``[low, high]`` (same distribution kind), to a
     list of values for a choice, or to ``null`` to stop searching it. A parameter that the
-    method does not search is ignored for that method, so one override can serve every method.
+    arm does not search is ignored for that arm, so one override can serve every arm.
     """
     spaces = _spaces()
-    if method not in spaces:
-        raise ConfigError(f"unknown method '{method}'; choose one of: {', '.join(spaces)}")
-    space = dict(spaces[method])
+    if arm not in spaces:
+        raise ConfigError(f"unknown arm '{arm}'; choose one of: {', '.join(spaces)}")
+    space = dict(spaces[arm])
     for name, value in (overrides or {}).items():
         if name not in space:
             continue
@@ -175,7 +175,7 @@ def _override(name: str, param: Param, value: Any) -> Param:
 
 
 def all_parameters() -> set[str]:
-    """Every parameter any method searches (valid keys of the ``space`` overrides)."""
+    """Every parameter any arm searches (valid keys of the ``space`` overrides)."""
     return {name for space in _spaces().values() for name in space}
 
 

@@ -31,14 +31,14 @@ def describe(result: dict[str, Any]) -> list[str]:
     name, champion = result["name"], result["champion"]
     lines = [f"registered model {name} (sweep '{result['sweep']}', MLflow {result['tracking_uri']}):"]
     width = max(len(m) for m in result["versions"])
-    for method, entry in result["versions"].items():
-        lines.append(f"  {method:<{width}}  version {entry['version']} ({entry['note']})  {entry['uri']}  "
+    for arm, entry in result["versions"].items():
+        lines.append(f"  {arm:<{width}}  version {entry['version']} ({entry['note']})  {entry['uri']}  "
                      f"trial {entry['trial_id']}, validation {entry['objective']} {entry['validation_objective']:.4f}")
         lines.append(f"  {'':<{width}}  {describe_policy(entry['policy'], entry['metric'])}")
     aliases = ", ".join(f"{alias} -> version {version}" for alias, version in result["aliases"].items())
     lines.append(f"  aliases: {aliases}")
     if result.get("skipped"):
         lines.append(f"  not registered (no completed trial): {', '.join(result['skipped'])}")
-    lines.append(f"  champion: models:/{name}@{CHAMPION} = {champion['method']} (version {champion['version']}), "
+    lines.append(f"  champion: models:/{name}@{CHAMPION} = {champion['arm']} (version {champion['version']}), "
                  f"the best validation {champion['objective']} of the sweep ({champion['validation_objective']:.4f})")
     return lines

@@ -4,12 +4,13 @@
     result = register_sweep(uri, "demo-…", max_drop=1.0)          # at most 1 point below full depth
     # {"name": "leebert-mr", "champion": {...}, "versions": {"clo": {"version": "3", "uri": ..., "policy": ...}}}
 
-One registered model per task (``leebert-<task>``), one version per method's best trial: the
+One registered model per task (``leebert-<task>``), one version per arm's best trial: the
 trial's exported model (the folder ``model/`` of its final checkpoint, named by the trial run's
 tag ``model_checkpoint``) served by ``serving.model.ExitPolicyModel`` with the exit policy
 calibrated on validation (``serving.calibration``) from the trial run's ``summary.json``. The
-pyfunc is logged into the method's run. Aliases: ``<method>-best`` per method, and ``champion``
-for the method whose best trial has the best validation objective of the sweep.
+pyfunc is logged into the arm's search run. Aliases: ``<arm>-best`` per arm, and ``champion``
+for the arm whose best trial has the best validation objective of the sweep. An experiment written
+with the old tags (``method``) is migrated first (``trainers.layout.migrate_experiment``).
 
 Idempotent: a version is identified by its tags ``trial_id``, ``policy`` and ``policy_setting``
 (and ``policy_delta`` for regression patience). Registering the same trial with the same calibrated
@@ -34,9 +35,9 @@ from serving.calibration import for_max_drop, for_target_speedup
 from serving.checkpoints import check_checkpoint, local_model
 from serving.describe import CHAMPION
 from trainers.errors import ConfigError
-from trainers.layout import (EXPORT_META_FILE, METHOD_RUNS_FILTER, POLICY_FILE, SUMMARY_FILE, TAG_BEST_RUN_ID, TAG_BEST_TRIAL_ID,
-                             TAG_FINALIZED, TAG_METHOD, TAG_MODEL_CHECKPOINT, TAG_REGISTERED, TAG_SEARCHED, TAG_SWEEP,
-                             TAG_TRIAL_ID, TRUE, trial_filter)
+from trainers.layout import (ARM_RUNS_FILTER, EXPORT_META_FILE, POLICY_FILE, STAGE_SEARCH, SUMMARY_FILE, TAG_ARM,
+                             TAG_BEST_RUN_ID, TAG_BEST_TRIAL_ID, TAG_FINALIZED, TAG_MODEL_CHECKPOINT, TAG_REGISTERED,
+                             TAG_SEARCHED, TAG_SWEEP, TAG_TRIAL_ID, TRUE, migrate_experiment, trial_filter)
 from trainers.results import FrontierSetting, Summary
 
 DEFAULT_TARGET_SPEEDUP = 2.0  # the sweep config's register_speedup default
@@ -50,10 +51,10 @@ FRONTIER_COLUMNS = "validation_speedup,validation_metric,test_speedup,test_metri
 
 
 @dataclass
-class MethodPlan:
-    """What will be registered for one method, all checked before anything is written."""
+class ArmPlan:
+    """What will be registered for one arm, all checked before anything is written."""
 
-    method: str
+    arm: str
     parent_run_id: str
     parent_status: str
     trial_run_id: str
@@ -70,9 +71,9 @@ class MethodPlan:
 
 def register_sweep(tracking_uri: str, experiment: str, target_speedup: float | None = None,
                    max_drop: float | None = None, model_name: str | None = None) -> dict[str, Any]:
-    """Register the best model of every method of the sweep ``experiment`` (see the module docstring).
+    """Register the best model of every arm of the sweep ``experiment`` (see the module docstring).
 
-    Returns ``{"name", "champion": {...}, "versions": {method: {"version", "uri", "policy", ...}},
+    Returns ``{"name", "champion": {...}, "versions": {arm: {"version", "uri", "policy", ...}},
     "aliases": {alias: version}}``. Raises ``ConfigError`` (nothing written) for an unknown or
     unfinished sweep, an unreachable target or a missing checkpoint."""
     if target_speedup is not None and max_drop is not None:
@@ -94,25 +95,26 @@ def register_sweep(tracking_uri: str, experiment: str, target_speedup: float | N
         if found is None or found.lifecycle_stage != "active":
             raise ConfigError(f"no sweep '{experiment}' in the MLflow store {tracking_uri}"
                               + (" (its experiment is deleted)" if found is not None else ""))
+        migrate_experiment(client, found.experiment_id)  # a sweep of an older version: its old tags, once
         plans = plan_sweep(client, found.experiment_id, experiment, target_speedup, max_drop)
         name = model_name or f"leebert-{plans[0].task}"
         versions = _versions(client, name)
         out: dict[str, Any] = {"name": name, "sweep": experiment, "tracking_uri": tracking_uri, "versions": {},
-                               "aliases": {}, "skipped": skipped_methods(client, found.experiment_id, plans)}
+                               "aliases": {}, "skipped": skipped_arms(client, found.experiment_id, plans)}
         with tempfile.TemporaryDirectory(prefix="leebert-register-") as tmp:
             for plan in plans:
-                out["versions"][plan.method] = _register_one(client, name, experiment, plan, versions, Path(tmp))
-        champion = max(plans, key=lambda p: p.objective_value)  # ties: the first method (max keeps the first)
+                out["versions"][plan.arm] = _register_one(client, name, experiment, plan, versions, Path(tmp))
+        champion = max(plans, key=lambda p: p.objective_value)  # ties: the first arm (max keeps the first)
         for plan in plans:
-            entry = out["versions"][plan.method]
-            client.set_registered_model_alias(name, f"{plan.method}-best", entry["version"])
-            out["aliases"][f"{plan.method}-best"] = entry["version"]
+            entry = out["versions"][plan.arm]
+            client.set_registered_model_alias(name, alias(plan.arm), entry["version"])
+            out["aliases"][alias(plan.arm)] = entry["version"]
             client.set_tag(plan.parent_run_id, TAG_REGISTERED,
                            json.dumps({"name": name, "version": entry["version"], "uri": entry["uri"]}))
-        version = out["versions"][champion.method]["version"]
+        version = out["versions"][champion.arm]["version"]
         client.set_registered_model_alias(name, CHAMPION, version)
         out["aliases"][CHAMPION] = version
-        out["champion"] = {"method": champion.method, "version": version, "uri": f"models:/{name}@{CHAMPION}",
+        out["champion"] = {"arm": champion.arm, "version": version, "uri": f"models:/{name}@{CHAMPION}",
                            "trial_id": champion.trial_id, "objective": champion.objective,
                            "validation_objective": champion.objective_value}
         return out
@@ -120,53 +122,58 @@ def register_sweep(tracking_uri: str, experiment: str, target_speedup: float | N
 
 # ---------------------------------------------------------------------------- planning (read only)
 def plan_sweep(client, experiment_id: str, experiment: str, target_speedup: float | None,
-               max_drop: float | None) -> list[MethodPlan]:
-    """One plan per method with a best trial, every target calibrated and every checkpoint found."""
-    runs = client.search_runs([experiment_id], filter_string=METHOD_RUNS_FILTER, max_results=1000,
+               max_drop: float | None) -> list[ArmPlan]:
+    """One plan per arm with a best trial, every target calibrated and every checkpoint found."""
+    runs = client.search_runs([experiment_id], filter_string=ARM_RUNS_FILTER, max_results=1000,
                               order_by=["attributes.start_time ASC"])
     if not runs:
-        raise ConfigError(f"MLflow experiment '{experiment}' holds no method runs; is it a sweep of platform/sweep.py?")
-    unfinished = [r.data.tags.get(TAG_METHOD, r.info.run_name) for r in runs if r.data.tags.get(TAG_FINALIZED) != TRUE]
+        raise ConfigError(f"MLflow experiment '{experiment}' holds no arm runs; is it a sweep of platform/sweep.py?")
+    unfinished = [r.data.tags.get(TAG_ARM, r.info.run_name) for r in runs if r.data.tags.get(TAG_FINALIZED) != TRUE]
     if unfinished:
-        raise ConfigError(f"sweep '{experiment}' is not finished (method(s) {', '.join(unfinished)} still searching or "
+        raise ConfigError(f"sweep '{experiment}' is not finished (arm(s) {', '.join(unfinished)} still searching or "
                           f"interrupted); finish it with `python platform/sweep.py --resume --name {experiment}` first")
     plans, problems = [], []
     with tempfile.TemporaryDirectory(prefix="leebert-register-") as tmp:
         for run in runs:
             try:
-                plan = _plan_method(client, experiment_id, run, target_speedup, max_drop, Path(tmp))
+                plan = _plan_arm(client, experiment_id, run, target_speedup, max_drop, Path(tmp))
             except ConfigError as err:
-                problems.append(f"{run.data.tags.get(TAG_METHOD, run.info.run_name)}: {err}")
+                problems.append(f"{run.data.tags.get(TAG_ARM, run.info.run_name)}: {err}")
                 continue
             if plan is not None:
                 plans.append(plan)
     if problems:
         raise ConfigError("; ".join(problems))
     if not plans:
-        raise ConfigError(f"no method of sweep '{experiment}' has a completed trial; nothing to register")
+        raise ConfigError(f"no arm of sweep '{experiment}' has a completed trial; nothing to register")
     return plans
 
 
-def skipped_methods(client, experiment_id: str, plans: list[MethodPlan]) -> list[str]:
-    """The finished methods with no completed trial (nothing of theirs is registered)."""
-    runs = client.search_runs([experiment_id], filter_string=METHOD_RUNS_FILTER, max_results=1000,
+def skipped_arms(client, experiment_id: str, plans: list[ArmPlan]) -> list[str]:
+    """The finished arms with no completed trial (nothing of theirs is registered)."""
+    runs = client.search_runs([experiment_id], filter_string=ARM_RUNS_FILTER, max_results=1000,
                               order_by=["attributes.start_time ASC"])
-    planned = {p.method for p in plans}
-    return [r.data.tags.get(TAG_METHOD, r.info.run_name) for r in runs if r.data.tags.get(TAG_METHOD) not in planned]
+    planned = {p.arm for p in plans}
+    return [r.data.tags.get(TAG_ARM, r.info.run_name) for r in runs if r.data.tags.get(TAG_ARM) not in planned]
 
 
-def _plan_method(client, experiment_id: str, run, target_speedup, max_drop, tmp: Path) -> MethodPlan | None:
+def alias(arm: str) -> str:
+    """The registered model alias of an arm's best model: ``<arm>-best``."""
+    return f"{arm}-best"
+
+
+def _plan_arm(client, experiment_id: str, run, target_speedup, max_drop, tmp: Path) -> ArmPlan | None:
     from mlflow.exceptions import MlflowException
 
     tags = run.data.tags
-    method = tags.get(TAG_METHOD, run.info.run_name)
+    arm = tags.get(TAG_ARM, run.info.run_name)
     trial_run_id = tags.get(TAG_BEST_RUN_ID)
     if not trial_run_id and tags.get(TAG_BEST_TRIAL_ID):
         found = client.search_runs([experiment_id], max_results=1,
-                                   filter_string=trial_filter(method, tags[TAG_BEST_TRIAL_ID]))
+                                   filter_string=trial_filter(arm, STAGE_SEARCH, tags[TAG_BEST_TRIAL_ID]))
         trial_run_id = found[0].info.run_id if found else None
     if not trial_run_id:
-        return None  # no completed trial: nothing to register for this method
+        return None  # no completed trial: nothing to register for this arm
     trial = client.get_run(trial_run_id)
     trial_id = trial.data.tags.get(TAG_TRIAL_ID, tags.get(TAG_BEST_TRIAL_ID, trial_run_id))
     try:
@@ -188,8 +195,8 @@ def _plan_method(client, experiment_id: str, run, target_speedup, max_drop, tmp:
     hyper = {k: _number(params[k]) for k in (s for s in searched.split(",") if s) if k in params}
     objective_value = run.data.metrics.get("best/objective")
     if objective_value is None:
-        raise ConfigError(f"method run {run.info.run_id} has no 'best/objective' metric")
-    return MethodPlan(method=method, parent_run_id=run.info.run_id, parent_status=run.info.status,
+        raise ConfigError(f"arm run {run.info.run_id} has no 'best/objective' metric")
+    return ArmPlan(arm=arm, parent_run_id=run.info.run_id, parent_status=run.info.status,
                       trial_run_id=trial_run_id, trial_id=trial_id, task=params.get("task", "mr"),
                       objective=run.data.params.get("objective", "objective"), objective_value=float(objective_value),
                       summary=summary, policy=policy, checkpoint=checkpoint, hyperparameters=hyper, searched=searched)
@@ -205,10 +212,10 @@ def _versions(client, name: str) -> list:
         return []
 
 
-def identity(plan_or_policy: MethodPlan | dict, trial_id: str | None = None) -> dict[str, str]:
+def identity(plan_or_policy: ArmPlan | dict, trial_id: str | None = None) -> dict[str, str]:
     """The tags that identify a version: the trial and its calibrated exit policy."""
-    policy = plan_or_policy.policy if isinstance(plan_or_policy, MethodPlan) else plan_or_policy
-    trial = plan_or_policy.trial_id if isinstance(plan_or_policy, MethodPlan) else trial_id
+    policy = plan_or_policy.policy if isinstance(plan_or_policy, ArmPlan) else plan_or_policy
+    trial = plan_or_policy.trial_id if isinstance(plan_or_policy, ArmPlan) else trial_id
     delta = policy.get("delta")
     return {TAG_TRIAL_ID: trial, "policy": policy["policy"], "policy_setting": _fmt(policy["setting"]),
             "policy_delta": "" if delta is None else _fmt(delta)}
@@ -219,7 +226,7 @@ def _matches(version, wanted: dict[str, str]) -> bool:
     return all(tags.get(k, "") == v for k, v in wanted.items())
 
 
-def _register_one(client, name: str, experiment: str, plan: MethodPlan, versions: list, tmp: Path) -> dict[str, Any]:
+def _register_one(client, name: str, experiment: str, plan: ArmPlan, versions: list, tmp: Path) -> dict[str, Any]:
     wanted = identity(plan)
     same = [v for v in versions if _matches(v, wanted)]
     same_trial = [v for v in versions if (v.tags or {}).get(TAG_TRIAL_ID) == plan.trial_id]
@@ -227,7 +234,7 @@ def _register_one(client, name: str, experiment: str, plan: MethodPlan, versions
         version, created = str(min(int(v.version) for v in same)), False
         note = "existing: same trial and exit policy"
     else:
-        version, created = _log_and_register(client, name, plan, tmp / plan.method), True
+        version, created = _log_and_register(client, name, plan, tmp / plan.arm), True
         for key, value in wanted.items():  # the identity first: a crash after this finds the version again
             if value:
                 client.set_model_version_tag(name, version, key, value)
@@ -237,21 +244,21 @@ def _register_one(client, name: str, experiment: str, plan: MethodPlan, versions
             f"{', '.join(str(v) for v in earlier)} of the same trial")
     for key, value in version_tags(experiment, plan).items():
         client.set_model_version_tag(name, version, key, value)
-    return {"version": version, "uri": f"models:/{name}@{plan.method}-best", "policy": plan.policy,
+    return {"version": version, "uri": f"models:/{name}@{alias(plan.arm)}", "policy": plan.policy,
             "created": created, "note": note, "trial_id": plan.trial_id, "trial_run_id": plan.trial_run_id,
             "objective": plan.objective, "validation_objective": plan.objective_value,
             "metric": plan.summary.metric or "metric", "hyperparameters": plan.hyperparameters}
 
 
-def _log_and_register(client, name: str, plan: MethodPlan, work: Path) -> str:
-    """Log the pyfunc into the method's run and register it as a new version of ``name``."""
+def _log_and_register(client, name: str, plan: ArmPlan, work: Path) -> str:
+    """Log the pyfunc into the arm's search run and register it as a new version of ``name``."""
     import mlflow
 
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     model_dir = local_model(plan.checkpoint, work)
     try:
-        # Reopens the finalized method run and ends it FINISHED again (an error would end it FAILED:
+        # Reopens the finalized arm run and ends it FINISHED again (an error would end it FAILED:
         # its previous status is restored below).
         with mlflow.start_run(run_id=plan.parent_run_id), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # MLflow's advice on type hints and on pickled python_model objects
@@ -283,11 +290,11 @@ def pyfunc_arguments(model_dir: Path, policy: dict, work: Path, model_config: di
             "model_config": dict(MODEL_CONFIG if model_config is None else model_config)}
 
 
-def version_tags(experiment: str, plan: MethodPlan) -> dict[str, str]:
+def version_tags(experiment: str, plan: ArmPlan) -> dict[str, str]:
     """Every tag of a version: what it is, how it was trained, its frontier and its exit policy."""
     policy = plan.policy
     tags = {
-        TAG_METHOD: plan.method, TAG_SWEEP: experiment, TAG_TRIAL_ID: plan.trial_id, "trial_run_id": plan.trial_run_id,
+        TAG_ARM: plan.arm, TAG_SWEEP: experiment, TAG_TRIAL_ID: plan.trial_id, "trial_run_id": plan.trial_run_id,
         "objective": plan.objective, "validation_objective": _fmt(plan.objective_value),
         TAG_SEARCHED: plan.searched, "hyperparameters": json.dumps(plan.hyperparameters, sort_keys=True),
         "metric": str(plan.summary.metric or ""),

@@ -116,7 +116,8 @@ class BudgetLedger:
 
 
 def resolve_outer_step_cost(setting: Any, method: str, device: str, precision: str) -> float:
-    """The cost of one outer update of ``method``'s trials: ``setting`` as a number (every learned
+    """The cost of one outer update of trials of the loss-weight ``method`` (train.method: fixed,
+    bilevel, clo; a learned arm is named after its method): ``setting`` as a number (every learned
     arm), a mapping per arm ({bilevel: 3.1, clo: 2.8}: an arm it does not name gets the measured
     figure), or "auto": the measured figure for ``device`` ("cpu" or "cuda") and ``precision``.
     Fixed-weight arms never pay for outer steps (0).

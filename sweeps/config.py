@@ -39,9 +39,9 @@ def _f(default, help: str):
 class SweepConfig:
     preset: str = _f("demo", "the preset this config started from (demo, smoke, glue-bert, glue-albert)")
     name: str | None = _f(None, "sweep name: MLflow experiment, folder under root (default: <preset>-<date>-<time>)")
-    methods: list = _f(["fixed-uniform", "fixed-pabee", "fixed-last", "bilevel", "clo"],
-                       "arms to compare, one search each: fixed-uniform, fixed-pabee, fixed-last, bilevel, clo "
-                       "(or fixed: the fixed method with train.scheme)")
+    arms: list = _f(["fixed-uniform", "fixed-pabee", "fixed-last", "bilevel", "clo"],
+                    "arms to compare, one search each: fixed-uniform, fixed-pabee, fixed-last, bilevel, clo "
+                    "(or fixed: the fixed loss-weight method with train.scheme)")
     trials: int | None = _f(2, "most trials per arm (the same for every arm); null: as many as budget_epochs buys")
     budget_epochs: float | None = _f(None, "training compute per arm, in fixed-epochs (one epoch of fixed-weight training; an epoch "
                                            "of bilevel/clo costs 1 + outer_step_cost/outer_every); a trial starts only if all its "
@@ -87,19 +87,19 @@ class SweepConfig:
     tracking_uri: str | None = _f(None, "MLflow tracking URI: http(s)://server or sqlite:///file.db (default: $MLFLOW_TRACKING_URI "
                                         "if set, else sqlite:///<root>/<name>/mlflow.db)")
     ray_address: str | None = _f(None, "Ray cluster to join (host:6379 or auto); default: $RAY_ADDRESS if set (as inside `ray job submit`), else a new local Ray")
-    register: bool = _f(True, "when every method is finished, register each method's best model in the MLflow model registry "
+    register: bool = _f(True, "when every arm's search is finished, register each arm's best model in the MLflow model registry "
                                "(serving.register; later or again: python platform/register.py)")
     register_speedup: float = _f(2.0, "exit policy of the registered models: the most accurate setting with at least this "
                                       "validation speed-up")
-    registry_prefix: str | None = _f(None, "registered model name (default: leebert-<task>), one version per method, "
-                                          "aliases champion and <method>-best")
-    keep_checkpoints: str = _f("best", "model checkpoints kept after the sweep: best (one per method) or all")
+    registry_prefix: str | None = _f(None, "registered model name (default: leebert-<task>), one version per arm, "
+                                          "aliases champion and <arm>-best")
+    keep_checkpoints: str = _f("best", "model checkpoints kept after the sweep: best (one per arm) or all")
     trial_logs: bool = _f(False, "forward the trainer's step-by-step logs of every trial to this console")
     env: dict = _f({}, "environment variables set in every trial (e.g. HF_HUB_OFFLINE: '1')")
     diverge_trials: dict = _f({}, "test hook: {<arm>-<trial number>: step} makes the training loss of that search trial NaN "
                                   "at that (1-based) step, e.g. {fixed-2: 3}")
     space: dict = _f({}, "search-space overrides, e.g. {lr: [1e-5, 1e-4], temperature: null} (see search_spaces/)")
-    train: dict = _f({}, "trainer options shared by every trial (any `python -m trainers.train` option; method is set per search)")
+    train: dict = _f({}, "trainer options shared by every trial (any `python -m trainers.train` option; method is set per arm)")
     # Not a setting (never saved, not in --help): what ``validate`` made of ``train`` for each arm
     arm_configs: dict[str, TrainConfig] = field(default_factory=dict, init=False, repr=False, compare=False)
 
@@ -141,14 +141,14 @@ class SweepConfig:
     def model_prefix(self) -> str:
         return self.registry_prefix or f"leebert-{self.train.get('task', 'mr')}"
 
-    def train_config(self, method: str) -> TrainConfig:
-        """The trainer config of ``method``'s trials before the searched values are filled in, as
+    def train_config(self, arm: str) -> TrainConfig:
+        """The trainer config of ``arm``'s trials before the searched values are filled in, as
         ``validate`` built and validated it (a trial applies its values to it: ``TrialSpec.drawn``)."""
-        if method not in self.arm_configs:
-            raise LookupError(f"no trainer config for arm '{method}': the sweep config holds one per arm of "
-                              f"{self.methods} once validated (build it with sweeps.presets.build_config, or "
+        if arm not in self.arm_configs:
+            raise LookupError(f"no trainer config for arm '{arm}': the sweep config holds one per arm of "
+                              f"{self.arms} once validated (build it with sweeps.presets.build_config, or "
                               "call validate())")
-        return self.arm_configs[method]
+        return self.arm_configs[arm]
 
     @classmethod
     def settings(cls) -> list[dataclasses.Field]:
@@ -159,6 +159,8 @@ class SweepConfig:
     def from_dict(cls, values: dict[str, Any]) -> "SweepConfig":
         """A config from its settings, not validated yet."""
         known = [f.name for f in cls.settings()]
+        if "methods" in values:
+            raise ConfigError(renamed_methods(values["methods"]))
         unknown = sorted(set(values) - set(known))
         if unknown:
             raise ConfigError(f"unknown sweep config key(s): {', '.join(unknown)}; valid keys: {', '.join(known)}")
@@ -179,13 +181,13 @@ class SweepConfig:
         _check_types(self)
         if self.name is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", self.name):
             raise ConfigError(f"name '{self.name}' may only hold letters, digits, '.', '_' and '-'")
-        if not self.methods:
-            raise ConfigError("methods is empty; list at least one of: " + ", ".join(search_spaces.methods()))
-        for method in self.methods:
-            if method not in search_spaces.methods():
-                raise ConfigError(f"unknown method '{method}'; choose from: {', '.join(search_spaces.methods())}")
-        if len(set(self.methods)) != len(self.methods):
-            raise ConfigError(f"methods lists a method twice: {self.methods}")
+        if not self.arms:
+            raise ConfigError("arms is empty; list at least one of: " + ", ".join(search_spaces.arms()))
+        for arm in self.arms:
+            if arm not in search_spaces.arms():
+                raise ConfigError(f"unknown arm '{arm}'; choose from: {', '.join(search_spaces.arms())}")
+        if len(set(self.arms)) != len(self.arms):
+            raise ConfigError(f"arms lists an arm twice: {self.arms}")
         for name in ("trials", "max_concurrent", "tpe_startup_trials", "grace_period", "workers_per_trial",
                      "budget_epochs", "timing_repeats", "final_max_concurrent", "timing_seeds"):
             if getattr(self, name) is not None and getattr(self, name) <= 0:
@@ -199,8 +201,8 @@ class SweepConfig:
             raise ConfigError(f"final_seeds must be a list of integers, got {self.final_seeds!r}")
         if len(set(self.final_seeds)) != len(self.final_seeds):
             raise ConfigError(f"final_seeds lists a seed twice: {self.final_seeds}")
-        if self.final_seeds and self.reference_arm not in self.methods:
-            raise ConfigError(f"reference_arm '{self.reference_arm}' is not among methods {self.methods}; "
+        if self.final_seeds and self.reference_arm not in self.arms:
+            raise ConfigError(f"reference_arm '{self.reference_arm}' is not among arms {self.arms}; "
                               "add it or set reference_arm to one of them")
         for key in ("method", "scheme", "seed", "output_dir", "resume"):
             if key in self.final_train:
@@ -230,21 +232,22 @@ class SweepConfig:
             raise ConfigError(f"unknown search-space key(s): {', '.join(unknown)}; searched parameters: "
                               f"{', '.join(sorted(search_spaces.all_parameters()))}")
         if "method" in self.train:
-            raise ConfigError("train.method cannot be set: each method gets its own search; list them in `methods`")
+            raise ConfigError("train.method cannot be set: each arm sets it (fixed-*: fixed, bilevel, clo) and gets its "
+                              "own search; list the arms in `arms`")
         for section in ("train", "final_train"):  # no silent override of a searched value, in either stage
             for key, value in getattr(self, section).items():
-                searching = [m for m in self.methods if key in search_spaces.get_space(m, self.space)]
+                searching = [arm for arm in self.arms if key in search_spaces.get_space(arm, self.space)]
                 if searching:
                     raise ConfigError(_searched_override(section, key, value, searching))
         for key, value in self.diverge_trials.items():
             arm, _, number = str(key).rpartition("-")
-            if arm not in self.methods or not number.isdigit() or not isinstance(value, int) or value < 1:
+            if arm not in self.arms or not number.isdigit() or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"diverge_trials.{key}={value!r}: use {{<arm>-<trial number>: <step >= 1>}} with an arm "
-                                  f"of methods, e.g. {{{self.methods[0]}-2: 3}}")
+                                  f"of arms, e.g. {{{self.arms[0]}-2: 3}}")
         arm_configs = {}
-        for method in self.methods:
-            search_spaces.get_space(method, self.space)
-            cfg = TrainConfig.from_dict({**self.train, **search_spaces.arm_train_values(method)}, where="train").validate()
+        for arm in self.arms:
+            search_spaces.get_space(arm, self.space)
+            cfg = TrainConfig.from_dict({**self.train, **search_spaces.arm_train_values(arm)}, where="train").validate()
             if cfg.batch_size % (2 * self.workers_per_trial):
                 raise ConfigError(f"train.batch_size {cfg.batch_size} must split evenly over workers_per_trial="
                                   f"{self.workers_per_trial} workers and the two halves D1/D2; use a multiple of "
@@ -258,26 +261,36 @@ class SweepConfig:
                 if get_task(cfg.task).metrics[0] != "accuracy":
                     raise ConfigError(f"the final comparison resamples per-example correctness, which defines accuracy, "
                                       f"not {get_task(cfg.task).metrics[0]} (task {cfg.task}); set final_seeds: [] for this task")
-            arm_configs[method] = cfg
+            arm_configs[arm] = cfg
         self.arm_configs = arm_configs
-        for method in self.methods:  # a compute budget needs a cost for the trials' device and precision
-            self.arm_outer_step_cost(method)
+        for arm in self.arms:  # a compute budget needs a cost for the trials' device and precision
+            self.arm_outer_step_cost(arm)
         return self
 
     def trial_device(self) -> str:
         """Where the trials train: cuda when Ray gives them GPUs (or train.device asks for it), else cpu."""
         return "cuda" if self.gpus_per_trial > 0 or self.train.get("device") == "cuda" else "cpu"
 
-    def arm_outer_step_cost(self, method: str) -> float:
-        """What one outer update of ``method``'s trials costs in θ-steps (0 for fixed weights):
+    def arm_outer_step_cost(self, arm: str) -> float:
+        """What one outer update of ``arm``'s trials costs in θ-steps (0 for fixed weights):
         ``outer_step_cost``, or with ``auto`` the figure measured for the trials' device and
         precision (sweeps/budget.py); a device/precision nobody measured is refused, never guessed.
         ``train.precision: auto`` is resolved on this driver as the trials will resolve it (CPU
         trials: this machine's CPU flags, assuming the cluster's nodes are alike)."""
         from sweeps.budget import resolve_outer_step_cost
 
-        train = self.train_config(method)
+        train = self.train_config(arm)
         return resolve_outer_step_cost(self.outer_step_cost, train.method, self.trial_device(), train.precision)
+
+
+def renamed_methods(value: Any = None, flag: bool = False) -> str:
+    """Why the old key ``methods`` (or the flag ``--methods``) is refused, and how to write it now."""
+    if isinstance(value, str):
+        value = [v.strip() for v in value.split(",") if v.strip()]
+    listed = ",".join(map(str, value)) if isinstance(value, list) and value else "clo,fixed-uniform"
+    old = "the flag --methods" if flag else "the config key `methods`"
+    return (f"{old} was renamed to `arms` (\"method\" now only names a trainer's loss-weight algorithm): "
+            f"write --arms {listed}, --set arms=[{listed}] or `arms: [{listed.replace(',', ', ')}]` in a YAML file")
 
 
 def _searched_override(section: str, key: str, value: Any, searching: list[str]) -> str:

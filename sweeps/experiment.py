@@ -33,8 +33,8 @@ class Stage:
 
     name: str                                  # the experiment's folder under the sweep's storage
     runtime: Runtime                           # the settings every trial shares
-    parents: dict[str, str]                    # MLflow parent run id per group ("clo", "final/clo")
-    totals: dict[str, Any]                     # trials per group, for the progress lines ("?" if unknown)
+    parents: dict[str, str]                    # MLflow parent run id per parent run name ("clo", "final/clo")
+    totals: dict[str, Any]                     # trials per parent run name, for the progress lines ("?" if unknown)
     epochs: int                                # epochs of a full trial, for the progress lines
     resources: dict                            # per trial (tune.with_resources)
     finished: Callable[[list], bool]           # given the experiment's trials: is the stage done?
@@ -138,7 +138,7 @@ def run_experiment(cfg: SweepConfig, stage: Stage, tracker: Tracker, resume: boo
         frame = analysis.trial_dataframes.get(trial.trial_id)
         history = frame.to_dict("records") if frame is not None and len(frame) else []
         record = build_record(trial, history, storage_path=cfg.storage_path)
-        if not tracker.trial_logged(record.method, trial.trial_id):  # the callback missed it (driver restarted)
-            tracker.log_trial(record, stage.parents[record.method])
+        if not tracker.trial_logged(record.arm, record.stage, trial.trial_id):  # the callback missed it (driver restarted)
+            tracker.log_trial(record, stage.parents[record.group])
         records.append(record)
     return records

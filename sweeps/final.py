@@ -37,14 +37,14 @@ from sweeps.config import SweepConfig
 from sweeps.experiment import Stage, run_experiment
 from sweeps.progress import say
 from sweeps.records import TrialRecord
-from sweeps.search import MethodOutcome, runtime, trial_resources
+from sweeps.search import ArmOutcome, runtime, trial_resources
 from sweeps.spec import FINAL, Runtime, TrialSpec
 from sweeps.timing import TIMED_TARGET, TimingReport, timing_file
 from sweeps.report import differences_table, final_table, verdict_line, write_final_report
 from sweeps.tracking import Tracker
 from sweeps.trial import TEST_LOGITS_FILE
 from trainers.config import TrainConfig
-from trainers.layout import ROLE_FINAL as FINAL_ROLE
+from trainers.layout import TAG_SWEEP
 
 
 @dataclass
@@ -64,19 +64,20 @@ def final_spec(cfg: SweepConfig, arm: str, best: TrialRecord, seed: int, runtime
                            options={**cfg.final_train, "wallclock_eval": False})
 
 
-def final_stage(cfg: SweepConfig, tracker: Tracker, outcomes: list[MethodOutcome], resume: bool,
+def final_stage(cfg: SweepConfig, tracker: Tracker, outcomes: list[ArmOutcome], resume: bool,
                 trainer=None) -> list[FinalArm]:
     """Every arm's best configuration x every seed, in one experiment."""
     chosen = [o for o in outcomes if o.best is not None]
     the_runtime = runtime(cfg, FINAL)
     parents, specs, firsts = {}, [], {}
     for outcome in chosen:
-        arm, best = outcome.method, outcome.best
+        arm, best = outcome.arm, outcome.best
         seeds = [final_spec(cfg, arm, best, seed, the_runtime) for seed in cfg.final_seeds]
-        parents[f"final/{arm}"] = tracker.method_run(f"final/{arm}", role=FINAL_ROLE, params={
+        # keyed by the parent run's name ("final/clo"), as the progress callback looks it up
+        parents[seeds[0].group] = tracker.arm_run(arm, FINAL, params={
             "arm": arm, "seeds": ",".join(map(str, cfg.final_seeds)), "source_trial_id": best.trial_id,
             "source_trial_number": best.number, **{k: v for k, v in seeds[0].train.to_dict().items() if k != "seed"}},
-            tags={"sweep": cfg.name, "arm": arm})
+            tags={TAG_SWEEP: cfg.name})
         specs += seeds
         firsts[arm] = seeds[0]
         if not resume:
@@ -95,10 +96,10 @@ def final_stage(cfg: SweepConfig, tracker: Tracker, outcomes: list[MethodOutcome
     records = run_experiment(cfg, stage, tracker, resume, trainer)
     finals = []
     for outcome in chosen:
-        mine = [r for r in records if r.method == f"final/{outcome.method}"]
+        first = firsts[outcome.arm]
+        mine = [r for r in records if r.arm == outcome.arm and r.stage == FINAL]
         mine.sort(key=lambda r: cfg.final_seeds.index(int(r.train["seed"])))
-        finals.append(FinalArm(outcome.method, parents[f"final/{outcome.method}"], outcome.best,
-                               firsts[outcome.method].train, mine))
+        finals.append(FinalArm(outcome.arm, parents[first.group], outcome.best, first.train, mine))
     return finals
 
 

@@ -13,12 +13,12 @@ import numpy as np  # noqa: E402
 
 from trainers.results import FrontierSetting, Summary  # noqa: E402
 
-METHOD_COLORS = {"fixed": "#7f7f7f", "fixed-uniform": "#7f7f7f", "fixed-pabee": "#2ca02c", "fixed-last": "#bcbd22",
-                 "bilevel": "#1f77b4", "clo": "#d62728"}
+ARM_COLORS = {"fixed": "#7f7f7f", "fixed-uniform": "#7f7f7f", "fixed-pabee": "#2ca02c", "fixed-last": "#bcbd22",
+              "bilevel": "#1f77b4", "clo": "#d62728"}
 
 
-def _color(method: str, index: int) -> str:
-    return METHOD_COLORS.get(method, f"C{index % 10}")
+def _color(arm: str, index: int) -> str:
+    return ARM_COLORS.get(arm, f"C{index % 10}")
 
 
 def weights_figure(names: list[str], final: list[float], num_exits: int, path: Path, title: str = "") -> Path:
@@ -84,15 +84,15 @@ def frontier_figure(summary: Summary, path: Path, title: str = "") -> Path:
 
 
 def pareto_overlay(best: dict[str, Summary], path: Path, title: str = "") -> Path:
-    """The best trial of each method, overlaid: validation frontier left, test (same settings) right."""
+    """The best trial of each arm, overlaid: validation frontier left, test (same settings) right."""
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.6), sharey=True)
     metric = next(iter(best.values())).metric if best else "metric"
     for ax, split in zip(axes, ("validation", "test")):
-        for index, (method, summary) in enumerate(best.items()):
+        for index, (arm, summary) in enumerate(best.items()):
             x, y = _frontier_xy(summary.frontier, split)
             on = getattr(summary, split)
-            ax.plot(x, y, "o-", color=_color(method, index), ms=4,
-                    label=f"{method} (HV {on.hypervolume:.3f}, last exit {100 * on.last_exit:.1f})")
+            ax.plot(x, y, "o-", color=_color(arm, index), ms=4,
+                    label=f"{arm} (HV {on.hypervolume:.3f}, last exit {100 * on.last_exit:.1f})")
         if best:
             ref = getattr(next(iter(best.values())), split).reference_metric
             ax.axhline(100 * ref, color="k", lw=0.8, ls=":", label="majority class")
@@ -101,7 +101,7 @@ def pareto_overlay(best: dict[str, Summary], path: Path, title: str = "") -> Pat
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8, loc="lower left")
     axes[0].set_ylabel(f"{metric} (%)")
-    fig.suptitle(title or "best trial per method: speed-accuracy frontiers")
+    fig.suptitle(title or "best trial per arm: speed-accuracy frontiers")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -28,7 +28,7 @@ def fmt_params(values: dict[str, Any]) -> str:
 
 
 class SweepCallback(tune.Callback):
-    """Driver-side: prints progress and logs each trial to MLflow (nested in its group's parent run)
+    """Driver-side: prints progress and logs each trial to MLflow (nested in its arm's parent run)
     when it ends.
 
     The logging (some 50 MLflow calls and two figures for a completed trial) runs in a background
@@ -117,7 +117,7 @@ class SweepCallback(tune.Callback):
                 return
             label, record = item
             try:
-                self.tracker.log_trial(record, self.parents[record.method])
+                self.tracker.log_trial(record, self.parents[record.group])
             except Exception as err:  # noqa: BLE001 - MLflow trouble must not kill the search; reconciled after fit
                 say(f"warning: could not log {label} to MLflow now ({type(err).__name__}: {err}); retrying at the end")
 

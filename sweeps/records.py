@@ -16,6 +16,7 @@ from typing import Any
 from sweeps.spec import TrialSpec
 from sweeps.trial import CHECKPOINT_PATH_KEY, DIVERGED, read_summary
 from trainers.config import TrainConfig
+from trainers.layout import run_name
 from trainers.results import Summary
 
 
@@ -23,7 +24,8 @@ from trainers.results import Summary
 class TrialRecord:
     """What the driver knows about one finished (or stopped, or failed) trial."""
 
-    method: str                          # its MLflow group: the arm ("clo"), or "final/<arm>"
+    arm: str                             # fixed-uniform, ..., clo
+    stage: str                           # "search" or "final" (sweeps.spec.SEARCH, FINAL)
     trial_id: str
     number: int                          # search: its number in the arm; final: the seed
     status: str                          # completed | stopped_early | error
@@ -37,8 +39,12 @@ class TrialRecord:
     end_ms: int | None = None
     checkpoint: Any = None               # ray.tune.Checkpoint of the exported model (completed trials)
     resume_checkpoint: Any = None        # the last epoch checkpoint of a trial that did not complete
-    arm: str = ""
     config: TrainConfig | None = None    # the trial's trainer config (its TrialSpec.train): what a retraining starts from
+
+    @property
+    def group(self) -> str:
+        """The parent run the trial is nested in (its name): the arm's search "clo", or "final/clo"."""
+        return run_name(self.arm, self.stage)
 
     @property
     def objective(self) -> float:
@@ -121,7 +127,7 @@ def build_record(trial, history: list[dict], error: bool = False, storage_path: 
     start = trial.run_metadata.start_time or (min(stamps) if stamps else None)
     end = epochs[-1]["timestamp"] if epochs and "timestamp" in epochs[-1] else time.time()
     return TrialRecord(
-        method=spec.group, arm=spec.arm, trial_id=trial.trial_id, number=spec.number, status=status,
+        arm=spec.arm, stage=spec.stage, trial_id=trial.trial_id, number=spec.number, status=status,
         sampled=dict(spec.sampled), train=spec.train.to_dict(), config=spec.train, epochs=epochs, summary=summary, error=message,
         reason=failure_reason(message) if failed else None,
         start_ms=int(start * 1000) if start else None, end_ms=int(end * 1000),

@@ -1,4 +1,4 @@
-"""Sweep-level outputs: the per-method comparison (CSV + markdown), the Pareto overlay, the
+"""Sweep-level outputs: the per-arm comparison (CSV + markdown), the Pareto overlay, the
 Optuna storage, and the MLflow "comparison" run that holds them; and the final comparison's
 tables, verdicts and files (its numbers come from ``sweeps.arm_statistics``)."""
 
@@ -22,7 +22,7 @@ def trials_table(records: list[TrialRecord]) -> pd.DataFrame:
     rows = []
     for r in records:
         last = r.epochs[-1] if r.epochs else {}
-        row = {"method": r.method, "trial": r.number, "trial_id": r.trial_id, "status": r.status,
+        row = {"arm": r.arm, "trial": r.number, "trial_id": r.trial_id, "status": r.status,
                **{k: v for k, v in sorted(r.sampled.items())},
                "epochs": int(last.get("epoch", 0)) if last else 0,
                "objective": last.get("objective"), "val_hypervolume": last.get("val_hypervolume"),
@@ -45,7 +45,7 @@ def compute_used(cfg, outcome) -> tuple[float, float]:
 
 
 def summary_table(result) -> pd.DataFrame:
-    """One row per method: its best trial (chosen on validation) and what that trial does on test.
+    """One row per arm: its best trial (chosen on validation) and what that trial does on test.
 
     Metric columns are fractions (the markdown shows them in %); ``@Nx`` is the test metric at the
     exit-policy setting validation chose for an N-times speed-up, with the test speed-up it reached.
@@ -54,7 +54,7 @@ def summary_table(result) -> pd.DataFrame:
     for outcome in result.outcomes:
         counts = {s: sum(r.status == s for r in outcome.records) for s in ("completed", "stopped_early", "error")}
         used, seconds = compute_used(result.cfg, outcome)
-        row = {"method": outcome.method,
+        row = {"arm": outcome.arm,
                "trials done/stopped/failed": f"{counts['completed']}/{counts['stopped_early']}/{counts['error']}",
                "compute used": f"{used:.1f}" + (f" / {result.cfg.budget_epochs:g}" if result.cfg.budget_epochs else ""),
                "train min": f"{seconds / 60:.1f}"}
@@ -101,7 +101,7 @@ def to_markdown(frame: pd.DataFrame, metric: str) -> str:
 
 def write_report(result, tracker) -> None:
     cfg, out = result.cfg, result.report_dir
-    best = {o.method: o.best.summary for o in result.outcomes if o.best is not None and o.best.summary}
+    best = {o.arm: o.best.summary for o in result.outcomes if o.best is not None and o.best.summary}
     metric = next(iter(best.values())).metric if best else "metric"
     frame = summary_table(result)
     frame.to_csv(out / "summary.csv", index=False)
@@ -112,17 +112,17 @@ def write_report(result, tracker) -> None:
     files = {"summary_csv": out / "summary.csv", "summary_md": out / "summary.md", "trials_csv": out / "trials.csv"}
     if best:
         files["frontiers_png"] = pareto_overlay(best, out / "frontiers.png",
-                                                title=f"sweep {cfg.name}: best trial per method ({cfg.train.get('task', '')})")
+                                                title=f"sweep {cfg.name}: best trial per arm ({cfg.train.get('task', '')})")
     optuna_db = cfg.sweep_dir / "optuna.db"
     if optuna_db.is_file():  # a copy: the live file stays where OptunaSearch writes it
         shutil.copy2(optuna_db, out / "optuna.db")
         files["optuna_db"] = optuna_db
     metrics = {}
-    for method, summary in best.items():
-        metrics[f"val_hypervolume/{method}"] = summary.validation.hypervolume
-        metrics[f"test_hypervolume/{method}"] = summary.test.hypervolume
-        metrics[f"val_last_exit/{method}"] = summary.validation.last_exit
-        metrics[f"test_last_exit/{method}"] = summary.test.last_exit
+    for arm, summary in best.items():
+        metrics[f"val_hypervolume/{arm}"] = summary.validation.hypervolume
+        metrics[f"test_hypervolume/{arm}"] = summary.test.hypervolume
+        metrics[f"val_last_exit/{arm}"] = summary.validation.last_exit
+        metrics[f"test_last_exit/{arm}"] = summary.test.last_exit
     metrics["wall_time_s"] = result.wall_time_s
     upload = [out / "summary.csv", out / "summary.md", out / "trials.csv", cfg.sweep_dir / "sweep.json"]
     if "frontiers_png" in files:

@@ -36,7 +36,7 @@ from sweeps.preflight import preflight
 from sweeps.state import SweepInterrupted, save_state
 from sweeps.progress import say
 from sweeps.ray_cluster import init_ray
-from sweeps.search import MethodOutcome, search_stage
+from sweeps.search import ArmOutcome, search_stage
 from sweeps.spec import SEARCH
 from sweeps.tracking import Tracker
 from trainers.layout import TAG_FINALIZED, TRUE
@@ -45,7 +45,7 @@ from trainers.layout import TAG_FINALIZED, TRUE
 @dataclass
 class SweepResult:
     cfg: SweepConfig
-    outcomes: list[MethodOutcome]
+    outcomes: list[ArmOutcome]
     wall_time_s: float
     tracking_uri: str
     report_dir: Path
@@ -79,13 +79,13 @@ def run_sweep(cfg: SweepConfig, resume: bool = False, trainer=None) -> SweepResu
         closed = tracker.close_orphans()  # runs a driver killed outright (SIGKILL) left RUNNING
         if closed:
             say(f"closed {closed} MLflow run(s) left RUNNING by a driver that was killed (now KILLED)")
-        say(f"sweep '{cfg.name}' on {where}: methods {', '.join(cfg.methods)}, {budget_text(cfg)} each, "
+        say(f"sweep '{cfg.name}' on {where}: arms {', '.join(cfg.arms)}, {budget_text(cfg)} each, "
             f"{cfg.workers_per_trial} worker(s) per trial, objective {cfg.metric}; MLflow {cfg.resolved_tracking_uri}")
         report_dir = cfg.sweep_dir / "report"
         report_dir.mkdir(parents=True, exist_ok=True)
         outcomes = search_stage(cfg, tracker, resume, trainer)
         for outcome in outcomes:
-            finish_method(cfg, tracker, outcome, report_dir)
+            finish_arm(cfg, tracker, outcome, report_dir)
         result = SweepResult(cfg, outcomes, time.time() - started, cfg.resolved_tracking_uri, report_dir,
                              experiment_id=tracker.experiment_id)
         write_report(result, tracker)
@@ -108,18 +108,18 @@ def run_sweep(cfg: SweepConfig, resume: bool = False, trainer=None) -> SweepResu
         ray.shutdown()
 
 
-def finish_method(cfg: SweepConfig, tracker: Tracker, outcome: MethodOutcome, report_dir: Path) -> None:
-    """Summarize a finished search in its parent run, clean up its checkpoints, end the run."""
+def finish_arm(cfg: SweepConfig, tracker: Tracker, outcome: ArmOutcome, report_dir: Path) -> None:
+    """Summarize an arm's finished search in its parent run, clean up its checkpoints, end the run."""
     from sweeps.report import trials_table
 
     parent = tracker.client.get_run(outcome.parent_run_id)
-    if parent.data.tags.get(TAG_FINALIZED) == TRUE:  # a resumed sweep: this method was finished before
+    if parent.data.tags.get(TAG_FINALIZED) == TRUE:  # a resumed sweep: this arm was finished before
         if parent.info.status != "FINISHED":
             tracker.finish(outcome.parent_run_id, "FINISHED" if outcome.best else "FAILED")
         return
-    trials_csv = report_dir / f"trials_{outcome.method}.csv"
+    trials_csv = report_dir / f"trials_{outcome.arm}.csv"
     trials_table(outcome.records).to_csv(trials_csv, index=False)
-    tracker.finalize_method(outcome.parent_run_id, outcome.best, outcome.records, trials_csv, {})
+    tracker.finalize_arm(outcome.parent_run_id, outcome.best, outcome.records, trials_csv, {})
     if cfg.keep_checkpoints == "best":
         delete_other_checkpoints(outcome, cfg.storage_path)
     delete_local_trial_folders(outcome)
@@ -127,7 +127,7 @@ def finish_method(cfg: SweepConfig, tracker: Tracker, outcome: MethodOutcome, re
     tracker.finish(outcome.parent_run_id, "FINISHED" if outcome.best else "FAILED")
 
 
-def final_stage(cfg: SweepConfig, tracker: Tracker, outcomes: list[MethodOutcome], report_dir: Path, resume: bool,
+def final_stage(cfg: SweepConfig, tracker: Tracker, outcomes: list[ArmOutcome], report_dir: Path, resume: bool,
                 trainer=None):
     """Each arm's best configuration retrained with every seed of final_seeds, the models timed on a
     quiet device once every training has ended, then compared on test."""
@@ -142,7 +142,7 @@ def final_stage(cfg: SweepConfig, tracker: Tracker, outcomes: list[MethodOutcome
 
 
 def register_models(cfg: SweepConfig) -> dict | None:
-    """Every method's best model, registered with the exit policy for ``register_speedup``
+    """Every arm's best model, registered with the exit policy for ``register_speedup``
     (``serving.register``: idempotent, so a resumed sweep registers nothing twice). A target no
     setting reaches is a warning: the sweep's results stand, and ``platform/register.py`` can
     register them later with another target."""
@@ -161,8 +161,8 @@ def register_models(cfg: SweepConfig) -> dict | None:
     return result
 
 
-def delete_other_checkpoints(outcome: MethodOutcome, storage_path: str) -> None:
-    """Keep only the best trial's model checkpoint of a method (``keep_checkpoints: best``): the
+def delete_other_checkpoints(outcome: ArmOutcome, storage_path: str) -> None:
+    """Keep only the best trial's model checkpoint of an arm (``keep_checkpoints: best``): the
     other trials' models, the last epoch checkpoints of trials ASHA stopped or that failed, and
     the Ray Train run folders of multi-worker trials other than the best."""
     import pyarrow.fs
@@ -186,7 +186,7 @@ def delete_other_checkpoints(outcome: MethodOutcome, storage_path: str) -> None:
                 pass
 
 
-def delete_local_trial_folders(outcome: MethodOutcome) -> None:
+def delete_local_trial_folders(outcome: ArmOutcome) -> None:
     """The trainer's working folders that stopped or failed trials left on the driver's node
     (on other nodes they stay in the system's temporary folder until it is cleaned)."""
     from sweeps.trial import local_trial_dir

@@ -21,11 +21,14 @@ from sweeps.records import TrialRecord
 from sweeps.spec import SEARCH, Runtime, TrialSpec
 from sweeps.tracking import Tracker
 from trainers.config import TrainConfig
+from trainers.layout import TAG_SWEEP
 
 
 @dataclass
-class MethodOutcome:
-    method: str                     # the arm
+class ArmOutcome:
+    """What one arm's search found."""
+
+    arm: str
     parent_run_id: str
     records: list[TrialRecord]
     best: TrialRecord | None
@@ -71,7 +74,7 @@ def arms(cfg: SweepConfig) -> list[Arm]:
     import search_spaces
 
     out = []
-    for name in cfg.methods:
+    for name in cfg.arms:
         space = search_spaces.get_space(name, cfg.space)
         train = cfg.train_config(name)  # validated once, with the whole config
         cost = TrialCost(epochs=train.epochs, learned=train.method != "fixed",
@@ -138,14 +141,14 @@ def arm_scheduler(cfg: SweepConfig, epochs: int):
                          grace_period=cfg.grace_period, reduction_factor=cfg.reduction_factor)
 
 
-def search_stage(cfg: SweepConfig, tracker: Tracker, resume: bool, trainer=None) -> list[MethodOutcome]:
+def search_stage(cfg: SweepConfig, tracker: Tracker, resume: bool, trainer=None) -> list[ArmOutcome]:
     import search_spaces
     from sweeps.searchers import ArmSearch, PerArmScheduler
 
     the_arms = arms(cfg)
     parents, searchers, schedulers, algorithms = {}, {}, {}, {}
     for arm in the_arms:
-        parents[arm.name] = tracker.method_run(arm.name, params={
+        parents[arm.name] = tracker.arm_run(arm.name, SEARCH, params={
             "trials": cfg.trials, "budget_epochs": cfg.budget_epochs, "outer_step_cost": arm.cost.outer_step_cost,
             "seed": cfg.seed, "objective": cfg.metric, "scheduler": cfg.scheduler,
             "max_concurrent": cfg.max_concurrent, "cpus_per_trial": cfg.cpus_per_trial,
@@ -153,7 +156,7 @@ def search_stage(cfg: SweepConfig, tracker: Tracker, resume: bool, trainer=None)
             "max_failures": cfg.max_failures,
             **{f"space.{k}": v for k, v in search_spaces.describe(arm.space).items()},
             **{k: v for k, v in arm.shared_options().items() if k not in ("output_dir", "resume")},
-        }, tags={"sweep": cfg.name, "preset": cfg.preset})
+        }, tags={TAG_SWEEP: cfg.name, "preset": cfg.preset})
         searchers[arm.name], algorithms[arm.name], note = arm_searcher(cfg, arm)
         schedulers[arm.name] = arm_scheduler(cfg, arm.epochs)
         tracker.client.set_tag(parents[arm.name], "search_algorithm", algorithms[arm.name])
@@ -179,10 +182,10 @@ def search_stage(cfg: SweepConfig, tracker: Tracker, resume: bool, trainer=None)
     close_optuna_trials(cfg, [arm.name for arm in the_arms])
     outcomes = []
     for arm in the_arms:
-        mine = sorted((r for r in records if r.method == arm.name), key=lambda r: r.number)
+        mine = sorted((r for r in records if r.arm == arm.name), key=lambda r: r.number)
         completed = [r for r in mine if r.status == "completed"]
         best = max(completed, key=lambda r: r.objective) if completed else None
-        outcomes.append(MethodOutcome(arm.name, parents[arm.name], mine, best, algorithms[arm.name], arm.cost))
+        outcomes.append(ArmOutcome(arm.name, parents[arm.name], mine, best, algorithms[arm.name], arm.cost))
     return outcomes
 
 

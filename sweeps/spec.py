@@ -21,8 +21,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from trainers.config import TrainConfig
+from trainers.layout import STAGE_FINAL, STAGE_SEARCH, run_name
 
-SEARCH, FINAL = "search", "final"  # the two stages; each is one Tune experiment of that name
+SEARCH, FINAL = STAGE_SEARCH, STAGE_FINAL  # the two stages; each is one Tune experiment of that name (and MLflow's stage tag)
 TRIAL, RUNTIME = "trial", "runtime"  # the two parts of a trial's Tune config
 
 
@@ -69,8 +70,8 @@ class TrialSpec:
 
     @property
     def group(self) -> str:
-        """The MLflow parent run the trial is nested in: the arm's search, or its final stage."""
-        return self.arm if self.stage == SEARCH else f"final/{self.arm}"
+        """The MLflow parent run the trial is nested in (its name): the arm's search, or its final stage."""
+        return run_name(self.arm, self.stage)
 
     @property
     def label(self) -> str:

@@ -53,9 +53,18 @@ def resume_config(cfg: SweepConfig) -> SweepConfig:
 def read_state(folder: Path, context: str = "") -> dict[str, Any]:
     """A sweep folder's saved config (``sweep.json``) as a mapping; ``context`` prefixes errors."""
     try:
-        return json.loads((folder / STATE_FILE).read_text())
+        saved = json.loads((folder / STATE_FILE).read_text())
     except (OSError, json.JSONDecodeError) as err:
         raise ConfigError(f"{context}{folder / STATE_FILE} is unreadable: {err}") from None
+    return migrate_state(saved) if isinstance(saved, dict) else saved
+
+
+def migrate_state(saved: dict[str, Any]) -> dict[str, Any]:
+    """A saved config in the current keys: a sweep started before ``methods`` was renamed ``arms``
+    saved its arms under ``methods`` (the next ``save_state`` writes the new key)."""
+    if "methods" in saved and "arms" not in saved:
+        saved = {("arms" if key == "methods" else key): value for key, value in saved.items()}
+    return saved
 
 
 def start_config(cfg: SweepConfig) -> SweepConfig:

@@ -1,6 +1,6 @@
-"""Is CLO really better? Paired bootstrap intervals for the final comparison of training methods.
+"""Is CLO really better? Paired bootstrap intervals for the final comparison of the arms.
 
-Each arm (training method) is trained with the same K seeds and every trained model is evaluated
+Each arm is trained with the same K seeds and every trained model is evaluated
 on the same N test examples. A difference between two arms is uncertain for two reasons: the test
 set is a sample of examples, and a training run is a sample of seeds. So one bootstrap replicate
 resamples both: examples (as multinomial weights, the same for every seed) and seed positions.

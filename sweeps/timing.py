@@ -10,7 +10,7 @@ returned), one Ray task holds a whole device, with no training beside it:
 
 It loads each arm's first ``timing_seeds`` completed seeds (all when null) once, from their final
 checkpoints (``model/``), rebuilds the test split their training used, warms each model up, then
-repeats ``timing_repeats`` times: for each model in a fixed order (arms as in ``methods``, then seed),
+repeats ``timing_repeats`` times: for each model in a fixed order (arms as in ``arms``, then seed),
 one full-depth pass over test and one early-exit pass at its validation-chosen 2x setting. The
 passes interleave (A B C A B C ...), so every arm meets the same conditions; a ratio compares a
 model's two passes of the same repeat. ``trainers.evaluate.ExitTimer`` times each pass, as it does
@@ -38,7 +38,7 @@ from sweeps.progress import say
 from sweeps.records import TrialRecord
 from sweeps.tracking import Tracker
 from sweeps.trial import apply_env
-from trainers.layout import MODEL_DIR, ROLE_TRIAL, TAG_METHOD, TAG_ROLE, TAG_TRIAL_ID, TIMING_FILE
+from trainers.layout import MODEL_DIR, STAGE_FINAL, TIMING_FILE
 
 TIMED_TARGET = 2.0  # the wall-clock speed-up is reported (and so timed) at the 2x operating point
 FULL, EARLY_EXIT = "full", "early_exit"
@@ -142,10 +142,10 @@ class TimingPlan:
 
 def models_to_time(cfg: SweepConfig, seeds_by_arm: dict[str, list[TrialRecord]]) -> list[ModelToTime]:
     """Each arm's first ``timing_seeds`` completed seeds (all when null) in ``final_seeds`` order,
-    arms in ``methods`` order; a seed with no 2x setting or no exported model (a stand-in trainer's)
+    arms in ``arms`` order; a seed with no 2x setting or no exported model (a stand-in trainer's)
     has nothing to time."""
     models = []
-    for arm in sorted(seeds_by_arm, key=cfg.methods.index):
+    for arm in sorted(seeds_by_arm, key=cfg.arms.index):
         done = [r for r in seeds_by_arm[arm] if r.status == "completed" and r.checkpoint is not None]
         done.sort(key=lambda r: cfg.final_seeds.index(int(r.train["seed"])))
         for record in done[:cfg.timing_seeds] if cfg.timing_seeds else done:
@@ -230,7 +230,7 @@ def log_timing(tracker: Tracker, report: TimingReport) -> None:
     Stamped with the phase's end, so logging again on resume adds nothing."""
     stamp = int(report.ended * 1000)
     for timing in report.models.values():
-        run = tracker.find_run(**{TAG_ROLE: ROLE_TRIAL, TAG_METHOD: f"final/{timing.arm}", TAG_TRIAL_ID: timing.trial_id})
+        run = tracker.trial_run(timing.arm, STAGE_FINAL, timing.trial_id)
         if run is not None:
             key = f"op_{TIMED_TARGET:g}x/wallclock_speedup"
             tracker._log(run.info.run_id, metrics=[(key, timing.median, 0, stamp), (f"{key}_min", timing.min, 0, stamp),

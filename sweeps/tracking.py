@@ -1,16 +1,20 @@
 """MLflow layout of a sweep, written by the driver only (one writer, whatever the cluster).
 
     experiment <sweep name>
-    ├── run "<method>"            role=method, one per arm: space, budget, best trial, frontier
-    │   └── run "<method>-NN"     role=trial, one per Ray Tune trial: params, per-epoch metrics,
-    │                             learned weights, speed-accuracy curve, config
+    ├── run "<arm>"               role=arm, stage=search, one per arm: space, budget, best trial, frontier
+    │   └── run "<arm>-NN"        role=trial, stage=search, one per Ray Tune trial: params, per-epoch
+    │                             metrics, learned weights, speed-accuracy curve, config
     ├── run "comparison"          role=comparison: Pareto overlay, summary table, Optuna storage
-    ├── run "final/<method>"      role=final, one per arm: the retrained configuration, mean/std over seeds
-    │   └── run "final/<method>-S"  role=trial, one per seed S (sweeps.final)
+    ├── run "final/<arm>"         role=final, stage=final, one per arm: the retrained configuration,
+    │   │                         mean/std over seeds
+    │   └── run "final/<arm>-S"   role=trial, stage=final, one per seed S (sweeps.final)
     └── run "final-comparison"    role=final_comparison: table, intervals, verdicts, mean frontiers
 
-Every write is idempotent, keyed by tags (role, method, trial_id): a resumed sweep reopens its
-method runs and never logs a trial twice, so no run is duplicated. A trial run is marked
+Every run of an arm carries the tags ``arm`` (the arm's name, e.g. ``clo``) and ``stage`` (``search``
+or ``final``); the tag schema is ``trainers.layout``'s. Every write is idempotent, keyed by tags
+(role, arm, stage, trial_id): a resumed sweep reopens its arm runs and never logs a trial twice, so
+no run is duplicated. An experiment written with the old tags (``method``, role ``method``) is
+migrated once when a Tracker opens it (``trainers.layout.migrate_experiment``). A trial run is marked
 ``logged=true`` only once everything is written; one that a crash left half-written is written
 again under the same run id (MLflow ignores metric values it already has). Runs carry their
 driver's host and pid: a driver stopped by SIGINT/SIGTERM ends its open runs KILLED, and one killed
@@ -33,10 +37,11 @@ import numpy as np
 from sweeps.plots import frontier_figure, mean_frontier, weights_figure
 from sweeps.records import TrialRecord
 from trainers.errors import ConfigError
-from trainers.layout import (BEST_SUMMARY_ARTIFACT, CONFIG_ARTIFACT, ROLE_COMPARISON, ROLE_FINAL_COMPARISON,
-                             ROLE_METHOD, ROLE_TRIAL, SUMMARY_FILE, TAG_BEST, TAG_BEST_RUN_ID, TAG_BEST_TRIAL_ID,
-                             TAG_FINALIZED, TAG_LOGGED, TAG_METHOD, TAG_MODEL_CHECKPOINT, TAG_ROLE, TAG_SEARCHED,
-                             TAG_SWEEP, TAG_TRIAL_ID, TAG_TRIAL_STATUS, TRUE, tag_filter)
+from trainers.layout import (BEST_SUMMARY_ARTIFACT, CONFIG_ARTIFACT, ROLE_ARM, ROLE_COMPARISON, ROLE_FINAL,
+                             ROLE_FINAL_COMPARISON, ROLE_TRIAL, SCHEMA_TAG, SCHEMA_VERSION, STAGE_SEARCH, SUMMARY_FILE,
+                             TAG_ARM, TAG_BEST, TAG_BEST_RUN_ID, TAG_BEST_TRIAL_ID, TAG_FINALIZED, TAG_LOGGED,
+                             TAG_MODEL_CHECKPOINT, TAG_ROLE, TAG_SEARCHED, TAG_STAGE, TAG_SWEEP, TAG_TRIAL_ID,
+                             TAG_TRIAL_STATUS, TRUE, migrate_experiment, run_name, tag_filter)
 from trainers.results import Summary
 
 PARENT_TAG = "mlflow.parentRunId"
@@ -74,9 +79,16 @@ class Tracker:
         found = self.client.get_experiment_by_name(experiment)
         if found is not None and found.lifecycle_stage != "active":
             raise ConfigError(f"MLflow experiment '{experiment}' is deleted; restore it in the MLflow UI or choose another --name")
-        self.experiment_id = found.experiment_id if found else self.client.create_experiment(
-            experiment, artifact_location=artifact_location,
-            tags={SWEEP_EXPERIMENT_TAG: "true", "mlflow.experimentKind": "custom_model_development", **(sweep_tags or {})})
+        if found is not None:
+            self.experiment_id = found.experiment_id
+            # runs of an older version carry the old tags (method, role=method): migrated once
+            self.migrated = migrate_experiment(self.client, self.experiment_id)
+        else:
+            self.experiment_id = self.client.create_experiment(
+                experiment, artifact_location=artifact_location,
+                tags={SWEEP_EXPERIMENT_TAG: "true", "mlflow.experimentKind": "custom_model_development",
+                      SCHEMA_TAG: SCHEMA_VERSION, **(sweep_tags or {})})
+            self.migrated = 0
         self.experiment = experiment
         self.driver = {"driver_host": socket.gethostname(), "driver_pid": str(os.getpid())}
 
@@ -89,34 +101,41 @@ class Tracker:
     def runs(self, **tags: str) -> list:
         return self.client.search_runs([self.experiment_id], filter_string=tag_filter(**tags), max_results=1000)
 
-    # ------------------------------------------------------------------ method runs
-    def method_run(self, method: str, params: dict[str, Any], tags: dict[str, str], role: str = ROLE_METHOD) -> str:
-        """The parent run of ``method`` (role ``method``: a search; ``final``: the final stage's seeds):
-        created once, reopened on resume."""
-        run = self.find_run(**{TAG_ROLE: role, TAG_METHOD: method})
+    # ------------------------------------------------------------------ arm runs
+    def arm_run(self, arm: str, stage: str, params: dict[str, Any], tags: dict[str, str]) -> str:
+        """The parent run of ``arm`` in ``stage`` (``search``: role ``arm``, its search; ``final``:
+        role ``final``, the final stage's seeds): created once, reopened on resume."""
+        role = ROLE_ARM if stage == STAGE_SEARCH else ROLE_FINAL
+        keys = {TAG_ROLE: role, TAG_ARM: arm, TAG_STAGE: stage}
+        run = self.find_run(**keys)
         if run is not None:
             if run.data.tags.get(TAG_FINALIZED) != TRUE:
                 self.client.update_run(run.info.run_id, status="RUNNING")
                 self._log(run.info.run_id, tags=self.driver)  # this driver owns it now
             return run.info.run_id
-        run = self.client.create_run(self.experiment_id, run_name=method,
-                                     tags={TAG_ROLE: role, TAG_METHOD: method, **tags, **self.driver})
+        run = self.client.create_run(self.experiment_id, run_name=run_name(arm, stage),
+                                     tags={**tags, **keys, **self.driver})
         self._log(run.info.run_id, params=params)
         return run.info.run_id
 
     # ------------------------------------------------------------------ trial runs
-    def trial_logged(self, method: str, trial_id: str) -> bool:
-        run = self.find_run(**{TAG_ROLE: ROLE_TRIAL, TAG_METHOD: method, TAG_TRIAL_ID: trial_id})
+    def trial_run(self, arm: str, stage: str, trial_id: str):
+        """The run of one trial (a search trial or a final seed) of ``arm``, or None."""
+        return self.find_run(**{TAG_ROLE: ROLE_TRIAL, TAG_ARM: arm, TAG_STAGE: stage, TAG_TRIAL_ID: trial_id})
+
+    def trial_logged(self, arm: str, stage: str, trial_id: str) -> bool:
+        run = self.trial_run(arm, stage, trial_id)
         return run is not None and run.data.tags.get(TAG_LOGGED) == TRUE
 
     def log_trial(self, record: TrialRecord, parent_run_id: str) -> str | None:
         """One nested run with everything about ``record``; nothing if it is already logged
         completely; a half-written one (a crash while logging) is completed under its run id."""
-        existing = self.find_run(**{TAG_ROLE: ROLE_TRIAL, TAG_METHOD: record.method, TAG_TRIAL_ID: record.trial_id})
+        existing = self.trial_run(record.arm, record.stage, record.trial_id)
         if existing is not None and existing.data.tags.get(TAG_LOGGED) == TRUE:
             return None
-        tags = {PARENT_TAG: parent_run_id, TAG_ROLE: ROLE_TRIAL, TAG_METHOD: record.method, TAG_TRIAL_ID: record.trial_id,
-                TAG_TRIAL_STATUS: record.status, TAG_SEARCHED: ",".join(sorted(record.sampled)), **self.driver}
+        tags = {PARENT_TAG: parent_run_id, TAG_ROLE: ROLE_TRIAL, TAG_ARM: record.arm, TAG_STAGE: record.stage,
+                TAG_TRIAL_ID: record.trial_id, TAG_TRIAL_STATUS: record.status,
+                TAG_SEARCHED: ",".join(sorted(record.sampled)), **self.driver}
         if record.error:
             tags["error"] = record.error[:4000]
         if record.reason:
@@ -128,7 +147,7 @@ class Tracker:
             self.client.update_run(run_id, status="RUNNING")
         else:
             run_id = self.client.create_run(self.experiment_id, start_time=record.start_ms,
-                                            run_name=f"{record.method}-{record.number:02d}", tags=tags).info.run_id
+                                            run_name=f"{record.group}-{record.number:02d}", tags=tags).info.run_id
         params = {k: v for k, v in record.train.items() if k not in ("output_dir", "resume")}
         metrics: list[tuple[str, float, int, int]] = []  # (key, value, step, timestamp ms)
         for result in record.epochs:
@@ -149,7 +168,7 @@ class Tracker:
             files = [folder / CONFIG_ARTIFACT]
             if summary:
                 (folder / SUMMARY_FILE).write_text(json.dumps(summary.to_dict(), indent=2, default=float))
-                title = f"{record.method} trial {record.number}"
+                title = f"{record.group} trial {record.number}"
                 files += [
                     (folder / SUMMARY_FILE),
                     weights_figure(summary.weights.names, summary.weights.final, summary.num_exits,
@@ -164,8 +183,8 @@ class Tracker:
         return run_id
 
     # ------------------------------------------------------------------ finishing
-    def finalize_method(self, parent_run_id: str, best: TrialRecord | None, records: list[TrialRecord],
-                        trials_csv: Path, extra_tags: dict[str, str]) -> None:
+    def finalize_arm(self, parent_run_id: str, best: TrialRecord | None, records: list[TrialRecord],
+                     trials_csv: Path, extra_tags: dict[str, str]) -> None:
         counts = {s: sum(r.status == s for r in records) for s in ("completed", "stopped_early", "error")}
         metrics = [(f"trials_{k}", float(v), 0, int(time.time() * 1000)) for k, v in counts.items()]
         tags = dict(extra_tags)
@@ -176,7 +195,7 @@ class Tracker:
                 metrics += [("best/objective", float(best.objective), 0, int(time.time() * 1000))]
                 metrics += summary_metrics(summary, int(time.time() * 1000))
                 tags[TAG_BEST_TRIAL_ID] = best.trial_id
-                child = self.find_run(**{TAG_ROLE: ROLE_TRIAL, TAG_METHOD: best.method, TAG_TRIAL_ID: best.trial_id})
+                child = self.trial_run(best.arm, best.stage, best.trial_id)
                 if child is not None:
                     tags[TAG_BEST_RUN_ID] = child.info.run_id
                     self.client.set_tag(child.info.run_id, TAG_BEST, TRUE)
@@ -184,9 +203,9 @@ class Tracker:
                 (folder / BEST_SUMMARY_ARTIFACT).write_text(json.dumps(summary.to_dict(), indent=2, default=float))
                 files += [folder / BEST_SUMMARY_ARTIFACT,
                           weights_figure(summary.weights.names, summary.weights.final, summary.num_exits,
-                                         folder / "best_weights.png", title=f"{best.method}: learned loss weights (best trial)"),
+                                         folder / "best_weights.png", title=f"{best.arm}: learned loss weights (best trial)"),
                           frontier_figure(summary, folder / "best_frontier.png",
-                                          title=f"{best.method}: frontier of the best trial ({best.trial_id})")]
+                                          title=f"{best.arm}: frontier of the best trial ({best.trial_id})")]
             self._log(parent_run_id, metrics=metrics, tags=tags)
             for path in files:
                 self.client.log_artifact(parent_run_id, str(path))

@@ -348,8 +348,8 @@ def diverged_reason(err: BaseException) -> str | None:
 class _DivergenceMarker:
     """A file in the sweep's storage (local, shared or s3://) that outlives the trial's retries."""
 
-    def __init__(self, storage_path: str, method: str, trial_id: str):
-        self.path = _join(storage_path, method, "_diverged", f"{trial_id}.txt")
+    def __init__(self, storage_path: str, experiment: str, trial_id: str):
+        self.path = _join(storage_path, experiment, "_diverged", f"{trial_id}.txt")
 
     def _fs(self):
         import pyarrow.fs

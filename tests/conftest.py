@@ -43,7 +43,7 @@ def tiny_model():
 
 @pytest.fixture(scope="session")
 def smoke_sweep(tmp_path_factory):
-    """One smoke sweep (all three methods, registering `leebert-mr`) for the whole session: the
+    """One smoke sweep (all three arms, registering `leebert-mr`) for the whole session: the
     smoke tests read its output and stores, the loopback test the sockets it listened on, the
     model-server tests serve its champion. A sweep costs a minute; one run serves them all."""
     from test_sweep_helpers import client, run_sampled_sweep, runs_by_role
@@ -72,7 +72,7 @@ def budget_sweep(tmp_path_factory):
     root = tmp_path_factory.mktemp("sweeps")
     name = "register-test"
     proc = run_sweep_cli(root, name, "--set", "trials=null", "--set", f"budget_epochs={BUDGET_SWEEP_BUDGET}",
-                         "--set", f"methods=[{','.join(BUDGET_SWEEP_ARMS)}]", "--set", "register=false")
+                         "--set", f"arms=[{','.join(BUDGET_SWEEP_ARMS)}]", "--set", "register=false")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     mlflow_client, uri = client(root, name)
     return {"root": root, "dir": root / name, "name": name, "proc": proc, "client": mlflow_client, "uri": uri,

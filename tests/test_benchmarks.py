@@ -13,10 +13,10 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.integration
-def test_compare_methods_writes_a_results_table(tmp_path):
+def test_compare_arms_writes_a_results_table(tmp_path):
     results = tmp_path / "results.md"
     proc = subprocess.run(
-        [sys.executable, "benchmarks/compare_methods.py", "--model", "tiny-random", "--seeds", "1",
+        [sys.executable, "benchmarks/compare_arms.py", "--model", "tiny-random", "--seeds", "1",
          "--train-subset", "64", "--epochs", "1", "--max-length", "24", "--batch-size", "16", "--threads", "1",
          "--work-dir", str(tmp_path / "work"), "--results", str(results)],
         cwd=REPO, capture_output=True, text=True, timeout=600,
@@ -82,7 +82,7 @@ def test_studies_write_their_own_sections_and_resume(tmp_path):
     base = [sys.executable, "benchmarks/study.py", "--root", str(tmp_path / "study"), "--results", str(results)]
     mr = base + ["--name", "tiny-mr"]
     snli = base + ["--preset", "snli-study", "--name", "tiny-snli"]
-    tiny = ["methods=[bilevel,clo]", "budget_epochs=2", "train.model=tiny-random",
+    tiny = ["arms=[bilevel,clo]", "budget_epochs=2", "train.model=tiny-random",
             "train.train_subset=256", "train.max_length=24", "train.batch_size=16", "final_train.train_subset=256",
             "final_seeds=[1,2]", "bootstrap=200", "timing_repeats=1", "env.RAY_USAGE_STATS_ENABLED=0"]
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "HF_HUB_OFFLINE": "1"}
@@ -123,7 +123,7 @@ def test_studies_write_their_own_sections_and_resume(tmp_path):
     assert "of wall time over 2 invocation(s)" in section and "tiny-mr/study_time.json" in section
     rows = [line for line in section.splitlines() if line.startswith("| 1 |") or line.startswith("| 2 |")]
     assert len(rows) == 2 and all("python benchmarks/study.py --root" in r and "--name tiny-mr" in r for r in rows)
-    assert "--set 'methods=[bilevel,clo]'" in rows[0] and "--set" not in rows[1]
+    assert "--set 'arms=[bilevel,clo]'" in rows[0] and "--set" not in rows[1]
     assert "Newest section: **" in after and "`tiny-mr` (measured " in after and "`tiny-snli` (measured " in after
 
 
@@ -183,16 +183,16 @@ def test_snli_study_preset_compares_the_five_arms_on_one_test_set():
     from trainers.data import load_task_data
 
     cfg, mr = build_config(preset="snli-study"), build_config(preset="mr-study")
-    assert cfg.methods == ["fixed-uniform", "fixed-pabee", "fixed-last", "bilevel", "clo"]
+    assert cfg.arms == ["fixed-uniform", "fixed-pabee", "fixed-last", "bilevel", "clo"]
     assert cfg.trials is None and cfg.budget_epochs > 0
-    for key in ("methods", "trials", "final_seeds", "reference_arm", "bootstrap", "timing_repeats", "timing_seeds",
+    for key in ("arms", "trials", "final_seeds", "reference_arm", "bootstrap", "timing_repeats", "timing_seeds",
                 "objective", "scheduler", "max_concurrent", "final_max_concurrent", "cpus_per_trial"):
         assert getattr(cfg, key) == getattr(mr, key), key
     assert cfg.final_seeds == [1, 2, 3] and cfg.reference_arm == "clo" and cfg.bootstrap == 2000
     assert cfg.train["task"] == "snli" and cfg.train["model"] == "minilm" and cfg.train["precision"] == "auto"
     assert cfg.train["train_subset"] and cfg.final_train["train_subset"] > cfg.train["train_subset"]
     finals = [{**cfg.train_config(arm).to_dict(), **cfg.final_train, "seed": seed}  # what sweeps.final trains
-              for arm in cfg.methods for seed in cfg.final_seeds]
+              for arm in cfg.arms for seed in cfg.final_seeds]
     assert all(f["eval_subset"] is None and f["task"] == "snli" for f in finals)
     assert len({(f["max_length"], f["train_subset"]) for f in finals}) == 1
 
@@ -299,3 +299,10 @@ def test_a_study_invocation_counts_even_when_killed_outright(tmp_path, monkeypat
     empty = tmp_path / "refused"
     study.InvocationClock(empty, time.time(), {}).discard()
     assert not empty.exists()
+
+
+def test_compare_arms_refuses_the_old_methods_flag():
+    proc = subprocess.run([sys.executable, "benchmarks/compare_arms.py", "--methods", "clo", "fixed-uniform"],
+                          cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and "--methods was renamed to --arms" in proc.stderr
+    assert "use --arms clo fixed-uniform" in proc.stderr

@@ -60,9 +60,9 @@ def test_expected_trials_and_the_search_algorithm():
 
 
 def test_outer_step_cost_auto_charges_the_figure_measured_for_the_trials_device_and_precision():
-    cpu = build_config(preset="smoke", overrides=["methods=[fixed-pabee,bilevel,clo]"])
+    cpu = build_config(preset="smoke", overrides=["arms=[fixed-pabee,bilevel,clo]"])
     assert cpu.outer_step_cost == "auto" and cpu.trial_device() == "cpu"
-    assert {m: cpu.arm_outer_step_cost(m) for m in cpu.methods} == {
+    assert {m: cpu.arm_outer_step_cost(m) for m in cpu.arms} == {
         "fixed-pabee": 0.0, **MEASURED_OUTER_STEP_COST[("cpu", "fp32")]}
     # gpus_per_trial > 0: the trials train on CUDA, at train.precision
     gpu = build_config(preset="glue-bert")
@@ -72,7 +72,7 @@ def test_outer_step_cost_auto_charges_the_figure_measured_for_the_trials_device_
     assert fp32.arm_outer_step_cost("clo") == MEASURED_OUTER_STEP_COST[("cuda", "fp32")]["clo"]
     # an explicit number, or one per arm, overrides the table (an arm it does not name keeps the table's)
     assert build_config(preset="smoke", overrides=["outer_step_cost=4.2"]).arm_outer_step_cost("clo") == 4.2
-    per_arm = build_config(preset="smoke", overrides=["methods=[bilevel,clo]", "outer_step_cost={clo: 3.5}"])
+    per_arm = build_config(preset="smoke", overrides=["arms=[bilevel,clo]", "outer_step_cost={clo: 3.5}"])
     assert (per_arm.arm_outer_step_cost("clo"), per_arm.arm_outer_step_cost("bilevel")) == (
         3.5, MEASURED_OUTER_STEP_COST[("cpu", "fp32")]["bilevel"])
     assert resolve_outer_step_cost("auto", "fixed", "cuda", "bf16") == 0.0
@@ -150,7 +150,7 @@ def test_a_sweep_keeps_its_compute_budget(budget_sweep):
     measured = TrialCost(epochs=3, learned=True, outer_step_cost=MEASURED_OUTER_STEP_COST[("cpu", "fp32")]["clo"],
                          default_outer_every=10)  # outer_step_cost: auto on a CPU in fp32
     for arm, cost in (("fixed-pabee", FIXED), ("clo", measured)):
-        mine = [r for r in trials if r.data.tags["method"] == arm]
+        mine = [r for r in trials if r.data.tags["arm"] == arm and r.data.tags["stage"] == "search"]
         assert mine
         used = sum(used_compute(len(history(mlflow_client, r.info.run_id, "objective")),
                                 {"outer_every": int(r.data.params["outer_every"])} if "outer_every" in r.data.params else {},

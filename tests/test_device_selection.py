@@ -140,14 +140,14 @@ def test_a_sweep_charges_auto_at_the_precision_its_cpu_trials_will_resolve(monke
     from sweeps.presets import build_config
 
     monkeypatch.setattr(trainers.config, "cpu_flags", lambda *a: frozenset(NO_BF16))
-    cfg = build_config(preset="smoke", overrides=["methods=[bilevel,clo]", "train.precision=auto"])
+    cfg = build_config(preset="smoke", overrides=["arms=[bilevel,clo]", "train.precision=auto"])
     assert cfg.arm_outer_step_cost("clo") == MEASURED_OUTER_STEP_COST[("cpu", "fp32")]["clo"]
     monkeypatch.setattr(trainers.config, "cpu_flags", lambda *a: frozenset(AVX512_BF16))
     assert resolve_outer_step_cost("auto", "clo", "cpu", "auto") == MEASURED_OUTER_STEP_COST[("cpu", "bf16")]["clo"]
     monkeypatch.delitem(MEASURED_OUTER_STEP_COST, ("cpu", "bf16"))  # the same, before the entry was measured
     with pytest.raises(ConfigError, match=r"no measured figure for cpu/bf16 \(train.precision auto: bf16, as the "
                                           r"driver's CPU has avx512_bf16; this assumes every node has the same CPUs\)"):
-        build_config(preset="smoke", overrides=["methods=[bilevel,clo]", "train.precision=auto"])
+        build_config(preset="smoke", overrides=["arms=[bilevel,clo]", "train.precision=auto"])
     assert resolve_outer_step_cost(3.0, "clo", "cpu", "auto") == 3.0  # a number needs no precision
     # CUDA trials: a driver without a GPU cannot know whether theirs have bf16, and says so
     with pytest.raises(ConfigError, match="train.precision auto: this driver has no GPU"):

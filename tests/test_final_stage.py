@@ -22,7 +22,7 @@ ARMS = ["fixed-pabee", "clo"]
 SEEDS = [1, 2]
 # no ASHA: both trials of an arm complete, so which one is best is decided by validation alone
 # final_max_concurrent 4: the 4 trainings share the 2 CPUs, so all arms x seeds run at once
-ARGS = ["--set", "methods=[fixed-pabee,clo]", "--set", "trials=2", "--set", "scheduler=none", "--set", "final_seeds=[1,2]",
+ARGS = ["--set", "arms=[fixed-pabee,clo]", "--set", "trials=2", "--set", "scheduler=none", "--set", "final_seeds=[1,2]",
         "--set", "register=false", "--set", "final_train.train_subset=384", "--set", "final_train.epochs=2",
         "--set", "bootstrap=300", "--set", "timing_repeats=2", "--set", "timing_seeds=1", "--set", "final_max_concurrent=4"]
 
@@ -44,15 +44,16 @@ def _params(run) -> dict:
 @pytest.mark.integration
 def test_final_stage_retrains_exactly_the_configurations_chosen_on_validation(final):
     runs = final["runs"]
-    search_trials = [r for r in runs["trial"] if not r.data.tags["method"].startswith("final/")]
+    search_trials = [r for r in runs["trial"] if r.data.tags["stage"] == "search"]
     for arm in ARMS:
-        trials = [r for r in search_trials if r.data.tags["method"] == arm and r.data.tags["trial_status"] == "completed"]
+        trials = [r for r in search_trials if r.data.tags["arm"] == arm and r.data.tags["trial_status"] == "completed"]
         assert len(trials) == 2
         # chosen here, independently: the best validation objective (last epoch) of the arm's trials
         best = max(trials, key=lambda r: history(final["client"], r.info.run_id, "objective")[-1][1])
-        seeds = [r for r in runs["trial"] if r.data.tags["method"] == f"final/{arm}"]
+        seeds = [r for r in runs["trial"] if r.data.tags["arm"] == arm and r.data.tags["stage"] == "final"]
         assert sorted(int(_params(r)["seed"]) for r in seeds) == SEEDS
-        parent = next(r for r in runs["final"] if r.data.tags["method"] == f"final/{arm}")
+        parent = next(r for r in runs["final"] if r.data.tags["arm"] == arm and r.data.tags["stage"] == "final")
+        assert parent.info.run_name == f"final/{arm}"
         assert parent.data.params["source_trial_id"] == best.data.tags["trial_id"]
         for run in seeds:
             assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id
@@ -85,7 +86,7 @@ def _training_windows(final) -> dict[str, tuple[float, float]]:
 
 
 def _final_trials(final) -> list:
-    return [r for r in final["runs"]["trial"] if r.data.tags["method"].startswith("final/")]
+    return [r for r in final["runs"]["trial"] if r.data.tags["stage"] == "final"]
 
 
 @pytest.mark.integration
@@ -136,8 +137,8 @@ def test_timing_runs_after_every_training_and_interleaves_the_arms(final):
     last_training = max(until for _, until in windows.values())
     assert timing["started"] > last_training and min(p["start"] for p in passes) > last_training
     assert timing["started"] <= min(p["start"] for p in passes) and max(p["end"] for p in passes) <= timing["ended"]
-    # timing_seeds=1: seed 1 of each arm, arms in `methods` order, passes A B A B ... (full, then early exit)
-    seed_one = {r.data.tags["method"].removeprefix("final/"): r.data.tags["trial_id"]
+    # timing_seeds=1: seed 1 of each arm, arms in `arms` order, passes A B A B ... (full, then early exit)
+    seed_one = {r.data.tags["arm"]: r.data.tags["trial_id"]
                 for r in _final_trials(final) if r.data.params["seed"] == "1"}
     order = [seed_one[arm] for arm in ARMS]
     assert list(timing["models"]) and set(timing["models"]) == set(order)
@@ -223,7 +224,7 @@ def test_resume_retrains_and_retimes_nothing(final):
     assert (final["dir"] / "report" / "final" / "final_table.csv").read_text() == table
     mlflow_client, _ = client(final["root"], "final-test")
     runs = runs_by_role(mlflow_client, "final-test")
-    assert len([r for r in runs["trial"] if r.data.tags["method"].startswith("final/")]) == len(ARMS) * len(SEEDS)
+    assert len([r for r in runs["trial"] if r.data.tags["stage"] == "final"]) == len(ARMS) * len(SEEDS)
     assert len(runs["final"]) == len(ARMS) and len(runs["final_comparison"]) == 1
 
 

@@ -187,7 +187,7 @@ def test_frontier_tag_fits_a_tag():
 
 # ---------------------------------------------------------------------------- a real sweep
 NAME = "register-test"
-METHODS = ["fixed-pabee", "clo"]  # the session budget sweep's arms (tests/conftest.py)
+ARMS = ["fixed-pabee", "clo"]  # the session budget sweep's arms (tests/conftest.py)
 
 
 def register_cli(root, *args: str) -> subprocess.CompletedProcess:
@@ -198,18 +198,18 @@ def register_cli(root, *args: str) -> subprocess.CompletedProcess:
 @pytest.fixture(scope="module")
 def sweep(budget_sweep):
     """The session's sweep that registers nothing (tests/conftest.py; test_budget.py checks its budget)."""
-    assert budget_sweep["name"] == NAME and budget_sweep["arms"] == METHODS
+    assert budget_sweep["name"] == NAME and budget_sweep["arms"] == ARMS
     root, proc, mlflow_client, uri = budget_sweep["root"], budget_sweep["proc"], budget_sweep["client"], budget_sweep["uri"]
     runs = budget_sweep["runs"]
-    method_runs = {r.data.tags["method"]: r for r in runs["method"]}
+    arm_runs = {r.data.tags["arm"]: r for r in runs["arm"]}
     summaries = {}
-    for method, run in method_runs.items():
+    for arm, run in arm_runs.items():
         folder = mlflow_client.download_artifacts(run.data.tags["best_run_id"], "summary.json",
-                                                  str(root / "download" / method))
-        summaries[method] = Summary.from_dict(json.loads(open(folder).read()))
+                                                  str(root / "download" / arm))
+        summaries[arm] = Summary.from_dict(json.loads(open(folder).read()))
     speedup = json.loads((root / NAME / "sweep.json").read_text())["register_speedup"]  # the default target
     return {"root": root, "dir": root / NAME, "proc": proc, "client": mlflow_client, "uri": uri, "runs": runs,
-            "method_runs": method_runs, "summaries": summaries, "speedup": float(speedup)}
+            "arm_runs": arm_runs, "summaries": summaries, "speedup": float(speedup)}
 
 
 def versions(mlflow_client, name: str = "leebert-mr") -> list:
@@ -241,21 +241,21 @@ def registered(sweep):
 
 
 @pytest.mark.integration
-def test_one_model_one_version_per_method_with_aliases(sweep, registered):
+def test_one_model_one_version_per_arm_with_aliases(sweep, registered):
     mlflow_client = sweep["client"]
     models = mlflow_client.search_registered_models()
     assert [m.name for m in models] == ["leebert-mr"]
     found = versions(mlflow_client)
-    assert len(found) == len(METHODS)
-    assert sorted(v.tags["method"] for v in found) == sorted(METHODS)
+    assert len(found) == len(ARMS)
+    assert sorted(v.tags["arm"] for v in found) == sorted(ARMS)
     model = mlflow_client.get_registered_model("leebert-mr")
     assert set(model.aliases) == {"champion", "fixed-pabee-best", "clo-best"}
-    objectives = {m: r.data.metrics["best/objective"] for m, r in sweep["method_runs"].items()}
-    champion = max(METHODS, key=lambda m: objectives[m])  # ties: the first method, as registered
-    assert mlflow_client.get_model_version_by_alias("leebert-mr", "champion").tags["method"] == champion
-    for method in METHODS:
-        version = mlflow_client.get_model_version_by_alias("leebert-mr", f"{method}-best")
-        assert version.tags["method"] == method
+    objectives = {m: r.data.metrics["best/objective"] for m, r in sweep["arm_runs"].items()}
+    champion = max(ARMS, key=lambda m: objectives[m])  # ties: the first arm, as registered
+    assert mlflow_client.get_model_version_by_alias("leebert-mr", "champion").tags["arm"] == champion
+    for arm in ARMS:
+        version = mlflow_client.get_model_version_by_alias("leebert-mr", f"{arm}-best")
+        assert version.tags["arm"] == arm
         assert f"version {version.version} (new)" in registered.stdout
     out = registered.stdout
     assert "models:/leebert-mr@fixed-pabee-best" in out and "models:/leebert-mr@clo-best" in out
@@ -269,11 +269,11 @@ def test_one_model_one_version_per_method_with_aliases(sweep, registered):
 def test_version_tags_hold_trial_hyperparameters_frontier_and_policy(sweep, registered):
     mlflow_client = sweep["client"]
     trials = {r.info.run_id: r for r in sweep["runs"]["trial"]}
-    for method in METHODS:
-        tags = mlflow_client.get_model_version_by_alias("leebert-mr", f"{method}-best").tags
-        parent = sweep["method_runs"][method]
+    for arm in ARMS:
+        tags = mlflow_client.get_model_version_by_alias("leebert-mr", f"{arm}-best").tags
+        parent = sweep["arm_runs"][arm]
         trial = trials[parent.data.tags["best_run_id"]]
-        summary = sweep["summaries"][method]
+        summary = sweep["summaries"][arm]
         assert tags["sweep"] == NAME and tags["trial_id"] == parent.data.tags["best_trial_id"]
         assert tags["trial_run_id"] == trial.info.run_id
         hyper = json.loads(tags["hyperparameters"])
@@ -290,10 +290,10 @@ def test_version_tags_hold_trial_hyperparameters_frontier_and_policy(sweep, regi
         for key in ("validation_speedup", "validation_metric", "test_speedup", "test_metric"):
             assert float(tags[key]) == pytest.approx(policy[key])
         assert float(tags["validation_objective"]) == pytest.approx(parent.data.metrics["best/objective"])
-        # the method run names what was registered, and is FINISHED again
+        # the arm run names what was registered, and is FINISHED again
         run = mlflow_client.get_run(parent.info.run_id)
         assert run.info.status == "FINISHED"
-        assert json.loads(run.data.tags["registered"])["uri"] == f"models:/leebert-mr@{method}-best"
+        assert json.loads(run.data.tags["registered"])["uri"] == f"models:/leebert-mr@{arm}-best"
 
 
 @pytest.mark.integration
@@ -317,7 +317,7 @@ def test_register_again_creates_nothing(sweep, registered):
     proc = register_cli(sweep["root"], "--target-speedup", str(sweep["speedup"]))
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert [(v.version, v.tags["trial_id"]) for v in versions(sweep["client"])] == before
-    assert proc.stdout.count("(existing: same trial and exit policy)") == len(METHODS)
+    assert proc.stdout.count("(existing: same trial and exit policy)") == len(ARMS)
 
 
 @pytest.mark.integration
@@ -327,8 +327,8 @@ def test_unreachable_target_is_refused_and_registers_nothing(sweep, registered):
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
-    for method in METHODS:
-        assert f"{largest_speedup(sweep['summaries'][method]):.2f}x" in lines[0]
+    for arm in ARMS:
+        assert f"{largest_speedup(sweep['summaries'][arm]):.2f}x" in lines[0]
     assert "largest reachable validation speed-up" in lines[0]
     assert [v.version for v in versions(sweep["client"])] == before
 
@@ -338,21 +338,21 @@ def test_max_drop_registers_its_own_policy(sweep, registered):
     before = versions(sweep["client"])
     by_trial = {(v.tags["trial_id"], v.tags["policy"], v.tags["policy_setting"]) for v in before}
     expected_new = 0
-    for method in METHODS:
-        policy = for_max_drop(sweep["summaries"][method], 5)
-        trial_id = sweep["method_runs"][method].data.tags["best_trial_id"]
+    for arm in ARMS:
+        policy = for_max_drop(sweep["summaries"][arm], 5)
+        trial_id = sweep["arm_runs"][arm].data.tags["best_trial_id"]
         expected_new += (trial_id, policy["policy"], f"{policy['setting']:.10g}") not in by_trial
     proc = register_cli(sweep["root"], "--max-drop", "5")
     assert proc.returncode == 0, proc.stderr[-3000:]
     after = versions(sweep["client"])
     assert len(after) == len(before) + expected_new
     assert proc.stdout.count("(new") == expected_new
-    for method in METHODS:
-        tags = sweep["client"].get_model_version_by_alias("leebert-mr", f"{method}-best").tags
-        policy = for_max_drop(sweep["summaries"][method], 5)
+    for arm in ARMS:
+        tags = sweep["client"].get_model_version_by_alias("leebert-mr", f"{arm}-best").tags
+        policy = for_max_drop(sweep["summaries"][arm], 5)
         assert json.loads(tags["target"]) == {"max_drop": 5.0}
         assert tags["policy"] == policy["policy"] and float(tags["policy_setting"]) == policy["setting"]
-        assert float(tags["validation_metric"]) >= sweep["summaries"][method].validation.last_exit - 0.05 - 1e-6
+        assert float(tags["validation_metric"]) >= sweep["summaries"][arm].validation.last_exit - 0.05 - 1e-6
     # and back: the sweep's target finds its versions again
     proc = register_cli(sweep["root"])
     assert proc.returncode == 0 and len(versions(sweep["client"])) == len(after)
@@ -369,11 +369,11 @@ def test_bad_input_is_one_error_line(sweep, registered, tmp_path):
     shutil.copy2(sweep["dir"] / "mlflow.db", copy)
     with sqlite3.connect(copy) as db:
         db.execute("UPDATE tags SET value = 'false' WHERE key = 'finalized' AND run_uuid = ?",
-                   (sweep["method_runs"]["clo"].info.run_id,))
+                   (sweep["arm_runs"]["clo"].info.run_id,))
     unfinished = register_cli(sweep["root"], "--tracking-uri", f"sqlite:///{copy}")
     missing_store = register_cli(sweep["root"], "--tracking-uri", f"sqlite:///{tmp_path / 'absent.db'}")
     for proc, needle in ((unknown, "no sweep named 'no-such-sweep'"), (both, "not allowed with argument"),
-                         (unfinished, "is not finished (method(s) clo"), (missing_store, "does not exist")):
+                         (unfinished, "is not finished (arm(s) clo"), (missing_store, "does not exist")):
         assert proc.returncode == 2, (needle, proc.stdout, proc.stderr)
         lines = proc.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], proc.stderr

@@ -1,4 +1,4 @@
-"""search_spaces/: what Optuna searches per method."""
+"""search_spaces/: what Optuna searches per arm."""
 
 import dataclasses
 
@@ -12,7 +12,7 @@ from trainers.errors import ConfigError
 
 
 def test_every_trainer_method_has_an_arm_and_every_arm_a_space():
-    arms = search_spaces.methods()
+    arms = search_spaces.arms()
     assert {search_spaces.arm_train_values(a)["method"] for a in arms} == set(METHODS)
     assert {"fixed-uniform", "fixed-pabee", "fixed-last", "bilevel", "clo"} <= set(arms)
     for arm in arms:
@@ -63,14 +63,14 @@ def test_every_searched_name_is_a_trainer_option(method):
     assert set(search_spaces.get_space(method)) <= fields
 
 
-def test_the_same_inner_space_for_every_method():
+def test_the_same_inner_space_for_every_arm():
     """A fair comparison: the shared parameters are searched over the same ranges."""
-    spaces = {m: search_spaces.get_space(m) for m in search_spaces.methods()}
+    spaces = {arm: search_spaces.get_space(arm) for arm in search_spaces.arms()}
     for name in ("lr", "head_lr"):
         assert len({spaces[m][name] for m in spaces}) == 1
 
 
-def test_overrides_change_bounds_drop_parameters_and_skip_other_methods():
+def test_overrides_change_bounds_drop_parameters_and_skip_other_arms():
     space = search_spaces.get_space("clo", {"lr": [1e-5, 1e-4], "lr_outer": None})
     assert space["lr"] == LogUniform(1e-5, 1e-4)
     assert "lr_outer" not in space
@@ -83,8 +83,8 @@ def test_bad_overrides_are_config_errors(override):
         search_spaces.get_space("clo", override)
 
 
-def test_unknown_method():
-    with pytest.raises(ConfigError, match="unknown method 'darts'"):
+def test_unknown_arm():
+    with pytest.raises(ConfigError, match="unknown arm 'darts'"):
         search_spaces.get_space("darts")
 
 

@@ -32,7 +32,7 @@ from sweeps.runner import run_sweep
 
 root, name, resume = sys.argv[1], sys.argv[2], sys.argv[3] == "resume"
 cfg = build_config(preset="smoke", overrides=[
-    "methods=[fixed-uniform]", "trials=%d", "train.epochs=%d", "scheduler=asha", "grace_period=1",
+    "arms=[fixed-uniform]", "trials=%d", "train.epochs=%d", "scheduler=asha", "grace_period=1",
     "reduction_factor=2", "max_concurrent=1", "final_seeds=[]", "register=false", "reuse_actors=true"],
     flags={"name": name, "root": root})
 cfg = resume_config(cfg) if resume else start_config(cfg)

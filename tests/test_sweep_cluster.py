@@ -53,7 +53,7 @@ def test_trials_spread_over_two_nodes_and_survive_losing_one(two_nodes, tmp_path
     cluster, second = two_nodes
     root = tmp_path / "sweeps"
     results = root / "nodes" / "ray" / "search"
-    cmd = sweep_cmd(root, "nodes", "--ray-address", cluster.address, "--set", "methods=[clo]", "--set", "trials=3",
+    cmd = sweep_cmd(root, "nodes", "--ray-address", cluster.address, "--set", "arms=[clo]", "--set", "trials=3",
                     "--set", "max_concurrent=2", "--set", "scheduler=none", "--set", "train.epochs=8")
     removed: dict = {}
 
@@ -105,7 +105,7 @@ def test_two_workers_per_trial_match_one_worker(tmp_path):
     are accuracies over 128 examples, so one flipped prediction would move them by 0.0078), the
     learned loss weights to 1e-5 (float sums in another order)."""
     root = tmp_path / "sweeps"
-    common = ("--set", "methods=[clo]", "--set", "trials=1", "--set", "scheduler=none", "--set", "max_concurrent=1",
+    common = ("--set", "arms=[clo]", "--set", "trials=1", "--set", "scheduler=none", "--set", "max_concurrent=1",
               "--set", "train.dropout=0")
     runs = {}
     for workers in (1, 2):
@@ -128,7 +128,7 @@ def test_two_workers_per_trial_match_one_worker(tmp_path):
     logged = runs_by_role(mlflow_client, "w2")
     (trial_run,) = logged["trial"]
     assert trial_run.info.status == "FINISHED"
-    assert logged["method"][0].data.params["workers_per_trial"] == "2"
+    assert logged["arm"][0].data.params["workers_per_trial"] == "2"
 
 
 @pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks a machine whose CUDA is broken or absent")
@@ -142,7 +142,7 @@ def test_a_trial_given_a_gpu_trains_on_it_or_fails_at_once(tmp_path):
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "num_gpus": 1, "include_dashboard": False})
     try:
         cluster.wait_for_nodes()
-        proc = run_sweep_cli(tmp_path, "gpu", "--ray-address", cluster.address, "--set", "methods=[fixed]",
+        proc = run_sweep_cli(tmp_path, "gpu", "--ray-address", cluster.address, "--set", "arms=[fixed]",
                              "--set", "trials=1", "--set", "gpus_per_trial=1", "--set", "max_failures=0",
                              "--set", "final_seeds=[]", "--set", "register=false")
     finally:

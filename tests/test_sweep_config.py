@@ -1,6 +1,7 @@
 """The sweep config and the command line's bad-input handling: one `error:` line, exit code 2,
 and nothing started (no sweep folder, no Ray, no trial)."""
 
+import json
 import os
 import socket
 import subprocess
@@ -34,7 +35,7 @@ def test_presets_exist_and_validate():
 
 def test_study_preset_is_the_five_arms_under_one_compute_budget():
     cfg = build_config(preset="mr-study")
-    assert cfg.methods == ["fixed-uniform", "fixed-pabee", "fixed-last", "bilevel", "clo"]
+    assert cfg.arms == ["fixed-uniform", "fixed-pabee", "fixed-last", "bilevel", "clo"]
     assert cfg.trials is None and cfg.budget_epochs > 0
     assert cfg.final_seeds == [1, 2, 3] and cfg.reference_arm == "clo"
     assert cfg.final_train["train_subset"] is None and cfg.final_train["eval_subset"] is None  # all of MR
@@ -46,8 +47,8 @@ def test_final_stage_options_are_checked():
         build_config(preset="smoke", overrides=["final_seeds=[1]", "final_train.seed=3"])
     with pytest.raises(ConfigError, match="lists a seed twice"):
         build_config(preset="smoke", overrides=["final_seeds=[1,1]"])
-    with pytest.raises(ConfigError, match="reference_arm 'clo' is not among methods"):
-        build_config(preset="smoke", overrides=["final_seeds=[1]", "methods=[fixed-uniform,bilevel]"])
+    with pytest.raises(ConfigError, match="reference_arm 'clo' is not among arms"):
+        build_config(preset="smoke", overrides=["final_seeds=[1]", "arms=[fixed-uniform,bilevel]"])
     with pytest.raises(ConfigError, match="unknown final_train key"):
         build_config(preset="smoke", overrides=["final_seeds=[1]", "final_train.learning_rate=3"])
     with pytest.raises(ConfigError, match="defines accuracy, not matthews"):
@@ -62,7 +63,7 @@ def test_final_stage_options_are_checked():
 def test_default_preset_is_the_cpu_demo():
     cfg = build_config()
     assert cfg.preset == "demo"
-    assert cfg.methods == ["fixed", "bilevel", "clo"]
+    assert cfg.arms == ["fixed", "bilevel", "clo"]
     assert cfg.train["task"] == "mr" and cfg.train["model"] == "minilm" and cfg.train["train_subset"]
     assert cfg.gpus_per_trial == 0 and cfg.train["deepspeed_config"].endswith("cpu_zero0.json")
     assert cfg.objective == "hypervolume" and cfg.metric == "val_hypervolume"
@@ -81,7 +82,7 @@ def test_gpu_presets_are_paper_scale(preset, model):
 def test_the_paper_preset_is_albert_on_glue_with_the_five_arms():
     cfg = build_config(preset="leebert-paper")
     train = cfg.train_config("clo")
-    assert cfg.methods == ["fixed-uniform", "fixed-pabee", "fixed-last", "bilevel", "clo"]
+    assert cfg.arms == ["fixed-uniform", "fixed-pabee", "fixed-last", "bilevel", "clo"]
     assert train.model == "albert-base-v2" and train.task == "mnli" and train.precision == "bf16"
     assert (train.batch_size, train.max_length, train.epochs) == (32, 128, 5)  # docs/method.md's settings
     assert cfg.space["lr"][0] <= 2e-5 <= cfg.space["lr"][1]
@@ -89,7 +90,7 @@ def test_the_paper_preset_is_albert_on_glue_with_the_five_arms():
     for name in ("glue-bert", "glue-albert"):
         glue = build_config(preset=name)
         full_trials = glue.budget_epochs / glue.train_config("fixed-uniform").epochs  # of a fixed arm
-        assert glue.methods == cfg.methods and full_trials * len(glue.methods) >= 4 * glue.max_concurrent
+        assert glue.arms == cfg.arms and full_trials * len(glue.arms) >= 4 * glue.max_concurrent
 
 
 def test_a_searched_option_in_train_is_refused_with_how_to_pin_it():
@@ -103,7 +104,7 @@ def test_a_searched_option_in_train_is_refused_with_how_to_pin_it():
     assert pinned.train_config("clo").lr_outer == 0.2
     assert "lr_outer" not in search_spaces.get_space("clo", pinned.space)
     # an option no listed arm searches is a plain shared option
-    fixed = build_config(preset="smoke", overrides=["train.lr_outer=0.2", "methods=[fixed]"])
+    fixed = build_config(preset="smoke", overrides=["train.lr_outer=0.2", "arms=[fixed]"])
     assert fixed.train_config("fixed").lr_outer == 0.2
     with pytest.raises(ConfigError, match="diverge_trials.clo-x"):
         build_config(preset="smoke", overrides=["diverge_trials.clo-x=3"])
@@ -129,7 +130,7 @@ def test_the_sweep_config_and_every_arms_trainer_config_are_validated_once(monke
 
     monkeypatch.setattr(SweepConfig, "validate", count_sweep)
     monkeypatch.setattr(TrainConfig, "validate", count_train)
-    cfg = build_config(preset="smoke", overrides=["methods=[fixed-uniform,clo]", "final_seeds=[1]",
+    cfg = build_config(preset="smoke", overrides=["arms=[fixed-uniform,clo]", "final_seeds=[1]",
                                                   "train.batch_size=16"])
     assert calls == {"sweep": 1, "train": ["fixed", "fixed", "clo", "clo"]}  # each arm: its config, then with final_train
     built = arms(cfg)
@@ -146,9 +147,9 @@ def test_the_sweep_config_and_every_arms_trainer_config_are_validated_once(monke
 def test_layering_file_then_overrides_then_flags(tmp_path):
     file = tmp_path / "sweep.yaml"
     file.write_text("preset: smoke\ntrials: 5\ntrain:\n  epochs: 2\nspace:\n  lr: [1.0e-4, 1.0e-3]\n")
-    cfg = build_config(config_file=str(file), overrides=["trials=3", "train.train_subset=300", "methods=[clo]"],
+    cfg = build_config(config_file=str(file), overrides=["trials=3", "train.train_subset=300", "arms=[clo]"],
                        flags={"objective": "last_exit"})
-    assert cfg.preset == "smoke" and cfg.trials == 3 and cfg.methods == ["clo"]
+    assert cfg.preset == "smoke" and cfg.trials == 3 and cfg.arms == ["clo"]
     assert cfg.train["epochs"] == 2 and cfg.train["train_subset"] == 300 and cfg.train["model"] == "tiny-random"
     assert cfg.space["lr"] == [1e-4, 1e-3] and cfg.metric == "val_last_exit"
 
@@ -156,7 +157,7 @@ def test_layering_file_then_overrides_then_flags(tmp_path):
 # ---------------------------------------------------------------------------- bad input (in process)
 @pytest.mark.parametrize("kwargs,message", [
     (dict(preset="nope"), "unknown preset 'nope'"),
-    (dict(overrides=["methods=[clo,darts]"]), "unknown method 'darts'"),
+    (dict(overrides=["arms=[clo,darts]"]), "unknown arm 'darts'"),
     (dict(overrides=["budget=3"]), "unknown sweep config key(s): budget"),
     (dict(overrides=["train.learning_rate=1e-4"]), "unknown train key(s): learning_rate"),
     (dict(overrides=["space.dropout=[0.1,0.2]"]), "unknown search-space key(s): dropout"),
@@ -176,12 +177,52 @@ def test_bad_config_values(kwargs, message):
 
 def test_malformed_yaml(tmp_path):
     file = tmp_path / "bad.yaml"
-    file.write_text("trials: [1, 2\nmethods: clo\n")
+    file.write_text("trials: [1, 2\narms: clo\n")
     with pytest.raises(ConfigError, match="is not valid YAML"):
         build_config(config_file=str(file))
     file.write_text("- just\n- a list\n")
     with pytest.raises(ConfigError, match="must hold a mapping"):
         build_config(config_file=str(file))
+
+
+# ---------------------------------------------------------------------------- renamed: methods -> arms
+def test_the_old_methods_key_is_refused_with_its_new_name(tmp_path, monkeypatch):
+    file = tmp_path / "old.yaml"
+    file.write_text("preset: smoke\nmethods: [clo, fixed-uniform]\n")
+    with pytest.raises(ConfigError) as err:
+        build_config(config_file=str(file))
+    assert "`methods` was renamed to `arms`" in str(err.value)
+    assert "arms: [clo, fixed-uniform]" in str(err.value) and "--set arms=[clo,fixed-uniform]" in str(err.value)
+    with pytest.raises(ConfigError, match=r"was renamed to `arms` .*: write --arms clo, --set arms=\[clo\]"):
+        build_config(preset="smoke", overrides=["methods=[clo]"])
+    with pytest.raises(ConfigError, match="renamed to `arms`"):
+        build_config(preset="smoke", flags={"methods": ["clo"]})
+    # a preset of one's own that still says `methods:`
+    presets_dir = tmp_path / "presets"
+    presets_dir.mkdir()
+    (presets_dir / "mine.yaml").write_text("methods: [clo]\ntrials: 1\n")
+    monkeypatch.setattr("sweeps.presets.PRESETS_DIR", presets_dir)
+    with pytest.raises(ConfigError, match="renamed to `arms`"):
+        build_config(preset="mine")
+
+
+def test_a_sweep_saved_before_the_rename_resumes_with_its_arms(tmp_path):
+    """sweep.json of a sweep started before the rename holds `methods`: read as `arms`, silently."""
+    from sweeps.state import STATE_FILE, read_state, resume_config, save_state
+
+    flags = {"root": str(tmp_path), "name": "old-sweep"}
+    saved = build_config(preset="smoke", overrides=["arms=[fixed-uniform,clo]"], flags=flags).to_dict()
+    saved = {("methods" if key == "arms" else key): value for key, value in saved.items()}
+    folder = tmp_path / "old-sweep"
+    folder.mkdir()
+    (folder / STATE_FILE).write_text(json.dumps(saved))
+    state = read_state(folder)
+    assert state["arms"] == ["fixed-uniform", "clo"] and "methods" not in state
+    resumed = resume_config(build_config(preset="smoke", flags=flags))
+    assert resumed.name == "old-sweep" and resumed.arms == ["fixed-uniform", "clo"]
+    save_state(resumed)  # written back in the new keys
+    again = json.loads((folder / STATE_FILE).read_text())
+    assert again["arms"] == ["fixed-uniform", "clo"] and "methods" not in again
 
 
 def test_unreachable_services_are_config_errors(tmp_path):
@@ -210,7 +251,9 @@ def run_cli(*args, tmp_path, env_extra=None):
 
 @pytest.mark.parametrize("args,message", [
     (["--preset", "nope"], "unknown preset 'nope'"),
-    (["--methods", "clo,darts"], "unknown method 'darts'"),
+    (["--arms", "clo,darts"], "unknown arm 'darts'"),
+    (["--methods", "clo,fixed"], "the flag --methods was renamed to `arms`"),
+    (["--set", "methods=[clo]"], "the config key `methods` was renamed to `arms`"),
     (["--set", "budget=3"], "unknown sweep config key(s)"),
     (["--trials", "0"], "trials must be > 0"),
     (["--tracking-uri", "http://127.0.0.1:{port}"], "MLflow tracking server http://127.0.0.1:{port} is not reachable"),
@@ -238,7 +281,7 @@ def test_command_line_bad_input_exits_2_before_anything_starts(tmp_path, args, m
 
 def test_malformed_yaml_on_the_command_line(tmp_path):
     file = tmp_path / "bad.yaml"
-    file.write_text("trials: 3\n  methods: [clo\n")
+    file.write_text("trials: 3\n  arms: [clo\n")
     proc = run_cli("--config", str(file), tmp_path=tmp_path)
     assert proc.returncode == EXIT_BAD_INPUT
     assert proc.stderr.startswith("error: config file") and "not valid YAML" in proc.stderr
@@ -271,7 +314,7 @@ def test_every_preset_that_compares_arms_gives_them_the_same_compute():
     compared = 0
     for name in presets():
         cfg = build_config(preset=name)
-        if cfg.final_seeds and len(cfg.methods) > 1:
+        if cfg.final_seeds and len(cfg.arms) > 1:
             compared += 1
             assert cfg.budget_epochs is not None and cfg.trials is None, name
     assert compared >= 5  # demo, mr-study, glue-bert, glue-albert, leebert-paper

@@ -35,7 +35,7 @@ def test_killed_trial_process_resumes_from_its_checkpoint(tmp_path):
     """SIGKILL the trial's training process after epoch 1: the trial restarts from the epoch-1
     checkpoint, reports epochs 2 and 3 once each, and ends with the weights of a run never killed."""
     root = tmp_path / "sweeps"
-    args = ("--set", "methods=[clo]", "--set", "trials=1", "--set", "scheduler=none", "--set", "keep_checkpoints=all")
+    args = ("--set", "arms=[clo]", "--set", "trials=1", "--set", "scheduler=none", "--set", "keep_checkpoints=all")
     killed: dict = {}
 
     def kill_after_first_epoch():
@@ -82,7 +82,7 @@ def test_a_diverging_trial_fails_and_the_sweep_goes_on(tmp_path):
     trainer): it ends FAILED in Tune, MLflow and Optuna with the reason, is not retried into
     training, and the other trials finish."""
     root = tmp_path / "sweeps"
-    proc = run_sweep_cli(root, "nan", "--set", "methods=[fixed]", "--set", "trials=3", "--set", "scheduler=none",
+    proc = run_sweep_cli(root, "nan", "--set", "arms=[fixed]", "--set", "trials=3", "--set", "scheduler=none",
                          "--set", "max_concurrent=1", "--set", "diverge_trials.fixed-2=3")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "fixed trial 2/3 FAILED: diverged at step 3 (" in proc.stdout
@@ -98,7 +98,7 @@ def test_a_diverging_trial_fails_and_the_sweep_goes_on(tmp_path):
     for name in ("fixed-01", "fixed-03"):
         assert by_name[name].info.status == "FINISHED"
         assert 0 <= by_name[name].data.metrics["test/hypervolume"] <= 1
-    assert runs["method"][0].info.status == "FINISHED"
+    assert runs["arm"][0].info.status == "FINISHED"
 
     from ray.tune import ExperimentAnalysis
 
@@ -123,7 +123,7 @@ def test_a_diverging_trial_fails_and_the_sweep_goes_on(tmp_path):
 
 def test_sigterm_ends_the_open_runs_killed(tmp_path):
     root = tmp_path / "sweeps"
-    proc = subprocess.Popen(sweep_cmd(root, "term", "--set", "methods=[clo]"), cwd=ROOT, env=sweep_env(),
+    proc = subprocess.Popen(sweep_cmd(root, "term", "--set", "arms=[clo]"), cwd=ROOT, env=sweep_env(),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
     lines: list[str] = []
     try:
@@ -146,5 +146,5 @@ def test_sigterm_ends_the_open_runs_killed(tmp_path):
     assert "--resume --name term" in output
     mlflow_client, _ = client(root, "term")
     runs = runs_by_role(mlflow_client, "term")
-    assert [r.info.status for r in runs["method"]] == ["KILLED"]
+    assert [r.info.status for r in runs["arm"]] == ["KILLED"]
     assert not [r for r in sum(runs.values(), []) if r.info.status == "RUNNING"]

@@ -65,11 +65,11 @@ def ray_head():
 
 def test_ray_job_submit_runs_the_smoke_sweep(ray_head, tmp_path):
     root = tmp_path / "sweeps"
-    # one method, two trials one after the other in the same reused worker process (reuse_actors):
+    # one arm, two trials one after the other in the same reused worker process (reuse_actors):
     # the second trial finds the DeepSpeed process group already initialized
     submit = [str(BIN / "ray"), "job", "submit", "--address", ray_head["dashboard"], "--working-dir", str(ROOT),
               "--", "python", "platform/sweep.py", "--preset", "smoke", "--root", str(root), "--name", "job",
-              "--set", "methods=[clo]", "--set", "reuse_actors=true", "--set", "max_concurrent=1",
+              "--set", "arms=[clo]", "--set", "reuse_actors=true", "--set", "max_concurrent=1",
               "--set", "scheduler=none"]
     proc = subprocess.run(submit, env=ray_head["env"], capture_output=True, text=True, timeout=600, cwd=ROOT)
     output = proc.stdout + proc.stderr
@@ -89,7 +89,7 @@ def test_ray_job_submit_runs_the_smoke_sweep(ray_head, tmp_path):
 
     mlflow_client, _ = client(root, "job")
     runs = runs_by_role(mlflow_client, "job")
-    assert [r.data.tags["method"] for r in runs["method"]] == ["clo"]
+    assert [r.data.tags["arm"] for r in runs["arm"]] == ["clo"]
     assert len(runs["trial"]) == 2 and len(runs["comparison"]) == 1
     for run in sum(runs.values(), []):
         assert run.info.status == "FINISHED"

@@ -18,7 +18,7 @@ from test_sweep_helpers import ROOT, leftover_processes, client, run_sweep_cli, 
 pytestmark = pytest.mark.integration
 
 NAME = "resume-test"
-METHODS = ["fixed", "clo"]
+ARMS = ["fixed", "clo"]
 TRIALS = 2
 
 
@@ -62,7 +62,7 @@ def epochs_trained(rows: list[dict]) -> list[tuple[int, int]]:
 
 def test_kill_driver_then_resume(tmp_path):
     root = tmp_path / "sweeps"
-    proc = subprocess.Popen(sweep_cmd(root, NAME, "--set", f"methods=[{','.join(METHODS)}]", "--set", "scheduler=none"),
+    proc = subprocess.Popen(sweep_cmd(root, NAME, "--set", f"arms=[{','.join(ARMS)}]", "--set", "scheduler=none"),
                             cwd=ROOT, env=sweep_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
     seen: list[str] = []
     try:
@@ -82,7 +82,7 @@ def test_kill_driver_then_resume(tmp_path):
     before = runs_by_role(mlflow_client, NAME)
     logged = {r.data.tags["trial_id"]: r.info.run_id for r in before.get("trial", [])
               if r.data.tags.get("logged") == "true"}
-    running = {r.data.tags["method"]: r.info.status for r in before["method"]}
+    running = {r.data.tags["arm"]: r.info.status for r in before["arm"]}
     assert set(running.values()) == {"RUNNING"}, running  # every arm was searching when the driver died
     experiment = root / NAME / "ray" / "search"
     finished = finished_trials(experiment)
@@ -103,25 +103,25 @@ def test_kill_driver_then_resume(tmp_path):
     assert {t: epochs_trained(after_rows[t]) for t in trained_before} == trained_before
 
     after = runs_by_role(mlflow_client, NAME)
-    assert len(after["method"]) == len(METHODS) and len(after["comparison"]) == 1
+    assert len(after["arm"]) == len(ARMS) and len(after["comparison"]) == 1
     trial_ids = [r.data.tags["trial_id"] for r in after["trial"]]
-    assert len(trial_ids) == len(set(trial_ids)) == TRIALS * len(METHODS)
+    assert len(trial_ids) == len(set(trial_ids)) == TRIALS * len(ARMS)
     assert {k: v for k, v in ((r.data.tags["trial_id"], r.info.run_id) for r in after["trial"]) if k in logged} == logged
     for run in sum(after.values(), []):
         assert run.info.status == "FINISHED", (run.info.run_name, run.info.status)
-    # registered once, after every method finished: still exactly one version per method
+    # registered once, after every arm finished: still exactly one version per arm
     versions = mlflow_client.search_model_versions("name = 'leebert-mr'")
-    assert sorted(v.tags["method"] for v in versions) == sorted(METHODS), [v.tags for v in versions]
-    for method in METHODS:
-        registered = json.loads(next(r for r in after["method"] if r.data.tags["method"] == method).data.tags["registered"])
-        alias = mlflow_client.get_model_version_by_alias("leebert-mr", f"{method}-best")
-        assert registered["version"] == str(alias.version) and alias.tags["method"] == method
+    assert sorted(v.tags["arm"] for v in versions) == sorted(ARMS), [v.tags for v in versions]
+    for arm in ARMS:
+        registered = json.loads(next(r for r in after["arm"] if r.data.tags["arm"] == arm).data.tags["registered"])
+        alias = mlflow_client.get_model_version_by_alias("leebert-mr", f"{arm}-best")
+        assert registered["version"] == str(alias.version) and alias.tags["arm"] == arm
 
     import optuna
 
     storage = f"sqlite:///{root / NAME / 'optuna.db'}"
-    for method in METHODS:
-        trials = optuna.load_study(study_name=method, storage=storage).get_trials(deepcopy=False)
+    for arm in ARMS:
+        trials = optuna.load_study(study_name=arm, storage=storage).get_trials(deepcopy=False)
         states = [t.state for t in trials]
         assert optuna.trial.TrialState.RUNNING not in states
         assert states.count(optuna.trial.TrialState.COMPLETE) == TRIALS

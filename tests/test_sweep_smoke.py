@@ -14,7 +14,7 @@ from test_sweep_helpers import PNG_MAGIC, history, use_mlflow_uri
 
 pytestmark = pytest.mark.integration
 
-METHODS = ["fixed", "bilevel", "clo"]
+ARMS = ["fixed", "bilevel", "clo"]
 TRIALS = 2
 EPOCHS = 3  # the smoke preset's train.epochs
 EXITS = 3   # tiny-random has 3 layers
@@ -28,26 +28,26 @@ def smoke(smoke_sweep):
 
 def test_progress_and_where_to_look(smoke):
     out = smoke["proc"].stdout
-    for method in METHODS:
-        assert f"[sweep] {method} trial 1/{TRIALS} started" in out
-        assert f"models:/leebert-mr@{method}-best" in out  # registered once every method finished
+    for arm in ARMS:
+        assert f"[sweep] {arm} trial 1/{TRIALS} started" in out
+        assert f"models:/leebert-mr@{arm}-best" in out  # registered once every arm finished
     assert "[sweep] registered model leebert-mr" in out and "champion: models:/leebert-mr@champion" in out
     assert "mlflow.pyfunc.load_model('models:/leebert-mr@champion')" in out
     assert "mlflow models serve -m models:/leebert-mr@champion --env-manager local" in out
     assert f"mlflow ui --backend-store-uri {smoke['uri']}" in out
     assert str(smoke["dir"] / "report" / "frontiers.png") in out
     assert str(smoke["dir"] / "report" / "summary.md") in out
-    assert "| method |" in out
+    assert "| arm |" in out
 
 
 def test_trial_numbers_agree_between_console_and_mlflow(smoke):
     import re
 
     started = re.findall(r"\[sweep\] (\w+) trial (\d+)/\d+ started: (.*)", smoke["proc"].stdout)
-    assert len(started) == TRIALS * len(METHODS)
+    assert len(started) == TRIALS * len(ARMS)
     by_name = {r.info.run_name: r for r in smoke["runs"]["trial"]}
-    for method, number, params in started:
-        run = by_name[f"{method}-{int(number):02d}"]
+    for arm, number, params in started:
+        run = by_name[f"{arm}-{int(number):02d}"]
         printed = dict(item.split("=") for item in params.split(", "))
         assert {k: float(v) for k, v in printed.items()} == pytest.approx(
             {k: float(run.data.params[k]) for k in printed}, rel=5e-3)
@@ -58,8 +58,8 @@ def test_every_arm_searches_at_the_same_time_within_its_budget(smoke):
     end times), and each arm runs exactly its budget of trials."""
     by_arm: dict[str, list] = {}
     for run in smoke["runs"]["trial"]:
-        by_arm.setdefault(run.data.tags["method"], []).append((run.info.start_time, run.info.end_time))
-    assert {arm: len(spans) for arm, spans in by_arm.items()} == {m: TRIALS for m in METHODS}
+        by_arm.setdefault(run.data.tags["arm"], []).append((run.info.start_time, run.info.end_time))
+    assert {arm: len(spans) for arm, spans in by_arm.items()} == {m: TRIALS for m in ARMS}
     overlapping = {tuple(sorted((a, b))) for a in by_arm for b in by_arm if a != b
                    for (s1, e1) in by_arm[a] for (s2, e2) in by_arm[b] if s1 < e2 and s2 < e1}
     assert len(overlapping) >= 2, f"trials of different arms should run at once; overlapping arm pairs: {overlapping}"
@@ -71,12 +71,12 @@ def test_experiment_layout(smoke):
     runs, mlflow_client = smoke["runs"], smoke["client"]
     experiment = mlflow_client.get_experiment_by_name("smoke-test")
     assert experiment.artifact_location == (smoke["dir"] / "mlartifacts").as_uri()
-    assert sorted(r.data.tags["method"] for r in runs["method"]) == sorted(METHODS)
-    assert len(runs["trial"]) == TRIALS * len(METHODS)
+    assert sorted(r.data.tags["arm"] for r in runs["arm"]) == sorted(ARMS)
+    assert len(runs["trial"]) == TRIALS * len(ARMS)
     assert len(runs["comparison"]) == 1
-    parents = {r.info.run_id: r.data.tags["method"] for r in runs["method"]}
+    parents = {r.info.run_id: r.data.tags["arm"] for r in runs["arm"]}
     for run in runs["trial"]:
-        assert parents[run.data.tags["mlflow.parentRunId"]] == run.data.tags["method"]
+        assert parents[run.data.tags["mlflow.parentRunId"]] == run.data.tags["arm"]
     for run in sum(runs.values(), []):
         assert run.info.status == "FINISHED", (run.info.run_name, run.info.status)
         assert run.info.lifecycle_stage == "active"
@@ -86,9 +86,9 @@ def test_trial_runs_hold_params_metrics_and_artifacts(smoke):
     mlflow_client = smoke["client"]
     completed = 0
     for run in smoke["runs"]["trial"]:
-        method, params, metrics = run.data.tags["method"], run.data.params, run.data.metrics
-        assert params["method"] == method and params["model"] == "tiny-random"
-        searched = {"lr", "head_lr"} | ({"lr_outer", "outer_every"} if method != "fixed" else set())
+        arm, params, metrics = run.data.tags["arm"], run.data.params, run.data.metrics
+        assert params["method"] == arm and params["model"] == "tiny-random"  # these arms are named after their method
+        searched = {"lr", "head_lr"} | ({"lr_outer", "outer_every"} if arm != "fixed" else set())
         assert set(run.data.tags["searched"].split(",")) == searched
         assert 1e-3 <= float(params["lr"]) <= 5e-3 and 2e-3 <= float(params["head_lr"]) <= 1e-2
         epochs = history(mlflow_client, run.info.run_id, "val/hypervolume")
@@ -113,7 +113,7 @@ def test_trial_runs_hold_params_metrics_and_artifacts(smoke):
         # learned weights: 3 CE + 6 KD terms; fixed keeps them at 1, the others keep their sum (softmax)
         weights = {k: v for k, v in metrics.items() if k.startswith("weight/")}
         assert len(weights) == EXITS + EXITS * (EXITS - 1)
-        if method == "fixed":
+        if arm == "fixed":
             assert all(v == 1.0 for v in weights.values())
         else:
             assert math.isclose(sum(weights.values()), len(weights), rel_tol=1e-4)
@@ -121,19 +121,19 @@ def test_trial_runs_hold_params_metrics_and_artifacts(smoke):
         for png in ("weights.png", "frontier.png"):
             assert open(f"{folder}/{png}", "rb").read(8) == PNG_MAGIC
         config = json.load(open(f"{folder}/config.json"))
-        assert config["method"] == method and config["deepspeed_config"].endswith("cpu_zero0.json")
-    assert completed >= len(METHODS)  # ASHA lets at least the first trial of each method finish
+        assert config["method"] == arm and config["deepspeed_config"].endswith("cpu_zero0.json")
+    assert completed >= len(ARMS)  # ASHA lets at least the first trial of each arm finish
 
 
-def test_method_runs_name_the_best_trial(smoke):
+def test_arm_runs_name_the_best_trial(smoke):
     runs = smoke["runs"]
     trials = {r.data.tags["trial_id"]: r for r in runs["trial"]}
-    for run in runs["method"]:
+    for run in runs["arm"]:
         tags, metrics = run.data.tags, run.data.metrics
         assert tags["finalized"] == "true"
         best = trials[tags["best_trial_id"]]
         assert best.data.tags["trial_status"] == "completed" and best.data.tags.get("best") == "true"
-        siblings = [r for r in runs["trial"] if r.data.tags["method"] == tags["method"]
+        siblings = [r for r in runs["trial"] if r.data.tags["arm"] == tags["arm"]
                     and r.data.tags["trial_status"] == "completed"]
         assert metrics["best/objective"] == max(r.data.metrics["val/hypervolume"] for r in siblings)
         assert run.data.params["space.lr"].startswith("loguniform(")
@@ -144,36 +144,36 @@ def test_method_runs_name_the_best_trial(smoke):
 def test_sweep_report_and_comparison_run(smoke):
     report = smoke["dir"] / "report"
     summary = pd.read_csv(report / "summary.csv")
-    assert list(summary["method"]) == METHODS
+    assert list(summary["arm"]) == ARMS
     assert summary["val HV"].between(0, 1).all() and summary["test last exit"].between(0, 1).all()
     assert (report / "frontiers.png").read_bytes()[:8] == PNG_MAGIC
-    assert "| method |" in (report / "summary.md").read_text()
-    assert len(pd.read_csv(report / "trials.csv")) == TRIALS * len(METHODS)
+    assert "| arm |" in (report / "summary.md").read_text()
+    assert len(pd.read_csv(report / "trials.csv")) == TRIALS * len(ARMS)
     comparison = smoke["runs"]["comparison"][0]
     artifacts = {a.path for a in smoke["client"].list_artifacts(comparison.info.run_id)}
     assert {"frontiers.png", "summary.csv", "summary.md", "trials.csv", "optuna.db", "sweep.json"} <= artifacts
-    assert set(comparison.data.metrics) >= {f"val_hypervolume/{m}" for m in METHODS}
+    assert set(comparison.data.metrics) >= {f"val_hypervolume/{m}" for m in ARMS}
 
 
-def test_optuna_storage_holds_one_study_per_method(smoke):
+def test_optuna_storage_holds_one_study_per_arm(smoke):
     import optuna
 
     storage = f"sqlite:///{smoke['dir'] / 'optuna.db'}"
     studies = {s.study_name: s for s in optuna.get_all_study_summaries(storage)}
-    assert set(studies) == set(METHODS)
+    assert set(studies) == set(ARMS)
     first = {}
-    for method in METHODS:
-        study = optuna.load_study(study_name=method, storage=storage)
+    for arm in ARMS:
+        study = optuna.load_study(study_name=arm, storage=storage)
         trials = study.get_trials(deepcopy=False)
         assert len(trials) == TRIALS
         # one fidelity per study: exactly the trials Tune stopped early are PRUNED, with their per-epoch
         # objectives as intermediate values; only full-length trials are COMPLETE
-        runs = {int(r.info.run_name.rsplit("-", 1)[1]): r for r in smoke["runs"]["trial"] if r.data.tags["method"] == method}
+        runs = {int(r.info.run_name.rsplit("-", 1)[1]): r for r in smoke["runs"]["trial"] if r.data.tags["arm"] == arm}
         for trial in trials:
             run = runs[trial.number + 1]  # trial numbers are the study's + 1 in a fresh study
             objectives = [v for _, v in history(smoke["client"], run.info.run_id, "objective")]
             expected = {"completed": "COMPLETE", "stopped_early": "PRUNED"}[run.data.tags["trial_status"]]
-            assert trial.state.name == expected, (method, trial.number, run.data.tags["trial_status"])
+            assert trial.state.name == expected, (arm, trial.number, run.data.tags["trial_status"])
             assert trial.params == pytest.approx({k: float(run.data.params[k]) for k in trial.params}, rel=1e-6)
             if expected == "PRUNED":
                 assert len(objectives) < EPOCHS
@@ -181,8 +181,8 @@ def test_optuna_storage_holds_one_study_per_method(smoke):
             else:
                 assert len(objectives) == EPOCHS and trial.value == pytest.approx(objectives[-1])
         assert study.direction == optuna.study.StudyDirection.MAXIMIZE
-        first[method] = trials[0].params
-    # the same sampler seed for every method: the shared parameters start from the same draw
+        first[arm] = trials[0].params
+    # the same sampler seed for every arm: the shared parameters start from the same draw
     assert first["fixed"]["lr"] == first["clo"]["lr"] == first["bilevel"]["lr"]
 
 
@@ -192,19 +192,19 @@ def test_registered_models_predict_with_early_exit(smoke, monkeypatch):
 
     use_mlflow_uri(monkeypatch, smoke["uri"])
     mlflow_client = smoke["client"]
-    # one registered model, one version per method's best trial; champion = the best validation objective
+    # one registered model, one version per arm's best trial; champion = the best validation objective
     assert [m.name for m in mlflow_client.search_registered_models()] == ["leebert-mr"]
-    assert len(mlflow_client.search_model_versions("name = 'leebert-mr'")) == len(METHODS)
-    assert set(mlflow_client.get_registered_model("leebert-mr").aliases) == {"champion", *(f"{m}-best" for m in METHODS)}
-    objectives = {r.data.tags["method"]: r.data.metrics["best/objective"] for r in smoke["runs"]["method"]}
+    assert len(mlflow_client.search_model_versions("name = 'leebert-mr'")) == len(ARMS)
+    assert set(mlflow_client.get_registered_model("leebert-mr").aliases) == {"champion", *(f"{m}-best" for m in ARMS)}
+    objectives = {r.data.tags["arm"]: r.data.metrics["best/objective"] for r in smoke["runs"]["arm"]}
     champion = mlflow_client.get_model_version_by_alias("leebert-mr", "champion")
-    assert objectives[champion.tags["method"]] == max(objectives.values())
+    assert objectives[champion.tags["arm"]] == max(objectives.values())
     sentences = pd.DataFrame({"sentence": ["a gripping , funny and moving film .", "tedious and badly acted .",
                                            "it 's fine .", "the worst movie of the year ."]})
-    for method in METHODS:
-        version = mlflow_client.get_model_version_by_alias("leebert-mr", f"{method}-best")
-        assert version.tags["method"] == method and version.tags["policy"] in ("patience", "entropy", "confidence", "none")
-        model = mlflow.pyfunc.load_model(f"models:/leebert-mr@{method}-best")
+    for arm in ARMS:
+        version = mlflow_client.get_model_version_by_alias("leebert-mr", f"{arm}-best")
+        assert version.tags["arm"] == arm and version.tags["policy"] in ("patience", "entropy", "confidence", "none")
+        model = mlflow.pyfunc.load_model(f"models:/leebert-mr@{arm}-best")
         out = model.predict(sentences)
         assert list(out.columns) == ["label", "probabilities", "exit_layer"] and len(out) == 4
         assert out["label"].isin([0, 1]).all()

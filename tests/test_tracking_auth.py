@@ -98,7 +98,7 @@ def client_of(server, credentials, monkeypatch):
 def registered(server, tmp_path_factory):
     root = tmp_path_factory.mktemp("sweeps")
     env = as_user(server, server["user"])
-    sweep = subprocess.run(sweep_cmd(root, NAME, "--tracking-uri", server["url"], "--set", "methods=[fixed]",
+    sweep = subprocess.run(sweep_cmd(root, NAME, "--tracking-uri", server["url"], "--set", "arms=[fixed]",
                                      "--set", "register=false"),
                            capture_output=True, text=True, timeout=900, env=env, cwd=ROOT)
     assert sweep.returncode == 0, (sweep.stdout[-3000:] + sweep.stderr[-3000:] + "\n--- server log ---\n"

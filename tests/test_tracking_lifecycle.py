@@ -15,7 +15,7 @@ from sweeps.tracking import PARENT_TAG, Tracker
 def record(trial_id: str = "abc123") -> TrialRecord:
     epochs = [{"epoch": e, "step": 10 * e, "objective": 0.1 * e, "val_hypervolume": 0.1 * e,
                "val_last_exit": 0.5 + 0.01 * e, "timestamp": 1_700_000_000 + e} for e in (1, 2)]
-    return TrialRecord(method="clo", trial_id=trial_id, number=1, status="completed", sampled={"lr": 1e-3},
+    return TrialRecord(arm="clo", stage="search", trial_id=trial_id, number=1, status="completed", sampled={"lr": 1e-3},
                        train={"lr": 1e-3, "method": "clo"}, epochs=epochs, start_ms=1_700_000_000_000,
                        end_ms=1_700_000_002_000)
 
@@ -26,12 +26,12 @@ def tracker(tmp_path):
 
 
 def test_a_half_written_trial_run_is_completed_under_its_run_id(tracker):
-    parent = tracker.method_run("clo", params={"trials": 1}, tags={})
+    parent = tracker.arm_run("clo", "search", params={"trials": 1}, tags={})
     # a crash after create_run and part of the metrics: the run exists, RUNNING, without `logged`
     crashed = tracker.client.create_run(tracker.experiment_id, run_name="clo-01", tags={
-        PARENT_TAG: parent, "role": "trial", "method": "clo", "trial_id": "abc123"}).info.run_id
+        PARENT_TAG: parent, "role": "trial", "arm": "clo", "stage": "search", "trial_id": "abc123"}).info.run_id
     tracker.client.log_metric(crashed, "val/hypervolume", 0.1, timestamp=1_700_000_001_000, step=10)
-    assert not tracker.trial_logged("clo", "abc123")
+    assert not tracker.trial_logged("clo", "search", "abc123")
 
     assert tracker.log_trial(record(), parent) == crashed
     assert tracker.log_trial(record(), parent) is None  # complete now: nothing written twice
@@ -52,8 +52,8 @@ def test_orphans_of_a_dead_driver_are_closed_and_a_live_drivers_are_not(tracker,
         ids = {}
         for name, pid in (("dead", dead.pid), ("live", live.pid)):
             ids[name] = other.client.create_run(other.experiment_id, run_name=name, tags={
-                "role": "method", "driver_host": tracker.driver["driver_host"], "driver_pid": str(pid)}).info.run_id
-        mine = tracker.client.create_run(tracker.experiment_id, run_name="left", tags={"role": "method"}).info.run_id
+                "role": "arm", "driver_host": tracker.driver["driver_host"], "driver_pid": str(pid)}).info.run_id
+        mine = tracker.client.create_run(tracker.experiment_id, run_name="left", tags={"role": "arm"}).info.run_id
         assert tracker.close_orphans() == 2
         status = lambda run_id: tracker.client.get_run(run_id).info.status  # noqa: E731
         assert status(ids["dead"]) == "KILLED" and status(mine) == "KILLED"
@@ -64,9 +64,9 @@ def test_orphans_of_a_dead_driver_are_closed_and_a_live_drivers_are_not(tracker,
 
 
 def test_close_own_runs_ends_only_this_drivers_runs(tracker):
-    own = tracker.method_run("fixed", params={}, tags={})
+    own = tracker.arm_run("fixed", "search", params={}, tags={})
     foreign = tracker.client.create_run(tracker.experiment_id, run_name="x", tags={
-        "role": "method", "driver_host": "elsewhere", "driver_pid": "1"}).info.run_id
+        "role": "arm", "driver_host": "elsewhere", "driver_pid": "1"}).info.run_id
     assert tracker.close_own_runs("KILLED") == 1
     assert tracker.client.get_run(own).info.status == "KILLED"
     assert tracker.client.get_run(foreign).info.status == "RUNNING"

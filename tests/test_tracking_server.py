@@ -76,7 +76,7 @@ def sweep(server, tmp_path_factory):
     from mlflow import MlflowClient
 
     root = tmp_path_factory.mktemp("sweeps")
-    proc = run_sweep_cli(root, NAME, "--tracking-uri", server["url"], "--set", "methods=[fixed]")
+    proc = run_sweep_cli(root, NAME, "--tracking-uri", server["url"], "--set", "arms=[fixed]")
     assert proc.returncode == 0, (proc.stdout[-3000:] + proc.stderr[-3000:]
                                   + "\n--- server log ---\n" + server["log"].read_text(errors="replace")[-3000:])
     client = MlflowClient(tracking_uri=server["url"], registry_uri=server["url"])
@@ -87,9 +87,9 @@ def test_sweep_runs_are_on_the_server(server, sweep):
     runs = sweep["runs"]
     assert f"MLflow {server['url']}" in sweep["proc"].stdout
     assert f"MLflow UI:      {server['url']}" in sweep["proc"].stdout
-    assert [r.data.tags["method"] for r in runs.get("method", [])] == ["fixed"]
+    assert [r.data.tags["arm"] for r in runs.get("arm", [])] == ["fixed"]
     assert len(runs.get("trial", [])) == TRIALS and len(runs.get("comparison", [])) == 1
-    assert set(runs) == {"method", "trial", "comparison"}, set(runs)
+    assert set(runs) == {"arm", "trial", "comparison"}, set(runs)
     for run in sum(runs.values(), []):
         assert run.info.status == "FINISHED", (run.info.run_name, run.info.status)
     completed = [r for r in runs["trial"] if r.data.tags["trial_status"] == "completed"]
@@ -140,7 +140,7 @@ def test_registered_champion_loads_from_the_server(server, sweep, monkeypatch):
 
     client = sweep["client"]
     version = client.get_model_version_by_alias("leebert-mr", "champion")
-    assert version.tags["method"] == "fixed"
+    assert version.tags["arm"] == "fixed"
     assert client.get_model_version_by_alias("leebert-mr", "fixed-best").version == version.version
     use_mlflow_uri(monkeypatch, server["url"])
     model = mlflow.pyfunc.load_model("models:/leebert-mr@champion")

@@ -65,40 +65,97 @@ TIMING_FILE = "timing.json"  # report/final/: the timing phase's passes
 
 # ---------------------------------------------------------------------------- MLflow artifacts
 CONFIG_ARTIFACT = "config.json"  # a trial run's trainer options
-BEST_SUMMARY_ARTIFACT = "best_summary.json"  # a method run's best trial's summary
+BEST_SUMMARY_ARTIFACT = "best_summary.json"  # an arm run's best trial's summary
 
 # ---------------------------------------------------------------------------- MLflow tag schema
-# Keys and values are what runs already in MLflow stores carry: change them only with a migration.
+# Keys and values are what runs already in MLflow stores carry: change them only with a migration
+# (``legacy_tags`` below; ``sweeps.tracking.Tracker`` and ``serving.register`` apply it).
 TAG_ROLE = "role"
-TAG_METHOD = "method"
+TAG_ARM = "arm"  # the compared configuration: fixed-uniform, ..., clo (never "final/clo")
+TAG_STAGE = "stage"  # STAGE_SEARCH or STAGE_FINAL
 TAG_TRIAL_ID = "trial_id"
 TAG_TRIAL_STATUS = "trial_status"
 TAG_SEARCHED = "searched"  # a trial's sampled parameters, comma-separated
 TAG_LOGGED = "logged"  # "true" once a trial run is completely written
-TAG_FINALIZED = "finalized"  # "true" once a method (or final) run is summarized
-TAG_BEST = "best"  # "true" on a method's best trial run
+TAG_FINALIZED = "finalized"  # "true" once an arm's search (or final) run is summarized
+TAG_BEST = "best"  # "true" on an arm's best trial run
 TAG_BEST_TRIAL_ID = "best_trial_id"
 TAG_BEST_RUN_ID = "best_run_id"
 TAG_MODEL_CHECKPOINT = "model_checkpoint"  # a trial run's final checkpoint: where its exported model is
-TAG_REGISTERED = "registered"  # a method run's registered version (JSON)
+TAG_REGISTERED = "registered"  # an arm run's registered version (JSON)
 TAG_SWEEP = "sweep"
 TRUE = "true"
 
-ROLE_METHOD = "method"  # one per arm: the search
-ROLE_TRIAL = "trial"  # one per Ray Tune trial
+STAGE_SEARCH = "search"  # the values of TAG_STAGE (the names of the sweep's two stages)
+STAGE_FINAL = "final"
+
+ROLE_ARM = "arm"  # one per arm: the search
+ROLE_TRIAL = "trial"  # one per Ray Tune trial (search trial or final seed)
 ROLE_COMPARISON = "comparison"
 ROLE_FINAL = "final"  # one per arm: the final stage's seeds
 ROLE_FINAL_COMPARISON = "final_comparison"
 
+# The schema before arm/stage (runs written by older versions): tag "method" held the arm ("clo")
+# or "final/<arm>", and an arm's search run had role "method".
+LEGACY_TAG_METHOD = "method"
+LEGACY_ROLE_METHOD = "method"
+SCHEMA_TAG = "leebert.tag_schema"  # on a sweep's experiment: SCHEMA_VERSION once its runs carry arm/stage
+SCHEMA_VERSION = "2"
+
+
+def run_name(arm: str, stage: str) -> str:
+    """The name (in the MLflow UI) of an arm's parent run: "clo" (search), "final/clo" (final stage)."""
+    return arm if stage == STAGE_SEARCH else f"{STAGE_FINAL}/{arm}"
+
 
 def tag_filter(**tags: str) -> str:
-    """An MLflow run filter matching every ``key=value``: ``tags.role = 'trial' and tags.method = 'clo'``."""
+    """An MLflow run filter matching every ``key=value``: ``tags.role = 'trial' and tags.arm = 'clo'``."""
     return " and ".join(f"tags.{key} = '{value}'" for key, value in tags.items())
 
 
-def trial_filter(method: str, trial_id: str) -> str:
-    """The filter of one trial run of ``method``."""
-    return tag_filter(**{TAG_ROLE: ROLE_TRIAL, TAG_METHOD: method, TAG_TRIAL_ID: trial_id})
+def trial_filter(arm: str, stage: str, trial_id: str) -> str:
+    """The filter of one trial run of ``arm`` in ``stage``."""
+    return tag_filter(**{TAG_ROLE: ROLE_TRIAL, TAG_ARM: arm, TAG_STAGE: stage, TAG_TRIAL_ID: trial_id})
 
 
-METHOD_RUNS_FILTER = tag_filter(**{TAG_ROLE: ROLE_METHOD})
+ARM_RUNS_FILTER = tag_filter(**{TAG_ROLE: ROLE_ARM})
+
+
+def legacy_tags(tags: dict[str, str]) -> dict[str, str] | None:
+    """The tags that bring a run written with the old schema up to date (``arm``, ``stage`` and,
+    for an arm's search run, ``role``), or None if ``tags`` hold no old ``method`` tag."""
+    old = tags.get(LEGACY_TAG_METHOD)
+    if old is None:
+        return None
+    prefix = f"{STAGE_FINAL}/"
+    arm, stage = (old[len(prefix):], STAGE_FINAL) if old.startswith(prefix) else (old, STAGE_SEARCH)
+    new = {TAG_ARM: arm, TAG_STAGE: stage}
+    if tags.get(TAG_ROLE) == LEGACY_ROLE_METHOD:
+        new[TAG_ROLE] = ROLE_ARM
+    return new
+
+
+def migrate_experiment(client, experiment_id: str) -> int:
+    """Bring the runs of a sweep's experiment written with the old tags (``method``, role ``method``)
+    up to the current schema, once: then the experiment is marked ``SCHEMA_TAG``. ``client`` is an
+    ``mlflow.MlflowClient``. Idempotent (a run is migrated by setting its new tags first, then
+    deleting the old one). Returns how many runs were migrated."""
+    experiment = client.get_experiment(experiment_id)
+    if (experiment.tags or {}).get(SCHEMA_TAG) == SCHEMA_VERSION:
+        return 0
+    migrated, token = 0, None
+    while True:
+        page = client.search_runs([experiment_id], max_results=1000, page_token=token)
+        for run in page:
+            new = legacy_tags(run.data.tags)
+            if new is None:
+                continue
+            for key, value in new.items():
+                client.set_tag(run.info.run_id, key, value)
+            client.delete_tag(run.info.run_id, LEGACY_TAG_METHOD)
+            migrated += 1
+        token = page.token
+        if not token:
+            break
+    client.set_experiment_tag(experiment_id, SCHEMA_TAG, SCHEMA_VERSION)
+    return migrated

@@ -1,13 +1,13 @@
 """CLO vs plain bi-level vs fixed weights on MR with the embedded MiniLM, untuned: same settings,
-same seeds. It measures what an epoch of each method costs against fixed (the figure behind the
+same seeds. It measures what an epoch of each arm costs against fixed (the figure behind the
 sweep's ``outer_step_cost``); the tuned comparison users should trust is ``benchmarks/study.py``
 (docs/results.md).
 
-    python benchmarks/compare_methods.py                       # 3 seeds, writes runs/compare_methods/results.md
-    python benchmarks/compare_methods.py --seeds 1 --train-subset 500 --epochs 1 --results /tmp/r.md
+    python benchmarks/compare_arms.py                          # 3 seeds, writes runs/compare_arms/results.md
+    python benchmarks/compare_arms.py --seeds 1 --train-subset 500 --epochs 1 --results /tmp/r.md
 
-For every seed, the four methods run back to back (so a change in machine load hits all of them),
-each through the real trainer (DeepSpeed engine included). Per method it reports, as mean ± std
+For every seed, the four arms run back to back (so a change in machine load hits all of them),
+each through the real trainer (DeepSpeed engine included). Per arm it reports, as mean ± std
 over seeds:
 - last-exit test accuracy;
 - test accuracy and test speed-up at the 1.5x and 2x operating points: the exit-policy setting
@@ -40,7 +40,7 @@ from trainers.layout import SUMMARY_FILE  # noqa: E402
 from trainers.results import Summary  # noqa: E402
 from trainers.train import run  # noqa: E402
 
-METHODS = {
+ARMS = {  # arm -> its trainer options (the loss-weight method, and the fixed arms' scheme)
     "fixed-uniform": {"method": "fixed", "scheme": "uniform"},
     "fixed-pabee": {"method": "fixed", "scheme": "pabee"},
     "bilevel": {"method": "bilevel"},
@@ -61,7 +61,7 @@ def run_one(name: str, seed: int, args) -> Summary:
     cfg = TrainConfig(task="mr", model=args.model, train_subset=args.train_subset, epochs=args.epochs,
                       max_length=args.max_length, batch_size=args.batch_size, seed=seed, threads=args.threads,
                       output_dir=str(out), save_checkpoints=False, wallclock_eval=True, log_every=50,
-                      **METHODS[name], **({"lr_outer": args.lr_outer} if args.lr_outer else {}),
+                      **ARMS[name], **({"lr_outer": args.lr_outer} if args.lr_outer else {}),
                       **({"outer_every": args.outer_every} if args.outer_every else {}))
     print(f"[compare] {name} seed {seed}: training", flush=True)
     return run(cfg, quiet=not args.verbose).summary
@@ -77,7 +77,7 @@ def mean_std(values: list[float], scale: float = 1.0, fmt: str = "{:.1f}") -> st
 
 
 def table(results: dict[str, list[Summary]]) -> str:
-    header = ("| method | last-exit test acc. (%) | acc. @1.5x (%) | speed-up @1.5x | acc. @2x (%) | speed-up @2x "
+    header = ("| arm | last-exit test acc. (%) | acc. @1.5x (%) | speed-up @1.5x | acc. @2x (%) | speed-up @2x "
               "| wall-clock speed-up @2x | test hypervolume | s / epoch | epoch time / fixed |")
     lines = [header, "|" + "---|" * 10]
     fixed_epoch = {s.config["seed"]: epoch_seconds(s) for s in results["fixed-uniform"]}
@@ -117,7 +117,8 @@ def weights_note(results: dict[str, list[Summary]]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
-    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
+    parser.add_argument("--methods", nargs="+", help=argparse.SUPPRESS)  # renamed --arms: refused with a hint
     parser.add_argument("--model", default="minilm")
     parser.add_argument("--train-subset", type=int, default=1000)
     parser.add_argument("--epochs", type=int, default=2)
@@ -126,21 +127,24 @@ def main() -> None:
     parser.add_argument("--lr-outer", type=float, default=None, help="default: the trainer's")
     parser.add_argument("--outer-every", type=int, default=None, help="default: the trainer's")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--work-dir", default=str(REPO / "runs" / "compare_methods"))
-    parser.add_argument("--results", default=str(REPO / "runs" / "compare_methods" / "results.md"))
+    parser.add_argument("--work-dir", default=str(REPO / "runs" / "compare_arms"))
+    parser.add_argument("--results", default=str(REPO / "runs" / "compare_arms" / "results.md"))
     parser.add_argument("--verbose", action="store_true", help="print each training's progress")
     args = parser.parse_args()
-    if "fixed-uniform" not in args.methods:
-        parser.error("--methods must include fixed-uniform: it is the reference for the time ratio")
+    if args.methods is not None:
+        parser.error(f"--methods was renamed to --arms (\"method\" now only names a trainer's loss-weight algorithm): "
+                     f"use --arms {' '.join(args.methods)}")
+    if "fixed-uniform" not in args.arms:
+        parser.error("--arms must include fixed-uniform: it is the reference for the time ratio")
 
     started = time.perf_counter()
-    results: dict[str, list[Summary]] = {name: [] for name in args.methods}
+    results: dict[str, list[Summary]] = {name: [] for name in args.arms}
     for seed in args.seeds:
-        for name in args.methods:
+        for name in args.arms:
             results[name].append(run_one(name, seed, args))
     elapsed = time.perf_counter() - started
 
-    command = "python benchmarks/compare_methods.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    command = "python benchmarks/compare_arms.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     machine = (f"{os.cpu_count()} CPUs ({std_platform.machine()}), no GPU, torch {torch.__version__}, "
                f"{args.threads} torch threads")
     body = f"""# CLO vs bi-level vs fixed weights on MR
