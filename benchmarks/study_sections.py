@@ -41,6 +41,11 @@ fixes: trials ASHA stops are told to Optuna as PRUNED, ASHA's state is kept acro
 speed-ups are timed in a timing phase of their own on a quiet device after all training, and every
 preset that compares arms gives them a compute budget, with no budget left unspent.
 <!-- /keep:changes -->""",
+    "snli-study": f"""<!-- keep:changes -->
+**What this study says:** … *({PLACEHOLDER}: whoever runs the SNLI study fills this in: the
+verdicts in words, what the learned weights did, and how the answer compares with MR's. Once this
+parenthesis is gone, study.py keeps the paragraph whenever it rewrites the section.)*
+<!-- /keep:changes -->""",
 }
 
 
@@ -249,7 +254,10 @@ def where_clo_loses(final, reference: str) -> str:
 
 def _trajectory(weights) -> list[tuple[int, list[float]]]:
     """(step, weights) from a ``trainers.results.WeightsSummary``, starting at the initial 1.0s."""
-    return [(0, [1.0] * len(weights.names))] + [(int(e["step"]), e["weights"]) for e in weights.trajectory]
+    by_step = {0: [1.0] * len(weights.names)}
+    for entry in weights.trajectory:  # the end of training is logged again at its last step: keep one row
+        by_step[int(entry["step"])] = entry["weights"]
+    return sorted(by_step.items())
 
 
 def weights_text(results: dict) -> str:

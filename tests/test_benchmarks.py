@@ -306,3 +306,19 @@ def test_compare_arms_refuses_the_old_methods_flag():
                           cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2 and "--methods was renamed to --arms" in proc.stderr
     assert "use --arms clo fixed-uniform" in proc.stderr
+
+
+def test_the_learned_weights_table_shows_each_step_once():
+    """The trainer logs the weights at the last step again when training ends: one row per step."""
+    from types import SimpleNamespace
+
+    from benchmarks.study_sections import _trajectory, weights_text
+
+    weights = SimpleNamespace(names=["ce/1", "ce/2", "kd/1<-2"], trajectory=[
+        {"step": 50, "weights": [1.1, 0.9, 1.0]}, {"step": 100, "weights": [1.3, 0.8, 0.9]},
+        {"step": 100, "weights": [1.3, 0.8, 0.9]}])
+    assert [step for step, _ in _trajectory(weights)] == [0, 50, 100]
+    text = weights_text({"clo": [SimpleNamespace(seed=1, weights=weights)]})
+    rows = [line for line in text.splitlines() if line.startswith("| ") and line[2].isdigit()]
+    assert [row.split(" | ")[0] for row in rows] == ["| 0", "| 50", "| 100"]
+    assert "| 100 | 1.050 | 0.900 | 1.30 0.80 |" in text
