@@ -77,3 +77,34 @@ def budget_sweep(tmp_path_factory):
     mlflow_client, uri = client(root, name)
     return {"root": root, "dir": root / name, "name": name, "proc": proc, "client": mlflow_client, "uri": uri,
             "runs": runs_by_role(mlflow_client, name), "budget": BUDGET_SWEEP_BUDGET, "arms": BUDGET_SWEEP_ARMS}
+
+
+# ---------------------------------------------------------------- parallel runs (pytest-xdist)
+# The suite waits far more than it computes (a smoke sweep uses about 15 s of CPU in 45 s of wall
+# time: process starts, Ray start-up, actor starts), so it runs on several xdist workers even on 2
+# cores. A fixture shared beyond one test must be built once: every test of a module that uses a
+# session sweep goes to that sweep's worker, and the tests that share a module-scoped fixture go
+# to one worker together (`--dist loadgroup`); every other test is scheduled on its own.
+SESSION_SWEEPS = ("smoke_sweep", "budget_sweep")
+
+
+def _module_scoped(item) -> bool:
+    defs = getattr(item, "_fixtureinfo", None)
+    return bool(defs) and any(d.scope == "module" for ds in defs.name2fixturedefs.values() for d in ds)
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups into the node ids
+def pytest_collection_modifyitems(config, items):
+    sweeps_by_module: dict[str, set[str]] = {}
+    for item in items:
+        used = {name for name in SESSION_SWEEPS if name in getattr(item, "fixturenames", ())}
+        sweeps_by_module.setdefault(item.module.__name__, set()).update(used)
+    for item in items:
+        sweeps = sweeps_by_module[item.module.__name__]
+        if sweeps:
+            group = "+".join(sorted(sweeps))
+        elif _module_scoped(item):
+            group = item.module.__name__
+        else:
+            continue
+        item.add_marker(pytest.mark.xdist_group(group))

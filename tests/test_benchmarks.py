@@ -152,7 +152,7 @@ def test_study_sections_replace_only_their_own_text(tmp_path, monkeypatch):
     assert "superseded numbers" not in text and "No study has run on this code yet." in text
     assert "`python benchmarks/study.py --preset snli-study`" in _section(text, "snli-study")
     assert "What changed since the superseded 2026-11 verdicts:" in _section(text, "mr-study")
-    assert "PLACEHOLDER" in _section(text, "mr-study") and "PLACEHOLDER" not in _section(text, "snli-study")
+    assert "PLACEHOLDER" in _section(text, "mr-study") and "What this study says:** … *(PLACEHOLDER" in _section(text, "snli-study")
     path.write_text(text + "a note between sections\n")
     mr_block, snli_block = _section(text, "mr-study"), _section(text, "snli-study")
 
