@@ -93,18 +93,17 @@ def _module_scoped(item) -> bool:
     return bool(defs) and any(d.scope == "module" for ds in defs.name2fixturedefs.values() for d in ds)
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups into the node ids
-def pytest_collection_modifyitems(config, items):
-    sweeps_by_module: dict[str, set[str]] = {}
-    for item in items:
-        used = {name for name in SESSION_SWEEPS if name in getattr(item, "fixturenames", ())}
-        sweeps_by_module.setdefault(item.module.__name__, set()).update(used)
-    for item in items:
-        sweeps = sweeps_by_module[item.module.__name__]
-        if sweeps:
-            group = "+".join(sorted(sweeps))
-        elif _module_scoped(item):
-            group = item.module.__name__
-        else:
-            continue
-        item.add_marker(pytest.mark.xdist_group(group))
+def pytest_itemcollected(item):
+    """Group the test as it is collected, before xdist reads the groups into the node ids (in its
+    ``pytest_collection_modifyitems``). xdist 3.8 writes ``item._nodeid``, which pytest 9 no longer
+    reads (its node ids live in ``_id``): hence pytest<9 in the dev extra, or every group is ignored
+    and a module's fixture is built once per worker (found: the final-stage sweep three times)."""
+    used = getattr(item, "fixturenames", ())  # with the fixtures' own fixtures, transitively
+    sweeps = [name for name in SESSION_SWEEPS if name in used]
+    if sweeps:
+        group = "+".join(sweeps)
+    elif _module_scoped(item):
+        group = item.module.__name__
+    else:
+        return
+    item.add_marker(pytest.mark.xdist_group(group))
