@@ -80,9 +80,8 @@ def budget_sweep(tmp_path_factory):
 
 
 # ---------------------------------------------------------------- parallel runs (pytest-xdist)
-# The suite waits far more than it computes (a smoke sweep uses about 15 s of CPU in 45 s of wall
-# time: process starts, Ray start-up, actor starts), so it runs on several xdist workers even on 2
-# cores. A fixture shared beyond one test must be built once: every test of a module that uses a
+# The suite runs on several xdist workers (pyproject.toml). A fixture shared beyond one test must
+# be built once: every test of a module that uses a
 # session sweep goes to that sweep's worker, and the tests that share a module-scoped fixture go
 # to one worker together (`--dist loadgroup`); every other test is scheduled on its own.
 SESSION_SWEEPS = ("smoke_sweep", "budget_sweep")

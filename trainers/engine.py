@@ -212,7 +212,7 @@ def build_optimizer(model: torch.nn.Module, cfg, total_steps: int):
 
 # DeepSpeed JIT-builds this op (g++ + ninja, ~50 s) the first time a machine creates an engine.
 SHM_COMM_OP = "deepspeed_shm_comm"
-# The build takes ~50 s idle and ~3 min on a loaded 2-core machine; a lock this old is a dead build's.
+# The build took 37-50 s here (stack-notes; 37 s beside a running study); a lock this old is a dead build's.
 STALE_BUILD_LOCK_S = 600.0
 
 
