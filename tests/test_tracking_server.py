@@ -26,7 +26,8 @@ TRIALS = 2  # the smoke preset's budget
 
 
 def start_server(store: Path, log, port: int) -> subprocess.Popen:
-    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}  # it runs uvicorn by name
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",  # it runs uvicorn by name
+           "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}  # as server.sh: no job runner processes
     for key in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):
         env.pop(key, None)
     cmd = [str(BIN / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{store / 'mlflow.db'}",

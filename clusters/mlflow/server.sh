@@ -24,6 +24,9 @@
 #   MLFLOW_AUTH                      basic: MLflow's basic-auth app, every request needs a user (create
 #                                    them with create-user.sh); none: no login. Default: none on
 #                                    127.0.0.1/localhost, basic on any other address (none is refused there)
+#   MLFLOW_SERVER_ENABLE_JOB_EXECUTION  MLflow 3's job runner (default here: false). The platform runs no
+#                                    MLflow jobs (they serve GenAI evaluation); enabled, the server starts
+#                                    about six huey consumer processes, each importing mlflow
 #   MLFLOW_AUTH_CONFIG_PATH          the auth app's config (default: $MLFLOW_STORE/basic_auth.ini, written
 #                                    once, users in $MLFLOW_STORE/basic_auth.db)
 # Read by libraries, never written into this file or a URI:
@@ -96,6 +99,7 @@ case "$AUTH" in
 esac
 
 echo "mlflow server: http://$HOST:$PORT  backend $BACKEND  artifacts $ARTIFACTS  auth $AUTH" >&2
+export MLFLOW_SERVER_ENABLE_JOB_EXECUTION="${MLFLOW_SERVER_ENABLE_JOB_EXECUTION:-false}"
 exec "$MLFLOW" server "${APP[@]}" \
     --backend-store-uri "$BACKEND" \
     --artifacts-destination "$ARTIFACTS" \
