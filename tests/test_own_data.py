@@ -238,3 +238,31 @@ def test_a_config_error_names_the_bad_key():
         TrainConfig(train_file=__file__, dataset=__file__).validate()
     with pytest.raises(ConfigError, match="text_columns 'a,b,c'"):
         TrainConfig(train_file=__file__, text_columns="a,b,c").validate()
+
+
+# ------------------------------------------------------------------------------ the sweep's keys and flags
+def test_sweep_flags_and_keys_resolve_paths_on_the_driver(tmp_path, monkeypatch):
+    import importlib.util
+
+    from sweeps.presets import build_config
+
+    write_csv(tmp_path / "reviews.csv", ["review", "sentiment"], mr_rows(40))
+    monkeypatch.chdir(tmp_path)
+    cfg = build_config(preset="smoke", overrides=["train.train_file=reviews.csv", "train.text_columns=review",
+                                                  "train.label_column=sentiment"])
+    assert cfg.train["train_file"] == str(tmp_path / "reviews.csv")  # absolute: trials run in other folders
+    assert "task" not in cfg.train and cfg.model_prefix == "leebert-own"  # the preset's mr gives way
+    assert cfg.train_config("clo").own_data().text_columns == ("review",)
+
+    spec = importlib.util.spec_from_file_location("sweep_cli", Path(__file__).resolve().parents[1] / "platform" / "sweep.py")
+    cli = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cli)
+    args = cli.parser().parse_args(["--train-file", "reviews.csv", "--text-columns", "review", "--label-column",
+                                    "sentiment", "--task", "my-reviews", "--metric", "macro_f1"])
+    flags = {"train": cli.own_data_flags(args)}
+    cfg = build_config(preset="smoke", flags=flags)
+    assert cfg.train["train_file"] == str(tmp_path / "reviews.csv") and cfg.model_prefix == "leebert-my-reviews"
+    assert cfg.train_config("fixed").primary_metric() == "macro_f1"
+    with pytest.raises(ConfigError, match="not pearson"):  # the final comparison needs accuracy
+        build_config(preset="smoke", flags={"train": {**cli.own_data_flags(args), "metric": None, "regression": True}},
+                     overrides=["final_seeds=[1]"])
