@@ -266,3 +266,16 @@ def test_sweep_flags_and_keys_resolve_paths_on_the_driver(tmp_path, monkeypatch)
     with pytest.raises(ConfigError, match="not pearson"):  # the final comparison needs accuracy
         build_config(preset="smoke", flags={"train": {**cli.own_data_flags(args), "metric": None, "regression": True}},
                      overrides=["final_seeds=[1]"])
+
+
+def test_the_readme_example_file_writer(tmp_path, tokenizer):
+    from trainers.example_data import main as write_example
+
+    assert write_example([str(tmp_path / "reviews.csv"), "--rows", "50"]) == 0
+    cfg = TrainConfig(train_file=str(tmp_path / "reviews.csv"), text_columns="review", label_column="sentiment").validate()
+    assert load_task_data(cfg.task, tokenizer, own=cfg.own_data()).task.label_names == ("negative", "positive")
+    assert write_example([str(tmp_path / "nli.jsonl"), "--task", "snli", "--rows", "60"]) == 0
+    cfg = TrainConfig(train_file=str(tmp_path / "nli.jsonl"), text_columns="premise,hypothesis",
+                      label_column="gold").validate()
+    data = load_task_data(cfg.task, tokenizer, own=cfg.own_data())
+    assert data.task.num_labels == 3 and data.task.text_fields == ("premise", "hypothesis")
