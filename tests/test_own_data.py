@@ -211,12 +211,15 @@ def _bad_cases(tmp: Path):
         "own keys on a built-in task": (["--task", "mr", "--text-columns", "review"], r"text_columns only applies to your own data"),
         "built-in name for own data": (good_file + ["--task", "snli"], r"task 'snli' is a built-in task"),
         "metric of the wrong kind": (good_file + ["--metric", "pearson"], r"metric 'pearson' does not apply to a classification"),
+        "hub data set out of reach": (["--dataset", "no-such-user/no-such-data-set"],
+                                      r"could not load the data set 'no-such-user/no-such-data-set'"),
     }
 
 
 BAD = ["missing text column", "missing label column", "unseen label", "empty texts", "null texts",
        "class too small to carve", "unreadable file", "missing file", "mixed label types", "mixed across files",
-       "regression on words", "own keys on a built-in task", "built-in name for own data", "metric of the wrong kind"]
+       "regression on words", "own keys on a built-in task", "built-in name for own data", "metric of the wrong kind",
+       "hub data set out of reach"]
 
 
 @pytest.mark.parametrize("case", BAD)

@@ -114,7 +114,7 @@ def _read_any(path: str) -> pd.DataFrame:
         try:
             return readers[suffix]()
         except Exception as exc:  # noqa: BLE001 - a missing backend, credentials, the network: one message
-            raise ConfigError(f"could not read '{path}' ({type(exc).__name__}: {str(exc)[:300]})") from None
+            raise ConfigError(f"could not read '{path}' ({type(exc).__name__}: {" ".join(str(exc).split())[:300]})") from None
     return read_table(Path(path).expanduser())
 
 
@@ -128,7 +128,7 @@ def _dataset_frames(name: str, config: str | None, label_column: str):
         else:
             loaded = datasets.load_dataset(name, config)
     except Exception as exc:  # noqa: BLE001 - not a data set folder, no network, unknown name: all one message
-        raise ConfigError(f"could not load the data set '{name}' ({type(exc).__name__}: {str(exc)[:300]}); pass a "
+        raise ConfigError(f"could not load the data set '{name}' ({type(exc).__name__}: {" ".join(str(exc).split())[:300]}); pass a "
                           "folder written by datasets' save_to_disk, or a hub name with network access") from None
     if isinstance(loaded, datasets.Dataset):
         parts = {"train": loaded}
@@ -144,7 +144,8 @@ def _dataset_frames(name: str, config: str | None, label_column: str):
     class_names = tuple(feature.names) if isinstance(feature, datasets.ClassLabel) else None
     frames = {split: (part.to_pandas(), f"{name} [{split}]") for split, part in parts.items()}
     if class_names is not None:  # a hub test split with hidden labels (-1 everywhere): carve one instead
-        frames = {s: f for s, f in frames.items() if s == "train" or not (f[0].get(label_column, 0) == -1).all()}
+        frames = {s: f for s, f in frames.items()
+                  if s == "train" or label_column not in f[0].columns or not (f[0][label_column] == -1).all()}
     return frames, class_names
 
 
