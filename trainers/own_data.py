@@ -114,7 +114,7 @@ def _read_any(path: str) -> pd.DataFrame:
         try:
             return readers[suffix]()
         except Exception as exc:  # noqa: BLE001 - a missing backend, credentials, the network: one message
-            raise ConfigError(f"could not read '{path}' ({type(exc).__name__}: {" ".join(str(exc).split())[:300]})") from None
+            raise ConfigError(f"could not read '{path}' ({_one_line(exc)})") from None
     return read_table(Path(path).expanduser())
 
 
@@ -128,7 +128,7 @@ def _dataset_frames(name: str, config: str | None, label_column: str):
         else:
             loaded = datasets.load_dataset(name, config)
     except Exception as exc:  # noqa: BLE001 - not a data set folder, no network, unknown name: all one message
-        raise ConfigError(f"could not load the data set '{name}' ({type(exc).__name__}: {" ".join(str(exc).split())[:300]}); pass a "
+        raise ConfigError(f"could not load the data set '{name}' ({_one_line(exc)}); pass a "
                           "folder written by datasets' save_to_disk, or a hub name with network access") from None
     if isinstance(loaded, datasets.Dataset):
         parts = {"train": loaded}
@@ -147,6 +147,11 @@ def _dataset_frames(name: str, config: str | None, label_column: str):
         frames = {s: f for s, f in frames.items()
                   if s == "train" or label_column not in f[0].columns or not (f[0][label_column] == -1).all()}
     return frames, class_names
+
+
+def _one_line(exc: Exception) -> str:
+    """A library's error as one short line (the command line prints one ``error:`` line)."""
+    return f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
 
 
 # ------------------------------------------------------------------------------------- columns
