@@ -314,6 +314,7 @@ def version_tags(experiment: str, plan: ArmPlan) -> dict[str, str]:
         "objective": plan.objective, "validation_objective": _fmt(plan.objective_value),
         TAG_SEARCHED: plan.searched, "hyperparameters": json.dumps(plan.hyperparameters, sort_keys=True),
         "metric": str(plan.summary.metric or ""),
+        "label_names": json.dumps(plan.summary.label_names) if plan.summary.label_names else "",
         "frontier_columns": FRONTIER_COLUMNS, "frontier": frontier_tag(plan.summary.frontier),
         **identity(plan),
         "target": json.dumps(policy["target"], sort_keys=True),

@@ -1,6 +1,6 @@
 """Data layer: text-classification tasks, tokenized splits, the D1/D2 halves and the samplers.
 
-Two kinds of tasks:
+Three kinds of tasks:
 
 * embedded (``mr``, ``snli``): real data shipped inside the package (``task_data/``, see
   ``task_data/PROVENANCE.md``), so everything runs with no network. train/validation/test are
@@ -8,6 +8,8 @@ Two kinds of tasks:
 * GLUE: read from the Hugging Face hub (``nyu-mll/glue``) or from local files in ``data_dir``.
   GLUE test labels are hidden, so the GLUE dev set is our ``test`` and a seeded, stratified
   ``validation_fraction`` slice of GLUE train is our ``validation`` (removed from train).
+* your own (``own``): files or a ``datasets`` data set with named text and label columns
+  (``trainers.own_data``); a missing validation or test split is carved from train, stratified.
 
 Per split, the parts, one concept each (their public names are importable from here too):
 
