@@ -70,7 +70,7 @@ def quick_model(work: Path, target: float) -> tuple[Path, dict]:
         started = time.perf_counter()
         result = run(cfg, quiet=True)
         print(f"trained in {time.perf_counter() - started:.0f} s", flush=True)
-        export_model(result.model, cfg, exported)
+        export_model(result.model, cfg, exported, task=result.task)
         (work / SUMMARY_FILE).write_text(json.dumps(result.summary.to_dict(), default=float))
     points = Summary.from_dict(json.loads((work / SUMMARY_FILE).read_text())).validation_curve
     chosen = operating_point(points, target)

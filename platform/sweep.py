@@ -72,18 +72,44 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true",
                    help="continue an interrupted sweep (--name, else the newest of the preset) with its saved config")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    own = p.add_argument_group("your own data (the same as --set train.<key>=VALUE; docs/sweeps.md)")
+    for flag, help in OWN_DATA_FLAGS.items():
+        own.add_argument(f"--{flag}", dest=flag.replace("-", "_"), metavar=flag.split("-")[-1].upper(), help=help)
+    own.add_argument("--regression", action="store_true", default=None, help="train.regression: float labels")
     return p
+
+
+# Flags that set a train.* key; paths are made absolute on this driver (every trial must be able to
+# read them: on a cluster, a shared volume or an s3:// URI; docs/cluster.md)
+OWN_DATA_FLAGS = {
+    "train-file": "train.train_file: CSV, TSV, JSON lines or Parquet (.gz allowed), or a save_to_disk folder",
+    "validation-file": "train.validation_file (default: carved from train, stratified)",
+    "test-file": "train.test_file (default: carved from train, stratified)",
+    "dataset": "train.dataset: a save_to_disk folder or a Hugging Face hub name",
+    "text-columns": "train.text_columns: one column, or two comma-separated",
+    "label-column": "train.label_column (default: label)",
+    "metric": "train.metric: the primary metric (accuracy, macro_f1, f1, matthews, pearson, spearman)",
+    "task": "train.task: your task's name (models are registered as leebert-<task>)",
+}
+
+
+def own_data_flags(args: argparse.Namespace) -> dict:
+    """The train.* keys set by the own-data flags."""
+    values = {flag.replace("-", "_"): getattr(args, flag.replace("-", "_")) for flag in OWN_DATA_FLAGS}
+    values["regression"] = args.regression
+    return {key: value for key, value in values.items() if value is not None}
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # `kill <pid>` stops like Ctrl-C
     flags = {"name": args.name, "arms": args.arms, "trials": args.trials, "objective": args.objective,
-             "tracking_uri": args.tracking_uri, "ray_address": args.ray_address, "root": args.root}
+             "tracking_uri": args.tracking_uri, "ray_address": args.ray_address, "root": args.root,
+             "train": own_data_flags(args) or None}
     try:
         cfg = build_config(preset=args.preset, config_file=args.config, overrides=args.set, flags=flags)
         if args.resume:
-            if args.set or args.config or any(flags[k] is not None for k in ("arms", "trials", "objective")):
+            if args.set or args.config or any(flags[k] is not None for k in ("arms", "trials", "objective", "train")):
                 print("note: --resume continues the sweep with its saved config; other settings are ignored", file=sys.stderr)
             cfg = resume_config(cfg)
         else:

@@ -30,17 +30,18 @@ def load_tokenizer(model: str):
     return AutoTokenizer.from_pretrained(source)
 
 
-def export_model(model, cfg, folder: Path) -> Path:
+def export_model(model, cfg, folder: Path, task=None) -> Path:
     """Write ``model`` (a trained ``MultiExitEncoder``) so that it loads without the original checkpoint.
 
     ``cfg`` needs ``task``, ``model`` (for the tokenizer), ``max_length`` and ``attn_implementation``
-    (a ``TrainConfig`` has them all).
+    (a ``TrainConfig`` has them all). ``task``: the ``TaskSpec`` it was trained on (``RunResult.task``;
+    needed for your own data, whose columns and labels only the data knows), else ``cfg.task``'s.
     """
     import torch
 
     from trainers.data import get_task
 
-    task = get_task(cfg.task)
+    task = task if task is not None else get_task(cfg.task)
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     torch.save({k: v.detach().cpu().float() for k, v in model.state_dict().items()}, folder / WEIGHTS_FILE)
@@ -50,7 +51,7 @@ def export_model(model, cfg, folder: Path) -> Path:
         "task": task.name, "text_fields": list(task.text_fields), "num_labels": task.num_labels,
         "is_regression": task.is_regression, "metric": task.metrics[0], "pooling": model.pooling,
         "num_layers": model.num_layers, "max_length": cfg.max_length, "source_model": cfg.model,
-        "attn_implementation": cfg.attn_implementation,
+        "attn_implementation": cfg.attn_implementation, "label_names": list(task.label_names),
     }
     (folder / EXPORT_META_FILE).write_text(json.dumps(meta, indent=2))
     return folder

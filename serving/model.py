@@ -21,8 +21,9 @@ logged model):
   protects the server from one huge request; ``MLFLOW_PYFUNC_INFERENCE_CONFIG='{"max_rows": N}'``
   when starting the server changes it.
 - output: one row per input row, in input order (same index): ``label`` (class id; the score
-  for regression), ``probabilities`` (softmax of the exit's logits; an empty list for regression)
-  and ``exit_layer`` (1-based).
+  for regression), ``label_name`` (the class's name from the task's ``id2label``, e.g. "positive";
+  "" for regression), ``probabilities`` (softmax of the exit's logits, in ``id2label`` order; an
+  empty list for regression) and ``exit_layer`` (1-based).
 
 ``model_config`` (logged with the model; overridden with ``load_model(..., model_config=...)`` or
 ``MLFLOW_PYFUNC_INFERENCE_CONFIG`` for the server): ``device`` (``auto``: CUDA when available, else
@@ -124,8 +125,8 @@ def behind_scoring_server() -> bool:
 
 
 class ExitPolicyModel(mlflow.pyfunc.PythonModel):
-    """Predict with early exit: a DataFrame of texts in, ``label``, ``probabilities`` and
-    ``exit_layer`` out (see the module docstring for the contract)."""
+    """Predict with early exit: a DataFrame of texts in, ``label``, ``label_name``, ``probabilities``
+    and ``exit_layer`` out (see the module docstring for the contract)."""
 
     batch_size = BATCH_SIZE
     chunk_rows = CHUNK_ROWS
@@ -133,14 +134,18 @@ class ExitPolicyModel(mlflow.pyfunc.PythonModel):
     # ------------------------------------------------------------------ loading
     def load_context(self, context) -> None:
         config = dict(getattr(context, "model_config", None) or {})
+        labels = context.artifacts.get("labels")  # absent from a model registered before label names were served
+        label_names = json.loads(Path(labels).read_text())["label_names"] if labels else None
         self.load(context.artifacts["model"], json.loads(Path(context.artifacts["policy"]).read_text()),
-                  max_rows=config.get("max_rows", DEFAULT_MAX_ROWS), device=config.get("device", DEFAULT_DEVICE))
+                  max_rows=config.get("max_rows", DEFAULT_MAX_ROWS), device=config.get("device", DEFAULT_DEVICE),
+                  label_names=label_names)
 
     def load(self, exported: str | Path, policy: dict, max_rows: int = DEFAULT_MAX_ROWS, device="auto",
-             limit_rows: bool | None = None) -> "ExitPolicyModel":
+             limit_rows: bool | None = None, label_names: list[str] | None = None) -> "ExitPolicyModel":
         """Load outside MLflow: an exported folder and a policy spec (the content of ``policy.json``).
 
         ``max_rows`` limits a request when ``limit_rows`` (default: only behind the HTTP scoring server).
+        ``label_names``: the class names in id order (default: the exported folder's; else the ids as text).
         """
         from trainers.policies import make_policy
 
@@ -153,6 +158,7 @@ class ExitPolicyModel(mlflow.pyfunc.PythonModel):
         self.policy = make_policy(policy["policy"], policy["setting"], is_regression=self.meta["is_regression"],
                                   delta=policy.get("delta"))
         self.fields = list(self.meta["text_fields"])
+        self.label_names = list(label_names or self.meta.get("label_names") or [])
         self.max_length = int(self.meta["max_length"])
         pad = self.tokenizer.pad_token_id
         self.pad_id = 0 if pad is None else int(pad)
@@ -176,7 +182,8 @@ class ExitPolicyModel(mlflow.pyfunc.PythonModel):
     # ------------------------------------------------------------------ prediction
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
         columns = self.validate(model_input)  # all of it first: a bad last row wastes no compute
-        return output_frame(*self.predict_texts(columns), index=model_input.index)
+        return output_frame(*self.predict_texts(columns), index=model_input.index,
+                            label_names=getattr(self, "label_names", None))
 
     def tokenize(self, columns: list[list[str]]) -> tuple[list[list[int]], list[list[int]] | None]:
         """Token ids (and token type ids, for pairs) of every row, truncated to ``max_length``, unpadded.

@@ -48,6 +48,7 @@ MAX_ROWS = 256  # rows per request the HTTP server (`mlflow models serve`) accep
 MODEL_CONFIG = {"max_rows": MAX_ROWS, "device": "auto"}
 TAG_LIMIT = 5000  # MLflow's limit on a tag value
 FRONTIER_COLUMNS = "validation_speedup,validation_metric,test_speedup,test_metric"
+LABELS_FILE = "labels.json"  # the served model's class names in id order (an artifact of the pyfunc)
 
 
 @dataclass
@@ -283,11 +284,26 @@ def pyfunc_arguments(model_dir: Path, policy: dict, work: Path, model_config: di
     work = Path(work)
     work.mkdir(parents=True, exist_ok=True)
     (work / POLICY_FILE).write_text(json.dumps(policy, indent=2))
+    names = label_names(meta)
+    (work / LABELS_FILE).write_text(json.dumps({"label_names": names}, indent=2))
     return {"python_model": ExitPolicyModel(),
-            "artifacts": {"model": str(model_dir), "policy": str(work / POLICY_FILE)},
+            "artifacts": {"model": str(model_dir), "policy": str(work / POLICY_FILE), "labels": str(work / LABELS_FILE)},
             "code_paths": code_paths(work / "code"), "pip_requirements": pip_requirements(),
             "signature": model_signature(meta), "input_example": input_example(meta),
-            "model_config": dict(MODEL_CONFIG if model_config is None else model_config)}
+            "model_config": dict(MODEL_CONFIG if model_config is None else model_config),
+            "metadata": {"task": meta["task"], "text_columns": list(meta["text_fields"]),
+                         "id2label": {str(i): name for i, name in enumerate(names)}}}
+
+
+def label_names(meta: dict) -> list[str]:
+    """The exported model's class names in id order: its own, or for a model exported before they
+    were kept, its built-in task's (mr: negative, positive; snli: entailment, neutral, contradiction)."""
+    from trainers.tasks import TASKS
+
+    if meta.get("label_names"):
+        return list(meta["label_names"])
+    task = TASKS.get(meta.get("task"))
+    return list(task.label_names) if task is not None else []
 
 
 def version_tags(experiment: str, plan: ArmPlan) -> dict[str, str]:
@@ -298,6 +314,7 @@ def version_tags(experiment: str, plan: ArmPlan) -> dict[str, str]:
         "objective": plan.objective, "validation_objective": _fmt(plan.objective_value),
         TAG_SEARCHED: plan.searched, "hyperparameters": json.dumps(plan.hyperparameters, sort_keys=True),
         "metric": str(plan.summary.metric or ""),
+        "label_names": json.dumps(plan.summary.label_names) if plan.summary.label_names else "",
         "frontier_columns": FRONTIER_COLUMNS, "frontier": frontier_tag(plan.summary.frontier),
         **identity(plan),
         "target": json.dumps(policy["target"], sort_keys=True),

@@ -14,7 +14,7 @@ import pandas as pd
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 
-OUTPUT_COLUMNS = ("label", "probabilities", "exit_layer")
+OUTPUT_COLUMNS = ("label", "label_name", "probabilities", "exit_layer")
 INFERENCE_CONFIG_VARIABLE = "MLFLOW_PYFUNC_INFERENCE_CONFIG"
 
 _EXAMPLE_TEXTS = {
@@ -80,33 +80,48 @@ def check_input(model_input, fields: list[str], max_rows: int | None = None) -> 
 _OUTPUT_INDEX = pd.Index(OUTPUT_COLUMNS)
 
 
-def output_frame(labels: np.ndarray, probabilities: list[list[float]], layers: np.ndarray, index) -> pd.DataFrame:
-    """The answer: ``label``, ``probabilities`` (one list per row) and ``exit_layer`` on ``index``.
+def output_frame(labels: np.ndarray, probabilities: list[list[float]], layers: np.ndarray, index,
+                 label_names=None) -> pd.DataFrame:
+    """The answer: ``label`` (the class id; the score for regression), ``label_name`` (the class's
+    name, from ``label_names`` in id order; "" for regression), ``probabilities`` (one list per row,
+    in id order) and ``exit_layer`` on ``index``. Without ``label_names`` the names are the ids as text.
 
-    Built from the three column arrays with pandas' array constructor where this pandas has it
+    Built from the column arrays with pandas' array constructor where this pandas has it
     (fewer Python calls than ``pd.DataFrame(dict)``, which weighs at batch 1: benchmarks/serving.py's
     "output" stage). Elsewhere the public constructor, for the same frame (tests/test_serving.py).
     """
     column = np.fromiter(probabilities, dtype=object, count=len(layers))  # a list per cell, not a 2-D array
+    names = label_name_column(labels, label_names)
     build = getattr(pd.DataFrame, "_from_arrays", None)
     if build is not None:
         try:
-            return build([labels, column, layers], columns=_OUTPUT_INDEX, index=index, verify_integrity=False)
+            return build([labels, names, column, layers], columns=_OUTPUT_INDEX, index=index, verify_integrity=False)
         except TypeError:  # another signature in another pandas version
             pass
-    return pd.DataFrame(dict(zip(OUTPUT_COLUMNS, (labels, column, layers))), index=index, copy=False)
+    return pd.DataFrame(dict(zip(OUTPUT_COLUMNS, (labels, names, column, layers))), index=index, copy=False)
+
+
+def label_name_column(labels: np.ndarray, label_names) -> np.ndarray:
+    """Each row's class name (object array): ``label_names[label]``; "" for regression scores."""
+    if labels.dtype.kind == "f":
+        return np.full(len(labels), "", dtype=object)
+    if label_names is None or len(label_names) == 0:
+        return labels.astype(str).astype(object)
+    return np.asarray(list(label_names), dtype=object)[labels] if len(labels) else np.empty(0, dtype=object)
 
 
 def model_signature(meta: dict):
-    """The pyfunc's signature: the task's text columns in; ``label``, ``probabilities``, ``exit_layer`` out."""
+    """The pyfunc's signature: the task's own text columns in; ``label``, ``label_name``,
+    ``probabilities``, ``exit_layer`` out."""
     from mlflow.models import ModelSignature
     from mlflow.types import ColSpec, DataType, Schema
     from mlflow.types.schema import Array
 
-    label, probabilities, exit_layer = OUTPUT_COLUMNS
+    label, label_name, probabilities, exit_layer = OUTPUT_COLUMNS
     inputs = Schema([ColSpec(DataType.string, field) for field in meta["text_fields"]])
     outputs = Schema([
         ColSpec(DataType.double if meta["is_regression"] else DataType.long, label),
+        ColSpec(DataType.string, label_name),
         ColSpec(Array(DataType.double), probabilities),
         ColSpec(DataType.long, exit_layer),
     ])

@@ -27,6 +27,7 @@ KEEP_CHECKPOINTS = ("best", "all")
 # The final stage's trainer options unless a preset, file or --set says otherwise (merged key by key)
 DEFAULT_FINAL_TRAIN = {"train_subset": None, "eval_subset": None}
 MAPPINGS = ("train", "space", "env", "final_train", "diverge_trials")  # keys whose values merge key by key
+DATA_PATH_KEYS = ("train_file", "validation_file", "test_file", "dataset")  # train.* keys made absolute on the driver
 
 
 def _f(default, help: str):
@@ -139,7 +140,8 @@ class SweepConfig:
 
     @property
     def model_prefix(self) -> str:
-        return self.registry_prefix or f"leebert-{self.train.get('task', 'mr')}"
+        task = self.arm_configs[self.arms[0]].task if self.arm_configs else self.train.get("task") or "mr"
+        return self.registry_prefix or f"leebert-{task}"
 
     def train_config(self, arm: str) -> TrainConfig:
         """The trainer config of ``arm``'s trials before the searched values are filled in, as
@@ -255,14 +257,18 @@ class SweepConfig:
             if self.scheduler == "asha" and self.grace_period > cfg.epochs:
                 raise ConfigError(f"grace_period {self.grace_period} exceeds train.epochs {cfg.epochs}")
             if self.final_seeds:
-                from trainers.data import get_task
-
                 cfg.with_values(self.final_train, where="final_train").validate()
-                if get_task(cfg.task).metrics[0] != "accuracy":
+                if cfg.primary_metric() != "accuracy":
                     raise ConfigError(f"the final comparison resamples per-example correctness, which defines accuracy, "
-                                      f"not {get_task(cfg.task).metrics[0]} (task {cfg.task}); set final_seeds: [] for this task")
+                                      f"not {cfg.primary_metric()} (task {cfg.task}); set final_seeds: [] for this task")
             arm_configs[arm] = cfg
         self.arm_configs = arm_configs
+        # Your own data's paths as the driver resolved them (absolute): every trial, wherever it runs,
+        # and a resumed sweep read the same files; sweep.json and the MLflow params record them so
+        first = arm_configs[self.arms[0]]
+        for key in DATA_PATH_KEYS:
+            if self.train.get(key) is not None:
+                self.train[key] = getattr(first, key)
         for arm in self.arms:  # a compute budget needs a cost for the trials' device and precision
             self.arm_outer_step_cost(arm)
         return self

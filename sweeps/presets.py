@@ -60,18 +60,25 @@ def build_config(preset: str | None = None, config_file: str | None = None,
     file_values = load_yaml(Path(config_file), "config file") if config_file else {}
     flags = {k: v for k, v in (flags or {}).items() if v is not None}
     name = preset or flags.pop("preset", None) or file_values.get("preset") or "demo"
-    values = _merge({"final_train": dict(DEFAULT_FINAL_TRAIN)}, load_preset(name))
+    preset_values = load_preset(name)
+    values = _merge({"final_train": dict(DEFAULT_FINAL_TRAIN)}, preset_values)
     values["preset"] = name
     values = _merge(values, {k: v for k, v in file_values.items() if k != "preset"})
     values = _merge(values, flags)
+    task_given = "task" in (file_values.get("train") or {}) or "task" in (flags.get("train") or {})
     for text in overrides or []:
         path, value = parse_override(text)
         if path[0] in MAPPINGS:
             if len(path) != 2:
                 raise ConfigError(f"--set {'.'.join(path)}: use {path[0]}.<key>=value")
             values[path[0]] = {**values.get(path[0], {}), path[1]: value}
+            task_given = task_given or path == ["train", "task"]
         elif len(path) == 1:
             values[path[0]] = value
         else:
             raise ConfigError(f"--set {'.'.join(path)}: only {', '.join(k + '.*' for k in MAPPINGS)} take a dotted key")
+    train = values.get("train") or {}
+    if not task_given and (train.get("train_file") or train.get("dataset")) and "task" in train:
+        # the preset's built-in task (mr) gives way to your own data, which names its task itself
+        values["train"] = {k: v for k, v in train.items() if k != "task"}
     return SweepConfig.from_dict(values).validate()

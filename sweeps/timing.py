@@ -286,7 +286,8 @@ def load_model(model: ModelToTime, device, data: dict[tuple, Any]) -> LoadedMode
     with model.checkpoint.as_directory() as folder:
         network, tokenizer, meta = load_exported(Path(folder) / MODEL_DIR, device)
     cfg = TrainConfig.from_dict(model.train, where="the timed trial's trainer config")
-    key = (meta["source_model"], cfg.task, cfg.data_dir, cfg.max_length, cfg.train_subset, cfg.eval_subset, cfg.seed,
+    key = (meta["source_model"], cfg.task, cfg.data_dir, cfg.train_file, cfg.validation_file, cfg.test_file, cfg.dataset,
+           cfg.text_columns, cfg.label_column, cfg.max_length, cfg.train_subset, cfg.eval_subset, cfg.seed,
            cfg.validation_fraction)
     if key not in data:
         data[key] = load_data(cfg, tokenizer)

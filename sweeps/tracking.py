@@ -138,6 +138,8 @@ class Tracker:
                 TAG_SEARCHED: ",".join(sorted(record.sampled)), **self.driver}
         if record.error:
             tags["error"] = record.error[:4000]
+        if record.summary is not None and record.summary.label_names:  # the class names in id order (id2label)
+            tags["label_names"] = json.dumps(record.summary.label_names)[:5000]
         if record.reason:
             tags["failure_reason"] = record.reason
         if record.checkpoint is not None:  # where the exported model is: serving.register reads it

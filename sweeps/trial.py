@@ -244,7 +244,7 @@ def train_worker(spec: TrialSpec, session: TuneSession, trial_id: str, trainer: 
             if result.model is not None:  # a stand-in trainer trains no model
                 from serving.export import export_model
 
-                export_model(result.model, cfg, Path(folder) / MODEL_DIR)
+                export_model(result.model, cfg, Path(folder) / MODEL_DIR, task=result.task)
             (Path(folder) / SUMMARY_FILE).write_text(json.dumps(summary.to_dict(), default=float))
             (Path(folder) / TRAINING_WINDOW_FILE).write_text(json.dumps(window))
             if (output / TEST_LOGITS_FILE).is_file():  # per-example test results: the final comparison's bootstrap

@@ -165,8 +165,10 @@ def test_batched_equals_one_at_a_time_and_keeps_the_input_order(exported, tmp_pa
         warnings.simplefilter("ignore")
         batched = served.predict(frame)
         single = [served.predict(pd.DataFrame({"sentence": [t]})).iloc[0] for t in texts]
-    assert list(batched.columns) == ["label", "probabilities", "exit_layer"]
+    assert list(batched.columns) == ["label", "label_name", "probabilities", "exit_layer"]
     assert list(batched.index) == list(frame.index), "one row per input row, same index"
+    names = {0: "negative", 1: "positive"}  # mr's id2label
+    assert batched["label_name"].tolist() == [names[label] for label in batched["label"]]
     assert batched["label"].tolist() == [int(s["label"]) for s in single]
     assert batched["exit_layer"].tolist() == [int(s["exit_layer"]) for s in single]
     assert torch.allclose(torch.tensor(batched["probabilities"].tolist()),
@@ -240,13 +242,18 @@ def test_the_output_frame_is_the_public_constructors(rows, regression, monkeypat
     probabilities = [[] for _ in range(rows)] if regression else [[0.25 * i, 1 - 0.25 * i] for i in range(rows)]
     layers = np.arange(1, rows + 1, dtype=np.int64)
     index = pd.RangeIndex(10, 10 + rows) if rows != 3 else pd.Index([7, 3, 5])
-    expected = pd.DataFrame({"label": labels, "probabilities": pd.Series(probabilities, index=index, dtype=object),
+    names = None if regression else ["zero", "one", "two"]
+    expected_names = [""] * rows if regression else ["zero", "one", "two"][:rows]
+    expected = pd.DataFrame({"label": labels, "label_name": pd.Series(expected_names, index=index, dtype=object),
+                             "probabilities": pd.Series(probabilities, index=index, dtype=object),
                              "exit_layer": layers}, index=index)  # an object column even with no rows
-    built = output_frame(labels, probabilities, layers, index=index)
+    built = output_frame(labels, probabilities, layers, index=index, label_names=names)
     monkeypatch.delattr(pd.DataFrame, "_from_arrays")
-    public = output_frame(labels, probabilities, layers, index=index)
+    public = output_frame(labels, probabilities, layers, index=index, label_names=names)
     for frame in (built, public):
-        pd.testing.assert_frame_equal(frame, expected)
+        # the names' dtype is pandas' choice (object, or pandas 3's inferred str): the values are the answer
+        assert frame["label_name"].tolist() == expected_names
+        pd.testing.assert_frame_equal(frame.drop(columns="label_name"), expected.drop(columns="label_name"))
         assert frame["probabilities"].tolist() == probabilities and list(frame.columns) == list(expected.columns)
 
 
@@ -564,14 +571,16 @@ def test_signature_and_the_scoring_servers_json(full_depth):
 
     inputs, outputs = full_depth.metadata.get_input_schema(), full_depth.metadata.get_output_schema()
     assert inputs.input_names() == ["sentence"]
-    assert outputs.input_names() == ["label", "probabilities", "exit_layer"]
+    assert outputs.input_names() == ["label", "label_name", "probabilities", "exit_layer"]
     assert outputs.input_dict()["probabilities"].type == Array("double")
     # what `mlflow models serve` does with a request: parse, predict, serialize
     body = json.dumps({"dataframe_records": [{"sentence": "a gripping film."}, {"sentence": "dull."}]})
     answer = scoring_server.invocations(body, "application/json", full_depth, inputs)
     assert answer.status == 200
     rows = json.loads(answer.response)["predictions"]
-    assert [sorted(r) for r in rows] == [["exit_layer", "label", "probabilities"]] * 2
+    assert [sorted(r) for r in rows] == [["exit_layer", "label", "label_name", "probabilities"]] * 2
+    assert {r["label_name"] for r in rows} <= {"negative", "positive"}
+    assert full_depth.metadata.metadata["id2label"] == {"0": "negative", "1": "positive"}
     assert rows[0]["exit_layer"] == NUM_LAYERS and abs(sum(rows[0]["probabilities"]) - 1) < 1e-6
     from mlflow.exceptions import MlflowException
 

@@ -30,12 +30,32 @@ def _f(default, help: str, **meta):
 @dataclass
 class TrainConfig:
     # data
-    task: str = _f("mr", "task: mr, snli (embedded, offline) or a GLUE task (cola, sst2, mrpc, qqp, stsb, mnli, mnli_mismatched, qnli, rte, wnli)")
+    task: str | None = _f(None, "task: mr, snli (embedded, offline) or a GLUE task (cola, sst2, mrpc, qqp, stsb, mnli, mnli_mismatched, "
+                                "qnli, rte, wnli); with your own data (--train-file or --dataset) a name of your choice (default "
+                                "'own'); otherwise the default is mr")
+    train_file: str | None = _f(None, "your own task: the training file (CSV, TSV, JSON lines or Parquet, .gz allowed; a local "
+                                      "path, made absolute, or a URI such as s3://... that every trial can read; or a folder "
+                                      "written by datasets' save_to_disk)")
+    validation_file: str | None = _f(None, "your own task: the validation file (default: carved from train, stratified, "
+                                           "validation_fraction of it)")
+    test_file: str | None = _f(None, "your own task: the test file (default: carved from train, stratified, test_fraction of it)")
+    dataset: str | None = _f(None, "your own task from a data set: a folder written by datasets' save_to_disk, or a Hugging Face "
+                                   "hub name (needs the network); its train/validation/test splits are used, missing ones carved")
+    dataset_config: str | None = _f(None, "the hub data set's configuration name (e.g. sst2 for glue)")
+    text_columns: str | None = _f(None, "your own task: the text column, or two comma-separated for sentence pairs (default: "
+                                        "text, sentence, sentence1,sentence2 or premise,hypothesis, whichever the data has)")
+    label_column: str = _f("label", "your own task: the label column (strings or integers: any number of classes; floats with --regression)")
+    regression: bool = _f(False, "your own task: the labels are numbers to predict (one output; metrics pearson, spearman)")
+    metric: str | None = _f(None, "the primary metric, which the frontier and the hypervolume use: accuracy, macro_f1, f1 (binary), "
+                                  "matthews, or pearson/spearman for regression (default: the task's: accuracy for your own "
+                                  "classification tasks, with macro_f1 reported beside it; pearson for regression)")
+    test_fraction: float = _f(0.1, "your own task without a test split: share of train carved out as test, stratified")
     data_dir: str | None = _f(None, "local folder with GLUE-layout files (train.tsv, dev.tsv, ...); default: the hub for GLUE, the package for mr/snli")
     max_length: int = _f(128, "max tokens per example (batches are padded only to their longest example)")
     train_subset: int | None = _f(None, "train on a stratified sample of this many examples (quick runs)")
     eval_subset: int | None = _f(None, "evaluate on a stratified sample of this many validation/test examples")
-    validation_fraction: float = _f(0.1, "GLUE only: share of train held out as validation (GLUE dev is the test set)")
+    validation_fraction: float = _f(0.1, "GLUE and your own task without a validation split: share of train held out as "
+                                         "validation (GLUE dev is the test set)")
     # model
     model: str = _f("minilm", "'minilm' (embedded all-MiniLM-L6-v2), a local model folder, or a hub name such as bert-base-uncased")
     pooling: str = _f("auto", "exit pooling: cls, mean, or auto (mean for sentence-embedding models like MiniLM, else cls)")
@@ -94,11 +114,14 @@ class TrainConfig:
 
     # ---------------------------------------------------------------- validation
     def __post_init__(self) -> None:
+        if self.task is None:  # own data gets a name of its own; old configs (no data keys) stay on mr
+            self.task = "own" if self.train_file is not None or self.dataset is not None else "mr"
         if self.kd == "auto":
             self.kd = {"pabee": "none", "last": "last"}.get(self.scheme, "all") if self.method == "fixed" else "all"
 
     def validate(self) -> "TrainConfig":
         from trainers.data import TASKS  # noqa: late import keeps config light
+        from trainers.data_config import validate_data_keys
         from trainers.frontier import HYPERVOLUME_AXES
         from trainers.objective import FIXED_SCHEMES, KD_TEACHERS, LOSS_REDUCTIONS, PARAMETRIZATIONS
 
@@ -106,7 +129,7 @@ class TrainConfig:
             if value not in choices:
                 raise ConfigError(f"unknown {name} '{value}'; choose one of: {', '.join(choices)}")
 
-        choose("task", self.task, sorted(TASKS))
+        validate_data_keys(self, sorted(TASKS))
         choose("method", self.method, METHODS)
         choose("scheme", self.scheme, FIXED_SCHEMES)
         choose("kd", self.kd, KD_TEACHERS)
@@ -158,6 +181,30 @@ class TrainConfig:
         if self.deepspeed_config is not None:
             self.deepspeed_config = resolve_project_path(self.deepspeed_config, "DeepSpeed config")
         return self
+
+    @property
+    def is_own_task(self) -> bool:
+        return self.train_file is not None or self.dataset is not None
+
+    def own_data(self):
+        """Where your own task's data is (``trainers.own_data.OwnData``), or None for a built-in task."""
+        if not self.is_own_task:
+            return None
+        from trainers.own_data import OwnData
+
+        columns = tuple(self.text_columns.split(",")) if self.text_columns else None
+        return OwnData(self.task, self.train_file, self.validation_file, self.test_file, self.dataset,
+                       self.dataset_config, columns, self.label_column, self.regression)
+
+    def primary_metric(self) -> str:
+        """The metric the frontier and the hypervolume use, known before any data is read."""
+        if self.metric is not None:
+            return self.metric
+        if self.is_own_task:
+            return "pearson" if self.regression else "accuracy"
+        from trainers.tasks import get_task
+
+        return get_task(self.task).metrics[0]
 
     # ---------------------------------------------------------------- construction
     @classmethod

@@ -1,6 +1,6 @@
 """Data layer: text-classification tasks, tokenized splits, the D1/D2 halves and the samplers.
 
-Two kinds of tasks:
+Three kinds of tasks:
 
 * embedded (``mr``, ``snli``): real data shipped inside the package (``task_data/``, see
   ``task_data/PROVENANCE.md``), so everything runs with no network. train/validation/test are
@@ -8,6 +8,8 @@ Two kinds of tasks:
 * GLUE: read from the Hugging Face hub (``nyu-mll/glue``) or from local files in ``data_dir``.
   GLUE test labels are hidden, so the GLUE dev set is our ``test`` and a seeded, stratified
   ``validation_fraction`` slice of GLUE train is our ``validation`` (removed from train).
+* your own (``own``): files or a ``datasets`` data set with named text and label columns
+  (``trainers.own_data``); a missing validation or test split is carved from train, stratified.
 
 Per split, the parts, one concept each (their public names are importable from here too):
 
@@ -23,7 +25,7 @@ Per split, the parts, one concept each (their public names are importable from h
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import torch
@@ -31,6 +33,7 @@ import torch
 from trainers.batches import ID_STRIDE, SPLIT_CODES, Split, collate, eval_batches, labels_tensor, tokenize
 from trainers.data_files import Rows, existing_dir, find_split_files, frame_to_rows, normalize_name, read_rows
 from trainers.errors import ConfigError
+from trainers.own_data import OwnData, check_carvable, load_own_task
 from trainers.sampling import batch_indices, stratified_halves, stratified_subset
 from trainers.seeding import derive_seed
 from trainers.tasks import EMBEDDED_DIR, GLUE_HUB_NAME, GLUE_SOURCES, TASKS, GlueSource, TaskSpec, get_task
@@ -54,6 +57,7 @@ class TaskData:
     validation: Split
     test: Split
     pad_token_id: int
+    notes: list[str] = field(default_factory=list)  # what loading did that a user should know (carved splits)
 
 
 # ------------------------------------------------------------------------------------- loading
@@ -67,24 +71,36 @@ def load_task_data(
     eval_subset: int | None = None,
     seed: int = 42,
     validation_fraction: float = 0.1,
+    own: OwnData | None = None,
+    test_fraction: float = 0.1,
+    metric: str | None = None,
 ) -> TaskData:
     """Load, split, subset and tokenize a task.
 
     ``data_dir`` overrides where the files come from: for GLUE tasks a folder with
     ``train.*`` and ``validation.*``/``dev.*`` files (or a GLUE root with one sub-folder per
     task); for embedded tasks a folder with ``train.*``, ``validation.*`` and ``test.*``.
+    ``own``: the user's own task instead (``trainers.own_data``; ``task`` is then its name); its
+    missing validation/test splits are carved from train (``validation_fraction``, ``test_fraction``).
+    ``metric``: the primary metric, in place of the task's first.
     """
-    spec = task if isinstance(task, TaskSpec) else get_task(task)
-    _check_options(spec, max_length, train_subset, eval_subset, validation_fraction)
+    notes: list[str] = []
+    if own is None:
+        spec = task if isinstance(task, TaskSpec) else get_task(task)
+    _check_options(own.name if own else spec.name, "own" if own else spec.source, max_length, train_subset,
+                   eval_subset, validation_fraction)
     pad_token_id = getattr(tokenizer, "pad_token_id", None)
     if pad_token_id is None:
         raise ConfigError("the tokenizer has no pad token; set tokenizer.pad_token (e.g. to its eos or unk token)")
 
-    if spec.source == "embedded":
+    if own is not None:
+        spec, rows, notes = _load_own(own, validation_fraction, test_fraction, seed)
+    elif spec.source == "embedded":
         rows = _load_embedded(spec, data_dir)
     else:
         rows = _load_glue(spec, data_dir)
         rows["train"], rows["validation"] = _carve_validation(spec, rows["train"], validation_fraction, seed)
+    spec = spec.with_primary_metric(metric)
 
     # Subset before tokenizing: quick runs on big tasks then do not pay for the whole file.
     if train_subset is not None:
@@ -98,25 +114,44 @@ def load_task_data(
 
     splits = {name: tokenize(name, spec, split_rows, tokenizer, max_length) for name, split_rows in rows.items()}
     d1, d2 = stratified_halves(splits["train"].labels, seed, spec.is_regression)
-    return TaskData(spec, splits["train"], d1, d2, splits["validation"], splits["test"], int(pad_token_id))
+    return TaskData(spec, splits["train"], d1, d2, splits["validation"], splits["test"], int(pad_token_id), notes)
 
 
-def _check_options(spec, max_length, train_subset, eval_subset, validation_fraction) -> None:
-    known = spec.name in GLUE_SOURCES if spec.source == "glue" else (EMBEDDED_DIR / spec.name).is_dir()
-    if not known or spec.source not in ("embedded", "glue"):
+def _check_options(name, source, max_length, train_subset, eval_subset, validation_fraction) -> None:
+    known = {"glue": name in GLUE_SOURCES, "embedded": (EMBEDDED_DIR / name).is_dir(), "own": True}.get(source, False)
+    if not known:
         raise ConfigError(
-            f"no loader for task {spec.name!r} (source {spec.source!r}); choose one of: {', '.join(TASKS)}"
+            f"no loader for task {name!r} (source {source!r}); choose one of: {', '.join(TASKS)}, or give "
+            "your own data (--train-file or --dataset)"
         )
     if not isinstance(max_length, int) or max_length <= 0:
         raise ConfigError(f"max_length must be a positive number of tokens (got {max_length}); e.g. 128")
     for name, value in (("train_subset", train_subset), ("eval_subset", eval_subset)):
         if value is not None and value <= 0:
             raise ConfigError(f"{name} must be > 0 (got {value}); leave it unset to use all examples")
-    if spec.source == "glue" and not 0 < validation_fraction < 1:
+    if source in ("glue", "own") and not 0 < validation_fraction < 1:
         raise ConfigError(
             f"validation_fraction must be between 0 and 1 (got {validation_fraction}); "
             "it is the share of GLUE train held out as validation, e.g. 0.1"
         )
+
+
+def _load_own(own: OwnData, validation_fraction: float, test_fraction: float,
+              seed: int) -> tuple[TaskSpec, dict[str, Rows], list[str]]:
+    """The user's task, every split present: a missing one carved from train (test first, then
+    validation from what is left), stratified, with a note saying so."""
+    loaded = load_own_task(own)
+    spec, rows = loaded.spec, loaded.rows
+    carving = [split for split in ("validation", "test") if split not in rows]
+    check_carvable(spec, rows["train"], loaded.origins["train"], carving)
+    notes = []
+    for split in reversed(carving):
+        fraction = test_fraction if split == "test" else validation_fraction
+        before = len(rows["train"])
+        rows["train"], rows[split] = _carve_validation(spec, rows["train"], fraction, seed, purpose=split)
+        notes.append(f"no {split} split given: carved {len(rows[split])} of {before} train examples "
+                     f"({fraction:g}, stratified by {'label quantile' if spec.is_regression else 'class'}, seed {seed})")
+    return spec, rows, notes
 
 
 def _load_embedded(spec: TaskSpec, data_dir: str | None) -> dict[str, Rows]:
@@ -157,15 +192,17 @@ def _load_glue_hub(spec: TaskSpec, source: GlueSource) -> dict[str, pd.DataFrame
 
 
 # --------------------------------------------------------------------------------- subsetting
-def _carve_validation(spec: TaskSpec, train: Rows, fraction: float, seed: int) -> tuple[Rows, Rows]:
-    """Hold out a stratified share of GLUE train as validation; both keep their source row numbers."""
+def _carve_validation(spec: TaskSpec, train: Rows, fraction: float, seed: int,
+                      purpose: str = "validation") -> tuple[Rows, Rows]:
+    """Hold out a stratified share of train (GLUE's, or an own task's) as ``purpose`` (validation
+    or test); both keep their source row numbers."""
     if len(train) < 2:
         raise ConfigError(
-            f"task '{spec.name}' has {len(train)} training rows; at least 2 are needed to hold out a validation set"
+            f"task '{spec.name}' has {len(train)} training rows; at least 2 are needed to hold out a {purpose} set"
         )
     n_val = min(max(round(fraction * len(train)), 1), len(train) - 1)
     labels = labels_tensor(spec, train.labels)
-    val_idx = stratified_subset(labels, n_val, derive_seed(seed, "validation"), spec.is_regression)
+    val_idx = stratified_subset(labels, n_val, derive_seed(seed, purpose), spec.is_regression)
     in_val = torch.zeros(len(train), dtype=torch.bool)
     in_val[val_idx] = True
     return train.take(torch.nonzero(~in_val).squeeze(1)), train.take(val_idx)

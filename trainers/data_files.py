@@ -86,19 +86,27 @@ def find_split_files(spec: TaskSpec, folders: Sequence[Path], split: str, stems:
 def read_rows(spec: TaskSpec, paths: list[Path]) -> Rows:
     import pandas as pd  # here, not at the top: a training on prepared data needs no pandas (the GPU bundle)
 
-    frames = [_read_table(spec, path) for path in paths]
+    headerless = TASK_FORMATS[spec.name].headerless_columns
+    frames = [read_table(path, headerless) for path in paths]
     frame = frames[0] if len(frames) == 1 else pd.concat(frames, ignore_index=True)
     return frame_to_rows(spec, frame, str(paths[0]) if len(paths) == 1 else f"{paths[0]} (+{len(paths) - 1} shards)")
 
 
-def _read_table(spec: TaskSpec, path: Path) -> pd.DataFrame:
+TABLE_SUFFIXES = (".tsv", ".csv", ".jsonl", ".json", ".parquet")
+
+
+def read_table(path: Path, headerless: Sequence[str] = ()) -> pd.DataFrame:
+    """One file as a table. ``headerless``: the column names of a TSV written without a header row
+    (CoLA's), used when the first row holds no ``sentence`` column."""
     import pandas as pd
 
     name = path.name.lower().removesuffix(".gz")
+    if not name.endswith(TABLE_SUFFIXES):
+        raise ConfigError(f"cannot read '{path}': unknown file type; use one of "
+                          f"{', '.join(s.lstrip('.') for s in TABLE_SUFFIXES)} (gzipped as .gz allowed, not parquet)")
     try:
         if name.endswith(".tsv"):
             frame = _read_tsv(path, header=0)
-            headerless = TASK_FORMATS[spec.name].headerless_columns
             if headerless and len(frame.columns) == len(headerless) and _find_column(frame, "sentence") is None:
                 frame = _read_tsv(path, header=None, names=list(headerless))
             return frame
@@ -112,9 +120,11 @@ def _read_table(spec: TaskSpec, path: Path) -> pd.DataFrame:
             except ValueError:
                 return pd.read_json(path, lines=True, dtype=False, convert_dates=False)
         return pd.read_parquet(path)
-    except (ValueError, OSError, UnicodeDecodeError, pd.errors.ParserError) as exc:
+    except FileNotFoundError:
+        raise ConfigError(f"could not read '{path}': no such file") from None
+    except (ValueError, OSError, UnicodeDecodeError, pd.errors.ParserError, ImportError) as exc:
         raise ConfigError(
-            f"could not read '{path}' ({type(exc).__name__}: {str(exc)[:300]}); "
+            f"could not read '{path}' ({type(exc).__name__}: {str(exc)[:300].splitlines()[0] if str(exc) else ''}); "
             f"check that the file is a valid {name.rsplit('.', 1)[-1]} file"
         ) from exc
 

@@ -14,7 +14,7 @@ from torch import Tensor
 
 from trainers.errors import ConfigError
 
-CLASSIFICATION_METRICS = ("accuracy", "f1", "matthews")
+CLASSIFICATION_METRICS = ("accuracy", "macro_f1", "f1", "matthews")
 REGRESSION_METRICS = ("pearson", "spearman")
 METRICS = CLASSIFICATION_METRICS + REGRESSION_METRICS
 
@@ -54,6 +54,19 @@ def _f1(pred: Tensor, gold: Tensor) -> float:
     return 2 * tp / (2 * tp + wrong) if tp else 0.0
 
 
+def _macro_f1(pred: Tensor, gold: Tensor) -> float:
+    """The unweighted mean of every class's F1, over the classes in the labels or the predictions
+    (sklearn's ``f1_score(average="macro")``): a rare class weighs as much as a common one."""
+    pred, gold = _class_ids(pred, "predictions"), _class_ids(gold, "labels")
+    k = int(torch.maximum(pred.max(), gold.max())) + 1
+    tp = torch.bincount(gold[pred == gold], minlength=k).double()
+    predicted, actual = torch.bincount(pred, minlength=k).double(), torch.bincount(gold, minlength=k).double()
+    present = (predicted + actual) > 0
+    # 2tp / (predicted + actual); a class never predicted and never present is not averaged
+    f1 = torch.where(present, 2 * tp / (predicted + actual).clamp(min=1), torch.zeros_like(tp))
+    return (f1[present].mean()).item()
+
+
 def _matthews(pred: Tensor, gold: Tensor) -> float:
     """Multi-class Matthews correlation (Gorodkin's R_K, as sklearn); equals the phi coefficient for 2 classes."""
     pred, gold = _class_ids(pred, "predictions"), _class_ids(gold, "labels")
@@ -90,7 +103,7 @@ def _spearman(x: Tensor, y: Tensor) -> float:
 
 
 _FUNCS: dict[str, Callable[[Tensor, Tensor], float]] = {
-    "accuracy": _accuracy, "f1": _f1, "matthews": _matthews,
+    "accuracy": _accuracy, "macro_f1": _macro_f1, "f1": _f1, "matthews": _matthews,
     "pearson": _pearson, "spearman": _spearman,
 }
 

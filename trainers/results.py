@@ -83,6 +83,7 @@ class Summary:
     weights: WeightsSummary
     epochs: list[dict]                   # one record per epoch, as ``run``'s on_epoch receives them
     config: dict
+    label_names: list[str] | None = None  # class names in label-id order (id2label); None: regression, or an older summary
 
     def operating_point(self, target: float) -> OperatingPoint | None:
         return next((op for op in self.operating_points if float(op.target_speedup) == float(target)), None)
@@ -105,7 +106,7 @@ class Summary:
             validation_curve=None if curve is None else [
                 CurvePoint(**{**p, "exit_histogram": tuple(p["exit_histogram"])}) for p in curve],
             weights=WeightsSummary(**values["weights"]), epochs=list(values.get("epochs", [])),
-            config=dict(values.get("config", {})),
+            config=dict(values.get("config", {})), label_names=values.get("label_names"),
         )
 
 
@@ -120,3 +121,4 @@ class RunResult:
     model: Any                           # trainers.model.MultiExitEncoder; None for a stand-in trainer
     summary: Summary
     test_logits: Any = None              # torch.Tensor
+    task: Any = None                     # trainers.tasks.TaskSpec the model was trained on (its label names, columns)

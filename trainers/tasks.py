@@ -13,7 +13,7 @@ CoLA's header-less TSVs): ``TASK_FORMATS`` says which, per task.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Mapping
 
@@ -29,29 +29,55 @@ class TaskSpec:
     text_fields: tuple[str, ...]  # canonical column names: ("sentence",) or a pair
     num_labels: int  # 1 for regression (stsb)
     is_regression: bool
-    metrics: tuple[str, ...]  # first is the primary one: accuracy, f1, matthews, pearson, spearman
-    source: str  # "embedded" (shipped in the package) or "glue"
+    metrics: tuple[str, ...]  # first is the primary one: accuracy, macro_f1, f1, matthews, pearson, spearman
+    source: str  # "embedded" (shipped in the package), "glue", or "own" (the user's files or data set)
+    label_names: tuple[str, ...] = ()  # class names in label-id order (id2label); () for regression
+
+    def with_primary_metric(self, metric: str | None) -> "TaskSpec":
+        """This task scored first by ``metric`` (``--metric``): the metric the frontier and the
+        hypervolume use; the task's other metrics stay beside it."""
+        if metric is None or metric == self.metrics[0]:
+            return self
+        from trainers.metrics import CLASSIFICATION_METRICS, REGRESSION_METRICS
+
+        allowed = REGRESSION_METRICS if self.is_regression else CLASSIFICATION_METRICS
+        if metric not in allowed:
+            kind = "a regression" if self.is_regression else "a classification"
+            raise ConfigError(f"metric '{metric}' does not apply to {kind} task ('{self.name}'); choose one of: "
+                              f"{', '.join(allowed)}")
+        if metric == "f1" and self.num_labels > 2:
+            raise ConfigError(f"metric 'f1' is binary F1 but task '{self.name}' has {self.num_labels} classes; "
+                              "use macro_f1 for several classes")
+        return replace(self, metrics=(metric,) + tuple(m for m in self.metrics if m != metric))
+
+    def id2label(self) -> dict[int, str]:
+        return dict(enumerate(self.label_names))
 
 
-def _task(name, text_fields, num_labels, metrics, source="glue"):
-    return TaskSpec(name, tuple(text_fields), num_labels, num_labels == 1, tuple(metrics), source)
+def _task(name, text_fields, num_labels, metrics, source="glue", labels=()):
+    return TaskSpec(name, tuple(text_fields), num_labels, num_labels == 1, tuple(metrics), source, tuple(labels))
+
+
+_SENTIMENT = ("negative", "positive")
+_NLI3_NAMES = ("entailment", "neutral", "contradiction")  # MNLI/HF label order
+_NLI2_NAMES = ("entailment", "not_entailment")
 
 
 TASKS: dict[str, TaskSpec] = {
     spec.name: spec
     for spec in (
-        _task("mr", ["sentence"], 2, ["accuracy"], source="embedded"),
-        _task("snli", ["premise", "hypothesis"], 3, ["accuracy"], source="embedded"),
-        _task("cola", ["sentence"], 2, ["matthews"]),
-        _task("sst2", ["sentence"], 2, ["accuracy"]),
-        _task("mrpc", ["sentence1", "sentence2"], 2, ["f1", "accuracy"]),
-        _task("qqp", ["question1", "question2"], 2, ["accuracy", "f1"]),
+        _task("mr", ["sentence"], 2, ["accuracy"], source="embedded", labels=_SENTIMENT),
+        _task("snli", ["premise", "hypothesis"], 3, ["accuracy"], source="embedded", labels=_NLI3_NAMES),
+        _task("cola", ["sentence"], 2, ["matthews"], labels=("unacceptable", "acceptable")),
+        _task("sst2", ["sentence"], 2, ["accuracy"], labels=_SENTIMENT),
+        _task("mrpc", ["sentence1", "sentence2"], 2, ["f1", "accuracy"], labels=("not_equivalent", "equivalent")),
+        _task("qqp", ["question1", "question2"], 2, ["accuracy", "f1"], labels=("not_duplicate", "duplicate")),
         _task("stsb", ["sentence1", "sentence2"], 1, ["pearson", "spearman"]),
-        _task("mnli", ["premise", "hypothesis"], 3, ["accuracy"]),
-        _task("mnli_mismatched", ["premise", "hypothesis"], 3, ["accuracy"]),
-        _task("qnli", ["question", "sentence"], 2, ["accuracy"]),
-        _task("rte", ["sentence1", "sentence2"], 2, ["accuracy"]),
-        _task("wnli", ["sentence1", "sentence2"], 2, ["accuracy"]),
+        _task("mnli", ["premise", "hypothesis"], 3, ["accuracy"], labels=_NLI3_NAMES),
+        _task("mnli_mismatched", ["premise", "hypothesis"], 3, ["accuracy"], labels=_NLI3_NAMES),
+        _task("qnli", ["question", "sentence"], 2, ["accuracy"], labels=_NLI2_NAMES),
+        _task("rte", ["sentence1", "sentence2"], 2, ["accuracy"], labels=_NLI2_NAMES),
+        _task("wnli", ["sentence1", "sentence2"], 2, ["accuracy"], labels=("not_entailment", "entailment")),
     )
 }
 
@@ -72,8 +98,8 @@ class FileFormat:
     headerless_columns: tuple[str, ...] = ()  # column names for a TSV without a header row
 
 
-_NLI3 = {"entailment": 0, "neutral": 1, "contradiction": 2}  # MNLI/HF label order
-_NLI2 = {"entailment": 0, "not_entailment": 1}
+_NLI3 = {name: i for i, name in enumerate(_NLI3_NAMES)}
+_NLI2 = {name: i for i, name in enumerate(_NLI2_NAMES)}
 _MNLI_FORMAT = FileFormat({"premise": ("sentence1",), "hypothesis": ("sentence2",), "label": ("gold_label",)}, _NLI3)
 
 TASK_FORMATS: dict[str, FileFormat] = {

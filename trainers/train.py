@@ -56,10 +56,16 @@ TINY_MODEL = "tiny-random"  # a 3-layer randomly initialized BERT with MiniLM's 
 
 # ---------------------------------------------------------------------------- builders
 def build_components(cfg: TrainConfig):
-    """Model, tokenizer and data, from the validated config."""
+    """Model, tokenizer and data, from the validated config. Your own task's data is read first:
+    it says how many classes the exits predict (and bad data fails before a model loads)."""
     from trainers.data import get_task
 
-    task = get_task(cfg.task)
+    data = None
+    if cfg.is_own_task:
+        from serving.export import load_tokenizer
+
+        data = load_data(cfg, load_tokenizer(cfg.model))
+    task = data.task if data is not None else get_task(cfg.task)
     if cfg.model == TINY_MODEL:
         from transformers import AutoTokenizer
 
@@ -76,7 +82,11 @@ def build_components(cfg: TrainConfig):
         model, tokenizer = build_model(spec)
     from trainers.model import check_max_length  # exit 2 naming the limit, not an index error mid-training
     check_max_length(model.backbone.config, cfg.max_length)
-    return model, load_data(cfg, tokenizer)
+    data = data if data is not None else load_data(cfg, tokenizer)
+    if data.task.label_names:  # the label names travel in the model's config.json (exported with it)
+        model.backbone.config.id2label = data.task.id2label()
+        model.backbone.config.label2id = {name: i for i, name in data.task.id2label().items()}
+    return model, data
 
 
 def load_data(cfg: TrainConfig, tokenizer) -> TaskData:
@@ -84,7 +94,8 @@ def load_data(cfg: TrainConfig, tokenizer) -> TaskData:
     model's test split with it."""
     return load_task_data(cfg.task, tokenizer, data_dir=cfg.data_dir, max_length=cfg.max_length,
                           train_subset=cfg.train_subset, eval_subset=cfg.eval_subset, seed=cfg.seed,
-                          validation_fraction=cfg.validation_fraction)
+                          validation_fraction=cfg.validation_fraction, own=cfg.own_data(),
+                          test_fraction=cfg.test_fraction, metric=cfg.metric)
 
 
 def check_split_sizes(data: TaskData, draw: tuple[int, int], batch_size: int, world_size: int) -> None:
@@ -220,6 +231,12 @@ def run(cfg: TrainConfig, on_epoch: Callable[[dict], None] | None = None, quiet:
         f"validation {len(data.validation)}, test {len(data.test)}; model {cfg.model} with {model.num_layers} exits; "
         f"device {device}" + (f" x {world_size} processes" if world_size > 1 else "")
         + f", precision {precision_text(requested_precision, precision, device)}")
+    if task.source == "own":
+        log(f"own data: text column(s) {', '.join(task.text_fields)}; "
+            + (f"{task.num_labels} classes {', '.join(task.label_names[:20])}" if not task.is_regression else "regression")
+            + f"; primary metric {task.metrics[0]}")
+    for note in data.notes:
+        log(note)
 
     # 2. objective and loss-weight strategy
     terms = LossTerms.build(model.num_layers, cfg.kd, cfg.temperature, task.is_regression, cfg.loss_reduction)
@@ -277,7 +294,8 @@ def run(cfg: TrainConfig, on_epoch: Callable[[dict], None] | None = None, quiet:
         if cfg.save_checkpoints:
             ds.save_checkpoint(engine, cfg.output_dir, epoch_tag(epoch + 1), {
                 "epoch": epoch + 1, "strategy": strategy.state_dict(),
-                "history": {"epochs": history.epochs, "weights": history.weights}, "config": cfg.to_dict()},
+                "history": {"epochs": history.epochs, "weights": history.weights}, "config": cfg.to_dict(),
+                "label_names": list(task.label_names)},
                 rank_state=rng_state())
         if on_epoch is not None:
             on_epoch(record)
@@ -310,6 +328,7 @@ def run(cfg: TrainConfig, on_epoch: Callable[[dict], None] | None = None, quiet:
         "weights": {"names": terms.names, "final": strategy.weights().tolist(), "trajectory": history.weights},
         "epochs": history.epochs,
         "config": cfg.to_dict(),
+        "label_names": list(task.label_names) or None,
     })
     if is_main:
         output.mkdir(parents=True, exist_ok=True)
@@ -320,7 +339,7 @@ def run(cfg: TrainConfig, on_epoch: Callable[[dict], None] | None = None, quiet:
             " ".join(f"{e[report.test.primary] * 100:.1f}" for e in report.test.per_exit))
         log("speed-accuracy frontier (settings chosen on validation; test values):\n"
             + curve_table([report.test.point(point_key(p)) for p in report.validation.front], report.test.primary))
-    return RunResult(model=model, summary=summary, test_logits=test_logits)
+    return RunResult(model=model, summary=summary, test_logits=test_logits, task=task)
 
 
 # ---------------------------------------------------------------------------- command line
