@@ -152,7 +152,9 @@ def test_sweep_report_and_comparison_run(smoke):
     comparison = smoke["runs"]["comparison"][0]
     artifacts = {a.path for a in smoke["client"].list_artifacts(comparison.info.run_id)}
     assert {"frontiers.png", "summary.csv", "summary.md", "trials.csv", "optuna.db", "sweep.json"} <= artifacts
-    assert set(comparison.data.metrics) >= {f"val_hypervolume/{m}" for m in ARMS}
+    # the arms' figures are in summary.csv, not one metric per arm (the chart view stays short)
+    assert set(comparison.data.metrics) == {"wall_time_s"}
+    assert "Step = speed-up × 100" in comparison.data.tags["mlflow.note.content"]
 
 
 def test_optuna_storage_holds_one_study_per_arm(smoke):
