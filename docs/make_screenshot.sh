@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
 # Regenerate docs/mlflow-frontiers.png: the MLflow UI comparing the arms' speed-accuracy frontiers,
-# and docs/mlflow-experiment.png: the sweep's experiment as it opens, in the model-training view.
+# and docs/mlflow-experiment.png: the first screen of the link the sweep prints (the experiment's
+# charts in the model-training view).
 #
 #   docs/make_screenshot.sh [SWEEP_DIR] [OUTPUT_PNG] [EXPERIMENT_PNG]
 #
 # SWEEP_DIR defaults to the newest runs/sweeps/demo-* (run `python platform/sweep.py` first).
 # It starts `mlflow server` on 127.0.0.1 (a free port) on that sweep's store, opens the UI's own
-# chart of the `frontier/accuracy` metric history of each arm's run (step = speed-up × 100, so
-# the x axis is the speed-up in percent) in headless Chromium, saves the screenshot and stops the
-# server it started. Needs Debian's chromium (apt-get install -y chromium) and the venv's mlflow.
+# chart of the `frontier/accuracy` metric history of each arm's search run and `final/<arm>` run
+# (step = speed-up × 100; accuracy as a fraction; each arm in the colour its runs are tagged with,
+# `mlflow.runColor`, darker for the final stage) in headless Chromium, saves the screenshots and
+# stops the server it started. Needs Debian's chromium (apt-get install -y chromium) and the venv's mlflow.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
@@ -44,18 +46,22 @@ from mlflow import MlflowClient
 
 sweep, base, metrics = sys.argv[1], sys.argv[2], sys.argv[3].split(",")
 sys.path.insert(0, sys.argv[4])
-from trainers.layout import ARM_RUNS_FILTER, TAG_ARM, migrate_experiment
+from trainers.layout import ROLE_ARM, ROLE_FINAL, TAG_ARM, TAG_ROLE, migrate_experiment, tag_filter
 
 name = json.load(open(f"{sweep}/sweep.json"))["name"]
 client = MlflowClient(f"sqlite:///{sweep}/mlflow.db")
 experiment = client.get_experiment_by_name(name)
 migrate_experiment(client, experiment.experiment_id)  # a sweep of an older version: its old tags
-runs = {r.data.tags[TAG_ARM]: r.info.run_id
-        for r in client.search_runs([experiment.experiment_id], ARM_RUNS_FILTER)}
-order = [m for m in ("fixed", "bilevel", "clo") if m in runs] + sorted(set(runs) - {"fixed", "bilevel", "clo"})
+arms = json.load(open(f"{sweep}/sweep.json"))["arms"]
+runs = []  # each arm's search run, then its final run (a sweep without a final stage has none)
+for role in (ROLE_ARM, ROLE_FINAL):
+    found = {r.data.tags[TAG_ARM]: r.info.run_id
+             for r in client.search_runs([experiment.experiment_id], tag_filter(**{TAG_ROLE: role}))}
+    runs += [found[arm] for arm in arms if arm in found]
 q = lambda value: up.quote(json.dumps(value), safe="")
-print(f"{base}/#/experiments/{experiment.experiment_id}?workflowType=machine_learning")
-print(f"{base}/#/metric?runs={q([runs[m] for m in order])}&metric={q(metrics[0])}"
+# the link platform/sweep.py prints
+print(f"{base}/#/experiments/{experiment.experiment_id}/runs?workflowType=machine_learning&compareRunsMode=CHART")
+print(f"{base}/#/metric?runs={q(runs)}&metric={q(metrics[0])}"
       f"&experiments={q([experiment.experiment_id])}&plot_metric_keys={q(metrics)}&plot_layout=%7B%7D"
       "&x_axis=step&y_axis_scale=linear&line_smoothness=1&show_point=true&deselected_curves=%5B%5D"
       "&last_linear_y_axis_range=%5B%5D&workflowType=machine_learning")
@@ -71,5 +77,5 @@ shoot() {  # URL PNG
     echo "wrote $2" >&2
 }
 shoot "$METRIC_URL" "$OUT"
-# the link the sweep prints: the experiment in the model-training view (runs and charts), not GenAI
+# the link the sweep prints: the experiment's charts in the model-training view, not GenAI
 shoot "$EXPERIMENT_URL" "$OUT_EXPERIMENT"

@@ -38,7 +38,7 @@ from sweeps import mlflow_view as view
 from sweeps.plots import frontier_figure, weights_figure
 from sweeps.records import TrialRecord
 from trainers.errors import ConfigError
-from trainers.layout import (BEST_SUMMARY_ARTIFACT, CONFIG_ARTIFACT, ROLE_ARM, ROLE_COMPARISON, ROLE_FINAL,
+from trainers.layout import (BEST_OBJECTIVE_METRIC, BEST_SUMMARY_ARTIFACT, CONFIG_ARTIFACT, ROLE_ARM, ROLE_COMPARISON, ROLE_FINAL,
                              ROLE_FINAL_COMPARISON, ROLE_TRIAL, SCHEMA_TAG, SCHEMA_VERSION, STAGE_SEARCH, SUMMARY_FILE,
                              TAG_ARM, TAG_BEST, TAG_BEST_RUN_ID, TAG_BEST_TRIAL_ID, TAG_FINALIZED, TAG_LOGGED,
                              TAG_MODEL_CHECKPOINT, TAG_ROLE, TAG_SEARCHED, TAG_STAGE, TAG_SWEEP, TAG_TRIAL_ID,
@@ -210,7 +210,7 @@ class Tracker:
             files = [trials_csv]
             if best is not None and best.summary:
                 summary = best.summary
-                metrics += [("best/objective", float(best.objective), 0, int(time.time() * 1000))]
+                metrics += [(BEST_OBJECTIVE_METRIC, float(best.objective), 0, int(time.time() * 1000))]
                 metrics += [m for m in summary_metrics(summary, int(time.time() * 1000)) if view.keeps_on_parent(m[0])]
                 tags[TAG_BEST_TRIAL_ID] = best.trial_id
                 child = self.trial_run(best.arm, best.stage, best.trial_id)
