@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Regenerate docs/mlflow-frontiers.png: the MLflow UI comparing the arms' speed-accuracy frontiers,
-# and docs/mlflow-experiment.png: the first screen of the link the sweep prints (the experiment's
-# charts in the model-training view).
+# docs/mlflow-experiment.png: the first screen of the link the sweep prints (the experiment's
+# charts in the model-training view), and docs/mlflow-run.png: a final/<arm> run's overview (its
+# description names the axes).
 #
-#   docs/make_screenshot.sh [SWEEP_DIR] [OUTPUT_PNG] [EXPERIMENT_PNG]
+#   docs/make_screenshot.sh [SWEEP_DIR] [OUTPUT_PNG] [EXPERIMENT_PNG] [RUN_PNG]
 #
 # SWEEP_DIR defaults to the newest runs/sweeps/demo-* (run `python platform/sweep.py` first).
 # It starts `mlflow server` on 127.0.0.1 (a free port) on that sweep's store, opens the UI's own
@@ -11,6 +12,8 @@
 # (step = speed-up × 100; accuracy as a fraction; each arm in the colour its runs are tagged with,
 # `mlflow.runColor`, darker for the final stage) in headless Chromium, saves the screenshots and
 # stops the server it started. Needs Debian's chromium (apt-get install -y chromium) and the venv's mlflow.
+# The metric page (mlflow-frontiers.png) draws with the UI's own palette: only the experiment's
+# charts and runs table take the runs' colour tags.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
@@ -18,6 +21,7 @@ PY="${PYTHON:-$ROOT/.venv/bin/python}"
 SWEEP="${1:-$(ls -1td "$ROOT"/runs/sweeps/demo-*/ 2>/dev/null | head -1)}"
 OUT="${2:-$ROOT/docs/mlflow-frontiers.png}"
 OUT_EXPERIMENT="${3:-$ROOT/docs/mlflow-experiment.png}"
+OUT_RUN="${4:-$ROOT/docs/mlflow-run.png}"
 METRICS="${METRICS:-frontier/accuracy}"   # comma-separated, e.g. frontier/accuracy,frontier_test/accuracy
 if [ -z "$SWEEP" ] || [ ! -f "$SWEEP/mlflow.db" ]; then
     echo "error: no sweep store at '${SWEEP}' (run python platform/sweep.py first)" >&2
@@ -65,17 +69,21 @@ print(f"{base}/#/metric?runs={q(runs)}&metric={q(metrics[0])}"
       f"&experiments={q([experiment.experiment_id])}&plot_metric_keys={q(metrics)}&plot_layout=%7B%7D"
       "&x_axis=step&y_axis_scale=linear&line_smoothness=1&show_point=true&deselected_curves=%5B%5D"
       "&last_linear_y_axis_range=%5B%5D&workflowType=machine_learning")
+# the last arm's final run (its search run without a final stage): its description
+print(f"{base}/#/experiments/{experiment.experiment_id}/runs/{runs[-1]}?workflowType=machine_learning")
 PYEOF
 )"
 EXPERIMENT_URL="$(echo "$URL" | sed -n 1p)"
 METRIC_URL="$(echo "$URL" | sed -n 2p)"
-shoot() {  # URL PNG
+RUN_URL="$(echo "$URL" | sed -n 3p)"
+shoot() {  # URL PNG [HEIGHT]
     echo "screenshot of $1" >&2
     chromium --headless --no-sandbox --disable-gpu --disable-background-networking --disable-component-update \
         --disable-sync --no-first-run --hide-scrollbars --virtual-time-budget=20000 \
-        --screenshot="$2" --window-size=1600,1000 "$1" 2>/dev/null
+        --screenshot="$2" --window-size=1600,"${3:-1000}" "$1" 2>/dev/null
     echo "wrote $2" >&2
 }
 shoot "$METRIC_URL" "$OUT"
 # the link the sweep prints: the experiment's charts in the model-training view, not GenAI
 shoot "$EXPERIMENT_URL" "$OUT_EXPERIMENT"
+shoot "$RUN_URL" "$OUT_RUN" 900

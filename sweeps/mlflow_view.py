@@ -117,42 +117,47 @@ def artifact_link(experiment_id: str, run_id: str, path: str) -> str:
     return f"[{path}](#/experiments/{experiment_id}/runs/{run_id}/artifactPath/{path})"
 
 
-def axes_text(metric: str) -> str:
-    return (f"**Reading the frontier charts** (`{frontier_key(metric)}`, `{frontier_test_key(metric)}`): "
-            f"x axis **Step = speed-up × 100** (100 = the full model, 200 = twice as fast: the mean exit "
-            f"layer is half the depth); y axis **{metric} as a fraction** (0.80 = 80 %). The \"step\" is not a "
-            "training step here, and \"Latest/Min/Max\" in the metric table mean the fastest / least / most "
-            "accurate point of the curve. Select the arm runs and the `final/<arm>` runs to overlay them; each "
-            "arm has one colour (darker for its final stage), the same as in the PNGs.")
+def axes_line(metric: str) -> str:
+    """The first line of every parent run's description (the UI shows the first lines folded)."""
+    return (f"Frontier charts (`{frontier_key(metric)}`, `{frontier_test_key(metric)}`): x axis "
+            f"**Step = speed-up × 100** (100 = the full model, 200 = twice as fast), y axis **{metric} as a "
+            f"fraction** (0.80 = 80 %), in the PNGs too.")
+
+
+def axes_details() -> str:
+    return ("The \"step\" of a frontier is not a training step: \"Latest/Min/Max (step=…)\" in its metric "
+            "table are its fastest, least and most accurate points. Select the arm runs and the `final/<arm>` runs "
+            "to overlay them: each arm has one colour (darker for its final stage), the same as in the PNGs.")
 
 
 def search_note(arm: str, metric: str, figure: str) -> str:
-    return (f"**Search of arm `{arm}`.** Metrics: those of its best trial (chosen on validation). "
-            f"`{frontier_key(metric)}`: that trial's speed–accuracy frontier on validation; "
-            f"`{frontier_test_key(metric)}`: the same exit-policy settings on test. Figure: {figure}. "
-            f"The trials are the nested runs `{arm}-NN`; options not listed as params: settings.json.\n\n"
-            + axes_text(metric))
+    return (f"**Search of arm `{arm}`**, figure {figure}. " + axes_line(metric) + "\n\n"
+            f"Metrics: those of the arm's best trial (chosen on validation). `{frontier_key(metric)}`: its "
+            f"speed–accuracy frontier on validation; `{frontier_test_key(metric)}`: the same exit-policy settings "
+            f"on test. The trials are the nested runs `{arm}-NN`; the options not listed as params are in "
+            "settings.json. " + axes_details())
 
 
 def final_note(arm: str, metric: str, figure: str | None) -> str:
-    where = f"Figure with the seeds' min–max band: {figure}. " if figure else ""
-    return (f"**Final stage of arm `{arm}`**: its best search configuration retrained once per seed "
-            f"(the nested runs `final/{arm}-S`). Metrics: mean over seeds on test (`_std`: standard deviation). "
-            f"`{frontier_key(metric)}` and `{frontier_test_key(metric)}` both hold the mean test frontier over "
-            f"seeds (best {metric} at that speed-up or faster), so it overlays with the search runs in either "
-            f"chart. {where}\n\n" + axes_text(metric))
+    where = f", figure {figure} (with the seeds' min–max band)" if figure else ""
+    return (f"**Final stage of arm `{arm}`**{where}. " + axes_line(metric) + "\n\n"
+            f"Its best search configuration retrained once per seed (the nested runs `final/{arm}-S`). "
+            f"Metrics: means over seeds on test (`_std`: standard deviations). `{frontier_key(metric)}` and "
+            f"`{frontier_test_key(metric)}` both hold the mean test frontier over seeds (best {metric} at that "
+            "speed-up or faster), so it overlays with the search runs' curves in either chart. " + axes_details())
 
 
 def comparison_note(metric: str, figure: str) -> str:
-    return (f"**The search stage compared**: the best trial of each arm overlaid in {figure} (validation "
-            "left, test right); the table in summary.md / summary.csv; every trial in trials.csv; the Optuna "
-            "studies in optuna.db.\n\n" + axes_text(metric))
+    return (f"**The search stage compared**, figure {figure} (each arm's best trial; validation left, test "
+            "right). " + axes_line(metric) + "\n\nThe table: summary.md, summary.csv; every trial: trials.csv; "
+            "the Optuna studies: optuna.db. " + axes_details())
 
 
 def final_comparison_note(metric: str, figure: str, table: str) -> str:
-    return (f"**The final stage compared**: per-arm statistics over seeds and the paired differences to the "
-            f"reference arm in {table} (also final_table.csv, final_table.md), verdicts as tags and in "
-            f"verdicts.md, each arm's mean test frontier in {figure}.\n\n" + axes_text(metric))
+    return (f"**The final stage compared**, figure {figure} (each arm's mean test frontier), per-arm statistics "
+            f"and paired differences to the reference arm in {table}. " + axes_line(metric) + "\n\n"
+            "The table also as final_table.csv and final_table.md; the verdicts as tags and in verdicts.md. "
+            + axes_details())
 
 
 def run_colour(arm: str, final: bool) -> str:
