@@ -50,6 +50,7 @@ def test_final_comparison_is_a_table_and_the_final_runs_overlay_the_search_runs(
     client = tracker.client
     comparison = client.get_run(run_id)
     assert comparison.data.metrics == {}
+    # MLflow's table format: MlflowClient.load_table reads it (Tracker set the process-wide tracking URI it searches)
     table = client.load_table(tracker.experiment_id, view.FINAL_TABLE_JSON, [run_id])
     assert list(table["arm"]) == ["fixed-pabee", "clo"]  # once, not twice
     assert table.set_index("arm").loc["clo", "hypervolume_mean"] == pytest.approx(0.42)
