@@ -23,6 +23,7 @@ OUT="${2:-$ROOT/docs/mlflow-frontiers.png}"
 OUT_EXPERIMENT="${3:-$ROOT/docs/mlflow-experiment.png}"
 OUT_RUN="${4:-$ROOT/docs/mlflow-run.png}"
 METRICS="${METRICS:-frontier/accuracy}"   # comma-separated, e.g. frontier/accuracy,frontier_test/accuracy
+# BUDGET_MS: how long the page may render (Chromium's virtual time); raise it on a loaded machine
 if [ -z "$SWEEP" ] || [ ! -f "$SWEEP/mlflow.db" ]; then
     echo "error: no sweep store at '${SWEEP}' (run python platform/sweep.py first)" >&2
     exit 2
@@ -79,7 +80,7 @@ RUN_URL="$(echo "$URL" | sed -n 3p)"
 shoot() {  # URL PNG [HEIGHT]
     echo "screenshot of $1" >&2
     chromium --headless --no-sandbox --disable-gpu --disable-background-networking --disable-component-update \
-        --disable-sync --no-first-run --hide-scrollbars --virtual-time-budget=20000 \
+        --disable-sync --no-first-run --hide-scrollbars --virtual-time-budget="${BUDGET_MS:-20000}" \
         --screenshot="$2" --window-size=1600,"${3:-1000}" "$1" 2>/dev/null
     echo "wrote $2" >&2
 }

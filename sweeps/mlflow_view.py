@@ -27,6 +27,7 @@ from sweeps.plots import arm_color, final_color, mean_frontier
 
 TAG_NOTE = "mlflow.note.content"  # the run's description in the UI (markdown)
 TAG_RUN_COLOR = "mlflow.runColor"  # read by the UI when it loads a run; its colour picker writes it
+COMPARISON_COLOUR = "#b0b0b0"  # the comparison runs draw no frontier: a light grey that no arm has
 TAG_LOGGED_ARTIFACTS = "mlflow.loggedArtifacts"  # the UI lists the tables named here (as log_table does)
 SETTINGS_ARTIFACT = "settings.json"  # a parent run's settings that are not compared (resources, all options)
 FINAL_TABLE_JSON = "final_table.json"  # the final comparison's per-arm statistics, MLflow table format

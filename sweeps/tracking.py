@@ -237,7 +237,8 @@ class Tracker:
             self.experiment_id, run_name="comparison", tags={TAG_ROLE: ROLE_COMPARISON, **tags}).info.run_id
         now = int(time.time() * 1000)
         self._log(run_id, metrics=[(k, float(v), 0, now) for k, v in metrics.items() if _finite(v)],
-                  tags={view.TAG_NOTE: view.comparison_note(metric, self.link(run_id, "frontiers.png"))})
+                  tags={view.TAG_NOTE: view.comparison_note(metric, self.link(run_id, "frontiers.png")),
+                        view.TAG_RUN_COLOR: view.COMPARISON_COLOUR})
         for path in files:
             self.client.log_artifact(run_id, str(path))
         self.client.set_terminated(run_id, status="FINISHED")
@@ -259,6 +260,7 @@ class Tracker:
         figure = self.link(run_id, "final_frontiers.png")
         tags[view.TAG_NOTE] = view.final_comparison_note(metric, figure, self.link(run_id, view.FINAL_TABLE_JSON))
         tags[view.TAG_LOGGED_ARTIFACTS] = view.logged_tables(run.data.tags if run else {}, view.FINAL_TABLE_JSON)
+        tags[view.TAG_RUN_COLOR] = view.COMPARISON_COLOUR
         self._log(run_id, params=params, tags=tags)
         with tempfile.TemporaryDirectory(prefix="leebert-mlflow-") as tmp:
             table = view.table_json(rows, Path(tmp) / view.FINAL_TABLE_JSON)
