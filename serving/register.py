@@ -36,8 +36,8 @@ from serving.checkpoints import check_checkpoint, local_model
 from serving.describe import CHAMPION
 from trainers.errors import ConfigError
 from trainers.layout import (ARM_RUNS_FILTER, BEST_OBJECTIVE_METRIC, EXPORT_META_FILE, LEGACY_BEST_OBJECTIVE_METRIC,
-                             POLICY_FILE, STAGE_SEARCH, SUMMARY_FILE, TAG_ARM, TAG_BEST_RUN_ID, TAG_BEST_TRIAL_ID, TAG_FINALIZED, TAG_MODEL_CHECKPOINT, TAG_REGISTERED,
-                             TAG_SEARCHED, TAG_SWEEP, TAG_TRIAL_ID, TRUE, migrate_experiment, trial_filter)
+                             POLICY_FILE, STAGE_SEARCH, SUMMARY_FILE, TAG_ARM, TAG_BEST_RUN_ID, TAG_BEST_TRIAL_ID,
+                             TAG_FINALIZED, TAG_MODEL_CHECKPOINT, TAG_REGISTERED, TAG_SEARCHED, TAG_SWEEP, TAG_TRIAL_ID, TRUE, migrate_experiment, trial_filter)
 from trainers.results import FrontierSetting, Summary
 
 DEFAULT_TARGET_SPEEDUP = 2.0  # the sweep config's register_speedup default

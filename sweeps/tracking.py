@@ -38,8 +38,8 @@ from sweeps import mlflow_view as view
 from sweeps.plots import frontier_figure, weights_figure
 from sweeps.records import TrialRecord
 from trainers.errors import ConfigError
-from trainers.layout import (BEST_OBJECTIVE_METRIC, BEST_SUMMARY_ARTIFACT, CONFIG_ARTIFACT, ROLE_ARM, ROLE_COMPARISON, ROLE_FINAL,
-                             ROLE_FINAL_COMPARISON, ROLE_TRIAL, SCHEMA_TAG, SCHEMA_VERSION, STAGE_SEARCH, SUMMARY_FILE,
+from trainers.layout import (BEST_OBJECTIVE_METRIC, BEST_SUMMARY_ARTIFACT, CONFIG_ARTIFACT, ROLE_ARM,
+                             ROLE_COMPARISON, ROLE_FINAL, ROLE_FINAL_COMPARISON, ROLE_TRIAL, SCHEMA_TAG, SCHEMA_VERSION, STAGE_SEARCH, SUMMARY_FILE,
                              TAG_ARM, TAG_BEST, TAG_BEST_RUN_ID, TAG_BEST_TRIAL_ID, TAG_FINALIZED, TAG_LOGGED,
                              TAG_MODEL_CHECKPOINT, TAG_ROLE, TAG_SEARCHED, TAG_STAGE, TAG_SWEEP, TAG_TRIAL_ID,
                              TAG_TRIAL_STATUS, TRUE, migrate_experiment, run_name, tag_filter)
@@ -211,7 +211,8 @@ class Tracker:
             if best is not None and best.summary:
                 summary = best.summary
                 metrics += [(BEST_OBJECTIVE_METRIC, float(best.objective), 0, int(time.time() * 1000))]
-                metrics += [m for m in summary_metrics(summary, int(time.time() * 1000)) if view.keeps_on_parent(m[0])]
+                metrics += [m for m in summary_metrics(summary, int(time.time() * 1000))
+                            if view.keeps_on_parent(m[0])]  # the trial runs keep the rest
                 tags[TAG_BEST_TRIAL_ID] = best.trial_id
                 child = self.trial_run(best.arm, best.stage, best.trial_id)
                 if child is not None:
@@ -270,8 +271,9 @@ class Tracker:
         for arm, parent_run_id in final_runs.items():  # each arm's final run: its mean and std over seeds
             row = next((r for r in rows if r["arm"] == arm), {})
             values = [(k, v, 0, now) for k, v in view.final_run_metrics(row).items()]
-            for key in (view.frontier_key(metric), view.frontier_test_key(metric)):
-                values += [(key, value, step, now) for step, value in view.mean_frontier_steps(curves.get(arm, []), layers)]
+            frontier = view.mean_frontier_steps(curves.get(arm, []), layers)
+            for key in (view.frontier_key(metric), view.frontier_test_key(metric)):  # overlays in either chart
+                values += [(key, value, step, now) for step, value in frontier]
             tags = {TAG_FINALIZED: TRUE, view.TAG_NOTE: view.final_note(arm, metric, figure)}
             if arm in verdicts:
                 tags["verdict"] = verdicts[arm][:5000]
