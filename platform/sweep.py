@@ -150,8 +150,9 @@ def main(argv: list[str] | None = None) -> int:
         print()
     uri = result.tracking_uri
     print("Where to look:")
-    # the link opens the experiment in the UI's model-training view (runs, charts), not its GenAI view
-    view = f"#/experiments/{result.experiment_id}?workflowType=machine_learning"
+    # the link opens the experiment in the UI's model-training view (not its GenAI view), on its
+    # charts: with the parent runs' few metric keys, the frontier section comes first
+    view = f"#/experiments/{result.experiment_id}/runs?workflowType=machine_learning&compareRunsMode=CHART"
     if uri.startswith("sqlite:"):
         print(f"  MLflow UI:      mlflow ui --backend-store-uri {uri} --port 5000   (then open http://127.0.0.1:5000/{view})")
     else:

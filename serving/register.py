@@ -35,9 +35,9 @@ from serving.calibration import for_max_drop, for_target_speedup
 from serving.checkpoints import check_checkpoint, local_model
 from serving.describe import CHAMPION
 from trainers.errors import ConfigError
-from trainers.layout import (ARM_RUNS_FILTER, EXPORT_META_FILE, POLICY_FILE, STAGE_SEARCH, SUMMARY_FILE, TAG_ARM,
-                             TAG_BEST_RUN_ID, TAG_BEST_TRIAL_ID, TAG_FINALIZED, TAG_MODEL_CHECKPOINT, TAG_REGISTERED,
-                             TAG_SEARCHED, TAG_SWEEP, TAG_TRIAL_ID, TRUE, migrate_experiment, trial_filter)
+from trainers.layout import (ARM_RUNS_FILTER, BEST_OBJECTIVE_METRIC, EXPORT_META_FILE, LEGACY_BEST_OBJECTIVE_METRIC,
+                             POLICY_FILE, STAGE_SEARCH, SUMMARY_FILE, TAG_ARM, TAG_BEST_RUN_ID, TAG_BEST_TRIAL_ID,
+                             TAG_FINALIZED, TAG_MODEL_CHECKPOINT, TAG_REGISTERED, TAG_SEARCHED, TAG_SWEEP, TAG_TRIAL_ID, TRUE, migrate_experiment, trial_filter)
 from trainers.results import FrontierSetting, Summary
 
 DEFAULT_TARGET_SPEEDUP = 2.0  # the sweep config's register_speedup default
@@ -194,9 +194,9 @@ def _plan_arm(client, experiment_id: str, run, target_speedup, max_drop, tmp: Pa
     searched = trial.data.tags.get(TAG_SEARCHED, "")
     params = trial.data.params
     hyper = {k: _number(params[k]) for k in (s for s in searched.split(",") if s) if k in params}
-    objective_value = run.data.metrics.get("best/objective")
+    objective_value = run.data.metrics.get(BEST_OBJECTIVE_METRIC, run.data.metrics.get(LEGACY_BEST_OBJECTIVE_METRIC))
     if objective_value is None:
-        raise ConfigError(f"arm run {run.info.run_id} has no 'best/objective' metric")
+        raise ConfigError(f"arm run {run.info.run_id} has no '{BEST_OBJECTIVE_METRIC}' metric")
     return ArmPlan(arm=arm, parent_run_id=run.info.run_id, parent_status=run.info.status,
                       trial_run_id=trial_run_id, trial_id=trial_id, task=params.get("task", "mr"),
                       objective=run.data.params.get("objective", "objective"), objective_value=float(objective_value),

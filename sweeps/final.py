@@ -21,9 +21,11 @@ seeds' medians; the CSV adds the range of their ratios). The reference arm (CLO)
 every other arm by the paired bootstrap of ``sweeps.statistics`` (over seeds and test examples)
 with a verdict.
 
-MLflow: a ``final/<arm>`` run per arm (role=final) with one child per seed, and a
-``final-comparison`` run (role=final_comparison) with the table (markdown, CSV), timing.json, the
-overlay of mean frontiers with seed bands, each arm's mean frontier as metric history, and the verdicts.
+MLflow: a ``final/<arm>`` run per arm (role=final) with one child per seed, its means and stds over
+seeds and its mean test frontier as metric history (under the search runs' keys, so the two overlay),
+and a ``final-comparison`` run (role=final_comparison) with the table (final_table.json, the MLflow
+table format, and markdown, CSV), timing.json, the overlay of mean frontiers with seed bands, and
+the verdicts.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from pathlib import Path
 from sweeps.arm_statistics import SeedResult, add_differences, arm_values, reference_differences  # noqa: F401 - SeedResult re-exported
 from sweeps.config import SweepConfig
 from sweeps.experiment import Stage, run_experiment
+from sweeps.mlflow_view import COMPARED_OPTIONS, split_params
 from sweeps.progress import say
 from sweeps.records import TrialRecord
 from sweeps.search import ArmOutcome, runtime, trial_resources
@@ -45,6 +48,7 @@ from sweeps.tracking import Tracker
 from sweeps.trial import TEST_LOGITS_FILE
 from trainers.config import TrainConfig
 from trainers.layout import TAG_SWEEP
+from trainers.tasks import get_task
 
 
 @dataclass
@@ -74,10 +78,12 @@ def final_stage(cfg: SweepConfig, tracker: Tracker, outcomes: list[ArmOutcome], 
         arm, best = outcome.arm, outcome.best
         seeds = [final_spec(cfg, arm, best, seed, the_runtime) for seed in cfg.final_seeds]
         # keyed by the parent run's name ("final/clo"), as the progress callback looks it up
-        parents[seeds[0].group] = tracker.arm_run(arm, FINAL, params={
-            "arm": arm, "seeds": ",".join(map(str, cfg.final_seeds)), "source_trial_id": best.trial_id,
-            "source_trial_number": best.number, **{k: v for k, v in seeds[0].train.to_dict().items() if k != "seed"}},
-            tags={TAG_SWEEP: cfg.name})
+        options = {k: v for k, v in seeds[0].train.to_dict().items() if k not in ("seed", "output_dir", "resume")}
+        shown, other = split_params(options, COMPARED_OPTIONS + tuple(best.sampled))  # the searched values too
+        parents[seeds[0].group] = tracker.arm_run(
+            arm, FINAL, params={"seeds": ",".join(map(str, cfg.final_seeds)), "source_trial_id": best.trial_id,
+                                "source_trial_number": best.number, **shown},
+            settings={"trainer": other}, tags={TAG_SWEEP: cfg.name}, metric=get_task(seeds[0].train.task).metrics[0])
         specs += seeds
         firsts[arm] = seeds[0]
         if not resume:
@@ -184,5 +190,5 @@ def compare_arms(cfg: SweepConfig, tracker: Tracker, finals: list[FinalArm], rep
     tracker.final_comparison(cfg.name, {"reference_arm": reference, "seeds": ",".join(map(str, cfg.final_seeds)),
                                         "bootstrap": cfg.bootstrap, "timing_repeats": cfg.timing_repeats},
                              rows, verdicts, list(files.values()), curves, layers,
-                             {final.arm: final.parent_run_id for final in finals})
+                             {final.arm: final.parent_run_id for final in finals}, metric)
     return Comparison(table, differences, verdicts, rows, files, results, finals)

@@ -3,22 +3,35 @@
 from __future__ import annotations
 
 import re
+import zlib
 from pathlib import Path
 
 import matplotlib
 
 matplotlib.use("Agg")
+import matplotlib.colors  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from trainers.results import FrontierSetting, Summary  # noqa: E402
 
-ARM_COLORS = {"fixed": "#7f7f7f", "fixed-uniform": "#7f7f7f", "fixed-pabee": "#2ca02c", "fixed-last": "#bcbd22",
+# One colour per arm, the same in every PNG and in the MLflow UI (sweeps.mlflow_view tags the runs
+# with it): by name, never by position, so an arm keeps its colour whichever arms a sweep compares.
+ARM_COLORS = {"fixed": "#8c564b", "fixed-uniform": "#7f7f7f", "fixed-pabee": "#2ca02c", "fixed-last": "#bcbd22",
               "bilevel": "#1f77b4", "clo": "#d62728"}
+_OTHER_COLORS = ("#9467bd", "#e377c2", "#17becf", "#ff7f0e")  # an arm not listed: picked by a hash of its name
 
 
-def _color(arm: str, index: int) -> str:
-    return ARM_COLORS.get(arm, f"C{index % 10}")
+def arm_color(arm: str) -> str:
+    """The arm's colour (hex), stable across sweeps and processes."""
+    return ARM_COLORS.get(arm) or _OTHER_COLORS[zlib.crc32(arm.encode()) % len(_OTHER_COLORS)]
+
+
+def final_color(arm: str) -> str:
+    """The arm's colour for its final stage: the same hue, darker, so that the search curve and the
+    final one of an arm read as one arm in an overlay and can still be told apart."""
+    red, green, blue = matplotlib.colors.to_rgb(arm_color(arm))
+    return matplotlib.colors.to_hex((0.6 * red, 0.6 * green, 0.6 * blue))
 
 
 def weights_figure(names: list[str], final: list[float], num_exits: int, path: Path, title: str = "") -> Path:
@@ -61,7 +74,7 @@ def weights_figure(names: list[str], final: list[float], num_exits: int, path: P
 def _frontier_xy(frontier: list[FrontierSetting], split: str) -> tuple[list[float], list[float]]:
     points = sorted(((p.validation_speedup, p.validation_metric) if split == "validation" else (p.test_speedup, p.test_metric)
                      for p in frontier), key=lambda xy: xy[0])
-    return [x for x, _ in points], [100 * y for _, y in points]
+    return [x for x, _ in points], [y for _, y in points]
 
 
 def frontier_figure(summary: Summary, path: Path, title: str = "") -> Path:
@@ -71,9 +84,9 @@ def frontier_figure(summary: Summary, path: Path, title: str = "") -> Path:
     for split, style in (("validation", "o-"), ("test", "s--")):
         x, y = _frontier_xy(summary.frontier, split)
         ax.plot(x, y, style, drawstyle="default", label=f"{split} (hypervolume {getattr(summary, split).hypervolume:.3f})")
-    ax.axhline(100 * summary.validation.reference_metric, color="k", lw=0.8, ls=":", label="majority class (validation)")
+    ax.axhline(summary.validation.reference_metric, color="k", lw=0.8, ls=":", label="majority class (validation)")
     ax.set_xlabel("speed-up (L / mean exit layer)")
-    ax.set_ylabel(f"{metric} (%)")
+    ax.set_ylabel(f"{metric} (fraction)")
     ax.set_title(title or "speed-accuracy frontier")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
@@ -88,19 +101,19 @@ def pareto_overlay(best: dict[str, Summary], path: Path, title: str = "") -> Pat
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.6), sharey=True)
     metric = next(iter(best.values())).metric if best else "metric"
     for ax, split in zip(axes, ("validation", "test")):
-        for index, (arm, summary) in enumerate(best.items()):
+        for arm, summary in best.items():
             x, y = _frontier_xy(summary.frontier, split)
             on = getattr(summary, split)
-            ax.plot(x, y, "o-", color=_color(arm, index), ms=4,
-                    label=f"{arm} (HV {on.hypervolume:.3f}, last exit {100 * on.last_exit:.1f})")
+            ax.plot(x, y, "o-", color=arm_color(arm), ms=4,
+                    label=f"{arm} (HV {on.hypervolume:.3f}, last exit {on.last_exit:.3f})")
         if best:
             ref = getattr(next(iter(best.values())), split).reference_metric
-            ax.axhline(100 * ref, color="k", lw=0.8, ls=":", label="majority class")
+            ax.axhline(ref, color="k", lw=0.8, ls=":", label="majority class")
         ax.set_title(f"{split}" + (" (settings chosen on validation)" if split == "test" else " (Pareto front)"))
         ax.set_xlabel("speed-up (L / mean exit layer)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8, loc="lower left")
-    axes[0].set_ylabel(f"{metric} (%)")
+    axes[0].set_ylabel(f"{metric} (fraction)")
     fig.suptitle(title or "best trial per arm: speed-accuracy frontiers")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -125,24 +138,24 @@ def final_frontiers_figure(curves: dict[str, list[list[tuple[float, float]]]], n
     """Each arm's mean test frontier over its seeds, with the seeds' min-max as a band (log speed-up axis)."""
     grid = np.exp(np.linspace(0.0, np.log(num_layers), 121))
     fig, ax = plt.subplots(figsize=(7.5, 4.8))
-    for index, (arm, arm_curves) in enumerate(curves.items()):
-        values = 100 * mean_frontier(arm_curves, grid)
+    for arm, arm_curves in curves.items():
+        values = mean_frontier(arm_curves, grid)
         with np.errstate(all="ignore"):
             import warnings
 
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns past the fastest point
                 mean, low, high = np.nanmean(values, 0), np.nanmin(values, 0), np.nanmax(values, 0)
-        color = _color(arm, index)
+        color = final_color(arm)
         ax.plot(grid, mean, color=color, drawstyle="steps-post", label=f"{arm} ({len(arm_curves)} seeds)")
         ax.fill_between(grid, low, high, color=color, alpha=0.15, step="post")
     if reference is not None:
-        ax.axhline(100 * reference, color="k", lw=0.8, ls=":", label="majority class")
+        ax.axhline(reference, color="k", lw=0.8, ls=":", label="majority class")
     ax.set_xscale("log")
     ticks = [t for t in (1, 1.5, 2, 3, 4, 6, 8, 12, 16, 24) if t <= num_layers]
     ax.set_xticks(ticks, [f"{t:g}x" for t in ticks])
     ax.set_xlabel("test speed-up (L / mean exit layer), settings chosen on validation")
-    ax.set_ylabel(f"best test {metric} at this speed-up or faster (%)")
+    ax.set_ylabel(f"best test {metric} at this speed-up or faster (fraction)")
     ax.set_title(title or "mean frontier over seeds")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower left")

@@ -117,19 +117,15 @@ def write_report(result, tracker) -> None:
     if optuna_db.is_file():  # a copy: the live file stays where OptunaSearch writes it
         shutil.copy2(optuna_db, out / "optuna.db")
         files["optuna_db"] = optuna_db
-    metrics = {}
-    for arm, summary in best.items():
-        metrics[f"val_hypervolume/{arm}"] = summary.validation.hypervolume
-        metrics[f"test_hypervolume/{arm}"] = summary.test.hypervolume
-        metrics[f"val_last_exit/{arm}"] = summary.validation.last_exit
-        metrics[f"test_last_exit/{arm}"] = summary.test.last_exit
-    metrics["wall_time_s"] = result.wall_time_s
+    # the arms' figures are in summary.csv (the UI previews it): a metric per arm would grow the
+    # chart view with every arm
+    metrics = {"wall_time_s": result.wall_time_s}
     upload = [out / "summary.csv", out / "summary.md", out / "trials.csv", cfg.sweep_dir / "sweep.json"]
     if "frontiers_png" in files:
         upload.append(files["frontiers_png"])
     if (out / "optuna.db").is_file():
         upload.append(out / "optuna.db")
-    tracker.comparison(upload, metrics, tags={"sweep": cfg.name})
+    tracker.comparison(upload, metrics, tags={"sweep": cfg.name}, metric=metric)
     result.files = files
     result.table = markdown
 

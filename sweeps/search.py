@@ -16,12 +16,14 @@ from dataclasses import dataclass
 from sweeps.budget import BudgetLedger, TrialCost, budget_text, expected_trials, search_algorithm, used_compute
 from sweeps.config import SweepConfig
 from sweeps.experiment import MAX_TRIALS, Stage, run_experiment
+from sweeps.mlflow_view import COMPARED_OPTIONS, COMPARED_SEARCH_SETTINGS, split_params
 from sweeps.progress import fmt_params, say
 from sweeps.records import TrialRecord
 from sweeps.spec import SEARCH, Runtime, TrialSpec
 from sweeps.tracking import Tracker
 from trainers.config import TrainConfig
 from trainers.layout import TAG_SWEEP
+from trainers.tasks import get_task
 
 
 @dataclass
@@ -148,15 +150,19 @@ def search_stage(cfg: SweepConfig, tracker: Tracker, resume: bool, trainer=None)
     the_arms = arms(cfg)
     parents, searchers, schedulers, algorithms = {}, {}, {}, {}
     for arm in the_arms:
-        parents[arm.name] = tracker.arm_run(arm.name, SEARCH, params={
+        sweep_settings = {
             "trials": cfg.trials, "budget_epochs": cfg.budget_epochs, "outer_step_cost": arm.cost.outer_step_cost,
             "seed": cfg.seed, "objective": cfg.metric, "scheduler": cfg.scheduler,
             "max_concurrent": cfg.max_concurrent, "cpus_per_trial": cfg.cpus_per_trial,
             "gpus_per_trial": cfg.gpus_per_trial, "workers_per_trial": cfg.workers_per_trial,
             "max_failures": cfg.max_failures,
-            **{f"space.{k}": v for k, v in search_spaces.describe(arm.space).items()},
-            **{k: v for k, v in arm.shared_options().items() if k not in ("output_dir", "resume")},
-        }, tags={TAG_SWEEP: cfg.name, "preset": cfg.preset})
+            **{f"space.{k}": v for k, v in search_spaces.describe(arm.space).items()}}
+        options = {k: v for k, v in arm.shared_options().items() if k not in ("output_dir", "resume")}
+        shown, other = split_params(sweep_settings, COMPARED_SEARCH_SETTINGS)
+        shown_options, other_options = split_params(options, COMPARED_OPTIONS)
+        parents[arm.name] = tracker.arm_run(
+            arm.name, SEARCH, params={**shown, **shown_options}, settings={"sweep": other, "trainer": other_options},
+            tags={TAG_SWEEP: cfg.name, "preset": cfg.preset}, metric=get_task(arm.train.task).metrics[0])
         searchers[arm.name], algorithms[arm.name], note = arm_searcher(cfg, arm)
         schedulers[arm.name] = arm_scheduler(cfg, arm.epochs)
         tracker.client.set_tag(parents[arm.name], "search_algorithm", algorithms[arm.name])

@@ -6,9 +6,11 @@
     │                             metrics, learned weights, speed-accuracy curve, config
     ├── run "comparison"          role=comparison: Pareto overlay, summary table, Optuna storage
     ├── run "final/<arm>"         role=final, stage=final, one per arm: the retrained configuration,
-    │   │                         mean/std over seeds
+    │   │                         mean/std over seeds, the mean test frontier
     │   └── run "final/<arm>-S"   role=trial, stage=final, one per seed S (sweeps.final)
-    └── run "final-comparison"    role=final_comparison: table, intervals, verdicts, mean frontiers
+    └── run "final-comparison"    role=final_comparison: the table (final_table.json), verdicts, figure
+
+The parent runs carry few metrics and params, a description and a colour (``sweeps.mlflow_view``).
 
 Every run of an arm carries the tags ``arm`` (the arm's name, e.g. ``clo``) and ``stage`` (``search``
 or ``final``); the tag schema is ``trainers.layout``'s. Every write is idempotent, keyed by tags
@@ -32,13 +34,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from sweeps.plots import frontier_figure, mean_frontier, weights_figure
+from sweeps import mlflow_view as view
+from sweeps.plots import frontier_figure, weights_figure
 from sweeps.records import TrialRecord
 from trainers.errors import ConfigError
-from trainers.layout import (BEST_SUMMARY_ARTIFACT, CONFIG_ARTIFACT, ROLE_ARM, ROLE_COMPARISON, ROLE_FINAL,
-                             ROLE_FINAL_COMPARISON, ROLE_TRIAL, SCHEMA_TAG, SCHEMA_VERSION, STAGE_SEARCH, SUMMARY_FILE,
+from trainers.layout import (BEST_OBJECTIVE_METRIC, BEST_SUMMARY_ARTIFACT, CONFIG_ARTIFACT, ROLE_ARM,
+                             ROLE_COMPARISON, ROLE_FINAL, ROLE_FINAL_COMPARISON, ROLE_TRIAL, SCHEMA_TAG, SCHEMA_VERSION, STAGE_SEARCH, SUMMARY_FILE,
                              TAG_ARM, TAG_BEST, TAG_BEST_RUN_ID, TAG_BEST_TRIAL_ID, TAG_FINALIZED, TAG_LOGGED,
                              TAG_MODEL_CHECKPOINT, TAG_ROLE, TAG_SEARCHED, TAG_STAGE, TAG_SWEEP, TAG_TRIAL_ID,
                              TAG_TRIAL_STATUS, TRUE, migrate_experiment, run_name, tag_filter)
@@ -102,9 +103,12 @@ class Tracker:
         return self.client.search_runs([self.experiment_id], filter_string=tag_filter(**tags), max_results=1000)
 
     # ------------------------------------------------------------------ arm runs
-    def arm_run(self, arm: str, stage: str, params: dict[str, Any], tags: dict[str, str]) -> str:
+    def arm_run(self, arm: str, stage: str, params: dict[str, Any], tags: dict[str, str],
+                settings: dict[str, Any] | None = None, metric: str = "accuracy") -> str:
         """The parent run of ``arm`` in ``stage`` (``search``: role ``arm``, its search; ``final``:
-        role ``final``, the final stage's seeds): created once, reopened on resume."""
+        role ``final``, the final stage's seeds): created once, reopened on resume. ``params`` are
+        what a user compares (the UI's columns), ``settings`` the rest (``settings.json``); its
+        description names the frontier charts' axes for ``metric``, its colour is the arm's."""
         role = ROLE_ARM if stage == STAGE_SEARCH else ROLE_FINAL
         keys = {TAG_ROLE: role, TAG_ARM: arm, TAG_STAGE: stage}
         run = self.find_run(**keys)
@@ -115,8 +119,22 @@ class Tracker:
             return run.info.run_id
         run = self.client.create_run(self.experiment_id, run_name=run_name(arm, stage),
                                      tags={**tags, **keys, **self.driver})
-        self._log(run.info.run_id, params=params)
-        return run.info.run_id
+        run_id = run.info.run_id
+        if stage == STAGE_SEARCH:
+            note = view.search_note(arm, metric, self.link(run_id, "best_frontier.png"))
+        else:
+            note = view.final_note(arm, metric, None)  # the figure's link once the comparison exists
+        self._log(run_id, params=params, tags={view.TAG_NOTE: note,
+                                               view.TAG_RUN_COLOR: view.run_colour(arm, stage != STAGE_SEARCH)})
+        with tempfile.TemporaryDirectory(prefix="leebert-mlflow-") as tmp:
+            path = Path(tmp) / view.SETTINGS_ARTIFACT
+            path.write_text(json.dumps(settings or {}, indent=2, default=str))
+            self.client.log_artifact(run_id, str(path))
+        return run_id
+
+    def link(self, run_id: str, path: str) -> str:
+        """A markdown link to ``path`` among ``run_id``'s artifacts, for a run's description."""
+        return view.artifact_link(self.experiment_id, run_id, path)
 
     # ------------------------------------------------------------------ trial runs
     def trial_run(self, arm: str, stage: str, trial_id: str):
@@ -194,8 +212,9 @@ class Tracker:
             files = [trials_csv]
             if best is not None and best.summary:
                 summary = best.summary
-                metrics += [("best/objective", float(best.objective), 0, int(time.time() * 1000))]
-                metrics += summary_metrics(summary, int(time.time() * 1000))
+                metrics += [(BEST_OBJECTIVE_METRIC, float(best.objective), 0, int(time.time() * 1000))]
+                metrics += [m for m in summary_metrics(summary, int(time.time() * 1000))
+                            if view.keeps_on_parent(m[0])]  # the trial runs keep the rest
                 tags[TAG_BEST_TRIAL_ID] = best.trial_id
                 child = self.trial_run(best.arm, best.stage, best.trial_id)
                 if child is not None:
@@ -215,47 +234,52 @@ class Tracker:
     def finish(self, run_id: str, status: str = "FINISHED") -> None:
         self.client.set_terminated(run_id, status=status)
 
-    def comparison(self, files: list[Path], metrics: dict[str, float], tags: dict[str, str]) -> str:
+    def comparison(self, files: list[Path], metrics: dict[str, float], tags: dict[str, str], metric: str) -> str:
         run = self.find_run(**{TAG_ROLE: ROLE_COMPARISON})
         run_id = run.info.run_id if run else self.client.create_run(
             self.experiment_id, run_name="comparison", tags={TAG_ROLE: ROLE_COMPARISON, **tags}).info.run_id
         now = int(time.time() * 1000)
-        self._log(run_id, metrics=[(k, float(v), 0, now) for k, v in metrics.items() if _finite(v)])
+        self._log(run_id, metrics=[(k, float(v), 0, now) for k, v in metrics.items() if _finite(v)],
+                  tags={view.TAG_NOTE: view.comparison_note(metric, self.link(run_id, "frontiers.png")),
+                        view.TAG_RUN_COLOR: view.COMPARISON_COLOUR})
         for path in files:
             self.client.log_artifact(run_id, str(path))
         self.client.set_terminated(run_id, status="FINISHED")
         return run_id
 
     def final_comparison(self, sweep: str, params: dict[str, Any], rows: list[dict], verdicts: dict[str, str],
-                         files: list[Path], curves: dict[str, list], layers: int, final_runs: dict[str, str]) -> str:
-        """The final comparison's run (created once): every figure of ``rows`` as ``<arm>/<column>``,
-        each arm's mean test frontier as metric history, the verdicts as tags, ``files`` as artifacts.
-        Then each arm's final run (``final_runs``: arm -> run id) gets its row and is finalized."""
+                         files: list[Path], curves: dict[str, list], layers: int, final_runs: dict[str, str],
+                         metric: str) -> str:
+        """The final comparison's run (created once): ``rows`` as a table artifact
+        (``final_table.json``, no metrics), the verdicts as tags, ``files`` as artifacts. Then each
+        arm's final run (``final_runs``: arm -> run id) gets its row's means and stds under the
+        search runs' keys, its mean test frontier (``curves``) as the frontier metrics, and is finalized."""
         now = int(time.time() * 1000)
-        metrics: list[tuple[str, float, int, int]] = []
-        for row in rows:
-            for key, value in row.items():
-                if isinstance(value, float) and math.isfinite(value):
-                    metrics.append((f"{row['arm']}/{key}", value, 0, now))
-        grid = np.exp(np.linspace(0, math.log(layers), 41))
-        for arm, arm_curves in curves.items():
-            mean = np.nanmean(mean_frontier(arm_curves, grid), axis=0) if arm_curves else []
-            for s, value in zip(grid, mean):
-                if np.isfinite(value):  # step = speed-up × 100: MLflow's chart over "step" draws the frontier
-                    metrics.append((f"final_frontier/{arm}", float(value), int(round(100 * s)), now))
         run = self.find_run(**{TAG_ROLE: ROLE_FINAL_COMPARISON})
         run_id = run.info.run_id if run else self.client.create_run(
             self.experiment_id, run_name="final-comparison",
             tags={TAG_ROLE: ROLE_FINAL_COMPARISON, TAG_SWEEP: sweep, **self.driver}).info.run_id
         tags = {f"verdict/{arm}": line[:5000] for arm, line in verdicts.items()}
-        self._log(run_id, params=params, metrics=metrics, tags=tags)
-        for path in files:
-            self.client.log_artifact(run_id, str(path))
+        figure = self.link(run_id, "final_frontiers.png")
+        tags[view.TAG_NOTE] = view.final_comparison_note(metric, figure, self.link(run_id, view.FINAL_TABLE_JSON))
+        tags[view.TAG_LOGGED_ARTIFACTS] = view.logged_tables(run.data.tags if run else {}, view.FINAL_TABLE_JSON)
+        tags[view.TAG_RUN_COLOR] = view.COMPARISON_COLOUR
+        self._log(run_id, params=params, tags=tags)
+        with tempfile.TemporaryDirectory(prefix="leebert-mlflow-") as tmp:
+            table = view.table_json(rows, Path(tmp) / view.FINAL_TABLE_JSON)
+            for path in [table, *files]:
+                self.client.log_artifact(run_id, str(path))
         self.client.set_terminated(run_id, status="FINISHED")
         for arm, parent_run_id in final_runs.items():  # each arm's final run: its mean and std over seeds
             row = next((r for r in rows if r["arm"] == arm), {})
-            values = [(k, float(v), 0, now) for k, v in row.items() if isinstance(v, float) and math.isfinite(v)]
-            self._log(parent_run_id, metrics=values, tags={TAG_FINALIZED: TRUE})
+            values = [(k, v, 0, now) for k, v in view.final_run_metrics(row).items()]
+            frontier = view.mean_frontier_steps(curves.get(arm, []), layers)
+            for key in (view.frontier_key(metric), view.frontier_test_key(metric)):  # overlays in either chart
+                values += [(key, value, step, now) for step, value in frontier]
+            tags = {TAG_FINALIZED: TRUE, view.TAG_NOTE: view.final_note(arm, metric, figure)}
+            if arm in verdicts:
+                tags["verdict"] = verdicts[arm][:5000]
+            self._log(parent_run_id, metrics=values, tags=tags)
             self.client.set_terminated(parent_run_id, status="FINISHED")
         return run_id
 
@@ -361,7 +385,7 @@ def summary_metrics(summary: Summary, stamp: int) -> list[tuple[str, float, int,
             out.append((f"weight/{metric_name(name)}", float(value), int(entry["step"]), stamp))
     # The curve as metric history: step = speed-up × 100, so MLflow's chart of this metric over
     # "step" draws the speed-accuracy curve. One value per step (the most accurate).
-    for split, key in (("validation", f"frontier/{metric}"), ("test", f"frontier_test/{metric}")):
+    for split, key in (("validation", view.frontier_key(metric)), ("test", view.frontier_test_key(metric))):
         by_step: dict[int, float] = {}
         for point in summary.frontier:
             speedup, value = ((point.validation_speedup, point.validation_metric) if split == "validation"

@@ -170,9 +170,9 @@ def test_the_table_and_mlflow_show_the_timing_phase_medians(final):
     assert untimed and all("op_2x/wallclock_speedup" not in r.data.metrics for r in untimed)
     (comparison,) = final["runs"]["final_comparison"]
     assert "timing.json" in {a.path for a in final["client"].list_artifacts(comparison.info.run_id)}
-    for arm in ARMS:
-        assert comparison.data.metrics[f"{arm}/wallclock_2x_median_mean"] == pytest.approx(
-            table.loc[arm, "wallclock_2x_median_mean"])
+    for arm in ARMS:  # each arm's final run shows the mean of its timed seeds' medians
+        parent = next(r for r in final["runs"]["final"] if r.data.tags["arm"] == arm)
+        assert parent.data.metrics["op_2x/wallclock_speedup"] == pytest.approx(table.loc[arm, "wallclock_2x_median_mean"])
     assert "final timing: 2 model(s) x 2 repeats" in final["proc"].stdout
 
 
@@ -199,16 +199,74 @@ def test_comparison_report_and_mlflow(final):
     (comparison,) = final["runs"]["final_comparison"]
     assert comparison.data.tags["verdict/fixed-pabee"].startswith(f"clo vs fixed-pabee: {expected}")
     artifacts = {a.path for a in final["client"].list_artifacts(comparison.info.run_id)}
-    assert {"final_table.md", "final_table.csv", "verdicts.md", "final_frontiers.png"} <= artifacts
+    assert {"final_table.json", "final_table.md", "final_table.csv", "verdicts.md", "final_frontiers.png"} <= artifacts
+    assert comparison.data.metrics == {}  # the statistics are a table, not hundreds of metrics
+    # the table in MLflow's own table format (what mlflow.log_table writes), listed as a table for the UI
+    # (read here without MlflowClient.load_table: it searches the process-wide tracking URI, not the client's)
+    logged = pd.read_json(final["client"].download_artifacts(comparison.info.run_id, "final_table.json",
+                                                             str(final["dir"])), orient="split")
+    assert list(logged["arm"]) == ARMS
+    assert {"path": "final_table.json", "type": "table"} in json.loads(comparison.data.tags["mlflow.loggedArtifacts"])
+    by_arm = table.set_index("arm")
     for arm in ARMS:
-        curve = history(final["client"], comparison.info.run_id, f"final_frontier/{arm}")
-        assert len(curve) >= 2 and curve[0][0] == 100  # from speed-up 1.00x on
-        values = [v for _, v in curve]
-        assert values == sorted(values, reverse=True)  # best metric at this speed-up or faster: never rises
-        assert comparison.data.metrics[f"{arm}/hypervolume_mean"] == pytest.approx(
-            table.set_index("arm").loc[arm, "hypervolume_mean"])
+        assert logged.set_index("arm").loc[arm, "hypervolume_mean"] == pytest.approx(by_arm.loc[arm, "hypervolume_mean"])
+        parent = next(r for r in final["runs"]["final"] if r.data.tags["arm"] == arm)
+        # the final run: its means under the search runs' keys, and its mean test frontier as theirs
+        assert parent.data.metrics["test/hypervolume"] == pytest.approx(by_arm.loc[arm, "hypervolume_mean"])
+        assert parent.data.metrics["op_2x/test_metric"] == pytest.approx(by_arm.loc[arm, "at_2x_mean"])
+        for key in ("frontier/accuracy", "frontier_test/accuracy"):
+            curve = history(final["client"], parent.info.run_id, key)
+            assert len(curve) >= 2 and curve[0][0] == 100  # from speed-up 1.00x on
+            values = [v for _, v in curve]
+            assert values == sorted(values, reverse=True)  # best metric at this speed-up or faster: never rises
+        if arm != "clo":  # the reference arm has no verdict against itself
+            assert parent.data.tags["verdict"] == comparison.data.tags[f"verdict/{arm}"]
     for parent in final["runs"]["final"]:
         assert parent.info.status == "FINISHED" and parent.data.tags.get("finalized") == "true"
+
+
+PARENT_ROLES = ("arm", "final", "comparison", "final_comparison")  # the runs the UI compares (not trials)
+MAX_PARENT_METRIC_KEYS = 40  # the chart view builds one chart per key: 193 on the demo before issue 24
+
+
+@pytest.mark.integration
+def test_the_mlflow_ui_shows_the_frontiers_first(final):
+    """Issue 24, read back through MLflow's client: the parent runs carry few metric keys (so the
+    frontier charts come first), every arm's search and final run has the frontier metric (so they
+    overlay), trial runs keep their per-exit and per-weight curves, and every parent run's
+    description names the axes and links a figure that is there."""
+    from sweeps.plots import arm_color, final_color
+
+    mlflow_client, runs = final["client"], final["runs"]
+    parents = [run for role in PARENT_ROLES for run in runs.get(role, [])]
+    assert {r.data.tags["role"] for r in parents} == set(PARENT_ROLES)
+    keys = set().union(*(r.data.metrics for r in parents))
+    assert len(keys) <= MAX_PARENT_METRIC_KEYS, sorted(keys)
+    for arm in ARMS:
+        for role in ("arm", "final"):
+            (run,) = [r for r in runs[role] if r.data.tags["arm"] == arm]
+            curve = history(mlflow_client, run.info.run_id, "frontier/accuracy")
+            assert len(curve) >= 2 and all(100 <= step <= 300 and 0 <= value <= 1 for step, value in curve), (arm, role)
+            # one colour per arm, the PNGs' (darker for the final stage), set for the UI
+            expected = final_color(arm) if role == "final" else arm_color(arm)
+            assert run.data.tags["mlflow.runColor"] == expected
+            assert len(run.data.params) <= 20, sorted(run.data.params)  # the compared ones; the rest in settings.json
+            assert "settings.json" in {a.path for a in mlflow_client.list_artifacts(run.info.run_id)}
+    completed = [r for r in runs["trial"] if r.data.tags["trial_status"] == "completed"]
+    assert completed
+    for run in completed:  # the trial runs keep everything: every exit's and every weight's curve
+        exits = [k for k in run.data.metrics if k.startswith("val/exit_")]
+        assert len(exits) == 3 and all(len(history(mlflow_client, run.info.run_id, k)) >= 2 for k in exits)
+        weights = [k for k in run.data.metrics if k.startswith("weight/")]
+        assert {f"weight/ce_{m}" for m in (1, 2, 3)} <= set(weights)
+        if run.data.tags["arm"] == "clo":  # learned weights: their trajectory over training
+            assert all(len(history(mlflow_client, run.info.run_id, k)) >= 2 for k in weights)
+    for run in parents:
+        note = run.data.tags.get("mlflow.note.content", "")
+        assert "Step = speed-up × 100" in note and "accuracy as a fraction" in note, run.info.run_name
+        for run_id, path in re.findall(r"/runs/([0-9a-f]+)/artifactPath/([^)\s]+)\)", note):
+            assert path in {a.path for a in mlflow_client.list_artifacts(run_id)}, (run.info.run_name, path)
+        assert "artifactPath/" in note, run.info.run_name  # each links its figure
 
 
 @pytest.mark.integration

@@ -250,7 +250,7 @@ def test_one_model_one_version_per_arm_with_aliases(sweep, registered):
     assert sorted(v.tags["arm"] for v in found) == sorted(ARMS)
     model = mlflow_client.get_registered_model("leebert-mr")
     assert set(model.aliases) == {"champion", "fixed-pabee-best", "clo-best"}
-    objectives = {m: r.data.metrics["best/objective"] for m, r in sweep["arm_runs"].items()}
+    objectives = {m: r.data.metrics["best_objective"] for m, r in sweep["arm_runs"].items()}
     champion = max(ARMS, key=lambda m: objectives[m])  # ties: the first arm, as registered
     assert mlflow_client.get_model_version_by_alias("leebert-mr", "champion").tags["arm"] == champion
     for arm in ARMS:
@@ -289,7 +289,7 @@ def test_version_tags_hold_trial_hyperparameters_frontier_and_policy(sweep, regi
         assert json.loads(tags["target"]) == {"target_speedup": sweep["speedup"]}
         for key in ("validation_speedup", "validation_metric", "test_speedup", "test_metric"):
             assert float(tags[key]) == pytest.approx(policy[key])
-        assert float(tags["validation_objective"]) == pytest.approx(parent.data.metrics["best/objective"])
+        assert float(tags["validation_objective"]) == pytest.approx(parent.data.metrics["best_objective"])
         # the arm run names what was registered, and is FINISHED again
         run = mlflow_client.get_run(parent.info.run_id)
         assert run.info.status == "FINISHED"

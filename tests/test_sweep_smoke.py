@@ -135,7 +135,7 @@ def test_arm_runs_name_the_best_trial(smoke):
         assert best.data.tags["trial_status"] == "completed" and best.data.tags.get("best") == "true"
         siblings = [r for r in runs["trial"] if r.data.tags["arm"] == tags["arm"]
                     and r.data.tags["trial_status"] == "completed"]
-        assert metrics["best/objective"] == max(r.data.metrics["val/hypervolume"] for r in siblings)
+        assert metrics["best_objective"] == max(r.data.metrics["val/hypervolume"] for r in siblings)
         assert run.data.params["space.lr"].startswith("loguniform(")
         assert history(smoke["client"], run.info.run_id, "frontier/accuracy")
         assert metrics["trials_completed"] + metrics["trials_stopped_early"] + metrics["trials_error"] == TRIALS
@@ -152,7 +152,9 @@ def test_sweep_report_and_comparison_run(smoke):
     comparison = smoke["runs"]["comparison"][0]
     artifacts = {a.path for a in smoke["client"].list_artifacts(comparison.info.run_id)}
     assert {"frontiers.png", "summary.csv", "summary.md", "trials.csv", "optuna.db", "sweep.json"} <= artifacts
-    assert set(comparison.data.metrics) >= {f"val_hypervolume/{m}" for m in ARMS}
+    # the arms' figures are in summary.csv, not one metric per arm (the chart view stays short)
+    assert set(comparison.data.metrics) == {"wall_time_s"}
+    assert "Step = speed-up × 100" in comparison.data.tags["mlflow.note.content"]
 
 
 def test_optuna_storage_holds_one_study_per_arm(smoke):
@@ -196,7 +198,7 @@ def test_registered_models_predict_with_early_exit(smoke, monkeypatch):
     assert [m.name for m in mlflow_client.search_registered_models()] == ["leebert-mr"]
     assert len(mlflow_client.search_model_versions("name = 'leebert-mr'")) == len(ARMS)
     assert set(mlflow_client.get_registered_model("leebert-mr").aliases) == {"champion", *(f"{m}-best" for m in ARMS)}
-    objectives = {r.data.tags["arm"]: r.data.metrics["best/objective"] for r in smoke["runs"]["arm"]}
+    objectives = {r.data.tags["arm"]: r.data.metrics["best_objective"] for r in smoke["runs"]["arm"]}
     champion = mlflow_client.get_model_version_by_alias("leebert-mr", "champion")
     assert objectives[champion.tags["arm"]] == max(objectives.values())
     sentences = pd.DataFrame({"sentence": ["a gripping , funny and moving film .", "tedious and badly acted .",

@@ -86,6 +86,11 @@ TAG_REGISTERED = "registered"  # an arm run's registered version (JSON)
 TAG_SWEEP = "sweep"
 TRUE = "true"
 
+# An arm run's best validation objective (the registry reads it). No "/" in it: the MLflow UI makes a
+# chart section per key prefix, sorted by name, and a "best" section would come before "frontier".
+BEST_OBJECTIVE_METRIC = "best_objective"
+LEGACY_BEST_OBJECTIVE_METRIC = "best/objective"  # its name until 2026-12-05 (sweeps written before)
+
 STAGE_SEARCH = "search"  # the values of TAG_STAGE (the names of the sweep's two stages)
 STAGE_FINAL = "final"
 
