@@ -5,6 +5,7 @@ registered models exist and hold sane values."""
 from __future__ import annotations
 
 import json
+import sys
 import math
 
 import pandas as pd
@@ -34,7 +35,7 @@ def test_progress_and_where_to_look(smoke):
     assert "[sweep] registered model leebert-mr" in out and "champion: models:/leebert-mr@champion" in out
     assert "mlflow.pyfunc.load_model('models:/leebert-mr@champion')" in out
     assert "mlflow models serve -m models:/leebert-mr@champion --env-manager local" in out
-    assert f"mlflow ui --backend-store-uri {smoke['uri']}" in out
+    assert f"{sys.executable} -m mlflow ui --backend-store-uri {smoke['uri']}" in out
     assert str(smoke["dir"] / "report" / "frontiers.png") in out
     assert str(smoke["dir"] / "report" / "summary.md") in out
     assert "| arm |" in out
