@@ -13,6 +13,7 @@ import shutil
 import sqlite3
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -260,7 +261,8 @@ def test_one_model_one_version_per_arm_with_aliases(sweep, registered):
     out = registered.stdout
     assert "models:/leebert-mr@fixed-pabee-best" in out and "models:/leebert-mr@clo-best" in out
     assert f"champion: models:/leebert-mr@champion = {champion}" in out
-    assert ('PATH="$PWD/.venv/bin:$PATH" .venv/bin/mlflow models serve -m models:/leebert-mr@champion --env-manager local '
+    bin_dir = Path(sys.executable).parent  # by path: runs as printed without an activated venv
+    assert (f'PATH={bin_dir}:"$PATH" {bin_dir}/mlflow models serve -m models:/leebert-mr@champion --env-manager local '
             '-h 127.0.0.1 -p 5001') in out
     assert f"MLFLOW_TRACKING_URI={sweep['uri']}" in out
 
