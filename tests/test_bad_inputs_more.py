@@ -15,6 +15,7 @@ import shlex
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -427,3 +428,39 @@ def test_print_config_of_a_good_sweep_still_works(tmp_path, capsys):
     out = capsys.readouterr().out
     assert code == 0 and "keep_checkpoints: 2" in out
     assert not (tmp_path / "sweeps").exists()
+
+
+class _Echo:
+    """A minimal pyfunc body (wrapped in a PythonModel below)."""
+
+    def predict(self, context, model_input, params=None):
+        return model_input
+
+
+def test_a_logged_model_whose_registration_fails_is_discarded_with_its_artifacts(tmp_path):
+    """serving.register logs, then registers; a refusal in between deletes what was logged."""
+    import mlflow
+
+    from serving.mlflow_scope import use_tracking_uri
+    from serving.register import discard_logged_model
+
+    class Echo(_Echo, mlflow.pyfunc.PythonModel):
+        pass
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    with use_tracking_uri(uri):
+        client = mlflow.MlflowClient(uri)
+        experiment = client.create_experiment("x", artifact_location=(tmp_path / "artifacts").as_uri())
+        with mlflow.start_run(experiment_id=experiment):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                info = mlflow.pyfunc.log_model(name="model", python_model=Echo(), pip_requirements=[])
+        stored = [p for p in (tmp_path / "artifacts").rglob("*") if p.is_file()]
+        assert stored, "the model was logged"
+        discard_logged_model(client, info.model_id)
+        from mlflow.exceptions import MlflowException
+
+        with pytest.raises(MlflowException, match="not found"):  # deleted: gone from the store's views
+            client.get_logged_model(info.model_id)
+        assert client.search_logged_models(experiment_ids=[experiment]) == []
+        assert [p for p in (tmp_path / "artifacts").rglob("*") if p.is_file() and p in stored] == []

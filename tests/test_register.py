@@ -383,6 +383,20 @@ def test_bad_input_is_one_error_line(sweep, registered, tmp_path):
     assert not (tmp_path / "absent.db").exists()
 
 
+@pytest.mark.integration
+def test_a_model_name_mlflow_refuses_leaves_no_logged_model(sweep, registered):
+    """The name is checked before the model (~90 MB for MiniLM) is logged into the arm's run."""
+    experiment = sweep["client"].get_experiment_by_name(NAME).experiment_id
+    logged = lambda: sorted(m.model_id for m in sweep["client"].search_logged_models(experiment_ids=[experiment]))  # noqa: E731
+    artifacts = lambda: sorted(p for p in (sweep["dir"] / "mlartifacts").rglob("*") if p.is_file())  # noqa: E731
+    before, files = logged(), artifacts()
+    proc = register_cli(sweep["root"], "--model-name", "team/leebert")
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "refused by the MLflow registry" in lines[0] and "e.g. leebert-mr" in lines[0], proc.stderr
+    assert logged() == before and artifacts() == files
+
+
 def test_help_explains():
     proc = subprocess.run([sys.executable, str(REGISTER), "--help"], capture_output=True, text=True, timeout=60,
                           env=sweep_env(), cwd=ROOT)
