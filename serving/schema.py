@@ -14,7 +14,7 @@ import pandas as pd
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 
-OUTPUT_COLUMNS = ("label", "probabilities", "exit_layer")
+OUTPUT_COLUMNS = ("label", "probabilities", "exit_layer", "truncated")
 INFERENCE_CONFIG_VARIABLE = "MLFLOW_PYFUNC_INFERENCE_CONFIG"
 
 _EXAMPLE_TEXTS = {
@@ -80,35 +80,41 @@ def check_input(model_input, fields: list[str], max_rows: int | None = None) -> 
 _OUTPUT_INDEX = pd.Index(OUTPUT_COLUMNS)
 
 
-def output_frame(labels: np.ndarray, probabilities: list[list[float]], layers: np.ndarray, index) -> pd.DataFrame:
-    """The answer: ``label``, ``probabilities`` (one list per row) and ``exit_layer`` on ``index``.
+def output_frame(labels: np.ndarray, probabilities: list[list[float]], layers: np.ndarray, index,
+                 truncated: np.ndarray | None = None) -> pd.DataFrame:
+    """The answer: ``label``, ``probabilities`` (one list per row), ``exit_layer`` and ``truncated``
+    (the row's text was longer than the model's ``max_length`` tokens and was cut: the client sees
+    it, not only the server's log; None: no row was) on ``index``.
 
-    Built from the three column arrays with pandas' array constructor where this pandas has it
+    Built from the column arrays with pandas' array constructor where this pandas has it
     (fewer Python calls than ``pd.DataFrame(dict)``, which weighs at batch 1: benchmarks/serving.py's
     "output" stage). Elsewhere the public constructor, for the same frame (tests/test_serving.py).
     """
     column = np.fromiter(probabilities, dtype=object, count=len(layers))  # a list per cell, not a 2-D array
+    cut = np.zeros(len(layers), dtype=bool) if truncated is None else np.asarray(truncated, dtype=bool)
     build = getattr(pd.DataFrame, "_from_arrays", None)
     if build is not None:
         try:
-            return build([labels, column, layers], columns=_OUTPUT_INDEX, index=index, verify_integrity=False)
+            return build([labels, column, layers, cut], columns=_OUTPUT_INDEX, index=index, verify_integrity=False)
         except TypeError:  # another signature in another pandas version
             pass
-    return pd.DataFrame(dict(zip(OUTPUT_COLUMNS, (labels, column, layers))), index=index, copy=False)
+    return pd.DataFrame(dict(zip(OUTPUT_COLUMNS, (labels, column, layers, cut))), index=index, copy=False)
 
 
 def model_signature(meta: dict):
-    """The pyfunc's signature: the task's text columns in; ``label``, ``probabilities``, ``exit_layer`` out."""
+    """The pyfunc's signature: the task's text columns in; ``label``, ``probabilities``, ``exit_layer``,
+    ``truncated`` out."""
     from mlflow.models import ModelSignature
     from mlflow.types import ColSpec, DataType, Schema
     from mlflow.types.schema import Array
 
-    label, probabilities, exit_layer = OUTPUT_COLUMNS
+    label, probabilities, exit_layer, truncated = OUTPUT_COLUMNS
     inputs = Schema([ColSpec(DataType.string, field) for field in meta["text_fields"]])
     outputs = Schema([
         ColSpec(DataType.double if meta["is_regression"] else DataType.long, label),
         ColSpec(Array(DataType.double), probabilities),
         ColSpec(DataType.long, exit_layer),
+        ColSpec(DataType.boolean, truncated),
     ])
     return ModelSignature(inputs=inputs, outputs=outputs)
 

@@ -207,7 +207,8 @@ def test_registered_models_predict_with_early_exit(smoke, monkeypatch):
         assert version.tags["arm"] == arm and version.tags["policy"] in ("patience", "entropy", "confidence", "none")
         model = mlflow.pyfunc.load_model(f"models:/leebert-mr@{arm}-best")
         out = model.predict(sentences)
-        assert list(out.columns) == ["label", "probabilities", "exit_layer"] and len(out) == 4
+        assert list(out.columns) == ["label", "probabilities", "exit_layer", "truncated"] and len(out) == 4
+        assert not out["truncated"].any()
         assert out["label"].isin([0, 1]).all()
         assert out["exit_layer"].between(1, EXITS).all()
         assert all(len(p) == 2 and 0.5 <= max(p) <= 1.0 and math.isclose(sum(p), 1.0, rel_tol=1e-5)
