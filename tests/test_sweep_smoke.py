@@ -39,6 +39,8 @@ def test_progress_and_where_to_look(smoke):
     assert str(smoke["dir"] / "report" / "frontiers.png") in out
     assert str(smoke["dir"] / "report" / "summary.md") in out
     assert "| arm |" in out
+    # registration prints its own lines: none of MLflow's event lines, on either stream (as register.py)
+    assert "Successfully registered" not in smoke["proc"].stderr + out and "Created version" not in smoke["proc"].stderr
 
 
 def test_trial_numbers_agree_between_console_and_mlflow(smoke):
