@@ -43,7 +43,7 @@ def parser() -> argparse.ArgumentParser:
     keys = "\n".join(
         textwrap.fill(help + ("" if default is None else f" [{default!r}]"), 100, initial_indent=f"  {name:<19} ",
                       subsequent_indent=" " * 22)
-        for name, help, default in field_help())
+        for name, help, default in field_help(presets()))
     p = OneLineParser(
         prog="python platform/sweep.py",
         formatter_class=argparse.RawDescriptionHelpFormatter,

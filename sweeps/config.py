@@ -358,11 +358,9 @@ def _check_types(cfg: SweepConfig) -> None:
             setattr(cfg, name, float(getattr(cfg, name)))
 
 
-def field_help() -> list[tuple[str, str, Any]]:
-    """(name, help, default) of every setting but the test hooks, for --help; ``preset`` lists the
-    presets there are, as --preset does."""
-    from sweeps.presets import presets  # noqa: late import: sweeps.presets imports this module
-
-    return [(f.name, f.metadata["help"].replace("{presets}", ", ".join(presets())),
+def field_help(presets: list[str]) -> list[tuple[str, str, Any]]:
+    """(name, help, default) of every setting but the test hooks, for --help; ``preset`` lists
+    ``presets`` (sweeps.presets.presets(), which imports this module), as --preset does."""
+    return [(f.name, f.metadata["help"].replace("{presets}", ", ".join(presets)),
              f.default if f.default is not dataclasses.MISSING else f.default_factory())
             for f in SweepConfig.settings() if not f.metadata.get("hidden")]
