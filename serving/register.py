@@ -275,11 +275,13 @@ def _log_and_register(client, name: str, plan: ArmPlan, work: Path) -> str:
     try:
         # Reopens the finalized arm run and ends it FINISHED again (an error would end it FAILED:
         # its previous status is restored below).
-        with mlflow.start_run(run_id=plan.parent_run_id), warnings.catch_warnings(), quiet_mlflow_events():
+        with mlflow.start_run(run_id=plan.parent_run_id), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # MLflow's advice on type hints and on pickled python_model objects
             info = mlflow.pyfunc.log_model(name="model", **pyfunc_arguments(model_dir, plan.policy, work))
             try:  # registered apart from logging: a refusal deletes the logged model, leaving nothing behind
-                version = mlflow.register_model(info.model_uri, name, await_registration_for=60).version
+                # quiet here, after logging: log_model's input-example check turns MLflow's event lines back on
+                with quiet_mlflow_events():
+                    version = mlflow.register_model(info.model_uri, name, await_registration_for=60).version
             except BaseException:
                 discard_logged_model(client, info.model_id)
                 raise
