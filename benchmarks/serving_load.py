@@ -46,6 +46,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+from serving.schema import OUTPUT_COLUMNS  # noqa: E402 - what every prediction must carry
 
 BIN = Path(sys.executable).parent
 MAX_GOOD_ROWS = 32
@@ -252,8 +253,7 @@ def client(seed: int, base: str, texts: list[str], bad: list, bad_fraction: floa
                 problem = f"HTTP {response.status_code}: {response.text[:200]}"
             else:
                 predictions = response.json()["predictions"]
-                if len(predictions) != rows or any(set(p) != {"label", "probabilities", "exit_layer"}
-                                                   for p in predictions):
+                if len(predictions) != rows or any(set(p) != set(OUTPUT_COLUMNS) for p in predictions):
                     problem = f"{len(predictions)} predictions for {rows} rows"
         except (requests.RequestException, ValueError, KeyError) as err:
             took, problem = time.perf_counter() - started, f"{type(err).__name__}: {str(err)[:200]}"

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import signal
 import sys
 import textwrap
@@ -26,6 +27,7 @@ if str(ROOT) not in sys.path:
 from sweeps.config import OBJECTIVES, field_help, renamed_methods  # noqa: E402
 from sweeps.presets import build_config, presets  # noqa: E402
 from sweeps.state import INTERRUPTED, SweepInterrupted, resume_config, start_config  # noqa: E402
+from trainers.cli import OneLineParser  # noqa: E402
 from trainers.errors import EXIT_BAD_INPUT, ConfigError  # noqa: E402
 
 
@@ -41,8 +43,8 @@ def parser() -> argparse.ArgumentParser:
     keys = "\n".join(
         textwrap.fill(help + ("" if default is None else f" [{default!r}]"), 100, initial_indent=f"  {name:<19} ",
                       subsequent_indent=" " * 22)
-        for name, help, default in field_help())
-    p = argparse.ArgumentParser(
+        for name, help, default in field_help(presets()))
+    p = OneLineParser(
         prog="python platform/sweep.py",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description=textwrap.fill(
@@ -129,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except (SweepInterrupted, KeyboardInterrupt) as err:
-        print(f"\nsweep stopped ({err or 'Ctrl-C'}); continue it with: python platform/sweep.py --resume --name {cfg.name}"
+        print(f"\nsweep stopped ({err or 'Ctrl-C'}); continue it with: {python()} platform/sweep.py --resume --name {cfg.name}"
               + (f" --root {cfg.root}" if args.root else ""), file=sys.stderr)
         return INTERRUPTED
 
@@ -148,36 +150,7 @@ def main(argv: list[str] | None = None) -> int:
         for line in result.final.verdicts.values():
             print(f"  {line}")
         print()
-    uri = result.tracking_uri
-    print("Where to look:")
-    # the link opens the experiment in the UI's model-training view (not its GenAI view), on its
-    # charts: with the parent runs' few metric keys, the frontier section comes first
-    view = f"#/experiments/{result.experiment_id}/runs?workflowType=machine_learning&compareRunsMode=CHART"
-    if uri.startswith("sqlite:"):
-        print(f"  MLflow UI:      mlflow ui --backend-store-uri {uri} --port 5000   (then open http://127.0.0.1:5000/{view})")
-    else:
-        print(f"  MLflow UI:      {uri.rstrip('/')}/{view}")
-    print(f"  experiment:     {cfg.name} (one run per arm, nested trial runs, a 'comparison' run"
-          + (", 'final/<arm>' runs with one child per seed, a 'final-comparison' run)" if result.final is not None else ")"))
-    if result.final is not None:
-        print(f"  final stage:    {result.final.files['table_md']} (and final_table.csv, verdicts.md, final_frontiers.png)")
-    if "frontiers_png" in result.files:
-        print(f"  frontier plot:  {result.files['frontiers_png']}")
-    print(f"  summary table:  {result.files['summary_md']} (and summary.csv, trials.csv)")
-    if "optuna_db" in result.files:
-        print(f"  Optuna study:   {dashboard_command(result.files['optuna_db'])}")
-    if result.registered:
-        from serving.describe import serve_command
-
-        registered = result.registered
-        versions = ", ".join(f"{arm}-best = version {entry['version']}"
-                             for arm, entry in registered["versions"].items())
-        print(f"  models:         {registered['name']}: champion = {registered['champion']['arm']} "
-              f"(version {registered['champion']['version']}); {versions}")
-        print(f"                  mlflow.pyfunc.load_model('{registered['champion']['uri']}')")
-        print(f"  serve:          {serve_command(registered)}")
-        print(f"  re-register:    python platform/register.py --sweep {cfg.name}"
-              + (f" --root {cfg.root}" if args.root else "") + " --target-speedup X  (or --max-drop D)")
+    print("\n".join(where_to_look(result, root_flag=bool(args.root))))
     failed = [o.arm for o in result.outcomes if o.best is None]
     if failed:
         print(f"\nwarning: no trial of {', '.join(failed)} finished; see the trial runs in MLflow", file=sys.stderr)
@@ -185,14 +158,64 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def python() -> str:
+    """This interpreter by its path, so that a printed command runs as printed without an activated
+    venv (a bare `python` there lacks torch; a bare `mlflow` is "command not found")."""
+    return shlex.quote(sys.executable)
+
+
+def venv_script(name: str) -> str:
+    """A console script installed next to this interpreter (optuna-dashboard), by its path."""
+    return shlex.quote(str(Path(sys.executable).parent / name))
+
+
+def where_to_look(result, root_flag: bool = False) -> list[str]:
+    """The closing lines: where the results are, and the commands that open or reuse them."""
+    cfg, uri = result.cfg, result.tracking_uri
+    lines = ["Where to look:"]
+    # the link opens the experiment in the UI's model-training view (not its GenAI view), on its
+    # charts: with the parent runs' few metric keys, the frontier section comes first
+    view = f"#/experiments/{result.experiment_id}/runs?workflowType=machine_learning&compareRunsMode=CHART"
+    if uri.startswith("sqlite:"):
+        lines.append(f"  MLflow UI:      {python()} -m mlflow ui --backend-store-uri {uri} --port 5000   "
+                     f"(then open http://127.0.0.1:5000/{view})")
+    else:
+        lines.append(f"  MLflow UI:      {uri.rstrip('/')}/{view}")
+    lines.append(f"  experiment:     {cfg.name} (one run per arm, nested trial runs, a 'comparison' run"
+                 + (", 'final/<arm>' runs with one child per seed, a 'final-comparison' run)" if result.final is not None
+                    else ")"))
+    if result.final is not None:
+        lines.append(f"  final stage:    {result.final.files['table_md']} (and final_table.csv, verdicts.md, "
+                     "final_frontiers.png)")
+    if "frontiers_png" in result.files:
+        lines.append(f"  frontier plot:  {result.files['frontiers_png']}")
+    if "summary_md" in result.files:
+        lines.append(f"  summary table:  {result.files['summary_md']} (and summary.csv, trials.csv)")
+    if "optuna_db" in result.files:
+        lines.append(f"  Optuna study:   {dashboard_command(result.files['optuna_db'])}")
+    if result.registered:
+        from serving.describe import serve_command
+
+        registered = result.registered
+        versions = ", ".join(f"{arm}-best = version {entry['version']}"
+                             for arm, entry in registered["versions"].items())
+        lines.append(f"  models:         {registered['name']}: champion = {registered['champion']['arm']} "
+                     f"(version {registered['champion']['version']}); {versions}")
+        lines.append(f"                  mlflow.pyfunc.load_model('{registered['champion']['uri']}')")
+        lines.append(f"  serve:          {serve_command(registered)}")
+        lines.append(f"  re-register:    {python()} platform/register.py --sweep {cfg.name}"
+                     + (f" --root {cfg.root}" if root_flag else "") + " --target-speedup X  (or --max-drop D)")
+    return lines
+
+
 def dashboard_command(optuna_db, installed: bool | None = None) -> str:
     """The command that opens the Optuna study; optuna-dashboard comes with the `dashboard` extra."""
     import importlib.util
 
-    command = f"optuna-dashboard sqlite:///{optuna_db}"
+    command = f"{venv_script('optuna-dashboard')} sqlite:///{optuna_db}"
     if installed is None:
         installed = importlib.util.find_spec("optuna_dashboard") is not None
-    return command if installed else f"pip install -e '.[dashboard]' && {command}"
+    return command if installed else f"{python()} -m pip install -e '.[dashboard]' && {command}"
 
 
 if __name__ == "__main__":

@@ -8,11 +8,17 @@ CHAMPION = "champion"  # the alias of the sweep's best model
 
 
 def serve_command(result: dict[str, Any], alias: str = CHAMPION, port: int = 5001) -> str:
-    """The shell command that serves a registered alias (``mlflow models serve`` runs uvicorn by name)."""
+    """The shell command that serves a registered alias, runnable as printed without an activated
+    venv: mlflow by the path of this interpreter's bin folder, which also goes first on PATH
+    (``mlflow models serve`` starts uvicorn by name)."""
     import shlex
+    import sys
+    from pathlib import Path
 
-    return (f"MLFLOW_TRACKING_URI={shlex.quote(result['tracking_uri'])} PATH=\"$PWD/.venv/bin:$PATH\" "
-            f".venv/bin/mlflow models serve -m models:/{result['name']}@{alias} --env-manager local -h 127.0.0.1 -p {port}")
+    bin_dir = Path(sys.executable).parent
+    return (f"MLFLOW_TRACKING_URI={shlex.quote(result['tracking_uri'])} PATH={shlex.quote(str(bin_dir))}:\"$PATH\" "
+            f"{shlex.quote(str(bin_dir / 'mlflow'))} models serve -m models:/{result['name']}@{alias} --env-manager local "
+            f"-h 127.0.0.1 -p {port}")
 
 
 def describe_policy(policy: dict[str, Any], metric: str = "metric") -> str:

@@ -23,7 +23,8 @@ logged model):
 - output: one row per input row, in input order (same index): ``label`` (class id; the score
   for regression), ``label_name`` (the class's name from the task's ``id2label``, e.g. "positive";
   "" for regression), ``probabilities`` (softmax of the exit's logits, in ``id2label`` order; an
-  empty list for regression) and ``exit_layer`` (1-based).
+  empty list for regression), ``exit_layer`` (1-based) and ``truncated`` (true where the text was
+  cut to ``max_length`` tokens: the prediction saw only its start).
 
 ``model_config`` (logged with the model; overridden with ``load_model(..., model_config=...)`` or
 ``MLFLOW_PYFUNC_INFERENCE_CONFIG`` for the server): ``device`` (``auto``: CUDA when available, else
@@ -32,7 +33,9 @@ the CPU; ``cpu``; ``cuda`` or ``cuda:N``, which fails at load when CUDA is missi
 
 Under MLflow's schema enforcement (a model logged with ``model_signature``) a missing column is
 refused by MLflow itself, and extra columns are dropped by MLflow (with a logged warning) before
-``predict`` sees them; called without a signature, ``predict`` refuses both.
+``predict`` sees them; called without a signature, ``predict`` refuses both. The choice: MLflow's
+server enforces the schema before the model runs, so the served model cannot refuse what it never
+sees; an extra column (an id to carry along, say) does not change a prediction, and the README says so.
 
 This module is shipped inside the logged model (``serving.packaging.code_paths``) with
 ``serving.export`` / ``serving.lean`` / ``serving.schema`` and ``trainers.model`` /
@@ -125,8 +128,8 @@ def behind_scoring_server() -> bool:
 
 
 class ExitPolicyModel(mlflow.pyfunc.PythonModel):
-    """Predict with early exit: a DataFrame of texts in, ``label``, ``label_name``, ``probabilities``
-    and ``exit_layer`` out (see the module docstring for the contract)."""
+    """Predict with early exit: a DataFrame of texts in, ``label``, ``label_name``, ``probabilities``,
+    ``exit_layer`` and ``truncated`` out (see the module docstring for the contract)."""
 
     batch_size = BATCH_SIZE
     chunk_rows = CHUNK_ROWS
@@ -182,16 +185,18 @@ class ExitPolicyModel(mlflow.pyfunc.PythonModel):
     # ------------------------------------------------------------------ prediction
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
         columns = self.validate(model_input)  # all of it first: a bad last row wastes no compute
-        return output_frame(*self.predict_texts(columns), index=model_input.index,
-                            label_names=getattr(self, "label_names", None))
+        truncated = np.zeros(len(model_input), dtype=bool)
+        return output_frame(*self.predict_texts(columns, truncated), index=model_input.index,
+                            label_names=getattr(self, "label_names", None), truncated=truncated)
 
-    def tokenize(self, columns: list[list[str]]) -> tuple[list[list[int]], list[list[int]] | None]:
+    def tokenize(self, columns: list[list[str]], cut: list[int] | None = None
+                 ) -> tuple[list[list[int]], list[list[int]] | None]:
         """Token ids (and token type ids, for pairs) of every row, truncated to ``max_length``, unpadded.
 
         A fast tokenizer's own Rust encoder is called directly (the same ids as calling the
         tokenizer, without its per-call Python). A single text column has no token type ids:
         they are all 0, which is what the embeddings assume without them. Warns (and logs) how
-        many rows were truncated.
+        many rows were truncated; ``cut``, if given, receives their positions.
         """
         if self.encoder is not None:
             if len(columns[0]) == 1:  # encode_batch hands even one row to its thread pool: ~0.2 ms a request
@@ -206,6 +211,8 @@ class ExitPolicyModel(mlflow.pyfunc.PythonModel):
             ids = enc["input_ids"]
             types = enc.get("token_type_ids") if len(columns) > 1 else None
             truncated = self._truncated_rows(enc, columns, ids)
+        if cut is not None:
+            cut.extend(truncated)
         if truncated:
             message = (f"{len(truncated)} of {len(ids)} row(s) are longer than this model's {self.max_length} "
                        f"tokens and were truncated (row(s) {rows_text(truncated)})")
@@ -243,17 +250,20 @@ class ExitPolicyModel(mlflow.pyfunc.PythonModel):
                 batch["token_type_ids"] = [types[i] + [0] * (width - len(types[i])) for i in rows]
             yield rows, {key: torch.tensor(value, device=device) for key, value in batch.items()}
 
-    def device_outputs(self, columns: list[list[str]]):
+    def device_outputs(self, columns: list[list[str]], cut: list[int] | None = None):
         """(row positions, exit logits, exit layers) per batch, the tensors on the model's device:
-        the part of a prediction that runs on the device (tokenizing on the host first)."""
-        ids, types = self.tokenize(columns)
+        the part of a prediction that runs on the device (tokenizing on the host first; ``cut``
+        receives the positions of the rows that were truncated)."""
+        ids, types = self.tokenize(columns, cut)
         for rows, batch in self.batches(ids, types):
             logits, layers = self.model.early_exit(self.policy, **batch)
             yield rows, logits, layers
 
-    def predict_texts(self, columns: list[list[str]]) -> tuple[np.ndarray, list[list[float]], np.ndarray]:
+    def predict_texts(self, columns: list[list[str]], truncated: np.ndarray | None = None
+                      ) -> tuple[np.ndarray, list[list[float]], np.ndarray]:
         """(labels, probabilities, exit layers) of validated text columns, in input order, streamed
-        through in chunks of ``chunk_rows`` rows."""
+        through in chunks of ``chunk_rows`` rows; ``truncated`` (a bool per row), if given, is set
+        where a row's text was cut to ``max_length`` tokens."""
         import torch
 
         n = len(columns[0])
@@ -264,10 +274,13 @@ class ExitPolicyModel(mlflow.pyfunc.PythonModel):
         with torch.inference_mode():
             for start in range(0, n, self.chunk_rows):
                 chunk = columns if n <= self.chunk_rows else [column[start:start + self.chunk_rows] for column in columns]
-                for rows, out, exit_layer in self.device_outputs(chunk):
+                cut: list[int] = []
+                for rows, out, exit_layer in self.device_outputs(chunk, cut):
                     index = np.asarray(rows) + start
                     logits[index] = out.float().cpu().numpy()  # the batch's copy back to the host
                     layers[index] = exit_layer.cpu().numpy()
+                if truncated is not None and cut:
+                    truncated[np.asarray(cut) + start] = True
         return self.answers(logits, layers)
 
     def answers(self, logits: np.ndarray, layers: np.ndarray) -> tuple[np.ndarray, list[list[float]], np.ndarray]:

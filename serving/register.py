@@ -22,18 +22,17 @@ unfinished sweep, an unreachable target, a missing checkpoint) fails before anyt
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import tempfile
 import warnings
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from serving.calibration import for_max_drop, for_target_speedup
 from serving.checkpoints import check_checkpoint, local_model
 from serving.describe import CHAMPION
+from serving.mlflow_scope import quiet_mlflow_events, use_tracking_uri
 from trainers.errors import ConfigError
 from trainers.layout import (ARM_RUNS_FILTER, BEST_OBJECTIVE_METRIC, EXPORT_META_FILE, LEGACY_BEST_OBJECTIVE_METRIC,
                              POLICY_FILE, STAGE_SEARCH, SUMMARY_FILE, TAG_ARM, TAG_BEST_RUN_ID, TAG_BEST_TRIAL_ID,
@@ -81,8 +80,8 @@ def register_sweep(tracking_uri: str, experiment: str, target_speedup: float | N
         raise ConfigError("give either a target speed-up or a maximum drop, not both")
     if target_speedup is None and max_drop is None:
         target_speedup = DEFAULT_TARGET_SPEEDUP
-    if model_name is not None and (not model_name.strip() or "'" in model_name):
-        raise ConfigError(f"model name {model_name!r} must be non-empty and hold no quote")
+    if model_name is not None:
+        check_model_name(model_name)
     if tracking_uri.startswith("sqlite:"):  # MLflow would create an empty store rather than fail
         path = tracking_uri[len("sqlite:///"):] if tracking_uri.startswith("sqlite:///") else ""
         if not path or not Path(path).is_file():
@@ -99,6 +98,7 @@ def register_sweep(tracking_uri: str, experiment: str, target_speedup: float | N
         migrate_experiment(client, found.experiment_id)  # a sweep of an older version: its old tags, once
         plans = plan_sweep(client, found.experiment_id, experiment, target_speedup, max_drop)
         name = model_name or f"leebert-{plans[0].task}"
+        check_model_name(name)
         versions = _versions(client, name)
         out: dict[str, Any] = {"name": name, "sweep": experiment, "tracking_uri": tracking_uri, "versions": {},
                                "aliases": {}, "skipped": skipped_arms(client, found.experiment_id, plans)}
@@ -203,6 +203,21 @@ def _plan_arm(client, experiment_id: str, run, target_speedup, max_drop, tmp: Pa
                       summary=summary, policy=policy, checkpoint=checkpoint, hyperparameters=hyper, searched=searched)
 
 
+def check_model_name(name: str) -> None:
+    """A registered model name MLflow accepts, checked before anything is logged: MLflow checks it
+    only when registering, after the model (~90 MB) is already logged into the run."""
+    if not name.strip() or "'" in name:
+        raise ConfigError(f"model name {name!r} must be non-empty and hold no quote")
+    from mlflow.exceptions import MlflowException
+    from mlflow.utils.validation import _validate_model_name  # the registry's own rule (private, stable since 2.x)
+
+    try:
+        _validate_model_name(name)
+    except MlflowException as err:
+        raise ConfigError(f"model name {name!r} is refused by the MLflow registry ({err.message}); "
+                          "use letters, digits, '-', '_' and '.', e.g. leebert-mr") from None
+
+
 # ---------------------------------------------------------------------------- registering
 def _versions(client, name: str) -> list:
     from mlflow.exceptions import MlflowException
@@ -263,13 +278,30 @@ def _log_and_register(client, name: str, plan: ArmPlan, work: Path) -> str:
         # its previous status is restored below).
         with mlflow.start_run(run_id=plan.parent_run_id), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # MLflow's advice on type hints and on pickled python_model objects
-            info = mlflow.pyfunc.log_model(name="model", registered_model_name=name, await_registration_for=60,
-                                           **pyfunc_arguments(model_dir, plan.policy, work))
+            info = mlflow.pyfunc.log_model(name="model", **pyfunc_arguments(model_dir, plan.policy, work))
+            try:  # registered apart from logging: a refusal deletes the logged model, leaving nothing behind
+                # quiet here, after logging: log_model's input-example check turns MLflow's event lines back on
+                with quiet_mlflow_events():
+                    version = mlflow.register_model(info.model_uri, name, await_registration_for=60).version
+            except BaseException:
+                discard_logged_model(client, info.model_id)
+                raise
     finally:
         if client.get_run(plan.parent_run_id).info.status != plan.parent_status:
             client.set_terminated(plan.parent_run_id, status=plan.parent_status)
         shutil.rmtree(work, ignore_errors=True)
-    return str(info.registered_model_version)
+    return str(version)
+
+
+def discard_logged_model(client, model_id: str) -> None:
+    """Delete a logged model and its artifacts (a registration that failed after logging)."""
+    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+    try:
+        location = client.get_logged_model(model_id).artifact_location
+        get_artifact_repository(location).delete_artifacts()
+    finally:
+        client.delete_logged_model(model_id)
 
 
 def pyfunc_arguments(model_dir: Path, policy: dict, work: Path, model_config: dict | None = None) -> dict[str, Any]:
@@ -351,28 +383,5 @@ def _number(text: str):
     return int(value) if value.is_integer() and "." not in text and "e" not in text.lower() else value
 
 
-@contextmanager
-def use_tracking_uri(uri: str) -> Iterator[None]:
-    """MLflow's process-wide tracking and registry URI (``mlflow.start_run`` / ``log_model`` use it)
-    set to ``uri`` for the block, then put back, with the MLFLOW_*_URI variables it would export."""
-    import mlflow
-    import mlflow.tracking._model_registry.utils as registry_utils
-    import mlflow.tracking._tracking_service.utils as tracking_utils
-
-    saved_env = {key: os.environ.get(key) for key in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
-    saved = (getattr(tracking_utils, "_tracking_uri", None), getattr(registry_utils, "_registry_uri", None))
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
-    try:
-        yield
-    finally:
-        tracking_utils._tracking_uri, registry_utils._registry_uri = saved
-        for key, value in saved_env.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-
-
-__all__ = ["register_sweep", "plan_sweep", "frontier_tag", "pyfunc_arguments", "version_tags", "identity",
+__all__ = ["register_sweep", "plan_sweep", "check_model_name", "frontier_tag", "pyfunc_arguments", "version_tags", "identity",
            "use_tracking_uri", "DEFAULT_TARGET_SPEEDUP", "CHAMPION"]

@@ -14,7 +14,7 @@ import pandas as pd
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 
-OUTPUT_COLUMNS = ("label", "label_name", "probabilities", "exit_layer")
+OUTPUT_COLUMNS = ("label", "label_name", "probabilities", "exit_layer", "truncated")
 INFERENCE_CONFIG_VARIABLE = "MLFLOW_PYFUNC_INFERENCE_CONFIG"
 
 _EXAMPLE_TEXTS = {
@@ -81,10 +81,12 @@ _OUTPUT_INDEX = pd.Index(OUTPUT_COLUMNS)
 
 
 def output_frame(labels: np.ndarray, probabilities: list[list[float]], layers: np.ndarray, index,
-                 label_names=None) -> pd.DataFrame:
+                 label_names=None, truncated: np.ndarray | None = None) -> pd.DataFrame:
     """The answer: ``label`` (the class id; the score for regression), ``label_name`` (the class's
     name, from ``label_names`` in id order; "" for regression), ``probabilities`` (one list per row,
-    in id order) and ``exit_layer`` on ``index``. Without ``label_names`` the names are the ids as text.
+    in id order), ``exit_layer`` and ``truncated`` (the row's text was longer than the model's
+    ``max_length`` tokens and was cut: the client sees it, not only the server's log; None: no row
+    was) on ``index``. Without ``label_names`` the names are the ids as text.
 
     Built from the column arrays with pandas' array constructor where this pandas has it
     (fewer Python calls than ``pd.DataFrame(dict)``, which weighs at batch 1: benchmarks/serving.py's
@@ -92,13 +94,15 @@ def output_frame(labels: np.ndarray, probabilities: list[list[float]], layers: n
     """
     column = np.fromiter(probabilities, dtype=object, count=len(layers))  # a list per cell, not a 2-D array
     names = label_name_column(labels, label_names)
+    cut = np.zeros(len(layers), dtype=bool) if truncated is None else np.asarray(truncated, dtype=bool)
     build = getattr(pd.DataFrame, "_from_arrays", None)
     if build is not None:
         try:
-            return build([labels, names, column, layers], columns=_OUTPUT_INDEX, index=index, verify_integrity=False)
+            return build([labels, names, column, layers, cut], columns=_OUTPUT_INDEX, index=index,
+                         verify_integrity=False)
         except TypeError:  # another signature in another pandas version
             pass
-    return pd.DataFrame(dict(zip(OUTPUT_COLUMNS, (labels, names, column, layers))), index=index, copy=False)
+    return pd.DataFrame(dict(zip(OUTPUT_COLUMNS, (labels, names, column, layers, cut))), index=index, copy=False)
 
 
 def label_name_column(labels: np.ndarray, label_names) -> np.ndarray:
@@ -112,18 +116,19 @@ def label_name_column(labels: np.ndarray, label_names) -> np.ndarray:
 
 def model_signature(meta: dict):
     """The pyfunc's signature: the task's own text columns in; ``label``, ``label_name``,
-    ``probabilities``, ``exit_layer`` out."""
+    ``probabilities``, ``exit_layer``, ``truncated`` out."""
     from mlflow.models import ModelSignature
     from mlflow.types import ColSpec, DataType, Schema
     from mlflow.types.schema import Array
 
-    label, label_name, probabilities, exit_layer = OUTPUT_COLUMNS
+    label, label_name, probabilities, exit_layer, truncated = OUTPUT_COLUMNS
     inputs = Schema([ColSpec(DataType.string, field) for field in meta["text_fields"]])
     outputs = Schema([
         ColSpec(DataType.double if meta["is_regression"] else DataType.long, label),
         ColSpec(DataType.string, label_name),
         ColSpec(Array(DataType.double), probabilities),
         ColSpec(DataType.long, exit_layer),
+        ColSpec(DataType.boolean, truncated),
     ])
     return ModelSignature(inputs=inputs, outputs=outputs)
 

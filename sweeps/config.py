@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from trainers.config import TrainConfig
+from trainers.inputs import check_run_inputs
 from trainers.errors import ConfigError
 
 OBJECTIVES = {"hypervolume": "val_hypervolume", "last_exit": "val_last_exit"}
@@ -30,15 +31,17 @@ MAPPINGS = ("train", "space", "env", "final_train", "diverge_trials")  # keys wh
 DATA_PATH_KEYS = ("train_file", "validation_file", "test_file", "dataset")  # train.* keys made absolute on the driver
 
 
-def _f(default, help: str):
+def _f(default, help: str, hidden: bool = False):
+    """A setting; ``hidden``: a test hook, left out of --help."""
+    metadata = {"help": help, "hidden": hidden}
     if isinstance(default, (list, dict)):
-        return field(default_factory=lambda: type(default)(default), metadata={"help": help})
-    return field(default=default, metadata={"help": help})
+        return field(default_factory=lambda: type(default)(default), metadata=metadata)
+    return field(default=default, metadata=metadata)
 
 
 @dataclass
 class SweepConfig:
-    preset: str = _f("demo", "the preset this config started from (demo, smoke, glue-bert, glue-albert)")
+    preset: str = _f("demo", "the preset this config started from: {presets} (sweeps/presets/*.yaml)")
     name: str | None = _f(None, "sweep name: MLflow experiment, folder under root (default: <preset>-<date>-<time>)")
     arms: list = _f(["fixed-uniform", "fixed-pabee", "fixed-last", "bilevel", "clo"],
                     "arms to compare, one search each: fixed-uniform, fixed-pabee, fixed-last, bilevel, clo "
@@ -98,7 +101,7 @@ class SweepConfig:
     trial_logs: bool = _f(False, "forward the trainer's step-by-step logs of every trial to this console")
     env: dict = _f({}, "environment variables set in every trial (e.g. HF_HUB_OFFLINE: '1')")
     diverge_trials: dict = _f({}, "test hook: {<arm>-<trial number>: step} makes the training loss of that search trial NaN "
-                                  "at that (1-based) step, e.g. {fixed-2: 3}")
+                                  "at that (1-based) step, e.g. {fixed-2: 3}", hidden=True)
     space: dict = _f({}, "search-space overrides, e.g. {lr: [1e-5, 1e-4], temperature: null} (see search_spaces/)")
     train: dict = _f({}, "trainer options shared by every trial (any `python -m trainers.train` option; method is set per arm)")
     # Not a setting (never saved, not in --help): what ``validate`` made of ``train`` for each arm
@@ -226,6 +229,10 @@ class SweepConfig:
             raise ConfigError(f"gpus_per_trial must be >= 0 (got {self.gpus_per_trial})")
         if self.register_speedup < 1:
             raise ConfigError(f"register_speedup must be >= 1 (got {self.register_speedup}); it is a speed-up target such as 2.0")
+        if self.registry_prefix is not None:  # refused now, not after the search has run
+            from serving.register import check_model_name
+
+            check_model_name(self.registry_prefix)
         for key, value in self.env.items():
             if not isinstance(value, (str, int, float, bool)):
                 raise ConfigError(f"env.{key} must be a plain value, got {value!r}")
@@ -236,11 +243,6 @@ class SweepConfig:
         if "method" in self.train:
             raise ConfigError("train.method cannot be set: each arm sets it (fixed-*: fixed, bilevel, clo) and gets its "
                               "own search; list the arms in `arms`")
-        for section in ("train", "final_train"):  # no silent override of a searched value, in either stage
-            for key, value in getattr(self, section).items():
-                searching = [arm for arm in self.arms if key in search_spaces.get_space(arm, self.space)]
-                if searching:
-                    raise ConfigError(_searched_override(section, key, value, searching))
         for key, value in self.diverge_trials.items():
             arm, _, number = str(key).rpartition("-")
             if arm not in self.arms or not number.isdigit() or not isinstance(value, int) or value < 1:
@@ -262,6 +264,16 @@ class SweepConfig:
                     raise ConfigError(f"the final comparison resamples per-example correctness, which defines accuracy, "
                                       f"not {cfg.primary_metric()} (task {cfg.task}); set final_seeds: [] for this task")
             arm_configs[arm] = cfg
+        # The trainer's own checks of what the configs name (the model folder, the data folder), on
+        # every arm's config before Ray starts: else every trial fails, and is retried, alike
+        for cfg in {id(c): c for c in arm_configs.values()}.values():
+            check_run_inputs(cfg, output=False)
+        # After the values themselves are checked: `train.lr=-1` is an invalid value first
+        for section in ("train", "final_train"):  # no silent override of a searched value, in either stage
+            for key, value in getattr(self, section).items():
+                searching = [arm for arm in self.arms if key in search_spaces.get_space(arm, self.space)]
+                if searching:
+                    raise ConfigError(_searched_override(section, key, value, searching))
         self.arm_configs = arm_configs
         # Your own data's paths as the driver resolved them (absolute): every trial, wherever it runs,
         # and a resumed sweep read the same files; sweep.json and the MLflow params record them so
@@ -352,7 +364,9 @@ def _check_types(cfg: SweepConfig) -> None:
             setattr(cfg, name, float(getattr(cfg, name)))
 
 
-def field_help() -> list[tuple[str, str, Any]]:
-    """(name, help, default) of every setting, for --help."""
-    return [(f.name, f.metadata["help"], f.default if f.default is not dataclasses.MISSING else f.default_factory())
-            for f in SweepConfig.settings()]
+def field_help(presets: list[str]) -> list[tuple[str, str, Any]]:
+    """(name, help, default) of every setting but the test hooks, for --help; ``preset`` lists
+    ``presets`` (sweeps.presets.presets(), which imports this module), as --preset does."""
+    return [(f.name, f.metadata["help"].replace("{presets}", ", ".join(presets)),
+             f.default if f.default is not dataclasses.MISSING else f.default_factory())
+            for f in SweepConfig.settings() if not f.metadata.get("hidden")]

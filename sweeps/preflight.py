@@ -53,12 +53,7 @@ def check_tracking_uri(uri: str, timeout: float = 3.0) -> None:
         path = uri[len("sqlite:///"):] if uri.startswith("sqlite:///") else ""
         if not path or path == ":memory:":
             raise ConfigError(f"tracking URI '{uri}' must name a file: sqlite:////absolute/path/mlflow.db")
-        try:
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
-        except OSError as err:
-            raise ConfigError(f"MLflow store {uri}: cannot create folder {Path(path).parent} ({err.strerror})") from None
-        if not os.access(Path(path).parent, os.W_OK):
-            raise ConfigError(f"MLflow store {uri}: folder {Path(path).parent} is not writable")
+        check_creatable(Path(path).parent, f"MLflow store {uri}")
         return
     if scheme in ("", "file"):
         raise ConfigError(f"tracking URI '{uri}' is a file store, which cannot hold the model registry; "
@@ -68,12 +63,58 @@ def check_tracking_uri(uri: str, timeout: float = 3.0) -> None:
                           "or a database URI (postgresql://...)")
 
 
+def check_creatable(folder: Path, what: str) -> None:
+    """``folder`` exists or can be made, and a file can be written in it; the folders made to find
+    out are removed again, so that a sweep refused later (say, for resources) leaves nothing behind.
+    A probe, not a permission test: root passes os.access on read-only places such as /proc."""
+    made = []
+    try:
+        for part in reversed((folder, *folder.parents)):
+            if not part.exists():
+                part.mkdir()
+                made.append(part)
+        probe = folder / f".leebert-probe-{os.getpid()}"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as err:
+        raise ConfigError(f"{what}: cannot create folder {folder} or write in it ({err.strerror})") from None
+    finally:
+        for part in reversed(made):
+            part.rmdir()
+
+
 def preflight(cfg: SweepConfig) -> None:
-    """Reachability checks before anything starts (no Ray, no MLflow import needed)."""
+    """Reachability checks before anything starts (no Ray, no MLflow import needed); they write nothing."""
     address = cfg.ray_address or os.environ.get("RAY_ADDRESS")
     if address:
         check_ray_address(address)
+    else:
+        check_local_resources(cfg)
     check_tracking_uri(cfg.resolved_tracking_uri)
+
+
+def check_local_resources(cfg: SweepConfig) -> None:
+    """A trial must fit the local Ray the sweep is about to start: refused here in a second, rather
+    than after Ray has started (``sweeps.ray_cluster`` checks a joined cluster once it is joined)."""
+    cpus = cfg.num_cpus or os.cpu_count() or 1
+    need_cpus = cfg.cpus_per_trial * cfg.workers_per_trial
+    need_gpus = cfg.gpus_per_trial * cfg.workers_per_trial
+    gpus = 0
+    if need_gpus > 0:
+        import torch
+
+        gpus = torch.cuda.device_count()
+    if need_cpus > cpus or need_gpus > gpus:
+        raise ConfigError(f"a trial of {cfg.workers_per_trial} worker(s) needs {need_cpus:g} CPU / {need_gpus:g} GPU but "
+                          f"this machine has {cpus:g} CPU / {gpus:g} GPU (num_cpus: {cfg.num_cpus or 'all'}); lower "
+                          "workers_per_trial, cpus_per_trial or gpus_per_trial, or join a bigger cluster (ray_address)")
+
+
+def sqlite_folder(uri: str) -> Path | None:
+    """The folder of a sqlite:/// tracking store (None for a server), which the sweep creates when it starts."""
+    if urlparse(uri).scheme == "sqlite" and uri.startswith("sqlite:///"):
+        return Path(uri[len("sqlite:///"):]).parent
+    return None
 
 
 def check_ray_address(address: str, timeout: float = 3.0) -> None:

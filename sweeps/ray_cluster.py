@@ -32,6 +32,22 @@ def bind_to_loopback() -> None:
     constants.ENABLE_RAY_CLUSTER = False  # the value read at import, for a driver that imported ray earlier
 
 
+AUTH_LOGGER = "ray._private.authentication.authentication_token_setup"
+
+
+def _not_an_auth_notice(record: logging.LogRecord) -> bool:
+    """Ray's "Token authentication is enabled/disabled for this Ray cluster" WARNING, printed at
+    every new local cluster: for the sweep's private Ray on 127.0.0.1 it is no news, and it looked
+    like trouble. Token auth itself stays as Ray sets it (on by default)."""
+    return not record.getMessage().startswith("Token authentication is")
+
+
+def quiet_local_auth_notice() -> None:
+    logger = logging.getLogger(AUTH_LOGGER)
+    if _not_an_auth_notice not in logger.filters:
+        logger.addFilter(_not_an_auth_notice)
+
+
 def init_ray(cfg: SweepConfig) -> str:
     """Join the configured cluster or $RAY_ADDRESS (plain ``ray.init()``), else start a local Ray."""
     import ray
@@ -48,6 +64,7 @@ def init_ray(cfg: SweepConfig) -> str:
             where = f"cluster {address}"
         else:
             bind_to_loopback()
+            quiet_local_auth_notice()
             pythonpath = os.pathsep.join(p for p in (str(PROJECT_ROOT), os.environ.get("PYTHONPATH")) if p)
             ray.init(address="local", num_cpus=cfg.num_cpus, include_dashboard=False,
                      runtime_env={"env_vars": {"PYTHONPATH": pythonpath}}, **common)

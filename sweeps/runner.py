@@ -32,7 +32,7 @@ from pathlib import Path
 
 from sweeps.budget import budget_text
 from sweeps.config import SweepConfig
-from sweeps.preflight import preflight
+from sweeps.preflight import preflight, sqlite_folder
 from sweeps.state import SweepInterrupted, save_state
 from sweeps.progress import say
 from sweeps.ray_cluster import init_ray
@@ -72,7 +72,10 @@ def run_sweep(cfg: SweepConfig, resume: bool = False, trainer=None) -> SweepResu
         signal.signal(signal.SIGTERM, signal.default_int_handler)
     tracker = None
     try:
-        cfg.sweep_dir.mkdir(parents=True, exist_ok=True)
+        cfg.sweep_dir.mkdir(parents=True, exist_ok=True)  # the first thing written: every check has passed
+        store = sqlite_folder(cfg.resolved_tracking_uri)
+        if store is not None:
+            store.mkdir(parents=True, exist_ok=True)
         save_state(cfg)
         tracker = Tracker(cfg.resolved_tracking_uri, cfg.name, cfg.artifact_location,
                           sweep_tags={"preset": cfg.preset, "sweep_dir": str(cfg.sweep_dir)})

@@ -13,6 +13,7 @@ import shutil
 import sqlite3
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -260,7 +261,8 @@ def test_one_model_one_version_per_arm_with_aliases(sweep, registered):
     out = registered.stdout
     assert "models:/leebert-mr@fixed-pabee-best" in out and "models:/leebert-mr@clo-best" in out
     assert f"champion: models:/leebert-mr@champion = {champion}" in out
-    assert ('PATH="$PWD/.venv/bin:$PATH" .venv/bin/mlflow models serve -m models:/leebert-mr@champion --env-manager local '
+    bin_dir = Path(sys.executable).parent  # by path: runs as printed without an activated venv
+    assert (f'PATH={bin_dir}:"$PATH" {bin_dir}/mlflow models serve -m models:/leebert-mr@champion --env-manager local '
             '-h 127.0.0.1 -p 5001') in out
     assert f"MLFLOW_TRACKING_URI={sweep['uri']}" in out
 
@@ -379,6 +381,20 @@ def test_bad_input_is_one_error_line(sweep, registered, tmp_path):
         assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], proc.stderr
     assert len(versions(sweep["client"])) == before
     assert not (tmp_path / "absent.db").exists()
+
+
+@pytest.mark.integration
+def test_a_model_name_mlflow_refuses_leaves_no_logged_model(sweep, registered):
+    """The name is checked before the model (~90 MB for MiniLM) is logged into the arm's run."""
+    experiment = sweep["client"].get_experiment_by_name(NAME).experiment_id
+    logged = lambda: sorted(m.model_id for m in sweep["client"].search_logged_models(experiment_ids=[experiment]))  # noqa: E731
+    artifacts = lambda: sorted(p for p in (sweep["dir"] / "mlartifacts").rglob("*") if p.is_file())  # noqa: E731
+    before, files = logged(), artifacts()
+    proc = register_cli(sweep["root"], "--model-name", "team/leebert")
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "refused by the MLflow registry" in lines[0] and "e.g. leebert-mr" in lines[0], proc.stderr
+    assert logged() == before and artifacts() == files
 
 
 def test_help_explains():

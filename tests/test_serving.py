@@ -165,7 +165,8 @@ def test_batched_equals_one_at_a_time_and_keeps_the_input_order(exported, tmp_pa
         warnings.simplefilter("ignore")
         batched = served.predict(frame)
         single = [served.predict(pd.DataFrame({"sentence": [t]})).iloc[0] for t in texts]
-    assert list(batched.columns) == ["label", "label_name", "probabilities", "exit_layer"]
+    assert list(batched.columns) == ["label", "label_name", "probabilities", "exit_layer", "truncated"]
+    assert batched["truncated"].tolist() == [bool(s["truncated"]) for s in single]
     assert list(batched.index) == list(frame.index), "one row per input row, same index"
     names = {0: "negative", 1: "positive"}  # mr's id2label
     assert batched["label_name"].tolist() == [names[label] for label in batched["label"]]
@@ -244,12 +245,14 @@ def test_the_output_frame_is_the_public_constructors(rows, regression, monkeypat
     index = pd.RangeIndex(10, 10 + rows) if rows != 3 else pd.Index([7, 3, 5])
     names = None if regression else ["zero", "one", "two"]
     expected_names = [""] * rows if regression else ["zero", "one", "two"][:rows]
+    truncated = np.arange(rows) % 2 == 1
     expected = pd.DataFrame({"label": labels, "label_name": pd.Series(expected_names, index=index, dtype=object),
                              "probabilities": pd.Series(probabilities, index=index, dtype=object),
-                             "exit_layer": layers}, index=index)  # an object column even with no rows
-    built = output_frame(labels, probabilities, layers, index=index, label_names=names)
+                             "exit_layer": layers, "truncated": truncated}, index=index)  # an object column even with no rows
+    built = output_frame(labels, probabilities, layers, index=index, label_names=names, truncated=truncated)
     monkeypatch.delattr(pd.DataFrame, "_from_arrays")
-    public = output_frame(labels, probabilities, layers, index=index, label_names=names)
+    public = output_frame(labels, probabilities, layers, index=index, label_names=names, truncated=truncated)
+    assert not output_frame(labels, probabilities, layers, index=index)["truncated"].any()  # none given: none cut
     for frame in (built, public):
         # the names' dtype is pandas' choice (object, or pandas 3's inferred str): the values are the answer
         assert frame["label_name"].tolist() == expected_names
@@ -498,9 +501,9 @@ def test_in_process_predict_takes_any_number_of_rows_in_bounded_chunks(exported,
     tokenize = python_model.tokenize
     early_exit = python_model.model.early_exit
 
-    def count_tokenized(columns):
+    def count_tokenized(columns, cut=None):
         tokenized.append(len(columns[0]))
-        return tokenize(columns)
+        return tokenize(columns, cut)
 
     def count_batch(policy, **batch):
         batch_rows.append(batch["input_ids"].shape[0])
@@ -549,11 +552,12 @@ def test_the_row_limit_applies_behind_the_scoring_server_and_is_configurable_the
     assert small.predict(pd.DataFrame({"sentence": pd.Series([], dtype=object)})).empty
 
 
-def test_overlong_text_is_truncated_with_a_warning(full_depth):
+def test_overlong_text_is_truncated_with_a_warning_and_a_flag(full_depth):
     long = "a very long review that goes on and on " * 40
     with pytest.warns(UserWarning, match=rf"1 of 2 row\(s\) are longer than this model's {MAX_LENGTH} tokens"):
         out = full_depth.predict(pd.DataFrame({"sentence": ["short", long]}))
     assert len(out) == 2
+    assert out["truncated"].tolist() == [False, True]  # the client is told, not only the server's log
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # exactly max_length tokens is not truncated
         python_model = full_depth.unwrap_python_model()
@@ -571,16 +575,22 @@ def test_signature_and_the_scoring_servers_json(full_depth):
 
     inputs, outputs = full_depth.metadata.get_input_schema(), full_depth.metadata.get_output_schema()
     assert inputs.input_names() == ["sentence"]
-    assert outputs.input_names() == ["label", "label_name", "probabilities", "exit_layer"]
+    assert outputs.input_names() == ["label", "label_name", "probabilities", "exit_layer", "truncated"]
     assert outputs.input_dict()["probabilities"].type == Array("double")
     # what `mlflow models serve` does with a request: parse, predict, serialize
     body = json.dumps({"dataframe_records": [{"sentence": "a gripping film."}, {"sentence": "dull."}]})
     answer = scoring_server.invocations(body, "application/json", full_depth, inputs)
     assert answer.status == 200
     rows = json.loads(answer.response)["predictions"]
-    assert [sorted(r) for r in rows] == [["exit_layer", "label", "label_name", "probabilities"]] * 2
+    assert [sorted(r) for r in rows] == [["exit_layer", "label", "label_name", "probabilities", "truncated"]] * 2
     assert {r["label_name"] for r in rows} <= {"negative", "positive"}
     assert full_depth.metadata.metadata["id2label"] == {"0": "negative", "1": "positive"}
+    assert [r["truncated"] for r in rows] == [False, False]
+    long = json.dumps({"dataframe_records": [{"sentence": "on and on " * 40}, {"sentence": "dull."}]})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        cut = json.loads(scoring_server.invocations(long, "application/json", full_depth, inputs).response)
+    assert [r["truncated"] for r in cut["predictions"]] == [True, False]
     assert rows[0]["exit_layer"] == NUM_LAYERS and abs(sum(rows[0]["probabilities"]) - 1) < 1e-6
     from mlflow.exceptions import MlflowException
 

@@ -5,6 +5,7 @@ registered models exist and hold sane values."""
 from __future__ import annotations
 
 import json
+import sys
 import math
 
 import pandas as pd
@@ -34,10 +35,12 @@ def test_progress_and_where_to_look(smoke):
     assert "[sweep] registered model leebert-mr" in out and "champion: models:/leebert-mr@champion" in out
     assert "mlflow.pyfunc.load_model('models:/leebert-mr@champion')" in out
     assert "mlflow models serve -m models:/leebert-mr@champion --env-manager local" in out
-    assert f"mlflow ui --backend-store-uri {smoke['uri']}" in out
+    assert f"{sys.executable} -m mlflow ui --backend-store-uri {smoke['uri']}" in out
     assert str(smoke["dir"] / "report" / "frontiers.png") in out
     assert str(smoke["dir"] / "report" / "summary.md") in out
     assert "| arm |" in out
+    # registration prints its own lines: none of MLflow's event lines, on either stream (as register.py)
+    assert "Successfully registered" not in smoke["proc"].stderr + out and "Created version" not in smoke["proc"].stderr
 
 
 def test_trial_numbers_agree_between_console_and_mlflow(smoke):
@@ -208,7 +211,8 @@ def test_registered_models_predict_with_early_exit(smoke, monkeypatch):
         assert version.tags["arm"] == arm and version.tags["policy"] in ("patience", "entropy", "confidence", "none")
         model = mlflow.pyfunc.load_model(f"models:/leebert-mr@{arm}-best")
         out = model.predict(sentences)
-        assert list(out.columns) == ["label", "probabilities", "exit_layer"] and len(out) == 4
+        assert list(out.columns) == ["label", "label_name", "probabilities", "exit_layer", "truncated"] and len(out) == 4
+        assert not out["truncated"].any()
         assert out["label"].isin([0, 1]).all()
         assert out["exit_layer"].between(1, EXITS).all()
         assert all(len(p) == 2 and 0.5 <= max(p) <= 1.0 and math.isclose(sum(p), 1.0, rel_tol=1e-5)

@@ -188,7 +188,7 @@ def test_glue_pair_tasks_from_local_files_train_end_to_end(tmp_path, task, metri
 @pytest.mark.parametrize("argv,kd", [([], "all"), (["--kd", "none"], "none"), (["--scheme", "pabee"], "none"),
                                      (["--scheme", "last"], "last"), (["--method", "clo", "--kd", "later"], "later")])
 def test_kd_flag_resolution(argv, kd):
-    from trainers.config import config_from_args
+    from trainers.cli import config_from_args
     from trainers.train import parser
 
     assert config_from_args(parser().parse_args(argv)).kd == kd

@@ -1,14 +1,16 @@
 """The typed training config: one dataclass, validated once at the edge.
 
-A config comes from defaults, then an optional YAML/JSON file, then command-line flags. Every
-field has a help text, which is what ``python -m trainers.train --help`` prints.
+A config comes from defaults, then an optional YAML/JSON file, then command-line flags
+(``trainers.cli``). Every field has a help text, which is what ``python -m trainers.train --help``
+prints. Every value is type-checked against its field when the config is built (``typed_value``).
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
+import json
 import math
+import numbers
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -57,7 +59,8 @@ class TrainConfig:
     validation_fraction: float = _f(0.1, "GLUE and your own task without a validation split: share of train held out as "
                                          "validation (GLUE dev is the test set)")
     # model
-    model: str = _f("minilm", "'minilm' (embedded all-MiniLM-L6-v2), a local model folder, or a hub name such as bert-base-uncased")
+    model: str = _f("minilm", "'minilm' (embedded all-MiniLM-L6-v2), 'tiny-random' (a 3-layer random "
+                                 "BERT for smoke runs), a local model folder, or a hub name such as bert-base-uncased")
     pooling: str = _f("auto", "exit pooling: cls, mean, or auto (mean for sentence-embedding models like MiniLM, else cls)")
     attn_implementation: str = _f("sdpa", "attention kernel: sdpa or eager")
     dropout: float | None = _f(None, "dropout of the backbone (hidden and attention) and the exit heads (default: the model's own, 0.1 for BERT)")
@@ -106,6 +109,8 @@ class TrainConfig:
     output_dir: str = _f("runs/train", "where checkpoints, the metrics log and summary.json go")
     resume: bool = _f(False, "resume from the latest complete checkpoint in output_dir")
     save_checkpoints: bool = _f(True, "save a checkpoint after every epoch")
+    keep_checkpoints: int = _f(1, "epoch checkpoints kept on disk: the newest K (older ones are deleted once a newer one "
+                                  "is complete); --resume needs only the newest")
     log_every: int = _f(20, "print progress every N steps")
     wallclock_eval: bool = _f(True, "time real early-exit inference at the chosen operating points")
     wallclock_repeats: int = _f(3, "timed passes over test per operating point; the wall-clock speed-up is their median")
@@ -114,6 +119,11 @@ class TrainConfig:
 
     # ---------------------------------------------------------------- validation
     def __post_init__(self) -> None:
+        # Every value is checked against its field's type here, as the config is read (a file, a
+        # sweep's --set, a searcher's draw): a string where a number belongs is one clear error,
+        # not a TypeError from deep inside validate or the training
+        for f in dataclasses.fields(self):
+            setattr(self, f.name, typed_value(f.name, str(f.type), getattr(self, f.name), f.default))
         if self.task is None:  # own data gets a name of its own; old configs (no data keys) stay on mr
             self.task = "own" if self.train_file is not None or self.dataset is not None else "mr"
         if self.kd == "auto":
@@ -143,7 +153,8 @@ class TrainConfig:
         choose("attn_implementation", self.attn_implementation, ("sdpa", "eager"))
         positive = {"max_length": self.max_length, "epochs": self.epochs, "batch_size": self.batch_size,
                     "eval_batch_size": self.eval_batch_size, "log_every": self.log_every,
-                    "weight_log_every": self.weight_log_every, "wallclock_repeats": self.wallclock_repeats}
+                    "weight_log_every": self.weight_log_every, "wallclock_repeats": self.wallclock_repeats,
+                    "keep_checkpoints": self.keep_checkpoints}
         for name, value in positive.items():
             if value <= 0:
                 raise ConfigError(f"{name} must be > 0 (got {value})")
@@ -180,6 +191,7 @@ class TrainConfig:
             raise ConfigError("scheme 'last' distills from the last exit only; drop --kd or pass --kd last")
         if self.deepspeed_config is not None:
             self.deepspeed_config = resolve_project_path(self.deepspeed_config, "DeepSpeed config")
+            read_json_object(self.deepspeed_config, "DeepSpeed config")
         return self
 
     @property
@@ -235,6 +247,51 @@ class TrainConfig:
 
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
+_KINDS = {"int": "a whole number", "float": "a number", "str": "a string", "bool": "true or false"}
+
+
+def typed_value(name: str, annotation: str, value: Any, default: Any = None) -> Any:
+    """``value`` as the field ``name`` (annotated ``annotation``: int, float, str or bool, maybe
+    ``| None``) holds it: ints widen to float, a numeric string is a float (YAML 1.1 reads ``1e-4``,
+    without a dot, as a string); anything else is a ConfigError naming the field and an example."""
+    optional = annotation.endswith("| None")
+    kind = annotation.replace(" | None", "").strip()
+    if value is None and optional:
+        return None
+    if kind == "bool" and isinstance(value, bool):
+        return value
+    if kind == "int" and isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        return int(value)
+    if kind == "float" and isinstance(value, numbers.Real) and not isinstance(value, bool):
+        return float(value)
+    if kind == "float" and isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    if kind == "str" and isinstance(value, str):
+        return value
+    if kind not in _KINDS:  # a field of another type: nothing to check here
+        return value
+    example = f" such as {default!r}" if default is not None else ""
+    raise ConfigError(f"{name} must be {_KINDS[kind]}{example}{' or null' if optional else ''}, "
+                      f"got {value!r} ({type(value).__name__})")
+
+
+def read_json_object(path: str, what: str) -> dict[str, Any]:
+    """A JSON file holding an object, read now: a file that is not JSON fails before any work starts."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except OSError as err:
+        raise ConfigError(f"{what} '{path}' cannot be read: {err.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{what} '{path}' is not a text file; pass a JSON file") from None
+    except json.JSONDecodeError as err:
+        raise ConfigError(f"{what} '{path}' is not valid JSON (line {err.lineno}, column {err.colno}: {err.msg}); "
+                          "fix it, e.g. after clusters/deepspeed/cpu_zero2.json") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{what} '{path}' must hold a JSON object ({{...}}), not {type(data).__name__}")
+    return data
 
 
 # ---------------------------------------------------------------------------- precision: auto
@@ -306,6 +363,8 @@ def load_yaml(path: Path, what: str) -> dict[str, Any]:
         text = path.read_text()
     except OSError as err:
         raise ConfigError(f"{what} '{path}' cannot be read: {err.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{what} '{path}' is not a text file (not UTF-8); pass a YAML or JSON file") from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as err:
@@ -324,38 +383,3 @@ def load_config_file(path: str) -> dict[str, Any]:
     if not Path(path).is_file():
         raise ConfigError(f"config file '{path}' not found")
     return load_yaml(Path(path), "config file")
-
-
-def _optional(kind):
-    def parse(text: str):
-        return None if text.lower() in ("none", "null") else kind(text)
-
-    parse.__name__ = kind.__name__
-    return parse
-
-
-def add_config_arguments(parser: argparse.ArgumentParser) -> None:
-    """One flag per config field, e.g. ``--head-lr 1e-3``; defaults come from the dataclass."""
-    hints = {"str": str, "int": int, "float": float}
-    for f in dataclasses.fields(TrainConfig):
-        type_text = str(f.type).replace(" | None", "")
-        flag = "--" + f.name.replace("_", "-")
-        if type_text == "bool":  # --resume / --no-resume
-            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
-                                help=f"{f.metadata['help']} (default: {f.default})")
-            continue
-        kind = hints[type_text]
-        if "None" in str(f.type):
-            kind = _optional(kind)
-        parser.add_argument(
-            flag, dest=f.name, type=kind, default=argparse.SUPPRESS,
-            metavar=type_text.upper(), help=f"{f.metadata['help']} (default: {f.default})",
-        )
-
-
-def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    values: dict[str, Any] = {}
-    if getattr(args, "config", None):
-        values.update(load_config_file(args.config))
-    values.update({name: getattr(args, name) for name in TrainConfig.field_names() if hasattr(args, name)})
-    return TrainConfig.from_dict(values).validate()

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -31,3 +32,24 @@ def write_json_atomic(path: Path, payload: dict) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(json.dumps(payload, indent=2, default=float))
     os.replace(tmp, path)
+
+
+def prune_epoch_checkpoints(output_dir: str | Path, keep: int) -> list[str]:
+    """Delete all but the newest ``keep`` epoch checkpoints (``checkpoints/epoch-N``), never the one
+    ``latest`` names (what ``--resume`` loads). Called once a new checkpoint is complete, so a crash
+    while saving still finds the previous one. Returns the deleted tags.
+
+    Why: a checkpoint holds θ, its optimizer state and φ (269 MB an epoch for MiniLM, measured), so
+    keeping every epoch fills a disk on a long run."""
+    from trainers.layout import EPOCH_PREFIX, LATEST_FILE, checkpoints_dir
+
+    root = checkpoints_dir(output_dir)
+    latest = (root / LATEST_FILE).read_text().strip() if (root / LATEST_FILE).is_file() else None
+    numbered = sorted((int(p.name[len(EPOCH_PREFIX):]), p) for p in root.glob(f"{EPOCH_PREFIX}*")
+                      if p.is_dir() and p.name[len(EPOCH_PREFIX):].isdigit())
+    deleted = []
+    for _, folder in numbered[:max(len(numbered) - keep, 0)]:
+        if folder.name != latest:
+            shutil.rmtree(folder, ignore_errors=True)
+            deleted.append(folder.name)
+    return deleted

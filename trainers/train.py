@@ -27,6 +27,7 @@ import argparse
 import dataclasses
 import gc
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -36,22 +37,22 @@ import numpy as np
 import torch
 
 from trainers import engine as ds
-from trainers.config import TrainConfig, add_config_arguments, config_from_args, precision_text
+from trainers.cli import OneLineParser, add_config_arguments, config_from_args
+from trainers.config import TrainConfig, precision_text
 from trainers.data import TaskData, batch_indices, collate, load_task_data
 from trainers.errors import EXIT_BAD_INPUT, EXIT_DIVERGED, ConfigError, DivergenceMonitor, TrainingDiverged, check_finite
 from trainers.evaluate import (collect_logits, final_report, point_key, policy_grid, report_split,
                                wallclock_speedups)
 from trainers.frontier import curve_table
+from trainers.inputs import TINY_MODEL, check_run_inputs
 from trainers.layout import SUMMARY_FILE, TEST_LOGITS_FILE, checkpoints_dir, epoch_tag
 from trainers.model import ModelSpec, MultiExitEncoder, build_model, resolve_model_source, tiny_backbone
 from trainers.objective import LossTerms, inner_loss, term_losses
 from trainers.progress import History, ProgressLog
 from trainers.results import RunResult, Summary
-from trainers.run_files import save_exit_logits, write_json_atomic
+from trainers.run_files import prune_epoch_checkpoints, save_exit_logits, write_json_atomic
 from trainers.seeding import rank_seed, restore_rng, rng_state, seed_everything
 from trainers.weight_strategies import all_reduce_mean, build_strategy
-
-TINY_MODEL = "tiny-random"  # a 3-layer randomly initialized BERT with MiniLM's vocabulary (smoke runs)
 
 
 # ---------------------------------------------------------------------------- builders
@@ -207,6 +208,7 @@ def run(cfg: TrainConfig, on_epoch: Callable[[dict], None] | None = None, quiet:
     """Train and evaluate one model. ``on_epoch(record)`` after every epoch's validation;
     ``quiet`` silences the progress lines; ``fault_step`` (a test hook) makes that step's loss NaN."""
     cfg.validate()
+    check_run_inputs(cfg)  # the model, data and output folders: checked now, not an epoch into training
     fault_step = check_fault_step(fault_step)
     started = time.perf_counter()
     requested_precision = cfg.precision
@@ -297,6 +299,8 @@ def run(cfg: TrainConfig, on_epoch: Callable[[dict], None] | None = None, quiet:
                 "history": {"epochs": history.epochs, "weights": history.weights}, "config": cfg.to_dict(),
                 "label_names": list(task.label_names)},
                 rank_state=rng_state())
+            if int(os.environ.get("LOCAL_RANK", "0")) == 0:  # one process per node (node-local checkpoints too)
+                prune_epoch_checkpoints(cfg.output_dir, cfg.keep_checkpoints)
         if on_epoch is not None:
             on_epoch(record)
     # The model stays; the engine, its optimizer state and ZeRO buffers go now, not when the
@@ -344,17 +348,16 @@ def run(cfg: TrainConfig, on_epoch: Callable[[dict], None] | None = None, quiet:
 
 # ---------------------------------------------------------------------------- command line
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = OneLineParser(
         prog="python -m trainers.train",
         description="Train one multi-exit (LeeBERT) model on DeepSpeed and evaluate its early-exit "
                     "speed-accuracy frontier. Flags override the --config file; the run ends with a JSON summary.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("--config", help="YAML or JSON file with any of the options below")
+    p.add_argument("--config", metavar="FILE", help="YAML or JSON file with any of the options below")
     p.add_argument("--local_rank", "--local-rank", type=int, help=argparse.SUPPRESS)  # passed by the deepspeed launcher
     add_config_arguments(p)
-    p.add_argument("--fault-step", type=_step_number, metavar="N",
-                   help="test hook: the training loss of (1-based) step N is NaN, so the run diverges on cue (exit code 3)")
+    # test hook, hidden from --help: the training loss of (1-based) step N is NaN, so the run diverges on cue (exit code 3)
+    p.add_argument("--fault-step", type=_step_number, metavar="N", help=argparse.SUPPRESS)
     return p
 
 
