@@ -6,17 +6,15 @@ request with a 4xx and a message that says what to send, and keeps answering goo
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import requests
 
-from test_sweep_helpers import free_port, leftover_processes, sweep_env
+from test_sweep_helpers import model_server, sweep_env
 
 pytestmark = pytest.mark.integration
 
@@ -33,40 +31,9 @@ SENTENCES = [
 
 @pytest.fixture(scope="module")
 def served(smoke_sweep):
-    import psutil
-
     root, uri = smoke_sweep["root"], smoke_sweep["uri"]  # the session's smoke sweep (tests/conftest.py)
-    # the README's command from an unactivated shell: uvicorn is found through PATH
-    env = {**sweep_env(PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}"), "MLFLOW_TRACKING_URI": uri}
-    server, base = None, None
-    for _ in range(3):  # a port taken between choosing and binding: try another
-        port = free_port()
-        log = open(root / f"serve-{port}.log", "w")
-        server = subprocess.Popen([str(BIN / "mlflow"), "models", "serve", "-m", "models:/leebert-mr@champion",
-                                   "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)],
-                                  env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        base = f"http://127.0.0.1:{port}"
-        deadline = time.time() + 120
-        while time.time() < deadline and server.poll() is None:
-            try:
-                if requests.get(f"{base}/ping", timeout=2).ok:
-                    break
-            except requests.RequestException:
-                pass
-            time.sleep(1)
-        if server.poll() is None:
-            break
-    assert server is not None and server.poll() is None, (root / f"serve-{port}.log").read_text()[-3000:]
-    try:
+    with model_server(uri, "models:/leebert-mr@champion", root) as base:
         yield {"base": base, "uri": uri}
-    finally:
-        family = psutil.Process(server.pid).children(recursive=True) + [psutil.Process(server.pid)]
-        os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-        assert not leftover_processes(family, timeout=30)
 
 
 def post(base: str, payload) -> requests.Response:

@@ -7,28 +7,20 @@ from __future__ import annotations
 
 import csv
 import gzip
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 import requests
 
-from test_sweep_helpers import free_port, leftover_processes, run_sweep_cli, sweep_env
+from test_sweep_helpers import model_server, run_sweep_cli
 
 pytestmark = pytest.mark.integration
 
-BIN = Path(sys.executable).parent
 MR_TRAIN = Path(__file__).resolve().parents[1] / "trainers" / "task_data" / "mr" / "train.tsv.gz"
 
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
-    import psutil
-
     root = tmp_path_factory.mktemp("own-sweep")
     rows = [line.split("\t") for line in gzip.open(MR_TRAIN, "rt").read().splitlines()[1:]][::20][:300]
     with open(root / "reviews.csv", "w", newline="") as f:
@@ -41,32 +33,8 @@ def served(tmp_path_factory):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "leebert-reviews" in proc.stdout
     uri = f"sqlite:///{root / 'own' / 'mlflow.db'}"
-    env = {**sweep_env(PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}"), "MLFLOW_TRACKING_URI": uri}
-    port = free_port()
-    log = open(root / "serve.log", "w")
-    server = subprocess.Popen([str(BIN / "mlflow"), "models", "serve", "-m", "models:/leebert-reviews@champion",
-                               "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)],
-                              env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 180
-    while time.time() < deadline and server.poll() is None:
-        try:
-            if requests.get(f"{base}/ping", timeout=2).ok:
-                break
-        except requests.RequestException:
-            pass
-        time.sleep(1)
-    assert server.poll() is None, (root / "serve.log").read_text()[-3000:]
-    try:
+    with model_server(uri, "models:/leebert-reviews@champion", root, ready_s=180) as base:
         yield {"base": base, "uri": uri}
-    finally:
-        family = psutil.Process(server.pid).children(recursive=True) + [psutil.Process(server.pid)]
-        os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-        assert not leftover_processes(family, timeout=30)
 
 
 def test_served_predictions_take_the_tasks_columns_and_carry_label_names(served):

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -227,3 +229,45 @@ def run_sampled_sweep(root: Path, name: str, *args: str, timeout: float = 600) -
     assert ended, f"the sweep did not end within {timeout} s:\n{stdout[-3000:]}{stderr[-3000:]}"
     return {"proc": subprocess.CompletedProcess(command, proc.returncode, stdout, stderr), "sockets": seen,
             "samples": samples, "survivors": survivors}
+
+
+@contextmanager
+def model_server(uri: str, model_uri: str, logs: Path, ready_s: float = 120):
+    """`mlflow models serve` of ``model_uri`` from the store ``uri`` on a free 127.0.0.1 port, as the
+    README runs it from an unactivated shell (uvicorn found through PATH); yields its base URL and
+    stops its whole process group after, asserting nothing of it survives."""
+    import psutil
+    import requests
+
+    bin_dir = Path(sys.executable).parent
+    env = {**sweep_env(PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}"), "MLFLOW_TRACKING_URI": uri}
+    server, base, log_path = None, None, None
+    for _ in range(3):  # a port taken between choosing and binding: try another
+        port = free_port()
+        log_path = logs / f"serve-{port}.log"
+        with open(log_path, "w") as log:
+            server = subprocess.Popen([str(bin_dir / "mlflow"), "models", "serve", "-m", model_uri,
+                                       "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)],
+                                      env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.time() + ready_s
+        while time.time() < deadline and server.poll() is None:
+            try:
+                if requests.get(f"{base}/ping", timeout=2).ok:
+                    break
+            except requests.RequestException:
+                pass
+            time.sleep(1)
+        if server.poll() is None:
+            break
+    assert server is not None and server.poll() is None, log_path.read_text()[-3000:]
+    try:
+        yield base
+    finally:
+        family = psutil.Process(server.pid).children(recursive=True) + [psutil.Process(server.pid)]
+        os.killpg(server.pid, signal.SIGTERM)
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+        assert not leftover_processes(family, timeout=30)
