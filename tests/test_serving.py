@@ -636,3 +636,29 @@ print(json.dumps({{'rows': len(out), 'layers': out['exit_layer'].tolist(),
     assert result["rows"] == 2 and result["sweeps_loaded"] is False
     for package in ("trainers", "serving"):
         assert result[package].startswith(str(folder)), result  # the model's own copy, not the repo's
+
+
+def test_bf16_answers_agree_with_fp32_ones_on_the_mr_test_sentences(exported, capsys):
+    """The GPU path's precision (bf16 autocast, model_config precision auto on CUDA), run on the CPU:
+    the answers (argmax) and the exit layers against fp32, for the confidence and entropy policies
+    at thresholds inside their spread. The figures go to docs/serving.md."""
+    from serving.model import ExitPolicyModel
+
+    texts = [mr_sentences(400)]
+    for kind, setting in (("confidence", 0.8), ("entropy", 0.4)):
+        policy = {"policy": kind, "setting": setting}
+        fp32 = ExitPolicyModel().load(exported, policy, precision="fp32")
+        bf16 = ExitPolicyModel().load(exported, policy, precision="bf16")
+        assert fp32.autocast_dtype is None and bf16.autocast_dtype == torch.bfloat16
+        with torch.inference_mode():
+            (_, logits, _), *_ = bf16.device_outputs([texts[0][:8]])
+        assert logits.dtype == torch.bfloat16, "autocast reached the exits"
+        labels32, _, layers32 = fp32.predict_texts(texts)
+        labels16, _, layers16 = bf16.predict_texts(texts)
+        same_label, same_layer = (labels32 == labels16).mean(), (layers32 == layers16).mean()
+        with capsys.disabled():
+            print(f"\nbf16 vs fp32, {kind} {setting}, {len(labels32)} MR test sentences: answers agree "
+                  f"{same_label:.4f}, exit layers agree {same_layer:.4f}")
+        assert same_label >= 0.98 and same_layer >= 0.95, (kind, same_label, same_layer)
+    with pytest.raises(Exception, match="precision must be one of"):
+        ExitPolicyModel().load(exported, {"policy": "none", "setting": 0}, precision="fp16")
