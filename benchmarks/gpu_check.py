@@ -132,14 +132,19 @@ def check_import_deepspeed(args):
 def check_engine(args):
     cfg = config(args, "fixed")
     engine = ds.build_engine(make_model(args.shape, 0.1, 1), cfg, total_steps=100)
+    from deepspeed.runtime.torch_autocast import get_comm_dtype
+
     facts = {"device": engine.device.type, "zero_stage": engine.zero_optimization_stage(),
              "autocast": engine.torch_autocast_enabled(), "timer": engine.tput_timer.config.enabled,
-             "params": sorted({str(p.dtype) for p in engine.module.parameters()})}
+             "params": sorted({str(p.dtype) for p in engine.module.parameters()}),
+             "reduction": sorted({str(get_comm_dtype(p)) for p in engine.module.parameters()}),
+             "clipping": (engine.gradient_clipping(), engine.trainer_max_grad_norm)}
     ds.release_engine(engine)
     assert facts["device"] == args.device, facts
     assert facts["zero_stage"] == 2 and facts["autocast"] == (args.precision == "bf16") and not facts["timer"], facts
-    assert facts["params"] == ["torch.float32"], facts
-    return f"device {facts['device']}, ZeRO-{facts['zero_stage']}, autocast {facts['autocast']}, fp32 master weights, no throughput timer"
+    assert facts["params"] == facts["reduction"] == ["torch.float32"] and facts["clipping"] == (0.0, 1.0), facts
+    return (f"device {facts['device']}, ZeRO-{facts['zero_stage']}, autocast {facts['autocast']}, fp32 master weights "
+            "and gradient reduction, clipping by the trainer, no throughput timer")
 
 
 def check_training(args, data, method: str):
