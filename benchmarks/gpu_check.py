@@ -356,7 +356,7 @@ def main() -> int:
     parser.add_argument("--only", nargs="+", metavar="CHECK", help="run only these checks (a rerun), e.g. packing compile")
     args = parser.parse_args()
     # the packing workers: fewer steps each; compile: inductor on a GPU, dynamo alone on a CPU (no C++ build)
-    args.packing_steps, args.packing_timeout_s = (4, 300) if args.quick else (30, 240)
+    args.packing_steps, args.packing_timeout_s = (2, 600) if args.quick else (30, 240)
     args.compile_backend = "inductor" if args.device == "cuda" else "eager"
     args.shape = "quick" if args.quick else "full"
     args.steps, args.rounds = (8, 2) if args.quick else (30, 8)
