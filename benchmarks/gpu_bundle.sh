@@ -1,26 +1,29 @@
 #!/usr/bin/env bash
-# Collect the wheels the trainer needs beyond torch, for a GPU machine that has torch with CUDA and
-# no network (docs/gpu.md). Run it here, where PyPI is reachable:
+# Collect the wheels the trainer needs beyond what the GPU machine has (torch with CUDA, transformers,
+# tokenizers, safetensors, numpy, ...) for a machine with no network (docs/gpu.md): DeepSpeed and
+# its small dependencies only. Run it here, where PyPI is reachable:
 #
 #   bash benchmarks/gpu_bundle.sh                 # into .gpu_bundle/ (git-ignored), for CPython 3.12
 #   GPU_PYTHON=3.11 bash benchmarks/gpu_bundle.sh # another Python on the GPU machine
 #
 # Then, on the GPU machine, from the repository root:
 #
-#   python3 -m pip install --no-index --no-deps --target /tmp/site .gpu_bundle/*.whl
+#   python3 -m pip install --no-index --no-deps --no-compile --target /tmp/site .gpu_bundle/*.whl
 #   PYTHONPATH=/tmp/site python3 benchmarks/gpu_check.py
 #
-# What goes in: transformers, tokenizers, safetensors, huggingface_hub, DeepSpeed (built here as a
-# wheel with no ops: it compiles none at install and needs none for the trainer) and everything
-# they need, at the versions this project's venv runs (so the GPU runs what the tests ran). Left
-# out: torch and what torch itself needs (the GPU machine has them), Ray and MLflow (a single
-# training needs neither). The bundle must stay under 60 MiB.
+# What goes in: DeepSpeed (built here as a wheel with no ops: it compiles none at install and needs
+# none for the trainer) and those of its requirements the GPU image lacks (hjson, pydantic and
+# pydantic's own), at the versions this project's venv runs. Left out: what the lent GPU image
+# holds (its package list, /work/.library/device/KINDS.md, read 2026-12-05: torch, transformers,
+# tokenizers, safetensors, huggingface-hub, numpy, pyyaml, einops, msgpack, ninja, packaging,
+# psutil, py-cpuinfo, tqdm, typing-extensions), Ray and MLflow (a single training needs neither).
+# `--no-compile` on install: no .pyc writing for minutes of the lease. The bundle stays under 10 MiB.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}
 TARGET_PY=${GPU_PYTHON:-3.12}
 OUT=${GPU_BUNDLE_DIR:-.gpu_bundle}
-LIMIT_MIB=60
+LIMIT_MIB=10
 [ -x "$PY" ] || { echo "error: $PY not found; install the project first (README), or set PYTHON=..." >&2; exit 2; }
 
 rm -rf "$OUT.tmp" && mkdir -p "$OUT.tmp"
@@ -29,10 +32,12 @@ rm -rf "$OUT.tmp" && mkdir -p "$OUT.tmp"
 import re
 from importlib import metadata
 
-ROOTS = ["transformers", "tokenizers", "safetensors", "huggingface-hub", "deepspeed", "pyyaml", "numpy"]
-# torch and its own requirements are on any machine that has torch; nvidia-* and triton come with it
+ROOTS = ["deepspeed"]
+# on the GPU image already (torch and what it needs, the Hugging Face stack, DeepSpeed's small helpers)
 SKIP = {"torch", "triton", "sympy", "mpmath", "networkx", "jinja2", "markupsafe", "filelock", "fsspec",
-        "typing-extensions", "setuptools", "ray", "mlflow"}
+        "typing-extensions", "setuptools", "ray", "mlflow", "transformers", "tokenizers", "safetensors",
+        "huggingface-hub", "numpy", "pyyaml", "einops", "msgpack", "ninja", "packaging", "psutil", "py-cpuinfo",
+        "tqdm"}
 
 def norm(name):
     return re.sub(r"[-_.]+", "-", name).lower()

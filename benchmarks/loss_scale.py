@@ -42,20 +42,21 @@ ARMS = {"fixed-uniform": {"method": "fixed", "scheme": "uniform"}, "fixed-last":
 
 
 class NormProbe:
-    """The engine, with θ's gradient norm read between backward and the (clipping) step."""
+    """The engine, with θ's gradient norm read after backward, before the trainer clips it."""
 
     def __init__(self, engine):
         self.engine, self.module, self.optimizer, self.norms = engine, engine.module, engine.optimizer, []
+        self.trainer_max_grad_norm = engine.trainer_max_grad_norm  # training_step clips at the engine's threshold
 
     def __call__(self, **batch):
         return self.engine(**batch)
 
     def backward(self, loss):
         self.engine.backward(loss)
-
-    def step(self):
         grads = [p.grad for p in self.module.parameters() if p.grad is not None]
         self.norms.append(torch.sqrt(sum((g.float() ** 2).sum() for g in grads)).item())
+
+    def step(self):
         self.engine.step()
 
 

@@ -28,8 +28,10 @@ logged model):
 
 ``model_config`` (logged with the model; overridden with ``load_model(..., model_config=...)`` or
 ``MLFLOW_PYFUNC_INFERENCE_CONFIG`` for the server): ``device`` (``auto``: CUDA when available, else
-the CPU; ``cpu``; ``cuda`` or ``cuda:N``, which fails at load when CUDA is missing) and
-``max_rows``.
+the CPU; ``cpu``; ``cuda`` or ``cuda:N``, which fails at load when CUDA is missing),
+``max_rows`` and ``precision`` (``auto``: bf16 autocast on CUDA, fp32 elsewhere; ``fp32``; ``bf16``,
+also on a CPU). On CUDA the token tensors are built in pinned host memory and copied without
+blocking; docs/serving.md has the measured agreement of bf16 answers with fp32 ones.
 
 Under MLflow's schema enforcement (a model logged with ``model_signature``) a missing column is
 refused by MLflow itself, and extra columns are dropped by MLflow (with a logged warning) before
@@ -64,6 +66,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_MAX_ROWS = 256
 DEFAULT_DEVICE = "auto"
+PRECISIONS = ("auto", "fp32", "bf16")
 BATCH_SIZE = 64
 CHUNK_ROWS = 2048  # rows tokenized and sorted together: bounds the working memory of any input
 # Set by `mlflow models serve` (mlflow.pyfunc.scoring_server.get_cmd) for the uvicorn server that
@@ -141,10 +144,11 @@ class ExitPolicyModel(mlflow.pyfunc.PythonModel):
         label_names = json.loads(Path(labels).read_text())["label_names"] if labels else None
         self.load(context.artifacts["model"], json.loads(Path(context.artifacts["policy"]).read_text()),
                   max_rows=config.get("max_rows", DEFAULT_MAX_ROWS), device=config.get("device", DEFAULT_DEVICE),
-                  label_names=label_names)
+                  label_names=label_names, precision=config.get("precision", "auto"))
 
     def load(self, exported: str | Path, policy: dict, max_rows: int = DEFAULT_MAX_ROWS, device="auto",
-             limit_rows: bool | None = None, label_names: list[str] | None = None) -> "ExitPolicyModel":
+             limit_rows: bool | None = None, label_names: list[str] | None = None,
+             precision: str = "auto") -> "ExitPolicyModel":
         """Load outside MLflow: an exported folder and a policy spec (the content of ``policy.json``).
 
         ``max_rows`` limits a request when ``limit_rows`` (default: only behind the HTTP scoring server).
@@ -155,8 +159,12 @@ class ExitPolicyModel(mlflow.pyfunc.PythonModel):
         self.max_rows = _max_rows(max_rows)
         self.limit_rows = behind_scoring_server() if limit_rows is None else bool(limit_rows)
         target = resolve_device(device)
+        if precision not in PRECISIONS:
+            raise MlflowException(f"model_config precision must be one of {', '.join(PRECISIONS)}, got {precision!r}",
+                                  error_code=INVALID_PARAMETER_VALUE)
         self.model, self.tokenizer, self.meta = load_exported(Path(exported), device=target)
-        self.device = target
+        self.precision = precision
+        self.to(target)
         self.policy_spec = dict(policy)
         self.policy = make_policy(policy["policy"], policy["setting"], is_regression=self.meta["is_regression"],
                                   delta=policy.get("delta"))
@@ -175,6 +183,9 @@ class ExitPolicyModel(mlflow.pyfunc.PythonModel):
 
         self.device = torch.device(device)
         self.model.to(self.device)
+        precision = getattr(self, "precision", "auto")
+        self.autocast_dtype = torch.bfloat16 if precision == "bf16" or (
+            precision == "auto" and self.device.type == "cuda") else None  # weights stay fp32
         return self
 
     # ------------------------------------------------------------------ input checks
@@ -248,15 +259,25 @@ class ExitPolicyModel(mlflow.pyfunc.PythonModel):
                 batch["attention_mask"] = [[1] * len(ids[i]) + [0] * (width - len(ids[i])) for i in rows]
             if types is not None:
                 batch["token_type_ids"] = [types[i] + [0] * (width - len(types[i])) for i in rows]
-            yield rows, {key: torch.tensor(value, device=device) for key, value in batch.items()}
+            if device is not None and device.type == "cuda":  # pinned: the copy queues, the host goes on
+                yield rows, {key: torch.tensor(value).pin_memory().to(device, non_blocking=True)
+                             for key, value in batch.items()}
+            else:
+                yield rows, {key: torch.tensor(value, device=device) for key, value in batch.items()}
 
     def device_outputs(self, columns: list[list[str]], cut: list[int] | None = None):
         """(row positions, exit logits, exit layers) per batch, the tensors on the model's device:
         the part of a prediction that runs on the device (tokenizing on the host first; ``cut``
         receives the positions of the rows that were truncated)."""
+        import contextlib
+
+        import torch
+
         ids, types = self.tokenize(columns, cut)
+        dtype = getattr(self, "autocast_dtype", None)
         for rows, batch in self.batches(ids, types):
-            logits, layers = self.model.early_exit(self.policy, **batch)
+            with torch.autocast(self.device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext():
+                logits, layers = self.model.early_exit(self.policy, **batch)
             yield rows, logits, layers
 
     def predict_texts(self, columns: list[list[str]], truncated: np.ndarray | None = None

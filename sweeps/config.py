@@ -79,7 +79,7 @@ class SweepConfig:
     grace_period: int = _f(1, "ASHA: epochs every trial gets before it can be stopped")
     reduction_factor: int = _f(2, "ASHA: keep the best 1/reduction_factor of trials at each rung")
     cpus_per_trial: float = _f(1.0, "CPUs reserved per training worker (also its torch threads unless train.threads is set)")
-    gpus_per_trial: float = _f(0.0, "GPUs reserved per training worker")
+    gpus_per_trial: float = _f(0.0, "GPUs reserved per training worker; below 1 (one worker only) packs several trials per GPU")
     workers_per_trial: int = _f(1, "data-parallel DeepSpeed workers per trial (Ray Train; gloo on CPU, NCCL on GPU); "
                                    "each reserves cpus_per_trial and gpus_per_trial; train.batch_size is the global batch")
     max_failures: int = _f(2, "times a trial whose process or node is lost is restarted from its last epoch checkpoint")
@@ -227,6 +227,10 @@ class SweepConfig:
             raise ConfigError(f"cpus_per_trial must be > 0 (got {self.cpus_per_trial})")
         if self.gpus_per_trial < 0:
             raise ConfigError(f"gpus_per_trial must be >= 0 (got {self.gpus_per_trial})")
+        if 0 < self.gpus_per_trial < 1 and self.workers_per_trial > 1:
+            raise ConfigError(f"gpus_per_trial {self.gpus_per_trial:g} shares a GPU between trials, which needs "
+                              f"workers_per_trial 1 (got {self.workers_per_trial}): a data-parallel group wants a "
+                              "whole GPU per worker; use gpus_per_trial 1 with several workers")
         if self.register_speedup < 1:
             raise ConfigError(f"register_speedup must be >= 1 (got {self.register_speedup}); it is a speed-up target such as 2.0")
         if self.registry_prefix is not None:  # refused now, not after the search has run

@@ -68,9 +68,22 @@ def test_deepspeed_config_files_are_honoured_and_checked(tmp_path):
     cfg = TrainConfig(deepspeed_config="clusters/deepspeed/cpu_zero2.json", batch_size=16).validate()
     config = ds.deepspeed_config(cfg, world_size=1)
     assert config["zero_optimization"]["stage"] == 2 and config["train_batch_size"] == 16
-    assert config["gradient_clipping"] == 1.0
+    # DeepSpeed's clipping waits on the host: off, and the trainer clips (trainers/gradient_clipping.py)
+    assert config["gradient_clipping"] == 0.0
+    assert config["zero_optimization"]["overlap_comm"] is False and config["zero_optimization"]["compute_grad_norm"] is False
+    clipped = tmp_path / "clipped.json"
+    clipped.write_text(json.dumps({"gradient_clipping": 1.0}))
+    with pytest.raises(ConfigError, match="--max-grad-norm"):
+        ds.deepspeed_config(TrainConfig(deepspeed_config=str(clipped)).validate(), 1)
+    bf16_grads = tmp_path / "bf16_grads.json"
+    bf16_grads.write_text(json.dumps({"torch_autocast": {"enabled": True, "dtype": "bfloat16",
+                                                         "lower_precision_safe_modules": ["torch.nn.modules.linear.Linear"]}}))
+    with pytest.raises(ConfigError, match="reduced in bf16"):
+        ds.deepspeed_config(TrainConfig(deepspeed_config=str(bf16_grads)).validate(), 1)
     gpu = ds.deepspeed_config(TrainConfig(deepspeed_config="clusters/deepspeed/gpu_bf16_zero2.json").validate(), 2)
-    assert gpu["torch_autocast"] == {"enabled": True, "dtype": "bfloat16"}
+    assert gpu["torch_autocast"] == {"enabled": True, "dtype": "bfloat16", "lower_precision_safe_modules": []}
+    bf16 = ds.deepspeed_config(TrainConfig(precision="bf16").validate(), 1)  # no file: the trainer's own defaults
+    assert bf16["torch_autocast"] == {"enabled": True, "dtype": "bfloat16", "lower_precision_safe_modules": []}
     assert gpu["train_micro_batch_size_per_gpu"] == 16
     bad = tmp_path / "bf16_params.json"
     bad.write_text(json.dumps({"bf16": {"enabled": True}}))

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-CHECKS = ["engine", "train/fixed", "train/bilevel", "train/clo", "syncs/zero2", "syncs/zero0", "hypergradient",
-          "resume", "step_cost", "early_exit"]
+CHECKS = ["import_deepspeed", "engine", "train/fixed", "train/bilevel", "train/clo", "syncs/zero2", "syncs/zero0",
+          "hypergradient", "resume", "step_cost", "packing", "compile", "early_exit"]
 
 
 @pytest.mark.integration
@@ -19,7 +19,7 @@ def test_gpu_check_passes_every_check_on_the_cpu_in_bf16(tmp_path):
     out = tmp_path / "checks.json"
     proc = subprocess.run([sys.executable, "benchmarks/gpu_check.py", "--device", "cpu", "--quick", "--precision", "bf16",
                            "--out", str(tmp_path / "scratch"), "--json", str(out)],
-                          cwd=REPO, capture_output=True, text=True, timeout=600)
+                          cwd=REPO, capture_output=True, text=True, timeout=900)  # packing, compile: 5 subprocesses
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     results = json.loads(out.read_text())
     assert [r["check"] for r in results] == CHECKS and all(r["ok"] for r in results)
@@ -28,6 +28,10 @@ def test_gpu_check_passes_every_check_on_the_cpu_in_bf16(tmp_path):
     figures = {r["check"]: r.get("figures", {}) for r in results}
     assert figures["resume"]["max_abs_theta_diff"] <= 1e-6 and figures["hypergradient"]["fd_vs_exact_cosine"] >= 0.99
     assert set(figures["step_cost"]["outer_step_cost"]) == {"bilevel", "clo"}
+    assert figures["import_deepspeed"]["torch"] and figures["import_deepspeed"]["deepspeed"]
+    assert figures["hypergradient"]["fd_fp32_trainer_xi_cosine"] >= 0.99
+    assert set(figures["packing"]) == {"1", "2"} and len(figures["packing"]["2"]["each"]) == 2  # --quick: 1 and 2
+    assert figures["compile"]["compiled_steps_per_s"] > 0 and figures["syncs/zero0"]["fixed"]["debug_mode"] == 0
 
 
 def test_gpu_check_without_cuda_fails_at_once_with_exit_2():

@@ -57,6 +57,7 @@ class MetaEngine:
     """A DeepSpeed engine's training surface in plain torch, on the meta device."""
 
     device = META
+    trainer_max_grad_norm = 1.0  # the trainer's clipping runs on meta too: it must read nothing
 
     def __init__(self, module):
         self.module = module.to(META)
@@ -132,10 +133,10 @@ def test_a_non_finite_step_is_skipped_on_the_device_and_reported_at_the_next_che
         monitor.check()
 
 
-def test_under_zero2_the_only_value_reads_are_deepspeeds_own(tmp_path):
-    """ZeRO-2 (the GPU presets' stage) reads values inside DeepSpeed's optimizer step (gradient-norm
-    and overflow checks, docs/gpu.md): counted here, so the figure is known and no read of ours
-    hides among them; the trainer's own code reads nothing between check points under ZeRO-2 too."""
+def test_under_zero2_no_value_is_read_either(tmp_path):
+    """ZeRO-2 (the 2-worker GPU presets' stage) read values inside DeepSpeed's optimizer step for its
+    gradient norm and overflow checks (about 5 per step, DeepSpeed 0.19.8) while DeepSpeed clipped.
+    The trainer clips on the device and turns DeepSpeed's norm off (trainers/ds_config.py): none is left."""
     cfg = config(tmp_path, "clo", zero_stage=2)
     model, data = build_components(cfg)
     strategy = build_strategy(cfg, LossTerms.build(model.num_layers, cfg.kd))
@@ -145,6 +146,4 @@ def test_under_zero2_the_only_value_reads_are_deepspeeds_own(tmp_path):
     train_steps(engine, strategy, strategy.terms, data, cfg, 0, 2, progress, monitor)
     with ValueReads() as reads:
         train_steps(engine, strategy, strategy.terms, data, cfg, 2, 10, progress, monitor)
-    print(f"ZeRO-2: {sum(reads.count.values()) / 8:.1f} value reads per step, all in DeepSpeed: {dict(reads.count)}")
-    assert reads.source["elsewhere"] == 0, dict(reads.source)
-    assert reads.source["deepspeed zero"] > 0, "DeepSpeed's ZeRO-2 step no longer reads values: update docs/gpu.md"
+    assert dict(reads.source) == {}, dict(reads.count)

@@ -18,6 +18,7 @@ import warnings
 from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -655,3 +656,40 @@ print(json.dumps({{'rows': len(out), 'layers': out['exit_layer'].tolist(),
     assert result["rows"] == 2 and result["sweeps_loaded"] is False
     for package in ("trainers", "serving"):
         assert result[package].startswith(str(folder)), result  # the model's own copy, not the repo's
+
+
+def test_bf16_answers_agree_with_fp32_ones_on_the_mr_test_sentences(exported, capsys):
+    """The GPU path's precision (bf16 autocast, model_config precision auto on CUDA), run on the CPU
+    on 400 MR test sentences: every exit's argmax against fp32 (a full forward), then the served
+    answers and exit layers of policies against fp32. The figures go to docs/serving.md."""
+    from serving.model import ExitPolicyModel
+
+    texts = [mr_sentences(400)]
+    fp32 = ExitPolicyModel().load(exported, {"policy": "none", "setting": 0}, precision="fp32")
+    bf16 = ExitPolicyModel().load(exported, {"policy": "none", "setting": 0}, precision="bf16")
+    assert fp32.autocast_dtype is None and bf16.autocast_dtype == torch.bfloat16
+    agree, total, worst = 0, 0, 0.0
+    with torch.inference_mode():
+        (_, logits, _), *_ = bf16.device_outputs([texts[0][:8]])
+        assert logits.dtype == torch.bfloat16, "autocast reached the exits"
+        for _, batch in fp32.batches(*fp32.tokenize(texts)):
+            exact = fp32.model(**batch)  # [exits, rows, classes]
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                mixed = bf16.model(**batch).float()
+            agree += (exact.argmax(-1) == mixed.argmax(-1)).sum().item()
+            total += exact.shape[0] * exact.shape[1]
+            worst = max(worst, (exact.softmax(-1) - mixed.softmax(-1)).abs().max().item())
+    lines = [f"every exit's argmax, bf16 vs fp32: {agree}/{total} agree ({agree / total:.4f}); "
+             f"largest probability difference {worst:.4f}"]
+    for kind, setting in (("patience", 1), ("confidence", 0.95)):
+        policy = {"policy": kind, "setting": setting}
+        labels32, _, layers32 = ExitPolicyModel().load(exported, policy, precision="fp32").predict_texts(texts)
+        labels16, _, layers16 = ExitPolicyModel().load(exported, policy, precision="bf16").predict_texts(texts)
+        lines.append(f"{kind} {setting}: answers agree {(labels32 == labels16).mean():.4f}, exit layers agree "
+                     f"{(layers32 == layers16).mean():.4f} (fp32 exit layers {np.bincount(layers32).tolist()})")
+        assert (labels32 == labels16).mean() >= 0.98 and (layers32 == layers16).mean() >= 0.95, lines
+    with capsys.disabled():
+        print("\n" + "\n".join(lines))
+    assert agree / total >= 0.98, lines
+    with pytest.raises(Exception, match="precision must be one of"):
+        ExitPolicyModel().load(exported, {"policy": "none", "setting": 0}, precision="fp16")

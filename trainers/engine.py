@@ -7,16 +7,15 @@ a launcher (deepspeed, torchrun, Ray) already described one in RANK/WORLD_SIZE.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import sys
 from pathlib import Path
-from typing import Any
 
 import torch
 
 from trainers.config import DEVICES, resolve_precision
+from trainers.ds_config import check_resolved_precision, deepspeed_config  # noqa: F401 (ds.deepspeed_config)
 from trainers.errors import ConfigError
 from trainers.layout import COMPLETE_MARKER, LATEST_FILE, checkpoints_dir, rank_state_file
 
@@ -124,50 +123,6 @@ def world() -> tuple[int, int]:
     return 0, 1
 
 
-def deepspeed_config(cfg, world_size: int) -> dict[str, Any]:
-    """The engine config: the user's JSON if given, with the trainer's settings where it is silent."""
-    config: dict[str, Any] = json.loads(Path(cfg.deepspeed_config).read_text()) if cfg.deepspeed_config else {}
-    if cfg.batch_size % world_size:
-        raise ConfigError(f"batch_size {cfg.batch_size} must be divisible by the number of processes ({world_size})")
-    config.setdefault("train_batch_size", cfg.batch_size)
-    config.setdefault("train_micro_batch_size_per_gpu", cfg.batch_size // world_size)
-    config.setdefault("gradient_accumulation_steps", 1)
-    config.setdefault("gradient_clipping", cfg.max_grad_norm)
-    config.setdefault("zero_optimization", {"stage": cfg.zero_stage})
-    config.setdefault("steps_per_print", 10**9)  # the trainer prints its own progress
-    config.setdefault("wall_clock_breakdown", False)
-    # DeepSpeed's throughput timer is on by default: a forward pre-hook that synchronizes the
-    # device on every call of the module (hypergradient passes and evaluation included).
-    config.setdefault("timers", {"throughput": {"enabled": False}})
-    check_resolved_precision(cfg.precision)
-    if cfg.precision == "bf16":
-        # Autocast keeps fp32 master parameters: the finite-difference hypergradient perturbs θ by
-        # ~1e-6 per entry, which bf16 parameters could not represent.
-        config.setdefault("torch_autocast", {"enabled": True, "dtype": "bfloat16"})
-    for key in ("bf16", "fp16"):
-        if config.get(key, {}).get("enabled"):
-            raise ConfigError(
-                f"DeepSpeed config enables '{key}' parameters; use --precision bf16 (torch_autocast with fp32 "
-                "master weights) instead, because the loss-weight hypergradient needs fp32 parameters"
-            )
-    if config["zero_optimization"].get("stage", 0) > 2:
-        raise ConfigError("ZeRO stage 3 is not supported; use stage 0, 1 or 2")
-    if config["train_batch_size"] != cfg.batch_size:
-        raise ConfigError(
-            f"DeepSpeed config train_batch_size={config['train_batch_size']} disagrees with batch_size={cfg.batch_size}; "
-            "drop it from the JSON and set --batch-size"
-        )
-    return config
-
-
-def check_resolved_precision(precision: str) -> None:
-    """fp32 or bf16; ``auto`` must have been resolved for the device (``select_device_and_precision``,
-    as ``trainers.train.run`` does) before an engine or a strategy is built from the config."""
-    if precision not in ("fp32", "bf16"):
-        raise ConfigError(f"precision '{precision}' reached the engine unresolved; resolve it for the device first "
-                          "(trainers.engine.select_device_and_precision)")
-
-
 def linear_warmup_decay(optimizer, total_steps: int, warmup_ratio: float):
     warmup = int(total_steps * warmup_ratio)
 
@@ -267,6 +222,7 @@ def build_engine(model: torch.nn.Module, cfg, total_steps: int):
         model=model, optimizer=optimizer, lr_scheduler=scheduler,
         config=deepspeed_config(cfg, world()[1]), dist_init_required=False,
     )
+    engine.trainer_max_grad_norm = cfg.max_grad_norm  # DeepSpeed's clipping is off: trainers.gradient_clipping
     return engine
 
 

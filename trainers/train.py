@@ -45,6 +45,7 @@ from trainers.evaluate import (collect_logits, final_report, point_key, policy_g
                                wallclock_speedups)
 from trainers.frontier import curve_table
 from trainers.inputs import TINY_MODEL, check_run_inputs
+from trainers.gradient_clipping import clip_gradients
 from trainers.layout import SUMMARY_FILE, TEST_LOGITS_FILE, checkpoints_dir, epoch_tag
 from trainers.model import ModelSpec, MultiExitEncoder, build_model, resolve_model_source, tiny_backbone
 from trainers.objective import LossTerms, inner_loss, term_losses
@@ -165,6 +166,7 @@ def training_step(engine, strategy, terms: LossTerms, draw: StepDraw, step: int,
     # The mean over processes: every rank sees any rank's NaN, so all skip the update together.
     ok = monitor.record_loss(step, all_reduce_mean([loss.detach()])[0])
     engine.backward(loss)
+    clip_gradients(engine)  # on the device: DeepSpeed's own clipping waits on the host
     ds.skip_update_unless(engine, ok)
     engine.step()
     return loss, outer

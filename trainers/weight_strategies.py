@@ -26,6 +26,7 @@ at θ on both sides (the pitfall measured in the method doc: moving them gave co
 
 from __future__ import annotations
 
+import contextlib
 from typing import Callable
 
 import torch
@@ -71,6 +72,19 @@ def phase(name: str):
     return torch.profiler.record_function(f"hypergradient/{name}")
 
 
+@contextlib.contextmanager
+def exact_fp32_matmuls():
+    """fp32 matmuls at full precision ("highest"), restored after: TF32 (what "high" allows on a GPU)
+    rounds products to about 1e-3, which would swamp ℓ+ − ℓ− at a perturbation of about 1e-6.
+    Pinned inside the sides, so that anything in the process setting "high" cannot reach them."""
+    previous = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("highest")
+    try:
+        yield
+    finally:
+        torch.set_float32_matmul_precision(previous)
+
+
 def _autocast(device_type: str, dtype: torch.dtype | None):
     """Autocast in ``dtype`` for the gradient passes, or off (fp32) when ``dtype`` is None."""
     if dtype is None:
@@ -85,8 +99,8 @@ def hypergradient(model: torch.nn.Module, terms: LossTerms, loss_weights: LossWe
     """h(B_tr → B_out) = dL_out(θ'(φ); B_out)/dφ by finite differences; one ξ per trainable parameter.
 
     Four passes: g (forward + backward on B_tr), v (forward + backward on B_out at θ'), and the
-    two finite-difference sides ℓ± (forwards on B_tr). The sides always run in fp32: ℓ+ − ℓ− is
-    a difference of nearly equal numbers. ``grad_dtype`` (bf16) runs the g and v passes under
+    two finite-difference sides ℓ± (forwards on B_tr). The sides always run in fp32, TF32 off: ℓ+ − ℓ−
+    is a difference of nearly equal numbers. ``grad_dtype`` (bf16) runs the g and v passes under
     autocast, as θ's own steps do; they only choose the direction u and the virtual step.
     Parameter updates are foreach ops: a handful of kernels per update instead of several per tensor.
     """
@@ -111,7 +125,7 @@ def hypergradient(model: torch.nn.Module, terms: LossTerms, loss_weights: LossWe
         with phase("v_pass"), _autocast(device_type, grad_dtype):
             v = torch.autograd.grad(outer_loss(model(**outer_batch), labels_out, terms.regression), params)
             v = reduce(list(v))
-        with torch.no_grad(), autocast_off(device_type):  # finite differences need fp32
+        with torch.no_grad(), autocast_off(device_type), exact_fp32_matmuls():  # finite differences need fp32
             with phase("perturb_copies"):
                 u = torch._foreach_mul(v, xi)
                 del v
