@@ -48,7 +48,6 @@ from sweeps.tracking import Tracker
 from sweeps.trial import TEST_LOGITS_FILE
 from trainers.config import TrainConfig
 from trainers.layout import TAG_SWEEP
-from trainers.tasks import get_task
 
 
 @dataclass
@@ -83,7 +82,7 @@ def final_stage(cfg: SweepConfig, tracker: Tracker, outcomes: list[ArmOutcome], 
         parents[seeds[0].group] = tracker.arm_run(
             arm, FINAL, params={"seeds": ",".join(map(str, cfg.final_seeds)), "source_trial_id": best.trial_id,
                                 "source_trial_number": best.number, **shown},
-            settings={"trainer": other}, tags={TAG_SWEEP: cfg.name}, metric=get_task(seeds[0].train.task).metrics[0])
+            settings={"trainer": other}, tags={TAG_SWEEP: cfg.name}, metric=seeds[0].train.primary_metric())
         specs += seeds
         firsts[arm] = seeds[0]
         if not resume:

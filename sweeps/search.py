@@ -23,7 +23,6 @@ from sweeps.spec import SEARCH, Runtime, TrialSpec
 from sweeps.tracking import Tracker
 from trainers.config import TrainConfig
 from trainers.layout import TAG_SWEEP
-from trainers.tasks import get_task
 
 
 @dataclass
@@ -162,7 +161,7 @@ def search_stage(cfg: SweepConfig, tracker: Tracker, resume: bool, trainer=None)
         shown_options, other_options = split_params(options, COMPARED_OPTIONS)
         parents[arm.name] = tracker.arm_run(
             arm.name, SEARCH, params={**shown, **shown_options}, settings={"sweep": other, "trainer": other_options},
-            tags={TAG_SWEEP: cfg.name, "preset": cfg.preset}, metric=get_task(arm.train.task).metrics[0])
+            tags={TAG_SWEEP: cfg.name, "preset": cfg.preset}, metric=arm.train.primary_metric())
         searchers[arm.name], algorithms[arm.name], note = arm_searcher(cfg, arm)
         schedulers[arm.name] = arm_scheduler(cfg, arm.epochs)
         tracker.client.set_tag(parents[arm.name], "search_algorithm", algorithms[arm.name])

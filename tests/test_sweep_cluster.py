@@ -128,7 +128,11 @@ def test_two_workers_per_trial_match_one_worker(tmp_path):
     logged = runs_by_role(mlflow_client, "w2")
     (trial_run,) = logged["trial"]
     assert trial_run.info.status == "FINISHED"
-    assert logged["arm"][0].data.params["workers_per_trial"] == "2"
+    # resources are in the arm run's settings.json artifact, not its params (sweeps/mlflow_view.py)
+    (tmp_path / "settings").mkdir()
+    settings = json.loads(Path(mlflow_client.download_artifacts(logged["arm"][0].info.run_id, "settings.json",
+                                                                str(tmp_path / "settings"))).read_text())
+    assert settings["sweep"]["workers_per_trial"] == 2
 
 
 @pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks a machine whose CUDA is broken or absent")
