@@ -43,7 +43,8 @@ def test_four_quarter_gpu_trials_run_at_once_on_one_device(tmp_path):
                      "gpu_ids": ",".join(str(g) for g in ray.get_gpu_ids()),
                      "visible": os.environ.get("CUDA_VISIBLE_DEVICES", "unset")})
 
-    ray.init(num_cpus=4 * resources["cpu"], num_gpus=1, include_dashboard=False, log_to_driver=False)
+    # address="local": a Ray of its own, never one another test (or `ray start`) left running here
+    ray.init(address="local", num_cpus=4 * resources["cpu"], num_gpus=1, include_dashboard=False, log_to_driver=False)
     try:
         tuner = tune.Tuner(
             tune.with_resources(trial, resources),
