@@ -191,8 +191,8 @@ def where_to_look(result, root_flag: bool = False) -> list[str]:
         lines.append(f"  frontier plot:  {result.files['frontiers_png']}")
     if "summary_md" in result.files:
         lines.append(f"  summary table:  {result.files['summary_md']} (and summary.csv, trials.csv)")
-    if "optuna_db" in result.files:
-        lines.append(f"  Optuna study:   {dashboard_command(result.files['optuna_db'])}")
+    if "optuna_journal" in result.files:
+        lines.append(f"  Optuna study:   {dashboard_command(result.files['optuna_journal'])}")
     if result.registered:
         from serving.describe import serve_command
 
@@ -208,11 +208,12 @@ def where_to_look(result, root_flag: bool = False) -> list[str]:
     return lines
 
 
-def dashboard_command(optuna_db, installed: bool | None = None) -> str:
-    """The command that opens the Optuna study; optuna-dashboard comes with the `dashboard` extra."""
+def dashboard_command(journal, installed: bool | None = None) -> str:
+    """The command that opens the Optuna studies (a journal file: optuna-dashboard reads a file path
+    as one); optuna-dashboard comes with the `dashboard` extra."""
     import importlib.util
 
-    command = f"{venv_script('optuna-dashboard')} sqlite:///{optuna_db}"
+    command = f"{venv_script('optuna-dashboard')} {journal}"
     if installed is None:
         installed = importlib.util.find_spec("optuna_dashboard") is not None
     return command if installed else f"{python()} -m pip install -e '.[dashboard]' && {command}"

@@ -102,7 +102,8 @@ class SweepConfig:
                                       "validation speed-up")
     registry_prefix: str | None = _f(None, "registered model name (default: leebert-<task>), one version per arm, "
                                           "aliases champion and <arm>-best")
-    keep_checkpoints: str = _f("best", "model checkpoints kept after the sweep: best (one per arm) or all")
+    keep_checkpoints: str = _f("best", "best: delete a search trial's checkpoints once nothing can need them (stopped, "
+                                       "failed, or beaten by its arm's best), one model per arm is left; all: keep them")
     trial_logs: bool = _f(False, "forward the trainer's step-by-step logs of every trial to this console")
     env: dict = _f({}, "environment variables set in every trial (e.g. HF_HUB_OFFLINE: '1')")
     diverge_trials: dict = _f({}, "test hook: {<arm>-<trial number>: step} makes the training loss of that search trial NaN "
@@ -143,8 +144,11 @@ class SweepConfig:
         return (self.sweep_dir / "mlartifacts").as_uri()
 
     @property
-    def optuna_storage(self) -> str:
-        return f"sqlite:///{self.sweep_dir / 'optuna.db'}"
+    def optuna_journal(self) -> Path:
+        """The sweep's Optuna studies, one per arm, in one journal file (``sweeps.studies``)."""
+        from sweeps.studies import JOURNAL_FILE
+
+        return self.sweep_dir / JOURNAL_FILE
 
     @property
     def model_prefix(self) -> str:

@@ -18,12 +18,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from sweeps import checkpoints
 from sweeps.config import SweepConfig
 from sweeps.placement import folder_cleanup, remove_trial_folders
 from sweeps.state import SweepInterrupted
 from sweeps.progress import SweepCallback, say
 from sweeps.records import TrialRecord, build_record
-from sweeps.spec import Runtime, TrialSpec, param_space
+from sweeps.spec import SEARCH, Runtime, TrialSpec, param_space
 from sweeps.tracking import Tracker
 from sweeps.trial import train_trial, trial_name
 
@@ -93,6 +94,7 @@ def run_experiment(cfg: SweepConfig, stage: Stage, tracker: Tracker, resume: boo
     from ray import tune
     from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 
+    opened_before = checkpoints.opened()
     path = experiment_path(cfg, stage.name)
     function = trainable(trainer, stage.resources)
     tuner, callback, analysis = None, None, None
@@ -109,7 +111,8 @@ def run_experiment(cfg: SweepConfig, stage: Stage, tracker: Tracker, resume: boo
                                        restart_errored=False)
     else:
         callback = SweepCallback(stage.name, tracker.uri, tracker.experiment, stage.parents, stage.totals,
-                                 stage.epochs, cfg.storage_path)
+                                 stage.epochs, cfg.storage_path,
+                                 prune_checkpoints=cfg.keep_checkpoints == "best" and stage.name == SEARCH)
         tuner = tune.Tuner(
             function,
             param_space=stage.param_space,
@@ -146,4 +149,7 @@ def run_experiment(cfg: SweepConfig, stage: Stage, tracker: Tracker, resume: boo
         if not tracker.trial_logged(record.arm, record.stage, trial.trial_id):  # the callback missed it (driver restarted)
             tracker.log_trial(record, stage.parents[record.group])
         records.append(record)
+    # records come from results alone: a checkpoint opened during a stage would be a download on Tune's loop
+    say(f"{stage.name}: {len(records)} trials ended; checkpoints the driver opened during the stage: "
+        f"{checkpoints.opened() - opened_before}")
     return records

@@ -135,7 +135,9 @@ def seed_result(record: TrialRecord, timing: TimingReport | None) -> SeedResult:
     from trainers.run_files import load_exit_logits
 
     summary = record.summary
-    with record.checkpoint.as_directory() as folder:
+    from sweeps.checkpoints import open_checkpoint
+
+    with open_checkpoint(record.checkpoint) as folder:
         logits, labels, ids = load_exit_logits(Path(folder) / TEST_LOGITS_FILE)
     ops = {float(op.target_speedup): op for op in summary.operating_points}
     outcomes = SavedOutcomes(logits, labels)

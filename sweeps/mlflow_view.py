@@ -151,7 +151,7 @@ def final_note(arm: str, metric: str, figure: str | None) -> str:
 def comparison_note(metric: str, figure: str) -> str:
     return (f"**The search stage compared**, figure {figure} (each arm's best trial; validation left, test "
             "right). " + axes_line(metric) + "\n\nThe table: summary.md, summary.csv; every trial: trials.csv; "
-            "the Optuna studies: optuna.db. " + axes_details())
+            "the Optuna studies: optuna.journal (`optuna-dashboard optuna.journal`). " + axes_details())
 
 
 def final_comparison_note(metric: str, figure: str, table: str) -> str:

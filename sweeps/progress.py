@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import queue
 import threading
 import time
@@ -9,9 +10,11 @@ from typing import Any
 
 from ray import tune
 
+from sweeps import checkpoints
 from sweeps.records import build_record
 from sweeps.spec import SEARCH, TrialSpec
 from sweeps.tracking import Tracker
+from sweeps.trial import trial_name
 
 
 def say(message: str) -> None:
@@ -36,15 +39,22 @@ class SweepCallback(tune.Callback):
     freed slot at once. The experiment's end waits for the thread; what a stopped driver did not
     log is logged by ``sweeps.experiment`` afterwards (every write is idempotent).
 
+    A record is built from the trial's results alone (its summary travels in its final result):
+    the callback opens no checkpoint. With ``keep_checkpoints: best`` the search stage's callback
+    also frees the checkpoints an ended trial makes useless (``sweeps.checkpoints``): decided on
+    the loop from Tune's trials, deleted on the thread.
+
     Tune pickles callbacks with the experiment, so only plain settings are kept across a restore;
     the MLflow client, the logging thread and the per-trial histories are rebuilt.
     """
 
     def __init__(self, stage: str, tracking_uri: str, experiment: str, parents: dict[str, str],
-                 totals: dict[str, Any], epochs: int, storage_path: str, heartbeat_s: float = 60.0):
+                 totals: dict[str, Any], epochs: int, storage_path: str, heartbeat_s: float = 60.0,
+                 prune_checkpoints: bool = False):
         self.stage, self.tracking_uri, self.experiment = stage, tracking_uri, experiment
         self.parents, self.totals = dict(parents), dict(totals)
         self.epochs, self.storage_path, self.heartbeat_s = epochs, storage_path, heartbeat_s
+        self.prune_checkpoints = prune_checkpoints  # keep_checkpoints: best, in the search stage
         self._init_runtime()
 
     def _init_runtime(self) -> None:
@@ -55,6 +65,8 @@ class SweepCallback(tune.Callback):
         self._queue: queue.Queue = queue.Queue()
         self._logger: threading.Thread | None = None
         self._abandon = threading.Event()
+        self._checkpoints = checkpoints.SearchCheckpoints(self.storage_path, self.stage)
+        self._ended: dict[str, dict] = {}  # the storage-log test hook's view of the ended trials
 
     def __getstate__(self):
         return {k: v for k, v in self.__dict__.items() if not k.startswith("_")}
@@ -93,29 +105,45 @@ class SweepCallback(tune.Callback):
         except (KeyError, TypeError, ValueError):  # progress lines must never stop a search
             pass
 
-    def _record(self, trial, error: bool) -> None:
+    def _record(self, trial, error: bool, trials: list) -> None:
         history = self._history.pop(trial.trial_id, [])
         label = self._label(trial)
+        releases = self._checkpoints.on_trial_end(trial, trials, error) if self.prune_checkpoints else []
         try:
             record = build_record(trial, history, error=error, storage_path=self.storage_path)
         except Exception as err:  # noqa: BLE001 - reconciled after fit
             say(f"warning: could not read {label} now ({type(err).__name__}: {err}); retrying at the end")
+            self._enqueue((label, None, releases, None))
             return
         if record.status == "stopped_early":
             say(f"{label} stopped by ASHA after epoch {record.epochs[-1]['epoch'] if record.epochs else 0}")
         elif record.status == "error":
             say(f"{label} FAILED: {record.reason}")
+        ended = None
+        if os.environ.get(checkpoints.STORAGE_LOG_ENV) and self.stage == SEARCH:
+            self._ended[trial.trial_id] = {"arm": record.arm, "number": record.number, "status": record.status,
+                                           "objective": checkpoints.objective_of(trial), "folder": trial_name(trial)}
+            ended = dict(self._ended)
+        self._enqueue((label, record, releases, ended))
+
+    def _enqueue(self, item: tuple) -> None:
         if self._logger is None:
             self._logger = threading.Thread(target=self._log_trials, name="sweep-mlflow-logger", daemon=True)
             self._logger.start()
-        self._queue.put((label, record))
+        self._queue.put(item)
 
     def _log_trials(self) -> None:
         while not self._abandon.is_set():
             item = self._queue.get()
             if item is None:
                 return
-            label, record = item
+            label, record, releases, ended = item
+            for release in releases:
+                release.delete()
+            if ended is not None:
+                checkpoints.log_storage(self.storage_path, self.stage, ended)
+            if record is None:
+                continue
             try:
                 self.tracker.log_trial(record, self.parents[record.group])
             except Exception as err:  # noqa: BLE001 - MLflow trouble must not kill the search; reconciled after fit
@@ -136,10 +164,10 @@ class SweepCallback(tune.Callback):
         self._logger = None
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        self._record(trial, error=False)
+        self._record(trial, error=False, trials=trials)
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        self._record(trial, error=True)
+        self._record(trial, error=True, trials=trials)
 
     def on_step_end(self, iteration, trials, **info):
         if time.time() - self._last_beat >= self.heartbeat_s:

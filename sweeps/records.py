@@ -1,12 +1,15 @@
 """What the driver knows about a trial (``TrialRecord``), rebuilt from Ray Tune's view of it.
 
-A trial's epochs come from its reported results; its trained model and the trainer's summary from
-its final checkpoint. Single-worker trials report that checkpoint to Tune; multi-worker trials
-(Ray Train) report it to Train, and Tune sees its location as ``checkpoint_path`` in the result.
+A trial's epochs and the trainer's summary come from its reported results (the final result
+carries the summary: ``sweeps.trial.final_metrics``); nothing here opens a checkpoint. A record
+only points at its trial's checkpoints: the final one holds the trained model. Single-worker
+trials report that checkpoint to Tune; multi-worker trials (Ray Train) report it to Train, and
+Tune sees its location as ``checkpoint_path`` in the result.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from dataclasses import dataclass, field
@@ -14,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from sweeps.spec import TrialSpec
-from sweeps.trial import CHECKPOINT_PATH_KEY, DIVERGED, read_summary
+from sweeps.trial import CHECKPOINT_PATH_KEY, DIVERGED, SUMMARY_KEY
 from trainers.config import TrainConfig
 from trainers.layout import run_name
 from trainers.results import Summary
@@ -71,6 +74,17 @@ def _stamp(result: dict | None, key: str) -> float | None:
     return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None
 
 
+def result_summary(result: dict | None) -> Summary | None:
+    """The trainer's summary carried by a final result (``sweeps.trial.final_metrics``); None if it has none."""
+    text = (result or {}).get(SUMMARY_KEY)
+    if not isinstance(text, str):
+        return None
+    try:
+        return Summary.from_dict(json.loads(text))
+    except (TypeError, KeyError, ValueError):  # not a summary this code can read: the trial counts as a partial one
+        return None
+
+
 def final_checkpoint(trial, history: list[dict], storage_path: str | None):
     """The checkpoint holding the exported model and summary, or None."""
     if trial.checkpoint is not None:
@@ -116,7 +130,7 @@ def build_record(trial, history: list[dict], error: bool = False, storage_path: 
             by_epoch[int(epoch)] = row
     epochs = [by_epoch[e] for e in sorted(by_epoch)]
     checkpoint = final_checkpoint(trial, epochs, storage_path)
-    summary = read_summary(checkpoint)
+    summary = result_summary(next((row for row in reversed(epochs) if row.get("final_report") is True), None))
     finished = bool(summary) or any(row.get("final_report") is True for row in epochs)
     failed = error or trial.status == "ERROR"
     status = "error" if failed else ("completed" if finished else "stopped_early")

@@ -113,18 +113,18 @@ def write_report(result, tracker) -> None:
     if best:
         files["frontiers_png"] = pareto_overlay(best, out / "frontiers.png",
                                                 title=f"sweep {cfg.name}: best trial per arm ({cfg.train.get('task', '')})")
-    optuna_db = cfg.sweep_dir / "optuna.db"
-    if optuna_db.is_file():  # a copy: the live file stays where OptunaSearch writes it
-        shutil.copy2(optuna_db, out / "optuna.db")
-        files["optuna_db"] = optuna_db
+    journal = cfg.optuna_journal
+    if journal.is_file():  # a copy: the live file stays where OptunaSearch writes it
+        shutil.copy2(journal, out / journal.name)
+        files["optuna_journal"] = journal
     # the arms' figures are in summary.csv (the UI previews it): a metric per arm would grow the
     # chart view with every arm
     metrics = {"wall_time_s": result.wall_time_s}
     upload = [out / "summary.csv", out / "summary.md", out / "trials.csv", cfg.sweep_dir / "sweep.json"]
     if "frontiers_png" in files:
         upload.append(files["frontiers_png"])
-    if (out / "optuna.db").is_file():
-        upload.append(out / "optuna.db")
+    if (out / journal.name).is_file():
+        upload.append(out / journal.name)
     tracker.comparison(upload, metrics, tags={"sweep": cfg.name}, metric=metric)
     result.files = files
     result.table = markdown

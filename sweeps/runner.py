@@ -165,26 +165,17 @@ def register_models(cfg: SweepConfig) -> dict | None:
 def delete_other_checkpoints(outcome: ArmOutcome, storage_path: str) -> None:
     """Keep only the best trial's model checkpoint of an arm (``keep_checkpoints: best``): the
     other trials' models, the last epoch checkpoints of trials ASHA stopped or that failed, and
-    the Ray Train run folders of multi-worker trials other than the best."""
-    import pyarrow.fs
+    the Ray Train run folders of multi-worker trials other than the best. The search's callback
+    already deleted them as each trial ended (``sweeps.checkpoints``); this catches what a
+    stopped driver left undone."""
+    from sweeps.checkpoints import delete_folder, filesystem_of, train_run_folder
 
     for record in outcome.records:
         for checkpoint in (None if record is outcome.best else record.checkpoint, record.resume_checkpoint):
-            if checkpoint is None:
-                continue
-            try:
-                checkpoint.filesystem.delete_dir(checkpoint.path)
-            except Exception:  # noqa: BLE001 - already gone
-                pass
+            if checkpoint is not None:
+                delete_folder(checkpoint.filesystem, checkpoint.path)
         if record is not outcome.best:
-            folder = f"{storage_path.rstrip('/')}/{SEARCH}/_train/{record.trial_id}"
-            filesystem, path = (pyarrow.fs.FileSystem.from_uri(folder) if "://" in folder
-                                else (pyarrow.fs.LocalFileSystem(), folder))
-            try:
-                if filesystem.get_file_info(path).type == pyarrow.fs.FileType.Directory:
-                    filesystem.delete_dir(path)
-            except Exception:  # noqa: BLE001 - cleanup must not fail a finished search
-                pass
+            delete_folder(*filesystem_of(train_run_folder(storage_path, SEARCH, record.trial_id)))
 
 
 def _close_runs(tracker: Tracker | None, status: str) -> None:

@@ -21,6 +21,7 @@ from sweeps.mlflow_view import COMPARED_OPTIONS, COMPARED_SEARCH_SETTINGS, split
 from sweeps.progress import fmt_params, say
 from sweeps.records import TrialRecord
 from sweeps.spec import SEARCH, Runtime, TrialSpec
+from sweeps.studies import journal_storage
 from sweeps.tracking import Tracker
 from trainers.config import TrainConfig
 from trainers.layout import TAG_SWEEP
@@ -125,10 +126,10 @@ def arm_searcher(cfg: SweepConfig, arm: Arm):
         note = (f"random search: about {expected} trials expected, too few for TPE to model anything "
                 f"(it needs {startup or 4}+ startup trials and more after them)")
     searcher = OptunaSearch(search_spaces.to_optuna(arm.space), metric="objective", mode="max", sampler=sampler,
-                            study_name=arm.name, storage=optuna.storages.RDBStorage(cfg.optuna_storage))
+                            study_name=arm.name, storage=journal_storage(cfg.optuna_journal))
     ledger = BudgetLedger(cfg.budget_epochs, arm.cost) if cfg.budget_epochs is not None else None
     every = arm.space.get("outer_every")
-    refit = Refit(arm.name, cfg.optuna_storage, (int(every.low), int(every.high))) if every is not None else None
+    refit = Refit(arm.name, str(cfg.optuna_journal), (int(every.low), int(every.high))) if every is not None else None
     return (ArmBudget(searcher, cfg.trials, ledger, typical_cost(arm), full_epochs=arm.epochs, refit=refit),
             algorithm, note)
 
@@ -227,7 +228,8 @@ def close_optuna_trials(cfg: SweepConfig, studies: list[str]) -> None:
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    storage = journal_storage(cfg.optuna_journal)
     for name in studies:
-        study = optuna.load_study(study_name=name, storage=cfg.optuna_storage)
+        study = optuna.load_study(study_name=name, storage=storage)
         for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
             study.tell(trial.number, state=optuna.trial.TrialState.FAIL)

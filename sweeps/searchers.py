@@ -62,7 +62,7 @@ class Refit:
     records what ran. Picklable: it is saved with the search."""
 
     study_name: str
-    storage: str                     # the Optuna storage URL the arm's study lives in
+    storage: str                     # the journal file the arm's study lives in (sweeps.studies)
     outer_every: tuple[int, int]     # the searched range of outer_every
 
     def cheaper(self, config: dict, ledger: BudgetLedger) -> dict | None:
@@ -77,7 +77,9 @@ class Refit:
     def enqueue(self, params: dict) -> None:
         import optuna
 
-        optuna.load_study(study_name=self.study_name, storage=self.storage).enqueue_trial(params)
+        from sweeps.studies import journal_storage
+
+        optuna.load_study(study_name=self.study_name, storage=journal_storage(self.storage)).enqueue_trial(params)
 
 
 class ArmBudget(Searcher):

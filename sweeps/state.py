@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from sweeps.config import SweepConfig
+from sweeps.studies import check_resumable
 from trainers.errors import ConfigError
 
 STATE_FILE = "sweep.json"  # the resolved config of a sweep, written when it starts; --resume reads it
@@ -47,6 +48,7 @@ def resume_config(cfg: SweepConfig) -> SweepConfig:
         folder = root / cfg.name
         if not (folder / STATE_FILE).is_file():
             raise ConfigError(f"--resume: no sweep named '{cfg.name}' under {root} (missing {STATE_FILE})")
+    check_resumable(folder)
     return SweepConfig.from_dict(read_state(folder, "--resume: ")).validate()
 
 

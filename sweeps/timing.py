@@ -283,7 +283,9 @@ def load_model(model: ModelToTime, device, data: dict[tuple, Any]) -> LoadedMode
     from trainers.evaluate import ExitTimer, exit_policy
     from trainers.train import load_data
 
-    with model.checkpoint.as_directory() as folder:
+    from sweeps.checkpoints import open_checkpoint
+
+    with open_checkpoint(model.checkpoint) as folder:
         network, tokenizer, meta = load_exported(Path(folder) / MODEL_DIR, device)
     cfg = TrainConfig.from_dict(model.train, where="the timed trial's trainer config")
     key = (meta["source_model"], cfg.task, cfg.data_dir, cfg.train_file, cfg.validation_file, cfg.test_file, cfg.dataset,

@@ -51,6 +51,7 @@ from trainers.layout import (CHECKPOINTS_DIR, DEEPSPEED_CONFIG_FILE, EPOCH_PREFI
 from trainers.results import Summary
 
 CHECKPOINT_PATH_KEY = "checkpoint_path"  # where Ray's TuneReportCallback puts a Train checkpoint's path
+SUMMARY_KEY = "summary_json"  # the final result's copy of the trainer's summary (final_metrics)
 DIVERGED = re.compile(r"diverged at step \d+ \([^\n]*?\)")
 
 
@@ -75,8 +76,10 @@ def epoch_metrics(record: dict, objective: str) -> dict[str, Any]:
 
 
 def final_metrics(summary: Summary, objective: str, window: dict[str, float] | None = None) -> dict[str, Any]:
-    """The last report: the last epoch's validation, the test metrics, and the training window
-    (``trained_from``/``trained_until``), which shows that no timing overlapped any training."""
+    """The last report: the last epoch's validation, the test metrics, the training window
+    (``trained_from``/``trained_until``), which shows that no timing overlapped any training, and
+    the trainer's whole summary as one JSON string (``SUMMARY_KEY``): the driver builds the trial's
+    record from it without opening the checkpoint (a string, so Tune's loggers keep it as one value)."""
     metrics = epoch_metrics(summary.epochs[-1], objective)
     metrics.update({
         "test_hypervolume": summary.test.hypervolume,
@@ -84,6 +87,7 @@ def final_metrics(summary: Summary, objective: str, window: dict[str, float] | N
         "train_wall_time_s": summary.wall_time_s,
         **(window or {}),
         "final_report": True,  # ("done" is a Ray Tune result key)
+        SUMMARY_KEY: json.dumps(summary.to_dict(), default=float),
     })
     return metrics
 
@@ -299,8 +303,10 @@ def read_checkpoint_json(checkpoint, name: str) -> dict | None:
     """A JSON file of a trial's checkpoint; None when the checkpoint (or the file) is missing."""
     if checkpoint is None:
         return None
+    from sweeps.checkpoints import open_checkpoint
+
     try:
-        with checkpoint.as_directory() as folder:
+        with open_checkpoint(checkpoint) as folder:
             path = Path(folder) / name
             return json.loads(path.read_text()) if path.is_file() else None
     except Exception:  # noqa: BLE001 - a missing checkpoint makes the trial a partial one

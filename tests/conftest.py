@@ -50,12 +50,13 @@ def smoke_sweep(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("sweeps")
     name = "smoke-test"
-    sweep = run_sampled_sweep(root, name)
+    storage_log = root / "storage.jsonl"  # the driver appends the search's storage listing after each trial's end
+    sweep = run_sampled_sweep(root, name, extra_env={"LEEBERT_STORAGE_LOG": str(storage_log)})
     proc = sweep["proc"]
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     mlflow_client, uri = client(root, name)
     return {**sweep, "root": root, "dir": root / name, "name": name, "client": mlflow_client, "uri": uri,
-            "runs": runs_by_role(mlflow_client, name)}
+            "runs": runs_by_role(mlflow_client, name), "storage_log": storage_log}
 
 
 BUDGET_SWEEP_BUDGET = 7.0

@@ -357,7 +357,7 @@ def test_the_sweeps_closing_commands_run_as_printed_without_a_venv(tmp_path):
                                                                           "uri": "models:/leebert-mr@champion"},
                   "versions": {"clo": {"version": "1"}}}
     result = SimpleNamespace(cfg=cfg, tracking_uri=uri, experiment_id="1", final=None, registered=registered,
-                             files={"optuna_db": tmp_path / "optuna.db"})
+                             files={"optuna_journal": tmp_path / "optuna.journal"})
     lines = {line.split(":", 1)[0].strip(): line.split(":", 1)[1].strip()
              for line in cli["where_to_look"](result, root_flag=True) if ":" in line}
     ui = lines["MLflow UI"].split("   (then open")[0]

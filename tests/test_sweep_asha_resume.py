@@ -95,8 +95,10 @@ def test_asha_promotes_and_stops_the_same_trials_after_a_resume(tmp_path):
 
     import optuna
 
+    from sweeps.studies import JOURNAL_FILE, journal_storage
+
     # one fidelity per study, in both runs: COMPLETE for full-length trials, PRUNED for ASHA's stops
     for name in ("uninterrupted", "interrupted"):
-        study = optuna.load_study(study_name="fixed-uniform", storage=f"sqlite:///{root / name / 'optuna.db'}")
+        study = optuna.load_study(study_name="fixed-uniform", storage=journal_storage(root / name / JOURNAL_FILE))
         states = [t.state.name for t in study.get_trials(deepcopy=False) if t.state.name != "FAIL"]
         assert states.count("PRUNED") == len(stopped) and states.count("COMPLETE") == TRIALS - len(stopped), (name, states)

@@ -225,6 +225,22 @@ def test_a_sweep_saved_before_the_rename_resumes_with_its_arms(tmp_path):
     assert again["arms"] == ["fixed-uniform", "clo"] and "methods" not in again
 
 
+def test_a_sweep_whose_studies_are_in_the_old_sqlite_file_is_not_resumed_and_says_how_to_go_on(tmp_path):
+    """Studies live in optuna.journal now; a folder with only optuna.db (an older version's) is refused."""
+    from sweeps.state import resume_config, save_state
+
+    flags = {"root": str(tmp_path), "name": "sqlite-sweep"}
+    save_state(build_config(preset="smoke", flags=flags))
+    (tmp_path / "sqlite-sweep" / "optuna.db").write_bytes(b"SQLite format 3\x00")
+    with pytest.raises(ConfigError) as err:
+        resume_config(build_config(preset="smoke", flags=flags))
+    message = str(err.value)
+    assert "optuna.db" in message and "optuna.journal" in message
+    assert "Finish it with the version that started it, or start a new sweep (another --name)" in message
+    (tmp_path / "sqlite-sweep" / "optuna.journal").write_text("")  # a journal beside it: resumed from the journal
+    assert resume_config(build_config(preset="smoke", flags=flags)).name == "sqlite-sweep"
+
+
 def test_unreachable_services_are_config_errors(tmp_path):
     port = free_port()
     with pytest.raises(ConfigError, match="not reachable"):

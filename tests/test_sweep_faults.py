@@ -115,7 +115,9 @@ def test_a_diverging_trial_fails_and_the_sweep_goes_on(tmp_path):
 
     import optuna
 
-    study = optuna.load_study(study_name="fixed", storage=f"sqlite:///{root / 'nan' / 'optuna.db'}")
+    from sweeps.studies import JOURNAL_FILE, journal_storage
+
+    study = optuna.load_study(study_name="fixed", storage=journal_storage(root / 'nan' / JOURNAL_FILE))
     states = {t.number + 1: t.state for t in study.get_trials(deepcopy=False)}
     assert states[2] in (optuna.trial.TrialState.FAIL, optuna.trial.TrialState.PRUNED)
     assert states[1] == states[3] == optuna.trial.TrialState.COMPLETE

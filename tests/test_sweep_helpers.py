@@ -197,13 +197,13 @@ def describe(process) -> str:
         return "?"
 
 
-def run_sampled_sweep(root: Path, name: str, *args: str, timeout: float = 600) -> dict:
+def run_sampled_sweep(root: Path, name: str, *args: str, timeout: float = 600, extra_env: dict | None = None) -> dict:
     """Run the sweep CLI in its own session (stdout and stderr to files beside ``root``), sampling the
     listening TCP sockets of its whole process tree every ~2 s while it runs (tests/test_loopback.py
     checks them). Returns the finished process as a CompletedProcess, the sockets seen
     ({(address, port, pid): process}), the number of samples, and the processes of its session still
     running 60 s after it ended (killed by then)."""
-    env = sweep_env()
+    env = sweep_env(**(extra_env or {}))
     for key in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"):
         env.pop(key, None)  # the sweep must keep Ray on loopback by itself, and log to its own store
     root.mkdir(parents=True, exist_ok=True)

@@ -119,7 +119,9 @@ def test_kill_driver_then_resume(tmp_path):
 
     import optuna
 
-    storage = f"sqlite:///{root / NAME / 'optuna.db'}"
+    from sweeps.studies import JOURNAL_FILE, journal_storage
+
+    storage = journal_storage(root / NAME / JOURNAL_FILE)
     for arm in ARMS:
         trials = optuna.load_study(study_name=arm, storage=storage).get_trials(deepcopy=False)
         states = [t.state for t in trials]

@@ -198,9 +198,11 @@ def test_only_full_length_trials_are_complete_stopped_ones_are_pruned_with_their
 def test_a_drawn_trial_that_does_not_fit_runs_as_its_cheapest_variant_that_does(tmp_path):
     from sweeps.searchers import Refit
 
-    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    from sweeps.studies import journal_storage
+
+    storage = str(tmp_path / "optuna.journal")  # the sweep's studies: a journal file (sweeps.studies)
     searcher = OptunaSearch(to_optuna(SPACE), metric="objective", mode="max", study_name="refit",
-                            storage=optuna.storages.RDBStorage(storage),
+                            storage=journal_storage(storage),
                             sampler=optuna.samplers.RandomSampler(seed=0))
     # 2 epochs at outer_every 2 cost 2 x 3.1 = 6.2; only 2 x 1.42 = 2.84 (outer_every 10) is left after the first
     ledger = BudgetLedger(limit=6.2 + 3.0, cost=CLO)
@@ -214,7 +216,7 @@ def test_a_drawn_trial_that_does_not_fit_runs_as_its_cheapest_variant_that_does(
     assert CLO.whole(second) <= left + 1e-9  # it fits ...
     assert CLO.whole({**second, "outer_every": second["outer_every"] - 1}) > left  # ... with the smallest outer_every that does
     arm.on_trial_complete("b", {"epoch": 2, "objective": 0.5, "training_iteration": 2})
-    trials = optuna.load_study(study_name="refit", storage=storage).get_trials(deepcopy=False)
+    trials = optuna.load_study(study_name="refit", storage=journal_storage(storage)).get_trials(deepcopy=False)
     drawn, ran = trials[-2], trials[-1]
     assert drawn.state.name == "FAIL" and ran.state.name == "COMPLETE"  # the first draw never ran
     assert ran.params == {k: second[k] for k in ("lr", "outer_every")} and ran.params["lr"] == drawn.params["lr"]

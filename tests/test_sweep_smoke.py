@@ -155,7 +155,7 @@ def test_sweep_report_and_comparison_run(smoke):
     assert len(pd.read_csv(report / "trials.csv")) == TRIALS * len(ARMS)
     comparison = smoke["runs"]["comparison"][0]
     artifacts = {a.path for a in smoke["client"].list_artifacts(comparison.info.run_id)}
-    assert {"frontiers.png", "summary.csv", "summary.md", "trials.csv", "optuna.db", "sweep.json"} <= artifacts
+    assert {"frontiers.png", "summary.csv", "summary.md", "trials.csv", "optuna.journal", "sweep.json"} <= artifacts
     # the arms' figures are in summary.csv, not one metric per arm (the chart view stays short)
     assert set(comparison.data.metrics) == {"wall_time_s"}
     assert "Step = speed-up × 100" in comparison.data.tags["mlflow.note.content"]
@@ -164,7 +164,10 @@ def test_sweep_report_and_comparison_run(smoke):
 def test_optuna_storage_holds_one_study_per_arm(smoke):
     import optuna
 
-    storage = f"sqlite:///{smoke['dir'] / 'optuna.db'}"
+    from sweeps.studies import JOURNAL_FILE, journal_storage
+
+    storage = journal_storage(smoke["dir"] / JOURNAL_FILE)  # a journal file, not sqlite: it works on NFS
+    assert not (smoke["dir"] / "optuna.db").exists()
     studies = {s.study_name: s for s in optuna.get_all_study_summaries(storage)}
     assert set(studies) == set(ARMS)
     first = {}
@@ -190,6 +193,47 @@ def test_optuna_storage_holds_one_study_per_arm(smoke):
         first[arm] = trials[0].params
     # the same sampler seed for every arm: the shared parameters start from the same draw
     assert first["fixed"]["lr"] == first["clo"]["lr"] == first["bilevel"]["lr"]
+
+
+def test_the_search_storage_holds_only_what_the_rules_allow_after_every_trial_end(smoke):
+    """keep_checkpoints: best (the default), checked from the storage listing the driver took after
+    each search trial's end (sweeps.checkpoints; LEEBERT_STORAGE_LOG, set by tests/conftest.py):
+    a stopped or failed trial keeps nothing, a completed one its model only while it is its arm's
+    best (lower trial number on a tie), a running one at most its last epoch checkpoint and the one
+    being registered."""
+    snapshots = [json.loads(line) for line in smoke["storage_log"].read_text().splitlines()]
+    assert len(snapshots) == TRIALS * len(ARMS)  # one per trial end
+    assert [len(s["ended"]) for s in snapshots] == list(range(1, TRIALS * len(ARMS) + 1))
+    statuses = {t["status"] for t in snapshots[-1]["ended"].values()}
+    assert "completed" in statuses and statuses <= {"completed", "stopped_early", "error"}
+    for snapshot in snapshots:
+        ended, held = snapshot["ended"], snapshot["checkpoints"]
+        assert not any(owner.startswith("_train/") for owner in held)  # one worker per trial: Tune's folders only
+        best = {}
+        for trial in ended.values():
+            if trial["status"] == "completed":
+                key = (trial["objective"], -trial["number"])
+                best[trial["arm"]] = max(best.get(trial["arm"], key), key)
+        allowed = {}
+        for trial in ended.values():
+            keeps = trial["status"] == "completed" and best[trial["arm"]] == (trial["objective"], -trial["number"])
+            allowed[trial["folder"]] = 1 if keeps else 0
+            assert len(held.get(trial["folder"], [])) == allowed[trial["folder"]], (trial, held)
+        running = {folder: names for folder, names in held.items() if folder not in allowed}
+        assert len(running) <= 2 and all(len(names) <= 2 for names in running.values()), held  # max_concurrent: 2
+        assert sum(map(len, held.values())) <= len(best) + 2 * 2
+    # after the sweep: one model per arm (its best trial's), nothing else
+    search = smoke["dir"] / "ray" / "search"
+    kept = sorted(c.parent.name for c in search.glob("*/checkpoint_*"))
+    assert len(kept) == len(ARMS) and {name.split("_")[0] for name in kept} == set(ARMS)
+
+
+def test_the_driver_opens_no_checkpoint_while_a_stage_runs(smoke):
+    """Records come from results (a trial's summary travels in its final result): the driver
+    counts every checkpoint it opens (sweeps.checkpoints.open_checkpoint) and none is opened
+    while the search runs."""
+    assert (f"[sweep] search: {TRIALS * len(ARMS)} trials ended; checkpoints the driver opened during the stage: 0"
+            in smoke["proc"].stdout)
 
 
 @pytest.mark.filterwarnings("ignore:.*type hints")
