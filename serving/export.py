@@ -4,8 +4,7 @@
 exit, the tokenizer, and what the task looks like, so that ``load_exported`` rebuilds the model
 without the original checkpoint or the hub. No MLflow here: trials import this module, and the
 served model ships it (``serving.model.code_paths``), so it imports only ``trainers.model`` at load
-time (``export_model`` and ``load_tokenizer`` also use ``trainers.data`` / ``trainers.train``, which
-run in the training environment only).
+time (``export_model`` also uses ``trainers.data``, which runs in the training environment only).
 """
 
 from __future__ import annotations
@@ -14,20 +13,7 @@ import json
 from pathlib import Path
 
 from trainers.layout import BACKBONE_DIR, EXPORT_META_FILE, TOKENIZER_DIR, WEIGHTS_FILE
-
-
-def load_tokenizer(model: str):
-    """The tokenizer of a training config's ``model`` (the embedded MiniLM's for ``tiny-random``)."""
-    from transformers import AutoTokenizer
-
-    from trainers.model import EMBEDDED_MODEL, embedded_model_path, resolve_model_source
-
-    if model == EMBEDDED_MODEL:  # no need to import the trainer (and DeepSpeed) for the common case
-        return AutoTokenizer.from_pretrained(embedded_model_path())
-    from trainers.train import TINY_MODEL
-
-    source = embedded_model_path() if model == TINY_MODEL else resolve_model_source(model)
-    return AutoTokenizer.from_pretrained(source)
+from trainers.model import load_tokenizer  # noqa: F401 - this module's name for it, kept for callers
 
 
 def export_model(model, cfg, folder: Path, task=None) -> Path:

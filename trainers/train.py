@@ -64,7 +64,7 @@ def build_components(cfg: TrainConfig):
 
     data = None
     if cfg.is_own_task:
-        from serving.export import load_tokenizer
+        from trainers.model import load_tokenizer
 
         data = load_data(cfg, load_tokenizer(cfg.model))
     task = data.task if data is not None else get_task(cfg.task)
