@@ -99,6 +99,7 @@ def ensure_process_group(device: str | None = None) -> None:
         return
     import deepspeed
 
+    without_shm_comm_op()  # init_distributed below starts DeepSpeed's comm backend
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     backend = "nccl" if device == "cuda" else "gloo"
@@ -165,57 +166,33 @@ def build_optimizer(model: torch.nn.Module, cfg, total_steps: int):
     return optimizer, linear_warmup_decay(optimizer, total_steps, cfg.warmup_ratio)
 
 
-# DeepSpeed JIT-builds this op (g++ + ninja, ~50 s) the first time a machine creates an engine.
+# DeepSpeed's CPU accelerator JIT-builds this op (g++ + ninja, 37-50 s: stack-notes) when its comm
+# backend starts, and every other process on the machine waits on the build's lock meanwhile.
 SHM_COMM_OP = "deepspeed_shm_comm"
-# The build took 37-50 s here (stack-notes; 37 s beside a running study); a lock this old is a dead build's.
-STALE_BUILD_LOCK_S = 600.0
 
 
-def extension_build_lock(op_name: str = SHM_COMM_OP) -> Path:
-    """The lock file torch's ``FileBaton`` holds while one process builds ``op_name``."""
-    from torch.utils.cpp_extension import _get_build_directory  # honours TORCH_EXTENSIONS_DIR
+def without_shm_comm_op() -> None:
+    """Start DeepSpeed's comm backend without building its shared-memory all-reduce op.
 
-    return Path(_get_build_directory(op_name, verbose=False)) / "lock"
-
-
-def wait_for_extension_build(lock: Path, stale_after_s: float = STALE_BUILD_LOCK_S, poll_s: float = 1.0) -> bool:
-    """Wait while another process builds a JIT op; remove the lock if its builder died.
-
-    torch's ``FileBaton`` makes every later process wait, with no limit, while the lock file exists,
-    and a build killed mid-way (a Ray trial stopped with SIGKILL, a test's timeout) leaves the file
-    behind: every trainer on the machine would then hang inside ``deepspeed.initialize``. The lock
-    is created once when the build starts, so its age is the build's age. Returns True when it
-    removed a stale lock.
+    Only ``inference_all_reduce`` (DeepSpeed-Inference's tensor parallelism on CPU) uses that op;
+    training all-reduces through torch.distributed (gloo for several CPU workers). Building it
+    anyway cost every fresh machine a minute, needed a C++ compiler, and made each trainer that
+    started meanwhile wait on the build's lock (a killed build left the lock behind, and torch
+    then waits forever). The backend treats a missing op as "use torch.distributed".
     """
-    import time
+    import importlib
 
-    told = False
-    while True:
-        try:
-            age = time.time() - lock.stat().st_mtime
-        except FileNotFoundError:
-            return False
-        if age > stale_after_s:
-            print(f"[engine] removing {lock}: a JIT build lock {age:.0f} s old is left by a build that died "
-                  f"(a build takes about a minute); the op is checked and rebuilt if incomplete",
-                  file=sys.stderr, flush=True)
-            lock.unlink(missing_ok=True)
-            return True
-        if not told:
-            print(f"[engine] waiting for another process to finish building {lock.parent.name} "
-                  f"(lock {age:.0f} s old; treated as dead after {stale_after_s:.0f} s)", file=sys.stderr, flush=True)
-            told = True
-        time.sleep(poll_s)
+    # by module name: `import deepspeed.comm.torch as m` gives the torch package (deepspeed.comm's `torch` attribute)
+    backend_module = importlib.import_module("deepspeed.comm.torch")
+    backend_module.build_shm_op = lambda: None
 
 
 def build_engine(model: torch.nn.Module, cfg, total_steps: int):
     """AdamW with separate backbone / exit-head learning rates, warm-up + linear decay, in a DeepSpeed engine."""
     ensure_process_group()
     import deepspeed
-    from deepspeed.accelerator import get_accelerator
 
-    if get_accelerator().device_name() == "cpu":  # only the CPU accelerator builds the shm op
-        wait_for_extension_build(extension_build_lock())
+    without_shm_comm_op()
 
     optimizer, scheduler = build_optimizer(model, cfg, total_steps)
     engine, _, _, _ = deepspeed.initialize(
