@@ -116,32 +116,32 @@ class SearchCheckpoints:
     """Which ended search trials' checkpoints can go (the rules above), decided from Tune's trials
     alone: no storage access. Rebuilt from nothing after a restore: it only needs ``trials``."""
 
-    def __init__(self, storage_path: str, experiment: str):
+    def __init__(self, storage_path: str, experiment: str, identify=None):
+        """``identify(trial)`` -> (arm, trial number): the trial's spec by default."""
         self.storage_path, self.experiment = storage_path, experiment
+        self.identify = identify or arm_and_number
         self.released: set[str] = set()
         self.identities: dict[str, tuple[str, int]] = {}
+
+    def _identity(self, trial) -> tuple[str, int]:
+        """Parsed once per trial: this runs on Tune's loop."""
+        if trial.trial_id not in self.identities:
+            self.identities[trial.trial_id] = self.identify(trial)
+        return self.identities[trial.trial_id]
 
     def _release(self, trial) -> Release:
         self.released.add(trial.trial_id)
         return Release(trial.trial_id, trial.checkpoint,
                        train_run_folder(self.storage_path, self.experiment, trial.trial_id))
 
-    def on_trial_end(self, trial, trials: list, error: bool = False, identify=None) -> list[Release]:
+    def on_trial_end(self, trial, trials: list, error: bool = False) -> list[Release]:
         """What to delete now that ``trial`` ended: completed or stopped (``on_trial_complete``), or
-        failed for good (``error``: ``on_trial_error``). ``identify(trial)`` -> (arm, trial
-        number): the trial's spec by default."""
-        given = identify or arm_and_number
-
-        def identify(t) -> tuple[str, int]:  # parsed once per trial: this runs on Tune's loop
-            if t.trial_id not in self.identities:
-                self.identities[t.trial_id] = given(t)
-            return self.identities[t.trial_id]
-
+        failed for good (``error``: ``on_trial_error``)."""
         if error or not reported_final(trial):
             return [self._release(trial)]
-        arm = identify(trial)[0]
-        done = [t for t in trials if t is not trial and completed(t) and identify(t)[0] == arm] + [trial]
-        best = max(done, key=lambda t: (objective_of(t), -identify(t)[1]))
+        arm = self._identity(trial)[0]
+        done = [t for t in trials if t is not trial and completed(t) and self._identity(t)[0] == arm] + [trial]
+        best = max(done, key=lambda t: (objective_of(t), -self._identity(t)[1]))
         return [self._release(t) for t in done if t is not best and t.trial_id not in self.released]
 
 

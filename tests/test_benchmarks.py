@@ -85,7 +85,7 @@ def test_studies_write_their_own_sections_and_resume(tmp_path):
     tiny = ["arms=[bilevel,clo]", "budget_epochs=2", "train.model=tiny-random",
             "train.train_subset=256", "train.max_length=24", "train.batch_size=16", "final_train.train_subset=256",
             "final_seeds=[1,2]", "bootstrap=200", "timing_repeats=1", "env.RAY_USAGE_STATS_ENABLED=0",
-            "reuse_actors=true"]  # a tiny trial trains for seconds after ~9 s of imports: one process runs several
+            "reuse_actors=true"]  # a tiny trial is mostly imports: one process runs several in turn
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "HF_HUB_OFFLINE": "1"}
 
     def run(command, overrides=()):

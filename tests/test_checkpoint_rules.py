@@ -21,26 +21,26 @@ def released(rules, ended, trials, error=False):
     """Tune calls the callback before it sets the ended trial's status: it is still RUNNING then."""
     status, ended.status = ended.status, "RUNNING"
     try:
-        return sorted(r.trial_id for r in rules.on_trial_end(ended, trials, error, identify))
+        return sorted(r.trial_id for r in rules.on_trial_end(ended, trials, error))
     finally:
         ended.status = status
 
 
 def test_stopped_and_failed_trials_lose_their_checkpoint_when_they_end():
-    rules = SearchCheckpoints("/storage", "search")
+    rules = SearchCheckpoints("/storage", "search", identify)
     stopped = trial("s", "clo", 1, objective=0.3)                      # ASHA stopped it: no final report
     failed = trial("f", "clo", 2, status="ERROR", objective=0.9, final=True)  # failed for good (even after its report)
     running = trial("r", "clo", 3, status="RUNNING", objective=0.8)
     trials = [stopped, failed, running]
     assert released(rules, stopped, trials) == ["s"]
     assert released(rules, failed, trials, error=True) == ["f"]
-    release = rules.on_trial_end(stopped, trials, identify=identify)[0]
+    release = rules.on_trial_end(stopped, trials)[0]
     assert release.train_folder == "/storage/search/_train/s"          # a multi-worker trial's Ray Train run too
     assert release.checkpoint.path.endswith("clo_s/checkpoint_000000")
 
 
 def test_a_completed_trial_keeps_its_model_only_while_it_is_its_arms_best():
-    rules = SearchCheckpoints("/storage", "search")
+    rules = SearchCheckpoints("/storage", "search", identify)
     first = trial("a", "clo", 1, objective=0.5, final=True)
     other_arm = trial("x", "fixed", 1, objective=0.1, final=True)
     trials = [first, other_arm]
