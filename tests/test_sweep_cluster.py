@@ -54,7 +54,8 @@ def test_trials_spread_over_two_nodes_and_survive_losing_one(two_nodes, tmp_path
     root = tmp_path / "sweeps"
     results = root / "nodes" / "ray" / "search"
     cmd = sweep_cmd(root, "nodes", "--ray-address", cluster.address, "--set", "arms=[clo]", "--set", "trials=3",
-                    "--set", "max_concurrent=2", "--set", "scheduler=none", "--set", "train.epochs=8")
+                    "--set", "max_concurrent=2", "--set", "scheduler=none", "--set", "train.epochs=8",
+                    "--set", "register=false")
     removed: dict = {}
 
     def remove_second_node_mid_trial():
@@ -106,7 +107,7 @@ def test_two_workers_per_trial_match_one_worker(tmp_path):
     learned loss weights to 1e-5 (float sums in another order)."""
     root = tmp_path / "sweeps"
     common = ("--set", "arms=[clo]", "--set", "trials=1", "--set", "scheduler=none", "--set", "max_concurrent=1",
-              "--set", "train.dropout=0")
+              "--set", "train.dropout=0", "--set", "register=false")
     runs = {}
     for workers in (1, 2):
         proc = run_sweep_cli(root, f"w{workers}", *common, "--set", f"workers_per_trial={workers}")

@@ -35,7 +35,8 @@ def test_killed_trial_process_resumes_from_its_checkpoint(tmp_path):
     """SIGKILL the trial's training process after epoch 1: the trial restarts from the epoch-1
     checkpoint, reports epochs 2 and 3 once each, and ends with the weights of a run never killed."""
     root = tmp_path / "sweeps"
-    args = ("--set", "arms=[clo]", "--set", "trials=1", "--set", "scheduler=none", "--set", "keep_checkpoints=all")
+    args = ("--set", "arms=[clo]", "--set", "trials=1", "--set", "scheduler=none", "--set", "keep_checkpoints=all",
+            "--set", "register=false")  # registration has its own tests (test_register.py, the smoke sweep)
     killed: dict = {}
 
     def kill_after_first_epoch():
@@ -83,7 +84,7 @@ def test_a_diverging_trial_fails_and_the_sweep_goes_on(tmp_path):
     training, and the other trials finish."""
     root = tmp_path / "sweeps"
     proc = run_sweep_cli(root, "nan", "--set", "arms=[fixed]", "--set", "trials=3", "--set", "scheduler=none",
-                         "--set", "max_concurrent=1", "--set", "diverge_trials.fixed-2=3")
+                         "--set", "max_concurrent=1", "--set", "diverge_trials.fixed-2=3", "--set", "register=false")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "fixed trial 2/3 FAILED: diverged at step 3 (" in proc.stdout
 

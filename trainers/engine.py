@@ -97,8 +97,7 @@ def ensure_process_group(device: str | None = None) -> None:
     os.environ.setdefault("LOCAL_RANK", "0")
     if torch.distributed.is_initialized():
         return
-    import deepspeed
-
+    deepspeed = import_deepspeed()
     without_shm_comm_op()  # init_distributed below starts DeepSpeed's comm backend
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -171,6 +170,28 @@ def build_optimizer(model: torch.nn.Module, cfg, total_steps: int):
 SHM_COMM_OP = "deepspeed_shm_comm"
 
 
+def import_deepspeed():
+    """``deepspeed``, imported without the optional ``import mlflow`` of its autotuner.
+
+    ``deepspeed.runtime.config`` imports the autotuner, which tries ``import mlflow`` (for the
+    autotuner's own runs, which this platform never starts). Where mlflow is installed, that adds
+    mlflow's import to every trainer process (benchmarks/import_cost.py measures it); our trainers
+    report to the driver, which alone logs to MLflow. A process that has already imported mlflow
+    keeps it: only a missing one is hidden, and only while deepspeed imports.
+    """
+    if "deepspeed" in sys.modules:
+        return sys.modules["deepspeed"]
+    hide_mlflow = "mlflow" not in sys.modules
+    if hide_mlflow:
+        sys.modules["mlflow"] = None  # `import mlflow` raises ImportError: the autotuner's has_mlflow is False
+    try:
+        import deepspeed
+    finally:
+        if hide_mlflow and sys.modules.get("mlflow", "") is None:
+            del sys.modules["mlflow"]
+    return deepspeed
+
+
 def without_shm_comm_op() -> None:
     """Start DeepSpeed's comm backend without building its shared-memory all-reduce op.
 
@@ -190,8 +211,7 @@ def without_shm_comm_op() -> None:
 def build_engine(model: torch.nn.Module, cfg, total_steps: int):
     """AdamW with separate backbone / exit-head learning rates, warm-up + linear decay, in a DeepSpeed engine."""
     ensure_process_group()
-    import deepspeed
-
+    deepspeed = import_deepspeed()
     without_shm_comm_op()
 
     optimizer, scheduler = build_optimizer(model, cfg, total_steps)
