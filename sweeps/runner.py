@@ -21,7 +21,6 @@ simulator (benchmarks/cluster_sim.py) passes a stand-in.
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import threading
 import time
@@ -125,7 +124,6 @@ def finish_arm(cfg: SweepConfig, tracker: Tracker, outcome: ArmOutcome, report_d
     tracker.finalize_arm(outcome.parent_run_id, outcome.best, outcome.records, trials_csv, {})
     if cfg.keep_checkpoints == "best":
         delete_other_checkpoints(outcome, cfg.storage_path)
-    delete_local_trial_folders(outcome)
     tracker.client.set_tag(outcome.parent_run_id, TAG_FINALIZED, TRUE)
     tracker.finish(outcome.parent_run_id, "FINISHED" if outcome.best else "FAILED")
 
@@ -178,15 +176,6 @@ def delete_other_checkpoints(outcome: ArmOutcome, storage_path: str) -> None:
                 delete_folder(checkpoint.filesystem, checkpoint.path)
         if record is not outcome.best:
             delete_folder(*filesystem_of(train_run_folder(storage_path, SEARCH, record.trial_id)))
-
-
-def delete_local_trial_folders(outcome: ArmOutcome) -> None:
-    """The trainer's working folders that stopped or failed trials left on the driver's node
-    (on other nodes they stay in the system's temporary folder until it is cleaned)."""
-    from sweeps.trial import local_trial_dir
-
-    for record in outcome.records:
-        shutil.rmtree(local_trial_dir(record.trial_id), ignore_errors=True)
 
 
 def _close_runs(tracker: Tracker | None, status: str) -> None:
