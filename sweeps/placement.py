@@ -41,8 +41,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
-from trainers.errors import ConfigError
-
 TRIAL_NODE_RESOURCE = "leebert_trial_node"
 IN_USE_FILE = ".in-use"  # in a trial's node-local folder: locked (shared) by every process training there
 TRIAL_NODE_SHARE = 0.001  # what each process of a trial asks for: a node that declares 1 holds 1,000
@@ -66,6 +64,8 @@ def trial_node_resource(setting: str) -> str | None:
     """The custom resource every process of a trial must hold (None: any node will do), for the
     ``trial_nodes`` setting on the Ray this process is connected to (None when it is not)."""
     import ray
+
+    from trainers.errors import ConfigError  # here: the end-of-stage cleanup tasks import this module, not torch
 
     if setting == "anywhere" or not ray.is_initialized():
         return None
