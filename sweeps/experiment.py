@@ -133,9 +133,12 @@ def run_experiment(cfg: SweepConfig, stage: Stage, tracker: Tracker, resume: boo
         except BaseException:
             if callback is not None:
                 callback.stop_logging(drain=False)
+            # interrupted (SIGTERM, Ctrl-C) or failed: trials may still run until Ray shuts down, so
+            # only what no process holds goes now (sweeps.runner removes the rest on a local Ray)
+            remove_trial_folders(cfg.storage_path, timeout_s=0)
             raise
-        finally:  # finished, stopped (ASHA, max_t), failed or interrupted: no trainer folder stays on any node
-            remove_trial_folders(cfg.storage_path)
+        # finished, or stopped by Tune (ASHA, max_t, a signal Tune took): no trainer folder stays on any node
+        remove_trial_folders(cfg.storage_path)
         if callback is not None:
             callback.stop_logging(drain=True)
     if not is_done(analysis.trials) or not stage.finished(analysis.trials):

@@ -22,9 +22,12 @@
      their own cleanup: so when a trial starts, its local rank 0 removes, on its node, the sweep's
      folders that no process holds (``remove_unheld_folders``): what killed trials leave on a node
      never outnumbers the trials running there;
-  3. at the end of each stage, however it ends (interrupted too), ``remove_trial_folders`` removes
-     whatever of the sweep is left on every node (one zero-CPU task per node; in the driver's own
-     process on a one-node local Ray), once no process holds it.
+  3. at the end of each stage ``remove_trial_folders`` removes whatever of the sweep is left on
+     every node (one zero-CPU task per node; in the driver's own process on a one-node local Ray),
+     once no process holds it. A stage interrupted (SIGTERM, Ctrl-C) or failed leaves its trials
+     running until Ray stops them, so it removes only what no process holds, at once; a driver
+     that stops its own local Ray then removes the rest (``sweeps.runner``); on a cluster the
+     resumed stage's trials and end do.
 """
 
 from __future__ import annotations

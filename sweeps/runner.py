@@ -34,11 +34,15 @@ from sweeps.config import SweepConfig
 from sweeps.preflight import preflight, sqlite_folder
 from sweeps.state import SweepInterrupted, save_state
 from sweeps.progress import say
+from sweeps.placement import remove_local_folders
 from sweeps.ray_cluster import init_ray
 from sweeps.search import ArmOutcome, search_stage
 from sweeps.spec import SEARCH
 from sweeps.tracking import Tracker
 from trainers.layout import TAG_FINALIZED, TRUE
+
+# how long a driver that stops its own Ray waits for the trial processes Ray killed to let go of their folders
+LEFTOVER_WAIT_S = 10.0
 
 
 @dataclass
@@ -65,6 +69,7 @@ def run_sweep(cfg: SweepConfig, resume: bool = False, trainer=None) -> SweepResu
     started = time.time()
     preflight(cfg)  # the one reachability check: an unreachable MLflow or Ray is a ConfigError before Ray starts
     quiet_libraries()
+    own_ray = not (cfg.ray_address or os.environ.get("RAY_ADDRESS"))  # a local Ray this driver starts and stops
     where = init_ray(cfg)
     if threading.current_thread() is threading.main_thread():
         # after ray.init, which installs a SIGTERM handler that aborts: `kill <pid>` stops like Ctrl-C
@@ -108,6 +113,8 @@ def run_sweep(cfg: SweepConfig, resume: bool = False, trainer=None) -> SweepResu
         raise
     finally:
         ray.shutdown()
+        if own_ray:  # an interrupted stage's trials have died with it: their trainer folders go too
+            remove_local_folders(cfg.storage_path, timeout_s=LEFTOVER_WAIT_S)
 
 
 def finish_arm(cfg: SweepConfig, tracker: Tracker, outcome: ArmOutcome, report_dir: Path) -> None:
