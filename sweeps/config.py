@@ -25,6 +25,7 @@ from trainers.errors import ConfigError
 OBJECTIVES = {"hypervolume": "val_hypervolume", "last_exit": "val_last_exit"}
 SCHEDULERS = ("asha", "none")
 KEEP_CHECKPOINTS = ("best", "all")
+TRIAL_NODES = ("auto", "required", "anywhere")  # sweeps.placement
 # The final stage's trainer options unless a preset, file or --set says otherwise (merged key by key)
 DEFAULT_FINAL_TRAIN = {"train_subset": None, "eval_subset": None}
 MAPPINGS = ("train", "space", "env", "final_train", "diverge_trials")  # keys whose values merge key by key
@@ -82,6 +83,10 @@ class SweepConfig:
     gpus_per_trial: float = _f(0.0, "GPUs reserved per training worker; below 1 (one worker only) packs several trials per GPU")
     workers_per_trial: int = _f(1, "data-parallel DeepSpeed workers per trial (Ray Train; gloo on CPU, NCCL on GPU); "
                                    "each reserves cpus_per_trial and gpus_per_trial; train.batch_size is the global batch")
+    trial_nodes: str = _f("auto", "where trial processes (and Ray Train's controllers and workers) run: auto: only on nodes "
+                                  "declaring the resource leebert_trial_node if any alive node does (the worker pods of "
+                                  "clusters/ do; never the head), anywhere otherwise (a local Ray); required: only there, "
+                                  "and refuse to start if no node declares it; anywhere: wherever resources allow")
     max_failures: int = _f(2, "times a trial whose process or node is lost is restarted from its last epoch checkpoint")
     num_cpus: int | None = _f(None, "CPUs of the local Ray instance (default: all); ignored when connecting to a cluster")
     reuse_actors: bool = _f(False, "let a Ray worker process run several trials in turn")
@@ -227,6 +232,7 @@ class SweepConfig:
         _choose("objective", self.objective, OBJECTIVES)
         _choose("scheduler", self.scheduler, SCHEDULERS)
         _choose("keep_checkpoints", self.keep_checkpoints, KEEP_CHECKPOINTS)
+        _choose("trial_nodes", self.trial_nodes, TRIAL_NODES)
         if not self.cpus_per_trial > 0:
             raise ConfigError(f"cpus_per_trial must be > 0 (got {self.cpus_per_trial})")
         if self.gpus_per_trial < 0:

@@ -5,6 +5,8 @@ under the sweep's storage (or restores it with ``Tuner.restore``: finished trial
 interrupted ones continue from their last epoch checkpoint; a finished one is read from its saved
 state without Tune), logs every trial to MLflow as it ends (``sweeps.progress``), and returns one
 ``TrialRecord`` per trial, every record logged, even those a restarted driver's callback never saw.
+Whatever way the experiment ends, the trainer folders its trials left on the nodes are removed
+(``sweeps.placement.remove_trial_folders``: on every alive node, once per stage).
 The records of an experiment just run come from the results ``Tuner.fit`` returns.
 
 The stages differ only in what ``Stage`` holds: the search stage brings every arm's searcher and
@@ -18,6 +20,7 @@ from typing import Any, Callable
 
 from sweeps import checkpoints
 from sweeps.config import SweepConfig
+from sweeps.placement import remove_trial_folders
 from sweeps.state import SweepInterrupted
 from sweeps.progress import SweepCallback, say
 from sweeps.records import TrialRecord, build_record
@@ -130,7 +133,12 @@ def run_experiment(cfg: SweepConfig, stage: Stage, tracker: Tracker, resume: boo
         except BaseException:
             if callback is not None:
                 callback.stop_logging(drain=False)
+            # interrupted (SIGTERM, Ctrl-C) or failed: trials may still run until Ray shuts down, so
+            # only what no process holds goes now (sweeps.runner removes the rest on a local Ray)
+            remove_trial_folders(cfg.storage_path, timeout_s=0)
             raise
+        # finished, or stopped by Tune (ASHA, max_t, a signal Tune took): no trainer folder stays on any node
+        remove_trial_folders(cfg.storage_path)
         if callback is not None:
             callback.stop_logging(drain=True)
     if not is_done(analysis.trials) or not stage.finished(analysis.trials):

@@ -38,6 +38,7 @@ from sweeps.arm_statistics import SeedResult, add_differences, arm_values, refer
 from sweeps.config import SweepConfig
 from sweeps.experiment import Stage, run_experiment
 from sweeps.mlflow_view import COMPARED_OPTIONS, split_params
+from sweeps.placement import trials_the_cluster_holds
 from sweeps.progress import say
 from sweeps.records import TrialRecord
 from sweeps.search import ArmOutcome, runtime, trial_resources
@@ -88,16 +89,18 @@ def final_stage(cfg: SweepConfig, tracker: Tracker, outcomes: list[ArmOutcome], 
         if not resume:
             say(f"final/{arm}: retraining trial {best.number}'s configuration with seeds "
                 f"{', '.join(map(str, cfg.final_seeds))}" + (f" and {values_text(cfg.final_train)}" if cfg.final_train else ""))
+    at_once = cfg.final_max_concurrent or trials_the_cluster_holds(
+        cfg.cpus_per_trial, cfg.gpus_per_trial, cfg.workers_per_trial, the_runtime.trial_node_resource)
     if not resume:
-        at_once = cfg.final_max_concurrent or "as many as the cluster holds"
         timed = f"the first {cfg.timing_seeds} seed(s)" if cfg.timing_seeds else "every seed"
-        say(f"final: {len(specs)} trainings in one experiment, {at_once} at a time; then {timed} of each arm "
+        held = "" if cfg.final_max_concurrent else " (what the cluster holds)"
+        say(f"final: {len(specs)} trainings in one experiment, {at_once} at a time{held}; then {timed} of each arm "
             f"timed on a quiet device ({cfg.timing_repeats} repeats)")
     epochs = max(spec.train.epochs for spec in specs)
     stage = Stage(name=FINAL, runtime=the_runtime, parents=parents,
                   totals={group: len(cfg.final_seeds) for group in parents}, epochs=epochs,
-                  resources=final_resources(cfg), finished=lambda trials: len(trials) >= len(specs),
-                  grid=specs, max_concurrent=cfg.final_max_concurrent)
+                  resources=final_resources(cfg, the_runtime.trial_node_resource),
+                  finished=lambda trials: len(trials) >= len(specs), grid=specs, max_concurrent=at_once)
     records = run_experiment(cfg, stage, tracker, resume, trainer)
     finals = []
     for outcome in chosen:
@@ -108,15 +111,15 @@ def final_stage(cfg: SweepConfig, tracker: Tracker, outcomes: list[ArmOutcome], 
     return finals
 
 
-def final_resources(cfg: SweepConfig) -> dict:
+def final_resources(cfg: SweepConfig, node_resource: str | None = None) -> dict:
     """A search trial's request, shared among more trials when final_max_concurrent > max_concurrent
     (Ray's resources are logical: 3 trials of 2/3 CPU run on 2 cores, one torch thread each).
     Sharing only costs training throughput: no trial times anything here, the timing phase runs
     after every training has ended, on a device of its own."""
-    resources = trial_resources(cfg)
+    resources = trial_resources(cfg, node_resource)
     more = (cfg.final_max_concurrent or cfg.max_concurrent) / cfg.max_concurrent
     if more > 1 and cfg.workers_per_trial == 1:
-        resources = {"cpu": cfg.cpus_per_trial / more, "gpu": cfg.gpus_per_trial / more}
+        resources = {**resources, "cpu": cfg.cpus_per_trial / more, "gpu": cfg.gpus_per_trial / more}
     return resources
 
 

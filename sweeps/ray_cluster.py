@@ -10,6 +10,7 @@ import logging
 import os
 
 from sweeps.config import SweepConfig
+from sweeps.placement import trial_node_resource
 from sweeps.preflight import check_ray_address
 from trainers.config import PROJECT_ROOT
 from trainers.errors import ConfigError
@@ -71,6 +72,11 @@ def init_ray(cfg: SweepConfig) -> str:
             where = "local Ray"
     except ConnectionError as err:
         raise ConfigError(f"cannot connect to Ray at {address}: {str(err).splitlines()[0]}") from None
+    try:
+        trial_node_resource(cfg.trial_nodes)  # trial_nodes: required on a cluster that declares no trial node
+    except ConfigError:
+        ray.shutdown()
+        raise
     resources = ray.cluster_resources()
     cpus, gpus = resources.get("CPU", 0), resources.get("GPU", 0)
     need_cpus = cfg.cpus_per_trial * cfg.workers_per_trial

@@ -21,7 +21,6 @@ simulator (benchmarks/cluster_sim.py) passes a stand-in.
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import threading
 import time
@@ -35,11 +34,15 @@ from sweeps.config import SweepConfig
 from sweeps.preflight import preflight, sqlite_folder
 from sweeps.state import SweepInterrupted, save_state
 from sweeps.progress import say
+from sweeps.placement import remove_local_folders
 from sweeps.ray_cluster import init_ray
 from sweeps.search import ArmOutcome, search_stage
 from sweeps.spec import SEARCH
 from sweeps.tracking import Tracker
 from trainers.layout import TAG_FINALIZED, TRUE
+
+# how long a driver that stops its own Ray waits for the trial processes Ray killed to let go of their folders
+LEFTOVER_WAIT_S = 10.0
 
 
 @dataclass
@@ -66,6 +69,7 @@ def run_sweep(cfg: SweepConfig, resume: bool = False, trainer=None) -> SweepResu
     started = time.time()
     preflight(cfg)  # the one reachability check: an unreachable MLflow or Ray is a ConfigError before Ray starts
     quiet_libraries()
+    own_ray = not (cfg.ray_address or os.environ.get("RAY_ADDRESS"))  # a local Ray this driver starts and stops
     where = init_ray(cfg)
     if threading.current_thread() is threading.main_thread():
         # after ray.init, which installs a SIGTERM handler that aborts: `kill <pid>` stops like Ctrl-C
@@ -109,6 +113,8 @@ def run_sweep(cfg: SweepConfig, resume: bool = False, trainer=None) -> SweepResu
         raise
     finally:
         ray.shutdown()
+        if own_ray:  # an interrupted stage's trials have died with it: their trainer folders go too
+            remove_local_folders(cfg.storage_path, timeout_s=LEFTOVER_WAIT_S)
 
 
 def finish_arm(cfg: SweepConfig, tracker: Tracker, outcome: ArmOutcome, report_dir: Path) -> None:
@@ -125,7 +131,6 @@ def finish_arm(cfg: SweepConfig, tracker: Tracker, outcome: ArmOutcome, report_d
     tracker.finalize_arm(outcome.parent_run_id, outcome.best, outcome.records, trials_csv, {})
     if cfg.keep_checkpoints == "best":
         delete_other_checkpoints(outcome, cfg.storage_path)
-    delete_local_trial_folders(outcome)
     tracker.client.set_tag(outcome.parent_run_id, TAG_FINALIZED, TRUE)
     tracker.finish(outcome.parent_run_id, "FINISHED" if outcome.best else "FAILED")
 
@@ -178,15 +183,6 @@ def delete_other_checkpoints(outcome: ArmOutcome, storage_path: str) -> None:
                 delete_folder(checkpoint.filesystem, checkpoint.path)
         if record is not outcome.best:
             delete_folder(*filesystem_of(train_run_folder(storage_path, SEARCH, record.trial_id)))
-
-
-def delete_local_trial_folders(outcome: ArmOutcome) -> None:
-    """The trainer's working folders that stopped or failed trials left on the driver's node
-    (on other nodes they stay in the system's temporary folder until it is cleaned)."""
-    from sweeps.trial import local_trial_dir
-
-    for record in outcome.records:
-        shutil.rmtree(local_trial_dir(record.trial_id), ignore_errors=True)
 
 
 def _close_runs(tracker: Tracker | None, status: str) -> None:

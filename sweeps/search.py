@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from sweeps.budget import BudgetLedger, TrialCost, budget_text, expected_trials, search_algorithm, used_compute
 from sweeps.config import SweepConfig
 from sweeps.experiment import MAX_TRIALS, Stage, run_experiment
+from sweeps.placement import node_request, trial_node_resource
 from sweeps.mlflow_view import COMPARED_OPTIONS, COMPARED_SEARCH_SETTINGS, split_params
 from sweeps.progress import fmt_params, say
 from sweeps.records import TrialRecord
@@ -86,17 +87,23 @@ def arms(cfg: SweepConfig) -> list[Arm]:
 
 
 def runtime(cfg: SweepConfig, experiment: str) -> Runtime:
+    """The settings every trial of a stage shares; ``trial_node_resource`` from the Ray this driver
+    is connected to (``sweeps.placement``: asked for when some alive node declares it)."""
     return Runtime(experiment=experiment, storage_path=cfg.storage_path, metric=cfg.metric,
                    cpus_per_trial=cfg.cpus_per_trial, gpus_per_trial=cfg.gpus_per_trial,
                    workers_per_trial=cfg.workers_per_trial, trial_logs=cfg.trial_logs,
-                   env={k: str(v) for k, v in cfg.env.items()}, diverge_trials=dict(cfg.diverge_trials))
+                   env={k: str(v) for k, v in cfg.env.items()}, diverge_trials=dict(cfg.diverge_trials),
+                   trial_node_resource=trial_node_resource(cfg.trial_nodes))
 
 
-def trial_resources(cfg: SweepConfig) -> dict:
+def trial_resources(cfg: SweepConfig, node_resource: str | None = None) -> dict:
     """One worker: the trial process holds its CPUs/GPUs. N workers: Ray Train's workers hold them
-    and the trial's own process, which only waits on them, holds nothing."""
+    and the trial's own process, which only waits on them, holds no CPU or GPU. Either way it holds
+    a sliver of ``node_resource`` when given, so it runs on a trial node, never on the head."""
     if cfg.workers_per_trial == 1:
-        return {"cpu": cfg.cpus_per_trial, "gpu": cfg.gpus_per_trial}
+        return {"cpu": cfg.cpus_per_trial, "gpu": cfg.gpus_per_trial, **node_request(node_resource)}
+    if node_resource:
+        return {"cpu": 0, "gpu": 0, **node_request(node_resource)}
     return {"cpu": 0, "gpu": 0, "memory": 1}  # Tune refuses an empty request: one byte of memory
 
 
@@ -177,8 +184,8 @@ def search_stage(cfg: SweepConfig, tracker: Tracker, resume: bool, trainer=None)
     stage = Stage(
         name=SEARCH, runtime=the_runtime, parents=parents,
         totals={arm.name: cfg.trials or "?" for arm in the_arms}, epochs=max(arm.epochs for arm in the_arms),
-        resources=trial_resources(cfg), finished=lambda trials: all(budget_spent(cfg, by_name[name], mine)
-                                                                     for name, mine in by_arm(trials, by_name).items()),
+        resources=trial_resources(cfg, the_runtime.trial_node_resource),
+        finished=lambda trials: all(budget_spent(cfg, by_name[name], mine) for name, mine in by_arm(trials, by_name).items()),
         search_alg=ArmSearch(searchers, SearchTrials({arm.name: arm.train for arm in the_arms}, the_runtime),
                              "objective", "max", scheduler=scheduler),
         scheduler=scheduler,

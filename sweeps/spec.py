@@ -39,6 +39,7 @@ class Runtime:
     workers_per_trial: int = 1
     trial_logs: bool = False
     env: dict = field(default_factory=dict)
+    trial_node_resource: str | None = None  # the custom resource every process of a trial holds (sweeps.placement)
     # test hook: {"<arm>-<trial number>": step}: that search trial's training loss is NaN at that step
     diverge_trials: dict = field(default_factory=dict)
 

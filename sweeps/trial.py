@@ -20,6 +20,9 @@ report also says when the trial trained (``trained_from``, ``trained_until``: ``
 the trainer starts and when it returns; kept in the checkpoint too). A final stage trial times
 nothing: the final stage's timing phase (``sweeps.timing``) times every model after all training.
 
+The trainer works in a folder of its node (``sweeps.placement``): the trial removes it however it
+ends, and its local rank 0 first removes the folders that killed trials of the sweep left there.
+
 A trial that diverges (non-finite loss, hypergradient or weights) fails at once with the reason
 "diverged at step N (...)"; a marker in the sweep's storage makes its retries fail without training.
 
@@ -44,6 +47,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from sweeps.placement import (in_use, local_trial_dir, node_id, placed, remove_unheld_folders, removed_on_exit,
+                              report_callback)
 from sweeps.spec import FINAL, TrialSpec
 from trainers.layout import (CHECKPOINTS_DIR, DEEPSPEED_CONFIG_FILE, EPOCH_PREFIX, LATEST_FILE,  # noqa: F401 - re-exported
                              MODEL_DIR, SUMMARY_FILE, TEST_LOGITS_FILE, TRAINING_WINDOW_FILE, epoch_tag)
@@ -92,18 +97,13 @@ def final_metrics(summary: Summary, objective: str, window: dict[str, float] | N
 
 
 # ---------------------------------------------------------------------------- where a worker reports
-def local_trial_dir(trial_id: str) -> Path:
-    """The trainer's working folder on this node, outside Ray's trial folder: Tune syncs that one
-    to the storage in the background, which would copy every DeepSpeed checkpoint while it is
-    written. The workers of one node share it (DeepSpeed's node-local checkpoint layout); what Ray
-    keeps is only what a trial reports."""
-    return Path(tempfile.gettempdir()) / "leebert-trials" / trial_id
-
-
 class TuneSession:
     """The single-worker trial: the Tune function trains and reports to Tune itself."""
 
     rank, local_rank = 0, 0
+
+    def __init__(self):
+        self.trial_node = node_id()  # where the Tune trial process runs
 
     def restored(self):
         from ray import tune
@@ -115,9 +115,6 @@ class TuneSession:
 
         tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(str(folder)) if folder else None)
 
-    def local_dir(self, trial_id: str) -> Path:
-        return local_trial_dir(trial_id)
-
     def barrier(self) -> None:
         pass
 
@@ -125,9 +122,10 @@ class TuneSession:
 class TrainSession(TuneSession):
     """A worker of a Ray Train group: every rank reports (its own checkpoint files), rank 0's metrics reach Tune."""
 
-    def __init__(self):
+    def __init__(self, trial_node: str):
         import ray.train
 
+        self.trial_node = trial_node  # the Tune trial process's node, which Ray Train's controller shares
         context = ray.train.get_context()
         self.rank, self.local_rank = context.get_world_rank(), context.get_local_rank()
 
@@ -177,27 +175,32 @@ def fit_data_parallel(spec: TrialSpec, trial_id: str, trainer: Callable | None) 
     """N workers as one DeepSpeed group. A retried trial reuses the Train run's name and storage, so
     Ray Train restores its latest checkpoint and ``ray.train.get_checkpoint()`` returns it."""
     import ray.train
-    from ray.train.torch import TorchTrainer
-    from ray.tune.integration.ray_train import TuneReportCallback
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from sweeps.placement import node_request
 
     runtime = spec.runtime
     gpus = float(runtime.gpus_per_trial)
-    resources = {"CPU": float(runtime.cpus_per_trial), **({"GPU": gpus} if gpus else {})}
+    resources = {"CPU": float(runtime.cpus_per_trial), **({"GPU": gpus} if gpus else {}),
+                 **node_request(runtime.trial_node_resource)}
+    # a stand-in trainer (benchmarks/cluster_sim.py) touches no GPU: gloo lets its group start on declared GPUs
+    backend = TorchConfig(backend="gloo") if trainer is not None and gpus else None
     group = TorchTrainer(
-        _train_worker_entry,
-        train_loop_config={"spec": spec.to_config(), "trial_id": trial_id, "trainer": trainer},
+        _train_worker_entry, torch_config=backend,
+        train_loop_config={"spec": spec.to_config(), "trial_id": trial_id, "trainer": trainer, "trial_node": node_id()},
         scaling_config=ray.train.ScalingConfig(num_workers=int(runtime.workers_per_trial), use_gpu=gpus > 0,
                                                resources_per_worker=resources),
         run_config=ray.train.RunConfig(
             name=trial_id, storage_path=_join(runtime.storage_path, runtime.experiment, "_train"),
-            callbacks=[TuneReportCallback()], checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1),
+            callbacks=[report_callback()], checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1),
             failure_config=ray.train.FailureConfig(max_failures=0)),  # Tune retries the whole trial
     )
     group.fit()
 
 
 def _train_worker_entry(config: dict) -> None:
-    train_worker(TrialSpec.from_config(config["spec"]), TrainSession(), config["trial_id"], config["trainer"])
+    train_worker(TrialSpec.from_config(config["spec"]), TrainSession(config["trial_node"]), config["trial_id"],
+                 config["trainer"])
 
 
 def train_worker(spec: TrialSpec, session: TuneSession, trial_id: str, trainer: Callable | None = None) -> None:
@@ -217,47 +220,49 @@ def train_worker(spec: TrialSpec, session: TuneSession, trial_id: str, trainer: 
 
     if trainer is None:
         from trainers.train import run as trainer
-    output = session.local_dir(trial_id)
-    where: dict[str, Any] = {"output_dir": str(output), "save_checkpoints": True, "resume": True}
-    if spec.train.device == "auto" and _given_gpus():
-        where["device"] = "cuda"  # train on the GPUs Ray reserved, or fail at once: never on the CPU instead
-    if runtime.workers_per_trial > 1:
-        where["deepspeed_config"] = _node_local_deepspeed_config(spec.train.deepspeed_config, output, session.rank)
-    cfg = spec.to_train_config(**where)
+    output = local_trial_dir(trial_id, runtime.storage_path)
+    # the final checkpoint holds what is kept; the working folder goes
+    with removed_on_exit(output, session.local_rank), in_use(output):
+        if session.local_rank == 0:  # what killed trials of this sweep left on this node goes too
+            remove_unheld_folders(runtime.storage_path, keep=trial_id)
+        where: dict[str, Any] = {"output_dir": str(output), "save_checkpoints": True, "resume": True}
+        if spec.train.device == "auto" and _given_gpus():
+            where["device"] = "cuda"  # train on the GPUs Ray reserved, or fail at once: never on the CPU instead
+        if runtime.workers_per_trial > 1:
+            where["deepspeed_config"] = _node_local_deepspeed_config(spec.train.deepspeed_config, output, session.rank)
+        cfg = spec.to_train_config(**where)
 
-    # Start from exactly the last reported epoch: local leftovers of a killed attempt go.
-    if session.local_rank == 0:
-        shutil.rmtree(output / CHECKPOINTS_DIR, ignore_errors=True)
-        shutil.rmtree(output / "reports", ignore_errors=True)
-        if restored is not None:
-            restored.to_directory(str(output / CHECKPOINTS_DIR))
-    session.barrier()
+        # Start from exactly the last reported epoch: local leftovers of a killed attempt go.
+        if session.local_rank == 0:
+            shutil.rmtree(output / CHECKPOINTS_DIR, ignore_errors=True)
+            shutil.rmtree(output / "reports", ignore_errors=True)
+            if restored is not None:
+                restored.to_directory(str(output / CHECKPOINTS_DIR))
+        session.barrier()
 
-    def on_epoch(record: dict) -> None:
-        if record["epoch"] < cfg.epochs:  # the last epoch is reported with the final results
-            with _epoch_snapshot(output, record["epoch"], session) as folder:
-                session.report({**epoch_metrics(record, objective), **_placement()}, folder)
-            _prune_local_epochs(output, keep=record["epoch"], session=session)
+        def on_epoch(record: dict) -> None:
+            if record["epoch"] < cfg.epochs:  # the last epoch is reported with the final results
+                with _epoch_snapshot(output, record["epoch"], session) as folder:
+                    session.report({**epoch_metrics(record, objective), **placed(session.trial_node)}, folder)
+                _prune_local_epochs(output, keep=record["epoch"], session=session)
 
-    trained_from = time.time()
-    result = trainer(cfg, on_epoch=on_epoch, quiet=not runtime.trial_logs, fault_step=spec.fault_step())
-    window = {"trained_from": trained_from, "trained_until": time.time()}
-    summary = result.summary
-    with tempfile.TemporaryDirectory(prefix="leebert-trial-") as folder:
-        if session.rank == 0:
-            if result.model is not None:  # a stand-in trainer trains no model
-                from serving.export import export_model
+        trained_from = time.time()
+        result = trainer(cfg, on_epoch=on_epoch, quiet=not runtime.trial_logs, fault_step=spec.fault_step())
+        window = {"trained_from": trained_from, "trained_until": time.time()}
+        summary = result.summary
+        with tempfile.TemporaryDirectory(prefix="leebert-trial-") as folder:
+            if session.rank == 0:
+                if result.model is not None:  # a stand-in trainer trains no model
+                    from serving.export import export_model
 
-                export_model(result.model, cfg, Path(folder) / MODEL_DIR, task=result.task)
-            (Path(folder) / SUMMARY_FILE).write_text(json.dumps(summary.to_dict(), default=float))
-            (Path(folder) / TRAINING_WINDOW_FILE).write_text(json.dumps(window))
-            if (output / TEST_LOGITS_FILE).is_file():  # per-example test results: the final comparison's bootstrap
-                shutil.copy2(output / TEST_LOGITS_FILE, Path(folder) / TEST_LOGITS_FILE)
-        session.report({**final_metrics(summary, objective, window), **_placement()},
-                       Path(folder) if session.rank == 0 else None)
-    session.barrier()
-    if session.local_rank == 0:  # the final checkpoint holds what is kept; the working folder goes
-        shutil.rmtree(output, ignore_errors=True)
+                    export_model(result.model, cfg, Path(folder) / MODEL_DIR, task=result.task)
+                (Path(folder) / SUMMARY_FILE).write_text(json.dumps(summary.to_dict(), default=float))
+                (Path(folder) / TRAINING_WINDOW_FILE).write_text(json.dumps(window))
+                if (output / TEST_LOGITS_FILE).is_file():  # per-example test results: the final comparison's bootstrap
+                    shutil.copy2(output / TEST_LOGITS_FILE, Path(folder) / TEST_LOGITS_FILE)
+            session.report({**final_metrics(summary, objective, window), **placed(session.trial_node)},
+                           Path(folder) if session.rank == 0 else None)
+        session.barrier()  # every rank has reported before local rank 0 removes the folder
 
 
 def _given_gpus() -> bool:
@@ -265,15 +270,6 @@ def _given_gpus() -> bool:
     import ray
 
     return bool(ray.get_gpu_ids())
-
-
-def _placement() -> dict[str, Any]:
-    """Where rank 0 of this attempt runs and in how large a group, reported with every epoch."""
-    import ray
-
-    from trainers.engine import world
-
-    return {"node_id": ray.get_runtime_context().get_node_id(), "world_size": world()[1]}
 
 
 # ---------------------------------------------------------------------------- checkpoints

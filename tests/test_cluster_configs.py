@@ -48,6 +48,7 @@ LAUNCHER = CLUSTERS / "ray" / "cluster.yaml"
 LIBRARY_VARIABLES = {
     "RAY_AUTH_MODE": ("ray", "Ray's authentication mode; the configs keep it at 'token'"),
     "RAY_AUTH_TOKEN": ("ray", "the cluster's shared token, from the Kubernetes Secret"),
+    "TMPDIR": ("ray", "worker pods' temporary folder (Python's tempfile and Ray's own): the size-limited scratch volume"),
     "HF_HOME": ("huggingface_hub", "Hugging Face cache on /shared: models and GLUE downloaded once for all pods"),
     "MLFLOW_S3_ENDPOINT_URL": ("mlflow", "S3-compatible (MinIO) endpoint of the MLflow server's artifact store"),
     "AWS_ACCESS_KEY_ID": ("botocore", "S3 credentials of the MLflow server's artifact store (boto3)"),
@@ -376,6 +377,45 @@ def test_gpu_workers_advertise_their_gpus_and_every_ray_pod_mounts_the_shared_vo
             claims = {v["name"]: v["persistentVolumeClaim"]["claimName"] for v in pod["volumes"] if "persistentVolumeClaim" in v}
             mounts = {m["mountPath"]: m["name"] for m in pod["containers"][0]["volumeMounts"]}
             assert claims.get(mounts.get("/shared")) == pvc["metadata"]["name"], f"{path} {label}: /shared not mounted"
+
+
+def test_trials_run_only_on_worker_nodes_with_a_bounded_scratch_volume():
+    """Every worker group declares the trial-node resource the sweep's trials ask for
+    (sweeps.placement; the head declares none and no CPUs), and its sweep commands require it;
+    each worker pod trains in a size-limited emptyDir that $TMPDIR (where trainer folders,
+    sweeps.trial.local_sweep_dir, and Ray's own temporary files go) points at, with an
+    ephemeral-storage request and limit that hold it."""
+    from sweeps.placement import TRIAL_NODE_RESOURCE, TRIAL_NODE_SHARE
+
+    def gib(quantity: str) -> float:
+        number, unit = re.fullmatch(r"([0-9.]+)(Gi|Mi|Ti)", quantity).groups()
+        return float(number) * {"Mi": 1 / 1024, "Gi": 1, "Ti": 1024}[unit]
+
+    for path, doc in ray_manifests():
+        spec = doc["spec"].get("rayClusterSpec", doc["spec"])
+        assert "resources" not in spec["headGroupSpec"]["rayStartParams"], f"{path}: the head must not be a trial node"
+        for group in spec["workerGroupSpecs"]:
+            # KubeRay passes the value to `ray start --resources=<value>` through a shell
+            (declared,) = shlex.split(group["rayStartParams"]["resources"])
+            assert json.loads(declared).get(TRIAL_NODE_RESOURCE, 0) >= TRIAL_NODE_SHARE, f"{path}: {declared}"
+            pod = group["template"]["spec"]
+            container = pod["containers"][0]
+            scratch = env_of(container)["TMPDIR"]["value"]
+            mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+            volume = next(v for v in pod["volumes"] if v["name"] == mounts[scratch])
+            size = gib(volume["emptyDir"]["sizeLimit"])
+            assert "medium" not in volume["emptyDir"] and 16 <= size, f"{path}: scratch must be a bounded disk emptyDir"
+            storage = container["resources"]
+            assert size <= gib(storage["requests"]["ephemeral-storage"]) <= gib(storage["limits"]["ephemeral-storage"]), path
+    launcher = yaml.safe_load(LAUNCHER.read_text())
+    head = launcher["head_node_type"]
+    for name, node_type in launcher["available_node_types"].items():
+        declared = node_type["resources"].get(TRIAL_NODE_RESOURCE, 0)
+        assert (declared == 0) if name == head else (declared >= TRIAL_NODE_SHARE), f"{LAUNCHER}: {name}"
+    for path in (RAYJOB, RAYCLUSTER, LAUNCHER):
+        for _, _, *args in sweep_commands(path):
+            if "--resume" not in args:  # a resumed sweep keeps its saved settings
+                assert resolved_config(args)["trial_nodes"] == "required", f"{path}: {' '.join(args)}"
 
 
 def ray_capacity_k8s(doc: dict) -> dict:

@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import threading
 import time
@@ -164,3 +165,89 @@ def test_a_trial_given_a_gpu_trains_on_it_or_fails_at_once(tmp_path):
     (trial,) = runs_by_role(mlflow_client, "gpu")["trial"]
     assert trial.info.status == "FAILED"
     assert "device 'cuda' was asked for, but" in trial.data.tags["failure_reason"], trial.data.tags["failure_reason"]
+
+
+def test_trials_stay_off_the_head_and_leave_no_trainer_folder_on_any_node(tmp_path, monkeypatch):
+    """Issue 25's acceptance test. A head that declares no CPUs (as clusters/' head: num-cpus 0) and
+    two worker nodes of 4 CPUs that declare leebert_trial_node (as clusters/' worker pods); each
+    node has its own $TMPDIR (its raylet's environment, which its workers inherit: the folder the
+    trainer folders go under), so each node's folders can be told apart on one machine. A smoke
+    sweep of 2 trials (the cheapest arm, 2 epochs) with ASHA (which stops every trial at max_t right
+    after its last report, if not before) and 2 Ray Train workers each:
+    - every process whose node a result records (the Tune trial process, the Train controller,
+      rank 0) ran on a worker node; the cluster holds 4 trials of 2 workers (the final stage's
+      concurrency when final_max_concurrent is null);
+    - trainer folders appeared on the worker nodes while trials ran, never on the head, and none
+      is left on any node afterwards (the trials' own removal, then the stage's end: one
+      zero-CPU task per node, as the cluster has several).
+    (No final stage: without a dashboard, Ray Train's placement-group cleaner cannot see a stopped
+    trial's controller die, so the 2 CPUs of a trial ASHA stopped stay reserved until the job
+    ends, and the final stage's timing task, which holds every CPU of a node, would never start.
+    A cluster's head runs the dashboard.)"""
+    import tempfile
+
+    import ray
+    from ray.cluster_utils import Cluster
+
+    ray_tmp = tempfile.mkdtemp(prefix="lbray-", dir="/tmp")  # short: Ray's socket paths live under it
+    monkeypatch.setenv("RAY_TMPDIR", ray_tmp)  # Ray's own folders (and its address file) stay private
+    node_tmp = {name: tmp_path / name for name in ("head", "w1", "w2")}
+    for folder in node_tmp.values():
+        folder.mkdir()
+    monkeypatch.setenv("TMPDIR", str(node_tmp["head"]))
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False})
+    workers = {}
+    try:
+        for name in ("w1", "w2"):
+            monkeypatch.setenv("TMPDIR", str(node_tmp[name]))
+            workers[name] = cluster.add_node(num_cpus=4, resources={"leebert_trial_node": 1})
+        monkeypatch.setenv("TMPDIR", str(tmp_path))
+        cluster.wait_for_nodes()
+        node_names = {cluster.head_node.node_id: "head", **{node.node_id: name for name, node in workers.items()}}
+
+        seen: dict[str, set] = {name: set() for name in node_tmp}
+        done = threading.Event()
+
+        def watch_trainer_folders():
+            while not done.is_set():
+                for name, folder in node_tmp.items():
+                    seen[name] |= {p.name for p in folder.glob("leebert-trials/*/*")}
+                time.sleep(0.1)
+
+        watcher = threading.Thread(target=watch_trainer_folders, daemon=True)
+        watcher.start()
+        root = tmp_path / "sweeps"
+        proc = run_sweep_cli(root, "placed", "--ray-address", cluster.address, "--set", "arms=[fixed]",
+                             "--set", "train.epochs=2", "--set", "trials=2", "--set", "max_concurrent=2", "--set", "workers_per_trial=2",
+                             "--set", "trial_nodes=required", "--set", "register=false", "--set", "final_seeds=[]",
+                             timeout=900)
+        done.set()
+        watcher.join(timeout=10)
+        ray.init(address=cluster.address)
+        from sweeps.placement import TRIAL_NODE_RESOURCE, trial_node_resource, trials_the_cluster_holds
+
+        assert trial_node_resource("auto") == TRIAL_NODE_RESOURCE
+        holds = trials_the_cluster_holds(1, 0, 2, TRIAL_NODE_RESOURCE)
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    assert holds == 4
+
+    reported = rows_by_trial(root / "placed" / "ray" / "search")
+    assert len(reported) == 2
+    rows = [row for trial_rows in reported.values() for row in trial_rows if "epoch" in row]
+    places = [(row["node_id"], row["trial_node_id"], row["controller_node_id"]) for row in rows]
+    assert places and all(row["world_size"] == 2 for row in rows)
+    on = {node_names[node] for place in places for node in place}
+    assert "head" not in on and on <= {"w1", "w2"}, on
+    for trial_node, controller_node in {(p[1], p[2]) for p in places}:
+        assert controller_node == trial_node  # Ray pins the controller to its trial process's node
+
+    trial_ids = set(reported)
+    assert not seen["head"], seen
+    assert seen["w1"] | seen["w2"] == trial_ids, (seen, trial_ids)
+    left = {name: sorted(str(p.relative_to(folder)) for p in folder.glob("leebert-trials/*/*"))
+            for name, folder in node_tmp.items()}
+    assert left == {"head": [], "w1": [], "w2": []}, left

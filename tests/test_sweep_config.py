@@ -165,6 +165,7 @@ def test_layering_file_then_overrides_then_flags(tmp_path):
     (dict(overrides=["trials=-2"]), "trials must be > 0"),
     (dict(overrides=["trials=two"]), "trials must be an int"),
     (dict(overrides=["objective=accuracy"]), "unknown objective 'accuracy'"),
+    (dict(overrides=["trial_nodes=head"]), "unknown trial_nodes 'head'; choose one of: auto, required, anywhere"),
     (dict(overrides=["train.method=clo"]), "train.method cannot be set"),
     (dict(overrides=["train.epochs=0"]), "epochs must be > 0"),
     (dict(overrides=["space.lr=[1e-3,1e-5]"]), "log-uniform needs 0 < low < high"),

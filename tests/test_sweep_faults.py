@@ -151,3 +151,8 @@ def test_sigterm_ends_the_open_runs_killed(tmp_path):
     runs = runs_by_role(mlflow_client, "term")
     assert [r.info.status for r in runs["arm"]] == ["KILLED"]
     assert not [r for r in sum(runs.values(), []) if r.info.status == "RUNNING"]
+    # the trials Ray killed with the driver's local Ray left no trainer folder (sweeps.runner)
+    from sweeps.placement import local_sweep_dir
+
+    left = local_sweep_dir(str((root / "term" / "ray").resolve()))
+    assert not left.exists(), sorted(p.name for p in left.iterdir())

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import sys
 import math
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -261,3 +262,11 @@ def test_registered_models_predict_with_early_exit(smoke, monkeypatch):
         assert out["exit_layer"].between(1, EXITS).all()
         assert all(len(p) == 2 and 0.5 <= max(p) <= 1.0 and math.isclose(sum(p), 1.0, rel_tol=1e-5)
                    for p in out["probabilities"])
+
+
+def test_no_trainer_folder_outlives_the_sweep(smoke):
+    """Every trial's node-local working folder (stopped by ASHA, at max_t, or finished) is gone."""
+    from sweeps.placement import local_sweep_dir
+
+    folder = local_sweep_dir(str(Path(smoke["dir"]).resolve() / "ray"))
+    assert not folder.exists(), sorted(p.name for p in folder.iterdir())
