@@ -3,8 +3,10 @@
 - Two nodes (``ray.cluster_utils.Cluster``: a head and a second node of one CPU each): trials run
   on both; the second node is removed in the middle of a trial, which restarts on the head from
   its last epoch checkpoint, and the sweep completes with exact epoch histories.
-- Two data-parallel workers per trial (Ray Train, gloo) give the validation metrics of one worker
-  at the same global batch.
+- Two data-parallel workers per trial (Ray Train, gloo), swept with ASHA on a cluster shaped like
+  clusters/' (a head with no CPUs, two trial nodes): they give the validation metrics of one worker
+  at the same global batch; every process of the trial ran on a trial node, and no trainer folder
+  is left on any node.
 """
 
 from __future__ import annotations
@@ -101,21 +103,91 @@ def test_trials_spread_over_two_nodes_and_survive_losing_one(two_nodes, tmp_path
         sorted({int(r["step"]) for r in moved})
 
 
-def test_two_workers_per_trial_match_one_worker(tmp_path):
-    """The same trial (same sampled values, seed, global batch 16, dropout 0) with 1 and with 2
-    data-parallel workers. Tolerance: the per-epoch validation metrics are equal to 1e-9 (they
-    are accuracies over 128 examples, so one flipped prediction would move them by 0.0078), the
+# The trial both worker counts train: the same sampled values, seed and global batch 16, dropout 0
+SAME_TRIAL = ("--set", "arms=[clo]", "--set", "trials=1", "--set", "max_concurrent=1", "--set", "train.dropout=0",
+              "--set", "register=false", "--set", "final_seeds=[]")
+
+
+@pytest.fixture(scope="module")
+def two_worker_cluster(tmp_path_factory):
+    """SAME_TRIAL with 2 Ray Train workers, swept on a cluster shaped like clusters/': a head that
+    declares no CPUs (num-cpus 0) and two worker nodes of 4 CPUs that declare leebert_trial_node
+    (the worker pods), each with its own $TMPDIR (its raylet's environment, which its workers
+    inherit: the folder the trainer folders go under), so each node's folders can be told apart on
+    one machine. ASHA (the smoke preset's) stops the trial at max_t right after its last report.
+    A watcher records the trainer folders that appear on each node while the sweep runs.
+    (No final stage: without a dashboard, Ray Train's placement-group cleaner cannot see a stopped
+    trial's controller die, so its CPUs stay reserved until the job ends, and the final stage's
+    timing task, which holds every CPU of a node, would never start. A cluster's head runs the
+    dashboard.)"""
+    import tempfile
+
+    import ray
+    from ray.cluster_utils import Cluster
+
+    tmp_path = tmp_path_factory.mktemp("cluster")
+    ray_tmp = tempfile.mkdtemp(prefix="lbray-", dir="/tmp")  # short: Ray's socket paths live under it
+    node_tmp = {name: tmp_path / name for name in ("head", "w1", "w2")}
+    for folder in node_tmp.values():
+        folder.mkdir()
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("RAY_TMPDIR", ray_tmp)  # Ray's own folders (and its address file) stay private
+        env.setenv("TMPDIR", str(node_tmp["head"]))
+        cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False})
+        workers = {}
+        try:
+            for name in ("w1", "w2"):
+                env.setenv("TMPDIR", str(node_tmp[name]))
+                workers[name] = cluster.add_node(num_cpus=4, resources={"leebert_trial_node": 1})
+            env.setenv("TMPDIR", str(tmp_path))
+            cluster.wait_for_nodes()
+            node_names = {cluster.head_node.node_id: "head", **{node.node_id: name for name, node in workers.items()}}
+
+            seen: dict[str, set] = {name: set() for name in node_tmp}
+            done = threading.Event()
+
+            def watch_trainer_folders():
+                while not done.is_set():
+                    for name, folder in node_tmp.items():
+                        seen[name] |= {p.name for p in folder.glob("leebert-trials/*/*")}
+                    time.sleep(0.1)
+
+            watcher = threading.Thread(target=watch_trainer_folders, daemon=True)
+            watcher.start()
+            root = tmp_path / "sweeps"
+            proc = run_sweep_cli(root, "w2", "--ray-address", cluster.address, *SAME_TRIAL,
+                                 "--set", "workers_per_trial=2", "--set", "trial_nodes=required", timeout=900)
+            done.set()
+            watcher.join(timeout=10)
+            ray.init(address=cluster.address)
+            from sweeps.placement import TRIAL_NODE_RESOURCE, trial_node_resource, trials_the_cluster_holds
+
+            node_resource = trial_node_resource("auto")
+            holds = trials_the_cluster_holds(1, 0, 2, TRIAL_NODE_RESOURCE)
+        finally:
+            ray.shutdown()
+            cluster.shutdown()
+            shutil.rmtree(ray_tmp, ignore_errors=True)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    left = {name: sorted(str(p.relative_to(folder)) for p in folder.glob("leebert-trials/*/*"))
+            for name, folder in node_tmp.items()}
+    return {"root": root, "proc": proc, "node_names": node_names, "seen": seen, "left": left,
+            "node_resource": node_resource, "holds": holds}
+
+
+def test_two_workers_per_trial_match_one_worker(tmp_path, two_worker_cluster):
+    """SAME_TRIAL with 1 worker (a local Ray, no scheduler) and with 2 data-parallel workers (the
+    cluster sweep). Tolerance: the per-epoch validation metrics are equal to 1e-9 (they are
+    accuracies over 128 examples, so one flipped prediction would move them by 0.0078), the
     learned loss weights to 1e-5 (float sums in another order)."""
     root = tmp_path / "sweeps"
-    common = ("--set", "arms=[clo]", "--set", "trials=1", "--set", "scheduler=none", "--set", "max_concurrent=1",
-              "--set", "train.dropout=0", "--set", "register=false")
+    proc = run_sweep_cli(root, "w1", *SAME_TRIAL, "--set", "scheduler=none", "--set", "workers_per_trial=1")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     runs = {}
-    for workers in (1, 2):
-        proc = run_sweep_cli(root, f"w{workers}", *common, "--set", f"workers_per_trial={workers}")
-        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-        (rows,) = rows_by_trial(root / f"w{workers}" / "ray" / "search").values()
+    for workers, where in ((1, root), (2, two_worker_cluster["root"])):
+        (rows,) = rows_by_trial(where / f"w{workers}" / "ray" / "search").values()
         # the final checkpoint: Tune's for one worker, Ray Train's for two (under search/_train)
-        (summary_path,) = [p for p in (root / f"w{workers}" / "ray" / "search").rglob("summary.json")
+        (summary_path,) = [p for p in (where / f"w{workers}" / "ray" / "search").rglob("summary.json")
                            if p.parent.name.startswith("checkpoint_")]
         runs[workers] = (rows, json.loads(summary_path.read_text()))
     (one, one_summary), (two, two_summary) = runs[1], runs[2]
@@ -126,7 +198,7 @@ def test_two_workers_per_trial_match_one_worker(tmp_path):
             assert b[key] == pytest.approx(a[key], abs=1e-9), (a["epoch"], key)
     assert two_summary["weights"]["final"] == pytest.approx(one_summary["weights"]["final"], abs=1e-5)
     assert two_summary["test"]["hypervolume"] == pytest.approx(one_summary["test"]["hypervolume"], abs=1e-9)
-    mlflow_client, _ = client(root, "w2")
+    mlflow_client, _ = client(two_worker_cluster["root"], "w2")
     logged = runs_by_role(mlflow_client, "w2")
     (trial_run,) = logged["trial"]
     assert trial_run.info.status == "FINISHED"
@@ -135,6 +207,34 @@ def test_two_workers_per_trial_match_one_worker(tmp_path):
     settings = json.loads(Path(mlflow_client.download_artifacts(logged["arm"][0].info.run_id, "settings.json",
                                                                 str(tmp_path / "settings"))).read_text())
     assert settings["sweep"]["workers_per_trial"] == 2
+
+
+def test_trials_stay_off_the_head_and_leave_no_trainer_folder_on_any_node(two_worker_cluster):
+    """Issue 25's acceptance test, on the cluster sweep (ASHA, 2 workers per trial):
+    - every process whose node a result records (the Tune trial process, the Train controller,
+      rank 0) ran on a worker node; the cluster holds 4 trials of 2 workers (the final stage's
+      concurrency when final_max_concurrent is null);
+    - trainer folders appeared on the worker nodes while the trial ran, never on the head, and
+      none is left on any node afterwards (the trial's own removal, then the stage's end: one
+      zero-CPU task per node, as the cluster has several)."""
+    from sweeps.placement import TRIAL_NODE_RESOURCE
+
+    sweep = two_worker_cluster
+    assert sweep["node_resource"] == TRIAL_NODE_RESOURCE and sweep["holds"] == 4
+    reported = rows_by_trial(sweep["root"] / "w2" / "ray" / "search")
+    assert len(reported) == 1
+    rows = [row for trial_rows in reported.values() for row in trial_rows if "epoch" in row]
+    places = [(row["node_id"], row["trial_node_id"], row["controller_node_id"]) for row in rows]
+    assert places and all(row["world_size"] == 2 for row in rows)
+    on = {sweep["node_names"][node] for place in places for node in place}
+    assert "head" not in on and on <= {"w1", "w2"}, on
+    for trial_node, controller_node in {(p[1], p[2]) for p in places}:
+        assert controller_node == trial_node  # Ray pins the controller to its trial process's node
+
+    seen = sweep["seen"]
+    assert not seen["head"], seen
+    assert seen["w1"] | seen["w2"] == set(reported), (seen, set(reported))
+    assert sweep["left"] == {"head": [], "w1": [], "w2": []}, sweep["left"]
 
 
 @pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks a machine whose CUDA is broken or absent")
@@ -165,89 +265,3 @@ def test_a_trial_given_a_gpu_trains_on_it_or_fails_at_once(tmp_path):
     (trial,) = runs_by_role(mlflow_client, "gpu")["trial"]
     assert trial.info.status == "FAILED"
     assert "device 'cuda' was asked for, but" in trial.data.tags["failure_reason"], trial.data.tags["failure_reason"]
-
-
-def test_trials_stay_off_the_head_and_leave_no_trainer_folder_on_any_node(tmp_path, monkeypatch):
-    """Issue 25's acceptance test. A head that declares no CPUs (as clusters/' head: num-cpus 0) and
-    two worker nodes of 4 CPUs that declare leebert_trial_node (as clusters/' worker pods); each
-    node has its own $TMPDIR (its raylet's environment, which its workers inherit: the folder the
-    trainer folders go under), so each node's folders can be told apart on one machine. A smoke
-    sweep of 2 trials (the cheapest arm, 2 epochs) with ASHA (which stops every trial at max_t right
-    after its last report, if not before) and 2 Ray Train workers each:
-    - every process whose node a result records (the Tune trial process, the Train controller,
-      rank 0) ran on a worker node; the cluster holds 4 trials of 2 workers (the final stage's
-      concurrency when final_max_concurrent is null);
-    - trainer folders appeared on the worker nodes while trials ran, never on the head, and none
-      is left on any node afterwards (the trials' own removal, then the stage's end: one
-      zero-CPU task per node, as the cluster has several).
-    (No final stage: without a dashboard, Ray Train's placement-group cleaner cannot see a stopped
-    trial's controller die, so the 2 CPUs of a trial ASHA stopped stay reserved until the job
-    ends, and the final stage's timing task, which holds every CPU of a node, would never start.
-    A cluster's head runs the dashboard.)"""
-    import tempfile
-
-    import ray
-    from ray.cluster_utils import Cluster
-
-    ray_tmp = tempfile.mkdtemp(prefix="lbray-", dir="/tmp")  # short: Ray's socket paths live under it
-    monkeypatch.setenv("RAY_TMPDIR", ray_tmp)  # Ray's own folders (and its address file) stay private
-    node_tmp = {name: tmp_path / name for name in ("head", "w1", "w2")}
-    for folder in node_tmp.values():
-        folder.mkdir()
-    monkeypatch.setenv("TMPDIR", str(node_tmp["head"]))
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False})
-    workers = {}
-    try:
-        for name in ("w1", "w2"):
-            monkeypatch.setenv("TMPDIR", str(node_tmp[name]))
-            workers[name] = cluster.add_node(num_cpus=4, resources={"leebert_trial_node": 1})
-        monkeypatch.setenv("TMPDIR", str(tmp_path))
-        cluster.wait_for_nodes()
-        node_names = {cluster.head_node.node_id: "head", **{node.node_id: name for name, node in workers.items()}}
-
-        seen: dict[str, set] = {name: set() for name in node_tmp}
-        done = threading.Event()
-
-        def watch_trainer_folders():
-            while not done.is_set():
-                for name, folder in node_tmp.items():
-                    seen[name] |= {p.name for p in folder.glob("leebert-trials/*/*")}
-                time.sleep(0.1)
-
-        watcher = threading.Thread(target=watch_trainer_folders, daemon=True)
-        watcher.start()
-        root = tmp_path / "sweeps"
-        proc = run_sweep_cli(root, "placed", "--ray-address", cluster.address, "--set", "arms=[fixed]",
-                             "--set", "train.epochs=2", "--set", "trials=2", "--set", "max_concurrent=2", "--set", "workers_per_trial=2",
-                             "--set", "trial_nodes=required", "--set", "register=false", "--set", "final_seeds=[]",
-                             timeout=900)
-        done.set()
-        watcher.join(timeout=10)
-        ray.init(address=cluster.address)
-        from sweeps.placement import TRIAL_NODE_RESOURCE, trial_node_resource, trials_the_cluster_holds
-
-        assert trial_node_resource("auto") == TRIAL_NODE_RESOURCE
-        holds = trials_the_cluster_holds(1, 0, 2, TRIAL_NODE_RESOURCE)
-    finally:
-        ray.shutdown()
-        cluster.shutdown()
-        shutil.rmtree(ray_tmp, ignore_errors=True)
-    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
-    assert holds == 4
-
-    reported = rows_by_trial(root / "placed" / "ray" / "search")
-    assert len(reported) == 2
-    rows = [row for trial_rows in reported.values() for row in trial_rows if "epoch" in row]
-    places = [(row["node_id"], row["trial_node_id"], row["controller_node_id"]) for row in rows]
-    assert places and all(row["world_size"] == 2 for row in rows)
-    on = {node_names[node] for place in places for node in place}
-    assert "head" not in on and on <= {"w1", "w2"}, on
-    for trial_node, controller_node in {(p[1], p[2]) for p in places}:
-        assert controller_node == trial_node  # Ray pins the controller to its trial process's node
-
-    trial_ids = set(reported)
-    assert not seen["head"], seen
-    assert seen["w1"] | seen["w2"] == trial_ids, (seen, trial_ids)
-    left = {name: sorted(str(p.relative_to(folder)) for p in folder.glob("leebert-trials/*/*"))
-            for name, folder in node_tmp.items()}
-    assert left == {"head": [], "w1": [], "w2": []}, left
