@@ -108,9 +108,3 @@ def pytest_itemcollected(item):
         return
     item.add_marker(pytest.mark.xdist_group(group))
 
-
-def pytest_collection_modifyitems(config, items):
-    """The slow tests (marked integration) first, each group in its collection order: xdist hands
-    out work in collection order, so the suite ends on short tests that even out the workers, not
-    on a sweep one worker starts while the others run out of work."""
-    items.sort(key=lambda item: item.get_closest_marker("integration") is None)
