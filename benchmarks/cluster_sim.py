@@ -276,8 +276,9 @@ def main() -> int:
     parser.add_argument("--seeds", type=int, help="final seeds per arm (default 3; --quick 1)")
     parser.add_argument("--time-scale", type=float, help="simulated seconds per real second (default 10; --quick 25)")
     parser.add_argument("--final-time-scale", type=float,
-                        help="the final stage's (default: the time scale, at most 10: each final trial starts a fresh "
-                             "process, whose real start-up must fit in the plan's start-up)")
+                        help="the final stage's (default: the time scale, at most 10; --quick 5: each final trial "
+                             "starts a fresh process, whose real start-up must fit in the plan's start-up divided by "
+                             "this scale, and a loaded 2-core CI machine takes more than 3.5 s to start one)")
     parser.add_argument("--max-concurrent", type=int, help="default: every slot of the cluster (GPUs / GPUs per trial)")
     parser.add_argument("--worse-arm", metavar="ARM", help="make this arm's metric curve uniformly worse (per-arm ASHA: "
                                                            "its best trials are still promoted within the arm)")
@@ -290,7 +291,7 @@ def main() -> int:
     epochs = args.epochs or (2 if args.quick else None)
     seeds = args.seeds or (1 if args.quick else 3)
     scale = args.time_scale or (25.0 if args.quick else 10.0)
-    final_scale = args.final_time_scale or min(scale, 10.0)
+    final_scale = args.final_time_scale or (5.0 if args.quick else min(scale, 10.0))
     gpus = args.nodes * gpus_per_node
     slots = args.max_concurrent or gpus // args.gpus_per_trial
     plan = Plan(fixed_epoch_s=args.epoch_seconds or (Plan.fixed_epoch_s / 4 if args.quick else Plan.fixed_epoch_s))
