@@ -64,6 +64,46 @@ def smoke_sweep(tmp_path_factory):
             "runs": runs_by_role(mlflow_client, name), "storage_log": storage_log}
 
 
+STUDY_ARMS = ["fixed-pabee", "clo"]
+STUDY_SEEDS = [1, 2]
+# the mr-study preset shrunk to the smoke sweep's trials, on the tiny model. No ASHA (the preset's):
+# both trials of an arm complete, so which one is best is decided by validation alone.
+# final_max_concurrent 4: the 4 trainings share the 2 CPUs, so all arms x seeds run at once.
+STUDY_SETTINGS = [
+    "arms=[fixed-pabee,clo]", "trials=2", "budget_epochs=null", "final_seeds=[1,2]", "final_train.train_subset=384",
+    "final_train.epochs=2", "final_max_concurrent=4", "bootstrap=300", "timing_repeats=2", "timing_seeds=1",
+    "reuse_actors=true",  # a tiny trial is mostly imports: one process runs its slot's trials in turn
+    "space.lr=[0.001,0.005]", "space.head_lr=[0.002,0.01]",  # a random tiny model needs large steps
+    "train.model=tiny-random", "train.train_subset=512", "train.eval_subset=128", "train.max_length=32",
+    "train.epochs=3", "train.batch_size=16", "train.precision=fp32", "train.log_every=100"]
+STALE_RESULTS = "# an old document without sections\n\nstale numbers\n"
+
+
+@pytest.fixture(scope="session")
+def study_sweep(tmp_path_factory):
+    """One tiny MR study (benchmarks/study.py) for the session: the final-stage tests read its sweep
+    (every arm's best configuration retrained with each seed, the timing phase, the comparison), the
+    studies test the section it wrote over a stale results document, and continues it."""
+    import subprocess
+    import sys
+
+    from test_sweep_helpers import ROOT, client, runs_by_role, sweep_env
+
+    root = tmp_path_factory.mktemp("study")
+    results = root / "docs" / "results.md"
+    results.parent.mkdir()
+    results.write_text(STALE_RESULTS)
+    name = "tiny-mr"
+    command = [sys.executable, "benchmarks/study.py", "--root", str(root / "sweeps"), "--results", str(results),
+               "--name", name]
+    proc = subprocess.run(command + [a for o in STUDY_SETTINGS for a in ("--set", o)], cwd=ROOT, capture_output=True,
+                          text=True, timeout=900, env=sweep_env())
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    mlflow_client, _ = client(root / "sweeps", name)
+    return {"root": root / "sweeps", "dir": root / "sweeps" / name, "name": name, "proc": proc, "command": command,
+            "results": results, "client": mlflow_client, "runs": runs_by_role(mlflow_client, name)}
+
+
 BUDGET_SWEEP_BUDGET = 7.0
 BUDGET_SWEEP_ARMS = ["fixed-pabee", "clo"]
 
@@ -90,7 +130,7 @@ def budget_sweep(tmp_path_factory):
 # be built once: every test of a module that uses a
 # session sweep goes to that sweep's worker, and the tests that share a module-scoped fixture go
 # to one worker together (`--dist loadgroup`); every other test is scheduled on its own.
-SESSION_SWEEPS = ("smoke_sweep", "budget_sweep")
+SESSION_SWEEPS = ("smoke_sweep", "budget_sweep", "study_sweep")
 
 
 def _module_scoped(item) -> bool:

@@ -2,13 +2,14 @@
 
 import json
 import math
-import os
 import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from test_sweep_helpers import sweep_env
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -72,42 +73,40 @@ def _section(text: str, name: str) -> str:
 
 
 @pytest.mark.integration
-def test_studies_write_their_own_sections_and_resume(tmp_path):
-    """benchmarks/study.py on a tiny model, twice: an MR study and an SNLI study (the snli-study
-    preset, shrunk) write two sections of one results document; the MR one, run again, trains
-    nothing and rewrites its own section only (the time of both invocations added up), leaving the
-    SNLI section byte for byte as it was."""
-    results = tmp_path / "docs" / "results.md"
-    results.parent.mkdir()
-    results.write_text("# an old document without sections\n\nstale numbers\n")
-    base = [sys.executable, "benchmarks/study.py", "--root", str(tmp_path / "study"), "--results", str(results)]
-    mr = base + ["--name", "tiny-mr"]
-    snli = base + ["--preset", "snli-study", "--name", "tiny-snli"]
+def test_studies_write_their_own_sections_and_resume(study_sweep):
+    """benchmarks/study.py on a tiny model, twice: the session's MR study (tests/conftest.py, which
+    the final-stage tests read too) and an SNLI study (the snli-study preset, shrunk) write two
+    sections of one results document; the MR one, run again, trains nothing and rewrites its own
+    section only (the time of both invocations added up), leaving the SNLI section byte for byte as
+    it was."""
+    results = study_sweep["results"]
+    mr = study_sweep["command"]
+    snli = mr[:mr.index("--name")] + ["--preset", "snli-study", "--name", "tiny-snli"]
     tiny = ["arms=[bilevel,clo]", "budget_epochs=2", "train.model=tiny-random",
             "train.train_subset=256", "train.max_length=24", "train.batch_size=16", "final_train.train_subset=256",
             "final_seeds=[1,2]", "bootstrap=200", "timing_repeats=1", "env.RAY_USAGE_STATS_ENABLED=0",
-            "reuse_actors=true"]  # a tiny trial is mostly imports: one process runs several in turn
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "HF_HUB_OFFLINE": "1"}
+            "reuse_actors=true", "train.eval_subset=200"]  # a tiny trial is mostly imports: one process runs several
 
     def run(command, overrides=()):
         proc = subprocess.run(command + [a for o in overrides for a in ("--set", o)], cwd=REPO, capture_output=True,
-                              text=True, timeout=900, env=env)
+                              text=True, timeout=900, env=sweep_env())
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
         return proc
 
-    run(mr, tiny)
-    run(snli, tiny + ["train.eval_subset=200"])
+    run(snli, tiny)
     text = results.read_text()
     assert "stale numbers" not in text and text.startswith("# Results: ")
     assert text.index("<!-- study:tiny-mr ") < text.index("<!-- study:tiny-snli ")  # appended after the first
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
                             text=True).stdout.strip()
-    for name, task, unit in (("tiny-mr", "MR", "sentences"), ("tiny-snli", "SNLI", "pairs")):
+    # the MR study compares clo with fixed-pabee, the SNLI one with bilevel (a learned arm: its weights too)
+    for name, task, unit, other in (("tiny-mr", "MR", "sentences", "fixed-pabee"), ("tiny-snli", "SNLI", "pairs", "bilevel")):
         section = _section(text, name)
+        learned = [f"**{arm}** (mean over seeds 1, 2" for arm in ("clo", other) if arm in ("clo", "bilevel")]
         for needle in (f"## {task}: CLO against every baseline", f"training {unit} in the final stage",
-                       "### What each arm's search used and chose", "| bilevel | ", "random search",
+                       "### What each arm's search used and chose", f"| {other} | ", "random search",
                        "### Is CLO better? Paired differences, clo minus each arm",
-                       "clo vs bilevel: ", "**bilevel** (mean over seeds 1, 2", "**clo** (mean over seeds 1, 2",
+                       f"clo vs {other}: ", *learned,
                        "of wall time over 1 invocation(s)", f"`{commit}", f"results-{name}-frontiers.png"):
             assert needle in section, (name, needle)
         assert (results.parent / f"results-{name}-frontiers.png").is_file()
@@ -125,7 +124,7 @@ def test_studies_write_their_own_sections_and_resume(tmp_path):
     assert "of wall time over 2 invocation(s)" in section and "tiny-mr/study_time.json" in section
     rows = [line for line in section.splitlines() if line.startswith("| 1 |") or line.startswith("| 2 |")]
     assert len(rows) == 2 and all("python benchmarks/study.py --root" in r and "--name tiny-mr" in r for r in rows)
-    assert "--set 'arms=[bilevel,clo]'" in rows[0] and "--set" not in rows[1]
+    assert "--set 'arms=[fixed-pabee,clo]'" in rows[0] and "--set" not in rows[1]
     assert "Newest section: **" in after and "`tiny-mr` (measured " in after and "`tiny-snli` (measured " in after
 
 

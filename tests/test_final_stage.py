@@ -2,7 +2,9 @@
 configuration chosen on validation is retrained with every seed, exactly as chosen, all arms x seeds
 at once in one experiment; no training times itself: the timing phase times the models, interleaved,
 after the last training ended; the comparison lands in the report and in MLflow; a resumed sweep
-retrains and re-times nothing. And, without Ray, the interleaved timing of two tiny models."""
+retrains and re-times nothing. The sweep is the session's tiny MR study (tests/conftest.py
+``study_sweep``, which the studies test reads too). And, without Ray, the interleaved timing of
+two tiny models."""
 
 from __future__ import annotations
 
@@ -16,25 +18,15 @@ import pandas as pd
 import pytest
 import torch
 
+from conftest import STUDY_ARMS as ARMS
+from conftest import STUDY_SEEDS as SEEDS
 from test_sweep_helpers import PNG_MAGIC, client, history, run_sweep_cli, runs_by_role
-
-ARMS = ["fixed-pabee", "clo"]
-SEEDS = [1, 2]
-# no ASHA: both trials of an arm complete, so which one is best is decided by validation alone
-# final_max_concurrent 4: the 4 trainings share the 2 CPUs, so all arms x seeds run at once
-ARGS = ["--set", "arms=[fixed-pabee,clo]", "--set", "trials=2", "--set", "scheduler=none", "--set", "final_seeds=[1,2]",
-        "--set", "register=false", "--set", "final_train.train_subset=384", "--set", "final_train.epochs=2",
-        "--set", "bootstrap=300", "--set", "timing_repeats=2", "--set", "timing_seeds=1", "--set", "final_max_concurrent=4"]
 
 
 @pytest.fixture(scope="module")
-def final(tmp_path_factory):
-    root = tmp_path_factory.mktemp("sweeps")
-    proc = run_sweep_cli(root, "final-test", *ARGS)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    mlflow_client, _ = client(root, "final-test")
-    return {"root": root, "dir": root / "final-test", "proc": proc, "client": mlflow_client,
-            "runs": runs_by_role(mlflow_client, "final-test")}
+def final(study_sweep):
+    """The session's tiny MR study (tests/conftest.py): a whole sweep with its final stage."""
+    return study_sweep
 
 
 def _params(run) -> dict:
@@ -273,15 +265,15 @@ def test_the_mlflow_ui_shows_the_frontiers_first(final):
 def test_resume_retrains_and_retimes_nothing(final):
     table = (final["dir"] / "report" / "final" / "final_table.csv").read_text()
     timing = (final["dir"] / "report" / "final" / "timing.json").read_text()
-    proc = run_sweep_cli(final["root"], "final-test", "--resume")
+    proc = run_sweep_cli(final["root"], final["name"], "--resume")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "started" not in proc.stdout  # no search trial, no seed trained again
     assert "final: the experiment in" in proc.stdout and "is finished; reusing its trials" in proc.stdout
     assert "already times all 2 model(s); reusing it" in proc.stdout and "repeats (full" not in proc.stdout
     assert (final["dir"] / "report" / "final" / "timing.json").read_text() == timing  # nothing re-timed
     assert (final["dir"] / "report" / "final" / "final_table.csv").read_text() == table
-    mlflow_client, _ = client(final["root"], "final-test")
-    runs = runs_by_role(mlflow_client, "final-test")
+    mlflow_client, _ = client(final["root"], final["name"])
+    runs = runs_by_role(mlflow_client, final["name"])
     assert len([r for r in runs["trial"] if r.data.tags["stage"] == "final"]) == len(ARMS) * len(SEEDS)
     assert len(runs["final"]) == len(ARMS) and len(runs["final_comparison"]) == 1
 
