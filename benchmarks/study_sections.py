@@ -90,6 +90,17 @@ def invocations_table(timing: dict) -> str:
     return "\n".join(rows)
 
 
+def budget_text(cfg, costs: str) -> str:
+    """The search's compute rule: a budget in fixed-epochs, or (budget_epochs null) a trial count."""
+    if cfg.budget_epochs is None:
+        return (f"Budget: **none: {cfg.trials} trials per arm**, so a learned arm, whose epoch costs 1 + "
+                f"outer_step_cost/outer_every fixed-epochs ({costs}), spends more compute than a fixed one "
+                "(docs/method.md \"Budgets\").")
+    return (f"Budget: **{cfg.budget_epochs:g} fixed-epochs of training compute per arm**; an epoch of a learned arm\n"
+            f"  costs 1 + outer_step_cost/outer_every fixed-epochs ({costs}) (docs/method.md \"Budgets\"), so the\n"
+            "  learned arms pay for their outer updates and get fewer trials.")
+
+
 def section_markdown(result, timing: dict, results_path: Path) -> str:
     """The study's section of the results document (without its markers); writes its two plots
     beside the document."""
@@ -111,7 +122,8 @@ def section_markdown(result, timing: dict, results_path: Path) -> str:
         used, secs = compute_used(cfg, outcome)
         best = outcome.best
         chosen = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in sorted(best.sampled.items())) if best else "–"
-        search_rows.append(f"| {outcome.arm} | {len(outcome.records)} | {used:.2f} / {cfg.budget_epochs:g} | "
+        of_budget = f" / {cfg.budget_epochs:g}" if cfg.budget_epochs is not None else ""  # none: a trial count
+        search_rows.append(f"| {outcome.arm} | {len(outcome.records)} | {used:.2f}{of_budget} | "
                            f"{secs / 60:.1f} min | {outcome.search_algorithm} | {chosen} | "
                            f"{best.objective:.3f} |" if best else f"| {outcome.arm} | {len(outcome.records)} | – | – | – | – | – |")
     machine = f"{os.cpu_count()} CPUs ({std_platform.machine()}), no GPU"
@@ -158,9 +170,7 @@ Measured on {time.strftime('%Y-%m-%d')}; machine: {machine}. The whole study too
 {arms}
 - **Search**, per arm: {train.get('train_subset') or 'all'} training {unit} (a stratified sample, the same for every
   trial), {train['epochs']} epoch(s) per trial, {validated}; objective: validation hypervolume.
-  Budget: **{cfg.budget_epochs:g} fixed-epochs of training compute per arm**; an epoch of a learned arm
-  costs 1 + outer_step_cost/outer_every fixed-epochs ({costs}) (docs/method.md "Budgets"), so the
-  learned arms pay for their outer updates and get fewer trials. The fixed arms search 2 learning
+  {budget_text(cfg, costs)} The fixed arms search 2 learning
   rates; the learned arms also lr_outer and outer_every.
 - **Final stage**, per arm: the configuration chosen on validation, retrained with seeds
   {', '.join(map(str, cfg.final_seeds))} on {final_examples} training {unit} for {final_train['epochs']} epoch(s); every model

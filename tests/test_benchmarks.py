@@ -111,6 +111,9 @@ def test_studies_write_their_own_sections_and_resume(study_sweep):
             assert needle in section, (name, needle)
         assert (results.parent / f"results-{name}-frontiers.png").is_file()
         assert (results.parent / f"results-{name}-weights.png").is_file()
+    # the MR study searched a trial count (budget_epochs null), the SNLI one under a compute budget
+    assert "Budget: **none: 2 trials per arm**" in _section(text, "tiny-mr") and "| fixed-pabee | 2 | " in _section(text, "tiny-mr")
+    assert "Budget: **2 fixed-epochs of training compute per arm**" in _section(text, "tiny-snli")
     assert "--preset snli-study --name tiny-snli" in _section(text, "tiny-snli")
     assert "validated on 200 validation pairs" in _section(text, "tiny-snli")
     assert "9824 test pairs" in _section(text, "tiny-snli")  # the whole official test set
