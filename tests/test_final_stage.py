@@ -29,6 +29,17 @@ def final(study_sweep):
     return study_sweep
 
 
+@pytest.fixture(scope="module")
+def resumed(final):
+    """``platform/sweep.py --resume`` on the finished study: the CLI's closing print (the study
+    script prints its own), and the files a resume must leave as they were, read before it."""
+    folder = final["dir"] / "report" / "final"
+    before = {name: (folder / name).read_text() for name in ("final_table.csv", "timing.json")}
+    proc = run_sweep_cli(final["root"], final["name"], "--resume")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return {"proc": proc, "before": before}
+
+
 def _params(run) -> dict:
     return dict(run.data.params)
 
@@ -169,10 +180,10 @@ def test_the_table_and_mlflow_show_the_timing_phase_medians(final):
 
 
 @pytest.mark.integration
-def test_comparison_report_and_mlflow(final):
-    out = final["proc"].stdout
-    assert "Final stage: each best configuration retrained with seeds 1, 2" in out
-    assert "Paired differences, clo minus each arm" in out
+def test_comparison_report_and_mlflow(final, resumed):
+    out, printed = final["proc"].stdout, resumed["proc"].stdout  # the sweep's progress; the CLI's closing print
+    assert "Final stage: each best configuration retrained with seeds 1, 2" in printed
+    assert "Paired differences, clo minus each arm" in printed
     folder = final["dir"] / "report" / "final"
     table = pd.read_csv(folder / "final_table.csv")
     assert list(table["arm"]) == ARMS
@@ -185,7 +196,7 @@ def test_comparison_report_and_mlflow(final):
     expected = ("better" if pabee["diff_hypervolume_low"] > 0 else "worse" if pabee["diff_hypervolume_high"] < 0
                 else "no detectable difference")
     assert pabee["verdict_hypervolume"] == expected
-    assert f"clo vs fixed-pabee: {expected}" in out
+    assert f"clo vs fixed-pabee: {expected}" in out and f"clo vs fixed-pabee: {expected}" in printed
     assert (folder / "final_frontiers.png").read_bytes()[:8] == PNG_MAGIC
 
     (comparison,) = final["runs"]["final_comparison"]
@@ -262,11 +273,8 @@ def test_the_mlflow_ui_shows_the_frontiers_first(final):
 
 
 @pytest.mark.integration
-def test_resume_retrains_and_retimes_nothing(final):
-    table = (final["dir"] / "report" / "final" / "final_table.csv").read_text()
-    timing = (final["dir"] / "report" / "final" / "timing.json").read_text()
-    proc = run_sweep_cli(final["root"], final["name"], "--resume")
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+def test_resume_retrains_and_retimes_nothing(final, resumed):
+    table, timing, proc = resumed["before"]["final_table.csv"], resumed["before"]["timing.json"], resumed["proc"]
     assert "started" not in proc.stdout  # no search trial, no seed trained again
     assert "final: the experiment in" in proc.stdout and "is finished; reusing its trials" in proc.stdout
     assert "already times all 2 model(s); reusing it" in proc.stdout and "repeats (full" not in proc.stdout
