@@ -169,7 +169,8 @@ def main() -> int:
                         help="the final stage's trainings in rounds of the cluster's slots (default 2): in "
                              "two rounds the slots that shorter (fixed-weight) trainings free take the rest, so the "
                              "learned arms' longer trainings leave little idle (docs/scaling.md)")
-    parser.add_argument("--time-scale", type=float, help="simulated seconds per real second (default 10; --quick 25)")
+    parser.add_argument("--time-scale", type=float, help="simulated seconds per real second (default 5: the driver's real latency between trials, "
+                             "on 2 cores shared with 32 trial processes, counts this many times over; --quick 25)")
     parser.add_argument("--final-time-scale", type=float,
                         help="the final stage's (default: the time scale, at most 10; --quick 5: each final trial "
                              "starts a fresh process, whose real start-up must fit in the plan's start-up divided by "
@@ -189,7 +190,7 @@ def main() -> int:
     arms = args.arms.split(",") if args.arms else (["fixed-uniform", "clo"] if args.quick else ARMS)
     trials = args.trials or (16 if args.quick else 96)
     epochs = args.epochs or (2 if args.quick else None)
-    scale = args.time_scale or (25.0 if args.quick else 10.0)
+    scale = args.time_scale or (25.0 if args.quick else 5.0)
     final_scale = args.final_time_scale or (5.0 if args.quick else min(scale, 10.0))
     workers = args.workers_per_trial or (1 if args.quick else 2)
     gpus = args.nodes * gpus_per_node
