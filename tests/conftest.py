@@ -8,7 +8,9 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # Threads that wait for work sleep instead of spinning (libgomp, which torch uses on the CPU, spins
 # by default). The suite runs more processes than cores: a 2-thread MiniLM training beside two busy
-# cores took 45 CPU-s spinning against 20 passive, and 67 s against 43 s (measured, 2026-12-06).
+# cores took 45 CPU-s spinning against 20 passive, and 67 s against 43 s (2026-12-06: `pytest -n 0
+# tests/test_integration.py -k clo_on_minilm` under /usr/bin/time, OMP_WAIT_POLICY unset against
+# PASSIVE, with two `python3 -c "while True: pass"` beside it).
 # Before torch is imported: libgomp reads it once, at load; subprocesses and Ray workers inherit it.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
