@@ -44,7 +44,7 @@ from trainers import engine as ds  # noqa: E402
 from trainers.config import TrainConfig  # noqa: E402
 from trainers.data import synthetic_task_data  # noqa: E402
 from trainers.errors import ConfigError  # noqa: E402
-from trainers.errors import DivergenceMonitor  # noqa: E402
+from trainers.divergence import DivergenceMonitor  # noqa: E402
 from trainers.model import MultiExitEncoder  # noqa: E402
 from trainers.objective import LossTerms, LossWeights  # noqa: E402
 from trainers.policies import make_policy, simulate  # noqa: E402

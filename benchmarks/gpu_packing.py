@@ -32,7 +32,7 @@ def worker(args) -> dict:
     from gpu_check import config, make_model, VOCAB
     from trainers import engine as ds
     from trainers.data import synthetic_task_data
-    from trainers.errors import DivergenceMonitor
+    from trainers.divergence import DivergenceMonitor
     from trainers.objective import LossTerms
     from trainers.train import History, ProgressLog, train_steps
     from trainers.weight_strategies import build_strategy

@@ -33,7 +33,7 @@ import torch  # noqa: E402
 from trainers import engine as ds  # noqa: E402
 from trainers.config import TrainConfig  # noqa: E402
 from trainers.objective import LossTerms  # noqa: E402
-from trainers.errors import DivergenceMonitor  # noqa: E402
+from trainers.divergence import DivergenceMonitor  # noqa: E402
 from trainers.train import StepDraw, build_components, run, seed_everything, training_step  # noqa: E402
 from trainers.weight_strategies import build_strategy  # noqa: E402
 

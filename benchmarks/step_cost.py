@@ -52,7 +52,7 @@ import torch  # noqa: E402
 
 from trainers import engine as ds  # noqa: E402
 from trainers.config import TrainConfig, resolve_precision  # noqa: E402
-from trainers.errors import DivergenceMonitor  # noqa: E402
+from trainers.divergence import DivergenceMonitor  # noqa: E402
 from trainers.objective import LossTerms, inner_loss, term_losses  # noqa: E402
 from trainers.train import History, ProgressLog, StepDraw, build_components, seed_everything, train_steps, training_step  # noqa: E402
 from trainers.weight_strategies import build_strategy  # noqa: E402

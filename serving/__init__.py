@@ -9,6 +9,6 @@
 - ``serving.calibration`` / ``serving.register``  the exit policy for a target; registering a sweep.
 
 A registered model carries copies of ``serving`` ({__init__, export, lean, model, schema}) and
-``trainers`` ({__init__, errors, layout, model, policies}) and needs nothing else from this repository. Nothing is
+``trainers`` ({__init__, errors, layout, model, model_source, policies}) and needs nothing else from this repository. Nothing is
 imported here, so ``import serving`` stays cheap.
 """

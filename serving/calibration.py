@@ -28,7 +28,7 @@ from trainers.errors import ConfigError
 from trainers.results import FrontierSetting, Summary
 
 # Speed-ups and metrics are ratios of floats that went through JSON: a target of exactly 2.0 must
-# accept a computed 1.9999999999 (the same tolerance as trainers.frontier.operating_point).
+# accept a computed 1.9999999999 (the same tolerance as trainers.pareto.operating_point).
 TOL = 1e-9
 FULL_MODEL = "none"  # the policy that never exits early: speed-up 1, the last exit's metric
 
@@ -44,7 +44,7 @@ class Setting:
     metric: float
 
     def order(self) -> tuple:
-        """How ``trainers.frontier.pareto_front`` orders exact duplicates (it keeps the first)."""
+        """How ``trainers.pareto.pareto_front`` orders exact duplicates (it keeps the first)."""
         return (self.policy, self.setting, self.delta or 0.0)
 
 

@@ -20,7 +20,7 @@ def pip_requirements() -> list[str]:
 def code_paths(staging: Path) -> list[str]:
     """Copies of the modules the pyfunc imports (not the packages' data), as importable packages:
     ``serving`` {__init__, export, lean, model, schema} and ``trainers`` {__init__, errors, layout, model,
-    policies}."""
+    model_source, policies}."""
     import shutil
 
     import serving
@@ -28,7 +28,7 @@ def code_paths(staging: Path) -> list[str]:
 
     out = []
     for package, modules in ((serving, ("__init__", "export", "lean", "model", "schema")),
-                             (trainers, ("__init__", "errors", "layout", "model", "policies"))):
+                             (trainers, ("__init__", "errors", "layout", "model", "model_source", "policies"))):
         source = Path(package.__file__).parent
         target = Path(staging) / source.name
         target.mkdir(parents=True, exist_ok=True)

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from trainers.errors import ConfigError
-from trainers.frontier import HYPERVOLUME_AXES, CurvePoint, hypervolume
+from trainers.pareto import HYPERVOLUME_AXES, CurvePoint, hypervolume
 
 MIN_BOOT = 100  # fewer replicates make the 2.5 % / 97.5 % percentiles rest on a handful of values
 

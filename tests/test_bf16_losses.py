@@ -14,7 +14,7 @@ import torch
 from tests.conftest import make_batch
 from trainers import engine as ds
 from trainers.config import TrainConfig
-from trainers.errors import DivergenceMonitor
+from trainers.divergence import DivergenceMonitor
 from trainers.objective import LossTerms, inner_loss, outer_loss, term_losses
 from trainers.train import training_step
 from trainers.weight_strategies import CrossLevelWeights, FixedWeights

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from tests.conftest import make_batch
-from trainers.errors import DivergenceMonitor
+from trainers.divergence import DivergenceMonitor
 from trainers.objective import LossTerms, term_losses
 from trainers.train import training_step
 from trainers.weight_strategies import BilevelWeights, CrossLevelWeights, FixedWeights, concat_batches

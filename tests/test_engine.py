@@ -11,7 +11,7 @@ from trainers import engine as ds
 from trainers.config import TrainConfig
 from trainers.errors import ConfigError
 from trainers.objective import LossTerms, LossWeights
-from trainers.errors import DivergenceMonitor
+from trainers.divergence import DivergenceMonitor
 from trainers.train import training_step
 from trainers.weight_strategies import CrossLevelWeights, hypergradient
 

@@ -25,7 +25,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from tests.conftest import make_batch
 from trainers import engine as ds
 from trainers.config import TrainConfig
-from trainers.errors import DivergenceMonitor
+from trainers.divergence import DivergenceMonitor
 from trainers.gradient_clipping import clip_gradients, zero_gradient_partitions
 from trainers.objective import LossTerms, inner_loss, term_losses
 from trainers.train import training_step

@@ -19,7 +19,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from trainers import engine as ds
 from trainers.config import TrainConfig
-from trainers.errors import DivergenceMonitor, TrainingDiverged
+from trainers.divergence import DivergenceMonitor
+from trainers.errors import TrainingDiverged
 from trainers.objective import LossTerms
 from trainers.train import History, ProgressLog, StepDraw, build_components, train_steps, training_step
 from trainers.weight_strategies import build_strategy

@@ -625,7 +625,7 @@ def test_code_paths_ship_serving_and_trainers_only(tmp_path):
     shipped = sorted(str(f.relative_to(tmp_path)) for p in paths for f in p.rglob("*.py"))
     assert shipped == ["serving/__init__.py", "serving/export.py", "serving/lean.py", "serving/model.py",
                        "serving/schema.py", "trainers/__init__.py", "trainers/errors.py", "trainers/layout.py",
-                       "trainers/model.py", "trainers/policies.py"]
+                       "trainers/model.py", "trainers/model_source.py", "trainers/policies.py"]
     for f in (tmp_path / "serving").glob("*.py"):
         assert "sweeps" not in "".join(line for line in f.read_text().splitlines(True)
                                        if line.lstrip().startswith(("import ", "from "))), f

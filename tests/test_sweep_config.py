@@ -318,6 +318,21 @@ def test_help_explains_presets_and_keys(tmp_path):
         assert text in proc.stdout
 
 
+def test_the_driver_validates_every_preset_without_importing_torch():
+    """The sweep driver's modules and the validation of every preset (each arm's trainer config
+    included) leave torch, transformers and DeepSpeed unimported: the driver never trains, and
+    torch alone costs a process about 2.4 CPU-s, paid by every sweep and every bad-input exit.
+    (trainers.errors, trainers.model_source and trainers.pareto are torch-free for this.)"""
+    code = ("import sys; from sweeps import final, report, runner, search, timing; "
+            "from sweeps.presets import build_config, presets; configs = [build_config(preset=p) for p in presets()]; "
+            "print(len(configs), sorted(m for m in ('torch', 'transformers', 'deepspeed') if m in sys.modules))")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    count, imported = proc.stdout.strip().split(" ", 1)
+    assert int(count) == len(presets()) >= 5 and imported == "[]", proc.stdout
+
+
 def test_existing_sweep_needs_resume(tmp_path):
     (tmp_path / "sweeps" / "taken").mkdir(parents=True)
     (tmp_path / "sweeps" / "taken" / "sweep.json").write_text("{}")

@@ -107,7 +107,7 @@ def test_two_gloo_processes_give_the_single_process_hypergradient(tmp_path):
 def test_theta_and_phi_see_only_the_splits_their_method_allows(tmp_path, method):
     from trainers import engine as ds
     from trainers.config import TrainConfig
-    from trainers.errors import DivergenceMonitor
+    from trainers.divergence import DivergenceMonitor
     from trainers.train import History, ProgressLog, build_components, train_steps
     from trainers.weight_strategies import build_strategy
 

@@ -28,9 +28,9 @@ class OneLineParser(argparse.ArgumentParser):
 
 def field_choices() -> dict[str, tuple[str, ...]]:
     """The values each choice field takes, for --help (validate checks them)."""
-    from trainers.data import TASKS
-    from trainers.frontier import HYPERVOLUME_AXES
-    from trainers.objective import FIXED_SCHEMES, KD_TEACHERS, LOSS_REDUCTIONS, PARAMETRIZATIONS
+    from trainers.config import FIXED_SCHEMES, KD_TEACHERS, LOSS_REDUCTIONS, PARAMETRIZATIONS
+    from trainers.pareto import HYPERVOLUME_AXES
+    from trainers.tasks import TASKS
 
     return {"task": tuple(sorted(TASKS)), "method": METHODS, "scheme": tuple(FIXED_SCHEMES),
             "kd": ("auto", *KD_TEACHERS), "weight_param": tuple(PARAMETRIZATIONS), "loss_reduction": tuple(LOSS_REDUCTIONS),

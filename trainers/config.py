@@ -20,6 +20,11 @@ from trainers.errors import ConfigError
 METHODS = ("fixed", "bilevel", "clo")
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("fp32", "bf16", "auto")
+# the loss's options (trainers.objective uses them; defined here so that validating needs no torch)
+KD_TEACHERS = ("all", "later", "last", "none")
+PARAMETRIZATIONS = ("softmax", "sigmoid")
+LOSS_REDUCTIONS = ("mean", "sum")
+FIXED_SCHEMES = ("uniform", "pabee", "last")
 # x86 instruction sets with native bf16 dot products (Cooper Lake / Zen 4 and later; Sapphire Rapids' AMX).
 # Without one, CPU bf16 autocast is emulated and can be slower than fp32.
 BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
@@ -130,10 +135,9 @@ class TrainConfig:
             self.kd = {"pabee": "none", "last": "last"}.get(self.scheme, "all") if self.method == "fixed" else "all"
 
     def validate(self) -> "TrainConfig":
-        from trainers.data import TASKS  # noqa: late import keeps config light
+        from trainers.tasks import TASKS  # noqa: late import keeps config light
         from trainers.data_config import validate_data_keys
-        from trainers.frontier import HYPERVOLUME_AXES
-        from trainers.objective import FIXED_SCHEMES, KD_TEACHERS, LOSS_REDUCTIONS, PARAMETRIZATIONS
+        from trainers.pareto import HYPERVOLUME_AXES
 
         def choose(name, value, choices):
             if value not in choices:

@@ -12,7 +12,7 @@ from trainers.errors import ConfigError
 def validate_data_keys(cfg, builtin: list[str]) -> None:
     """Check (and make absolute) ``cfg`` (a TrainConfig)'s task and where its data comes from: a built-in task, or your
     own files or data set. Part of ``TrainConfig.validate``."""
-    from trainers.metrics import METRICS
+    from trainers.tasks import METRICS
 
     own_keys = {"validation_file": cfg.validation_file, "test_file": cfg.test_file,
                 "dataset_config": cfg.dataset_config, "text_columns": cfg.text_columns,

@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 
 from trainers.errors import ConfigError
-from trainers.model import TINY_MODEL  # noqa: F401 - its users import it from here too
+from trainers.model_source import TINY_MODEL, resolve_model_source
 
 
 def check_run_inputs(cfg, output: bool = True) -> None:
@@ -31,8 +31,6 @@ def check_model(model: str) -> None:
     """A local model folder must exist and hold config.json."""
     if model == TINY_MODEL:
         return
-    from trainers.model import resolve_model_source
-
     source = resolve_model_source(model)  # a path that is no folder: ConfigError
     if Path(source).is_dir():
         if not (Path(source) / "config.json").is_file():

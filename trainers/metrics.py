@@ -13,10 +13,7 @@ import torch
 from torch import Tensor
 
 from trainers.errors import ConfigError
-
-CLASSIFICATION_METRICS = ("accuracy", "macro_f1", "f1", "matthews")
-REGRESSION_METRICS = ("pearson", "spearman")
-METRICS = CLASSIFICATION_METRICS + REGRESSION_METRICS
+from trainers.tasks import CLASSIFICATION_METRICS, METRICS, REGRESSION_METRICS  # noqa: F401 - re-exported
 
 
 def _class_ids(t: Tensor, what: str) -> Tensor:

@@ -27,12 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from trainers.config import FIXED_SCHEMES, KD_TEACHERS, LOSS_REDUCTIONS, PARAMETRIZATIONS  # noqa: F401 - re-exported
 from trainers.errors import ConfigError
-
-KD_TEACHERS = ("all", "later", "last", "none")
-PARAMETRIZATIONS = ("softmax", "sigmoid")
-LOSS_REDUCTIONS = ("mean", "sum")
-FIXED_SCHEMES = ("uniform", "pabee", "last")
 
 
 def teacher_pairs(num_exits: int, teachers: str) -> list[tuple[int, int]]:

@@ -12,7 +12,7 @@ from typing import Callable
 
 import torch
 
-from trainers.errors import DivergenceMonitor
+from trainers.divergence import DivergenceMonitor
 
 
 @dataclass

@@ -19,6 +19,11 @@ from typing import Mapping
 
 from trainers.errors import ConfigError
 
+# the metric names a task may be scored by (trainers.metrics computes them; named here without torch)
+CLASSIFICATION_METRICS = ("accuracy", "macro_f1", "f1", "matthews")
+REGRESSION_METRICS = ("pearson", "spearman")
+METRICS = CLASSIFICATION_METRICS + REGRESSION_METRICS
+
 EMBEDDED_DIR = Path(__file__).parent / "task_data"
 GLUE_HUB_NAME = "nyu-mll/glue"
 
@@ -38,8 +43,6 @@ class TaskSpec:
         hypervolume use; the task's other metrics stay beside it."""
         if metric is None or metric == self.metrics[0]:
             return self
-        from trainers.metrics import CLASSIFICATION_METRICS, REGRESSION_METRICS
-
         allowed = REGRESSION_METRICS if self.is_regression else CLASSIFICATION_METRICS
         if metric not in allowed:
             kind = "a regression" if self.is_regression else "a classification"

@@ -40,7 +40,8 @@ from trainers import engine as ds
 from trainers.cli import OneLineParser, add_config_arguments, config_from_args
 from trainers.config import TrainConfig, precision_text
 from trainers.data import TaskData, batch_indices, collate, load_task_data
-from trainers.errors import EXIT_BAD_INPUT, EXIT_DIVERGED, ConfigError, DivergenceMonitor, TrainingDiverged, check_finite
+from trainers.divergence import DivergenceMonitor, check_finite
+from trainers.errors import EXIT_BAD_INPUT, EXIT_DIVERGED, ConfigError, TrainingDiverged
 from trainers.evaluate import (collect_logits, final_report, point_key, policy_grid, report_split,
                                wallclock_speedups)
 from trainers.frontier import curve_table

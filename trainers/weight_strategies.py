@@ -32,7 +32,7 @@ from typing import Callable
 import torch
 import torch.distributed as dist
 
-from trainers.errors import DivergenceMonitor, check_finite
+from trainers.divergence import DivergenceMonitor, check_finite
 from trainers.objective import (LossTerms, LossWeights, autocast_off, fixed_weights, inner_loss, outer_loss,
                                 term_losses)
 
