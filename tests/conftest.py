@@ -37,6 +37,17 @@ def make_batch(batch_size=6, seq_len=8, vocab=100, num_labels=3, seed=0, ids_off
     }
 
 
+def start_ranks(fn, args: tuple, nprocs: int = 2) -> None:
+    """Run ``fn(rank, *args)`` in ``nprocs`` processes (torch.multiprocessing), joined. They fork from
+    a forkserver that imported torch, transformers and the trainer once, instead of each starting a
+    fresh interpreter that imports them again: about 6 CPU-s a rank process on this machine. Each
+    rank is still its own process, with its own gloo group and memory."""
+    import multiprocessing
+
+    multiprocessing.set_forkserver_preload(["trainers.train", "transformers.models.bert.modeling_bert", fn.__module__])
+    torch.multiprocessing.start_processes(fn, args=args, nprocs=nprocs, join=True, start_method="forkserver")
+
+
 @pytest.fixture
 def tiny_model():
     from trainers.model import MultiExitEncoder, tiny_backbone
@@ -74,7 +85,8 @@ STUDY_SEEDS = [1, 2]
 STUDY_SETTINGS = [
     "arms=[fixed-pabee,clo]", "trials=2", "budget_epochs=null", "final_seeds=[1,2]", "final_train.train_subset=384",
     "final_train.epochs=2", "final_max_concurrent=4", "bootstrap=300", "timing_repeats=2", "timing_seeds=1",
-    "reuse_actors=true",  # a tiny trial is mostly imports: one process runs its slot's trials in turn
+    # a tiny trial is mostly imports: one process runs the search's trials in turn (reuse_actors, one at a time)
+    "reuse_actors=true", "max_concurrent=1",
     "space.lr=[0.001,0.005]", "space.head_lr=[0.002,0.01]",  # a random tiny model needs large steps
     "train.model=tiny-random", "train.train_subset=512", "train.eval_subset=128", "train.max_length=32",
     "train.epochs=3", "train.batch_size=16", "train.precision=fp32", "train.log_every=100"]

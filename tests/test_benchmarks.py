@@ -85,7 +85,10 @@ def test_studies_write_their_own_sections_and_resume(study_sweep):
     tiny = ["arms=[bilevel,clo]", "budget_epochs=2", "train.model=tiny-random",
             "train.train_subset=256", "train.max_length=24", "train.batch_size=16", "final_train.train_subset=256",
             "final_seeds=[1,2]", "bootstrap=200", "timing_repeats=1", "env.RAY_USAGE_STATS_ENABLED=0",
-            "reuse_actors=true", "train.eval_subset=200"]  # a tiny trial is mostly imports: one process runs several
+            "train.eval_subset=200",
+            # a tiny trial is mostly imports: one process runs every trial of a stage in turn (reuse_actors, one at
+            # a time), 3 trial processes fewer than the preset's concurrency (~8 CPU-s each)
+            "reuse_actors=true", "max_concurrent=1", "final_max_concurrent=1"]
 
     def run(command, overrides=()):
         proc = subprocess.run(command + [a for o in overrides for a in ("--set", o)], cwd=REPO, capture_output=True,

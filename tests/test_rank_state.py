@@ -9,8 +9,8 @@ import os
 
 import pytest
 import torch
-import torch.multiprocessing as mp
 
+from conftest import start_ranks
 from trainers.config import TrainConfig
 
 KILL_AFTER_EPOCH = 1
@@ -53,7 +53,7 @@ def train_rank(rank: int, world: int, folder: str, output: str, epochs_before_ki
 
 
 def spawn(folder, output, epochs_before_kill=None, resume=False):
-    mp.spawn(train_rank, args=(2, str(folder), str(output), epochs_before_kill, resume), nprocs=2, join=True)
+    start_ranks(train_rank, (2, str(folder), str(output), epochs_before_kill, resume))
 
 
 @pytest.mark.integration

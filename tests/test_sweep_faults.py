@@ -126,8 +126,10 @@ def test_a_diverging_trial_fails_and_the_sweep_goes_on(tmp_path):
 
 def test_sigterm_ends_the_open_runs_killed(tmp_path):
     root = tmp_path / "sweeps"
-    proc = subprocess.Popen(sweep_cmd(root, "term", "--set", "arms=[clo]"), cwd=ROOT, env=sweep_env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
+    # one trial at a time: the smoke preset's second concurrent trial process would only add its imports
+    command = sweep_cmd(root, "term", "--set", "arms=[clo]", "--set", "max_concurrent=1")
+    proc = subprocess.Popen(command, cwd=ROOT, env=sweep_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            bufsize=1)
     lines: list[str] = []
     try:
         deadline = time.time() + 300

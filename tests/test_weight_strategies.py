@@ -4,9 +4,8 @@ import os
 
 import pytest
 import torch
-import torch.multiprocessing as mp
 
-from tests.conftest import make_batch
+from tests.conftest import make_batch, start_ranks
 from trainers.model import MultiExitEncoder, tiny_backbone
 from trainers.objective import LossTerms, LossWeights, term_losses
 from trainers.weight_strategies import BilevelWeights, CrossLevelWeights, FixedWeights, hypergradient
@@ -89,7 +88,7 @@ def _dp_worker(rank, world, out_dir):
 
 
 def test_two_gloo_processes_give_the_single_process_hypergradient(tmp_path):
-    mp.spawn(_dp_worker, args=(2, str(tmp_path)), nprocs=2, join=True)
+    start_ranks(_dp_worker, (2, str(tmp_path)))
     model, terms, weights, b1, b2, xi = _setup_problem()
     single = hypergradient(model, terms, weights, b1, b2, xi, 0.01, reduce=lambda tensors: tensors)
     h0, h1 = torch.load(tmp_path / "h0.pt"), torch.load(tmp_path / "h1.pt")
