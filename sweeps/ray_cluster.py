@@ -68,7 +68,8 @@ def init_ray(cfg: SweepConfig) -> str:
             quiet_local_auth_notice()
             pythonpath = os.pathsep.join(p for p in (str(PROJECT_ROOT), os.environ.get("PYTHONPATH")) if p)
             # prestart_worker_first_driver off: Ray would start num_cpus idle workers for this driver,
-            # which no trial uses (a trial's actor needs the job's runtime_env): ~0.9 CPU-s each, measured
+            # which no trial uses (a trial's actor needs the job's runtime_env): 0.9 CPU-s for the two of a
+            # smoke sweep here (its processes' CPU with and without, 2026-12-06)
             ray.init(address="local", num_cpus=cfg.num_cpus, include_dashboard=False,
                      runtime_env={"env_vars": {"PYTHONPATH": pythonpath}},
                      _system_config={"prestart_worker_first_driver": False}, **common)

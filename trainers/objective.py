@@ -27,7 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from trainers.config import FIXED_SCHEMES, KD_TEACHERS, LOSS_REDUCTIONS, PARAMETRIZATIONS  # noqa: F401 - re-exported
+# the loss's choice names are defined with the config, so that validating a config needs no torch
+from trainers.config import FIXED_SCHEMES, KD_TEACHERS, LOSS_REDUCTIONS, PARAMETRIZATIONS
 from trainers.errors import ConfigError
 
 
